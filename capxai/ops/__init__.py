@@ -1,0 +1,10 @@
+"""capxai.ops: fused LRP relevance ops (``torch.ops.capxai.*``) and their pure-PyTorch references.
+
+This package imports nothing else of capxai, so it can be used on its own as a relevance-op library.
+"""
+from capxai._extension import cuda_built, op_names
+from capxai.ops import fake  # noqa: F401  (registers the fake kernels)
+from capxai.ops import reference
+from capxai.ops.linear import lrp_linear
+
+__all__ = ["lrp_linear", "reference", "cuda_built", "op_names"]

@@ -1,0 +1,61 @@
+// capxai._C: the op schemas (TORCH_LIBRARY), the Python module with build facts (PYBIND11_MODULE, only in the
+// torch.utils.cpp_extension build), and, in a build without CUDA, CUDA kernels that say how to get real ones.
+// Kernels live one folder per op family: csrc/<family>/cpu/*.cpp and csrc/<family>/cuda/*.cu.
+#include <torch/library.h>
+
+#include <array>
+
+namespace capxai {
+
+// Every op of the library; the no-CUDA stubs below and capxai.info list exactly these.
+constexpr std::array<const char*, 1> kOpNames = {"lrp_linear"};
+
+TORCH_LIBRARY(capxai, m) {
+  // Fake (meta) kernels are registered in Python; torch imports this module when it needs them.
+  m.set_python_module("capxai.ops.fake");
+  m.def("lrp_linear(Tensor x, Tensor weight, Tensor? bias, Tensor relevance, float eps=0.01, "
+        "float bias_factor=0.0) -> Tensor");
+}
+
+#ifndef CAPXAI_WITH_CUDA
+namespace {
+void cuda_kernels_not_built(const c10::OperatorHandle& op, torch::jit::Stack* /*stack*/) {
+  TORCH_CHECK(false, op.schema().name(),
+              " received CUDA tensors, but this capxai extension was built without CUDA kernels. Rebuild it on a "
+              "machine with nvcc and a GPU: `FORCE_CUDA=1 pip install --no-build-isolation -e .` (or "
+              "`make build FORCE_CUDA=1`), or move the inputs to the CPU.");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(capxai, CUDA, m) {
+  for (const char* name : kOpNames) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_kernels_not_built>());
+  }
+}
+#endif
+
+}  // namespace capxai
+
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+
+#ifdef CAPXAI_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "capxai's compiled relevance ops; use them through capxai.ops or torch.ops.capxai.";
+#ifdef CAPXAI_WITH_CUDA
+  module.attr("cuda_built") = true;
+  module.attr("cuda_version") = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  module.attr("cuda_built") = false;
+  module.attr("cuda_version") = pybind11::none();
+#endif
+  module.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                                std::to_string(TORCH_VERSION_PATCH);
+  pybind11::list names;
+  for (const char* name : capxai::kOpNames) names.append(name);
+  module.attr("op_names") = names;
+}
+#endif

@@ -1,0 +1,36 @@
+// lrp_linear: the epsilon rule of LRP_RULES.md ("Linear / elementwise sum") for z = x W^T + b.
+//   x [N, In], weight [Out, In], bias [Out] or None, relevance [N, Out] or [K, N, Out]  ->  [N, In] or [K, N, In]
+//   R_x[k, n, i] = x[n, i] * sum_j W[j, i] * R[k, n, j] / stab(z[n, j])
+//                + bias_factor / In * sum_j (b_j + eps * sign(z[n, j])) * R[k, n, j] / stab(z[n, j])
+// The forward z is computed once and shared by all K targets.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace capxai {
+
+// Validated, contiguous arguments, with relevance viewed as [K, N, Out].
+struct LinearArgs {
+  at::Tensor x;          // [N, In]
+  at::Tensor weight;     // [Out, In]
+  at::Tensor bias;       // [Out] or undefined
+  at::Tensor relevance;  // [K, N, Out]
+  bool had_target_dim;   // relevance came as [K, N, Out] (else [N, Out])
+};
+
+// Checks every argument (rank, sizes, dtype, device, finiteness) and throws a message naming the bad one.
+LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& relevance, double eps,
+                                 double bias_factor);
+
+// Result [K, N, In] back to the caller's rank.
+inline at::Tensor restore_target_dim(const at::Tensor& result, const LinearArgs& args) {
+  return args.had_target_dim ? result : result.squeeze(0);
+}
+
+at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const at::Tensor& relevance, double eps, double bias_factor);
+
+}  // namespace capxai
