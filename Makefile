@@ -1,0 +1,66 @@
+# capxai: `make demo` and `make test` set everything up on a fresh machine (venv, dependencies, extension build).
+# Set-up is idempotent: with nothing changed, a second run reuses the venv and the build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+EXTENSION := capxai/_C$(EXT_SUFFIX)
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+CUDA_BUILD := build/cuda
+CMAKE_BUILD := build/cmake
+CUDA_SHIM := build/cuda-toolkit
+export MAX_JOBS ?= 2
+
+.PHONY: demo test test-all bench build cuda-check cpp-test clean help
+
+help:
+	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
+	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
+	@echo "make test-all    the test suite including slow tests"
+	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
+	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/ and list its CUDA kernels (no GPU needed)"
+	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The editable install compiles capxai._C in place (CPU kernels; CUDA ones too when a GPU is visible, FORCE_CUDA=1).
+$(EXTENSION): $(STAMP) setup.py pyproject.toml $(CSRC)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(EXTENSION)
+
+demo: build
+	$(PY) -m capxai.demo --out runs/demo
+
+test: build
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	@mkdir -p runs/bench
+	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-json=runs/bench/bench-$$(date +%Y%m%d-%H%M%S).json
+
+cuda-check: $(STAMP)
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py --quiet build_ext \
+		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
+	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m capxai.info --require-cuda
+
+cpp-test: $(STAMP)
+	tools/cuda_toolkit_shim.sh $(PY) $(CUDA_SHIM) >/dev/null
+	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DCUDA_TOOLKIT_ROOT_DIR=$(CURDIR)/$(CUDA_SHIM) -DCUDAToolkit_ROOT=$(CURDIR)/$(CUDA_SHIM) >/dev/null
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+clean:
+	rm -rf build runs/bench $(EXTENSION) *.egg-info
