@@ -185,3 +185,10 @@ def test_mixed_devices_name_the_argument():
     inputs = make_inputs(6, 5, 4, 2, torch.float64, "cuda")
     with pytest.raises(ValueError, match="relevance must be on the device of x"):
         lrp_linear(**{**inputs, "relevance": inputs["relevance"].cpu()})
+
+
+def test_overflow_with_finite_inputs_is_reported(device):
+    inputs = make_inputs(4, 3, 2, None, torch.float32, device, seed=11)
+    inputs["relevance"] = torch.full((4, 2), 1e37, device=device)  # R / stab(z) exceeds float32
+    with pytest.raises(ValueError, match="inputs are finite but .* overflowed"):
+        lrp_linear(**inputs, eps=1e-3)

@@ -35,14 +35,20 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
     check_dim(*bias, 1, op, "bias", "[Out]");
     check_size(*bias, 0, n_out, op, "bias", "[Out]", "Out = weight.shape[0]");
     args.bias = bias->contiguous();
-    check_finite(args.bias, op, "bias");
   }
   args.had_target_dim = relevance.dim() == 3;
   args.relevance = (args.had_target_dim ? relevance : relevance.unsqueeze(0)).contiguous();
+  return args;
+}
+
+void raise_non_finite(const LinearArgs& args) {
+  constexpr const char* op = "lrp_linear";
+  check_finite(args.relevance, op, "relevance");
   check_finite(args.x, op, "x");
   check_finite(args.weight, op, "weight");
-  check_finite(args.relevance, op, "relevance");
-  return args;
+  if (args.bias.defined()) check_finite(args.bias, op, "bias");
+  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the forward z = x W^T + b or the relevance ",
+                                       "overflowed ", args.x.scalar_type(), "; rescale the inputs or use float64"));
 }
 
 }  // namespace capxai

@@ -20,10 +20,14 @@ struct LinearArgs {
   bool had_target_dim;   // relevance came as [K, N, Out] (else [N, Out])
 };
 
-// Checks every argument (rank, sizes, dtype, device, finiteness) and throws a message naming the bad one.
+// Checks every argument (rank, sizes, dtype, device) and throws a message naming the bad one. Finiteness is checked
+// inside the kernels' own passes (no extra pass over memory); when they find NaN/Inf they call raise_non_finite.
 LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, const at::Tensor& relevance, double eps,
                                  double bias_factor);
+
+// Names the argument holding NaN/Inf (a slow, rare path), or says that the computation overflowed.
+[[noreturn]] void raise_non_finite(const LinearArgs& args);
 
 // Result [K, N, In] back to the caller's rank.
 inline at::Tensor restore_target_dim(const at::Tensor& result, const LinearArgs& args) {

@@ -1,12 +1,15 @@
 // CPU kernel of lrp_linear (LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
-// Three passes: the forward z = x W^T + b once (BLAS), one fused pass computing R / stab(z) for all K targets
-// (plus each row's absorbed share when bias_factor != 0), one GEMM (BLAS) back to the inputs, and one fused pass
-// multiplying by x and adding the absorbed share, in place in the output.
+// Passes: the forward z = x W^T + b once (BLAS); one fused pass computing R / stab(z) for all K targets (plus each
+// row's absorbed share when bias_factor != 0); one GEMM (BLAS) back to the inputs; one fused pass multiplying by x
+// and adding the absorbed share, in place in the output. The two fused passes also detect NaN/Inf on the way (a
+// non-finite input always reaches the ratio or the output), so bad input costs no extra pass over memory.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 #include "../../common/stabilize.h"
 #include "../lrp_linear.h"
@@ -19,45 +22,69 @@ int64_t grain_for(int64_t row_length) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length));
 }
 
-// ratio[r, j] = relevance[r, j] / stab(z[r % N, j]); absorbed[r] = bias_factor / In * sum_j (b_j + eps sign z) ratio.
+// v - v is 0 for finite v and NaN otherwise; summing it keeps the loops branch-free and vectorisable.
 template <typename scalar_t>
-void ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bias, scalar_t* ratio,
+inline bool all_finite(scalar_t non_finite_probe) {
+  return non_finite_probe == scalar_t(0);
+}
+
+// ratio[r, j] = relevance[r, j] / stab(z[r % N, j]); absorbed[r] = bias_factor / In * sum_j (b_j + eps sign z) ratio.
+// Returns false if any ratio is NaN/Inf.
+template <typename scalar_t>
+bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bias, scalar_t* ratio,
                 scalar_t* absorbed, int64_t rows, int64_t n_rows, int64_t n_out, int64_t n_in, scalar_t eps,
                 double bias_factor) {
   using acc_t = at::opmath_type<scalar_t>;
+  std::atomic<bool> finite{true};
   at::parallel_for(0, rows, grain_for(n_out), [&](int64_t begin, int64_t end) {
+    scalar_t probe = 0;
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* z_row = z + (r % n_rows) * n_out;
       const scalar_t* rel_row = relevance + r * n_out;
       scalar_t* ratio_row = ratio + r * n_out;
       if (absorbed == nullptr) {
-        for (int64_t j = 0; j < n_out; ++j) ratio_row[j] = rel_row[j] / stabilize(z_row[j], eps);
+        for (int64_t j = 0; j < n_out; ++j) {
+          const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
+          ratio_row[j] = s;
+          probe += s - s;
+        }
         continue;
       }
       acc_t absorbed_sum = 0;
       for (int64_t j = 0; j < n_out; ++j) {
         const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
         ratio_row[j] = s;
+        probe += s - s;
         const scalar_t b = bias == nullptr ? scalar_t(0) : bias[j];
         absorbed_sum += acc_t(s) * acc_t(b + eps * sign_nonneg_as_plus(z_row[j]));
       }
       absorbed[r] = scalar_t(absorbed_sum * acc_t(bias_factor) / acc_t(n_in));
     }
+    if (!all_finite(probe)) finite.store(false, std::memory_order_relaxed);
   });
+  return finite.load();
 }
 
-// out[r, i] = x[r % N, i] * out[r, i] (+ absorbed[r])
+// out[r, i] = x[r % N, i] * out[r, i] (+ absorbed[r]). Returns false if any result is NaN/Inf.
 template <typename scalar_t>
-void input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int64_t rows, int64_t n_rows,
+bool input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int64_t rows, int64_t n_rows,
                 int64_t n_in) {
+  std::atomic<bool> finite{true};
   at::parallel_for(0, rows, grain_for(n_in), [&](int64_t begin, int64_t end) {
+    scalar_t probe = 0;
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* x_row = x + (r % n_rows) * n_in;
       scalar_t* out_row = out + r * n_in;
       const scalar_t share = absorbed == nullptr ? scalar_t(0) : absorbed[r];
-      for (int64_t i = 0; i < n_in; ++i) out_row[i] = x_row[i] * out_row[i] + share;
+      for (int64_t i = 0; i < n_in; ++i) {
+        const scalar_t value = x_row[i] * out_row[i] + share;
+        out_row[i] = value;
+        probe += value - value;
+      }
     }
+    if (!all_finite(probe)) finite.store(false, std::memory_order_relaxed);
   });
+  return finite.load();
 }
 
 }  // namespace
@@ -77,18 +104,21 @@ at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   at::Tensor absorbed = spread_bias ? at::empty({rows}, args.x.options()) : at::Tensor();
   at::Tensor out = at::empty({n_targets, n_rows, n_in}, args.x.options());
 
+  bool finite = true;
   AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "lrp_linear_cpu", [&] {
-    ratio_pass<scalar_t>(args.relevance.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-                         args.bias.defined() ? args.bias.const_data_ptr<scalar_t>() : nullptr,
-                         ratio.mutable_data_ptr<scalar_t>(),
-                         spread_bias ? absorbed.mutable_data_ptr<scalar_t>() : nullptr, rows, n_rows, n_out, n_in,
-                         static_cast<scalar_t>(eps), bias_factor);
+    finite = ratio_pass<scalar_t>(args.relevance.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                                  args.bias.defined() ? args.bias.const_data_ptr<scalar_t>() : nullptr,
+                                  ratio.mutable_data_ptr<scalar_t>(),
+                                  spread_bias ? absorbed.mutable_data_ptr<scalar_t>() : nullptr, rows, n_rows, n_out,
+                                  n_in, static_cast<scalar_t>(eps), bias_factor);
+    if (!finite) return;
     at::Tensor out_rows = out.view({rows, n_in});
     at::mm_out(out_rows, ratio.view({rows, n_out}), args.weight);
-    input_pass<scalar_t>(args.x.const_data_ptr<scalar_t>(),
-                         spread_bias ? absorbed.const_data_ptr<scalar_t>() : nullptr,
-                         out.mutable_data_ptr<scalar_t>(), rows, n_rows, n_in);
+    finite = input_pass<scalar_t>(args.x.const_data_ptr<scalar_t>(),
+                                  spread_bias ? absorbed.const_data_ptr<scalar_t>() : nullptr,
+                                  out.mutable_data_ptr<scalar_t>(), rows, n_rows, n_in);
   });
+  if (!finite) raise_non_finite(args);
   return restore_target_dim(out, args);
 }
 

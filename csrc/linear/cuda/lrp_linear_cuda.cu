@@ -1,6 +1,7 @@
 // CUDA kernel of lrp_linear (LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
 // Same passes as the CPU kernel: z by cuBLAS once, a fused ratio pass (one block per row when the absorbed share is
-// needed, for its row sum), the GEMM back by cuBLAS, and a fused elementwise pass into the output.
+// needed, for its row sum), the GEMM back by cuBLAS, and a fused elementwise pass into the output. The fused passes
+// raise a device flag on NaN/Inf, read once at the end (one synchronisation per call).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -24,12 +25,14 @@ int64_t blocks_for(int64_t n) {
 template <typename scalar_t>
 __global__ void ratio_kernel(const scalar_t* __restrict__ relevance, const scalar_t* __restrict__ z,
                              scalar_t* __restrict__ ratio, int64_t total, int64_t n_rows, int64_t n_out,
-                             scalar_t eps) {
+                             scalar_t eps, int* __restrict__ non_finite) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = e / n_out;
     const int64_t j = e - row * n_out;
-    ratio[e] = relevance[e] / stabilize(z[(row % n_rows) * n_out + j], eps);
+    const scalar_t s = relevance[e] / stabilize(z[(row % n_rows) * n_out + j], eps);
+    ratio[e] = s;
+    if (!isfinite(s)) *non_finite = 1;
   }
 }
 
@@ -38,7 +41,8 @@ template <typename scalar_t>
 __global__ void ratio_absorbed_kernel(const scalar_t* __restrict__ relevance, const scalar_t* __restrict__ z,
                                       const scalar_t* __restrict__ bias, scalar_t* __restrict__ ratio,
                                       scalar_t* __restrict__ absorbed, int64_t rows, int64_t n_rows,
-                                      int64_t n_out, int64_t n_in, scalar_t eps, double bias_factor) {
+                                      int64_t n_out, int64_t n_in, scalar_t eps, double bias_factor,
+                                      int* __restrict__ non_finite) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kThreads];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -47,6 +51,7 @@ __global__ void ratio_absorbed_kernel(const scalar_t* __restrict__ relevance, co
     for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) {
       const scalar_t s = relevance[r * n_out + j] / stabilize(z_row[j], eps);
       ratio[r * n_out + j] = s;
+      if (!isfinite(s)) *non_finite = 1;
       const scalar_t b = bias == nullptr ? scalar_t(0) : bias[j];
       sum += acc_t(s) * acc_t(b + eps * sign_nonneg_as_plus(z_row[j]));
     }
@@ -64,13 +69,16 @@ __global__ void ratio_absorbed_kernel(const scalar_t* __restrict__ relevance, co
 // out[e] = x[(e / In) % N, e % In] * out[e] (+ absorbed[e / In])
 template <typename scalar_t>
 __global__ void input_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ absorbed,
-                             scalar_t* __restrict__ out, int64_t total, int64_t n_rows, int64_t n_in) {
+                             scalar_t* __restrict__ out, int64_t total, int64_t n_rows, int64_t n_in,
+                             int* __restrict__ non_finite) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = e / n_in;
     const int64_t i = e - row * n_in;
     const scalar_t share = absorbed == nullptr ? scalar_t(0) : absorbed[row];
-    out[e] = x[(row % n_rows) * n_in + i] * out[e] + share;
+    const scalar_t value = x[(row % n_rows) * n_in + i] * out[e] + share;
+    out[e] = value;
+    if (!isfinite(value)) *non_finite = 1;
   }
 }
 
@@ -93,6 +101,8 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   at::Tensor out = at::empty({n_targets, n_rows, n_in}, args.x.options());
   if (out.numel() == 0 && ratio.numel() == 0) return restore_target_dim(out, args);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor non_finite = at::zeros({1}, args.x.options().dtype(at::kInt));
+  int* flag = non_finite.mutable_data_ptr<int>();
 
   AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "lrp_linear_cuda", [&] {
     const scalar_t* bias_ptr = args.bias.defined() ? args.bias.const_data_ptr<scalar_t>() : nullptr;
@@ -101,12 +111,12 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
       ratio_absorbed_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
           args.relevance.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), bias_ptr,
           ratio.mutable_data_ptr<scalar_t>(), absorbed.mutable_data_ptr<scalar_t>(), rows, n_rows, n_out, n_in,
-          static_cast<scalar_t>(eps), bias_factor);
+          static_cast<scalar_t>(eps), bias_factor, flag);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else if (ratio.numel() > 0) {
       ratio_kernel<scalar_t><<<blocks_for(ratio.numel()), kThreads, 0, stream>>>(
           args.relevance.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-          ratio.mutable_data_ptr<scalar_t>(), ratio.numel(), n_rows, n_out, static_cast<scalar_t>(eps));
+          ratio.mutable_data_ptr<scalar_t>(), ratio.numel(), n_rows, n_out, static_cast<scalar_t>(eps), flag);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     at::Tensor out_rows = out.view({rows, n_in});
@@ -114,10 +124,11 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
     if (out.numel() > 0) {
       input_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
           args.x.const_data_ptr<scalar_t>(), spread_bias ? absorbed.const_data_ptr<scalar_t>() : nullptr,
-          out.mutable_data_ptr<scalar_t>(), out.numel(), n_rows, n_in);
+          out.mutable_data_ptr<scalar_t>(), out.numel(), n_rows, n_in, flag);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  if (non_finite.item<int>() != 0) raise_non_finite(args);
   return restore_target_dim(out, args);
 }
 
