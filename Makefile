@@ -20,7 +20,7 @@ help:
 	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
 	@echo "make test-all    the test suite including slow tests"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
-	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/ and list its CUDA kernels (no GPU needed)"
+	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
 
 $(STAMP): requirements.txt
@@ -53,6 +53,8 @@ cuda-check: $(STAMP)
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py --quiet build_ext \
 		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
 	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m capxai.info --require-cuda
+	@# the CUDA build's CPU kernels and Python face, through the same tests (CUDA ones run only where a GPU is)
+	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m pytest -q -m "not slow" tests
 
 cpp-test: $(STAMP)
 	tools/cuda_toolkit_shim.sh $(PY) $(CUDA_SHIM) >/dev/null
