@@ -11,7 +11,7 @@ import torch
 import capxai
 from capxai._extension import extension
 
-BACKENDS = ("CPU", "CUDA", "Meta")
+BACKENDS = ("CPU", "CUDA", "Meta", "CompositeImplicitAutograd")
 
 
 def kernel_table():
@@ -33,10 +33,14 @@ def main(argv=None):
     print(f"  CUDA kernels: {cuda}; GPU visible now: {torch.cuda.is_available()}")
     table = kernel_table()
     for name, backends in table.items():
+        if backends["CompositeImplicitAutograd"]:
+            print(f"  capxai::{name}: composite of the other ops (runs wherever they run)")
+            continue
         registered = ", ".join(key if key != "CUDA" or extension.cuda_built else "CUDA (stub: says how to rebuild)"
                                for key, present in backends.items() if present)
         print(f"  capxai::{name}: kernels for {registered}")
-    if args.require_cuda and not (extension.cuda_built and all(b["CUDA"] for b in table.values())):
+    every_op_on_cuda = all(b["CUDA"] or b["CompositeImplicitAutograd"] for b in table.values())
+    if args.require_cuda and not (extension.cuda_built and every_op_on_cuda):
         print("error: this build has no CUDA kernels; build with FORCE_CUDA=1", file=sys.stderr)
         return 1
     return 0

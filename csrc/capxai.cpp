@@ -7,14 +7,22 @@
 
 namespace capxai {
 
-// Every op of the library; the no-CUDA stubs below and capxai.info list exactly these.
-constexpr std::array<const char*, 1> kOpNames = {"lrp_linear"};
+// Every op of the library (capxai.info lists them) and those of them with their own CPU/CUDA kernels (the others
+// are composites of these, e.g. lrp_lstm_cell calls lrp_lstm).
+constexpr std::array<const char*, 3> kOpNames = {"lrp_linear", "lrp_lstm", "lrp_lstm_cell"};
+constexpr std::array<const char*, 2> kBackendOpNames = {"lrp_linear", "lrp_lstm"};
 
 TORCH_LIBRARY(capxai, m) {
   // Fake (meta) kernels are registered in Python; torch imports this module when it needs them.
   m.set_python_module("capxai.ops.fake");
   m.def("lrp_linear(Tensor x, Tensor weight, Tensor? bias, Tensor relevance, float eps=0.01, "
         "float bias_factor=0.0) -> Tensor");
+  m.def("lrp_lstm(Tensor x, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+        "Tensor? bias_hh, Tensor relevance_h, Tensor? relevance_c=None, float eps=0.01, float bias_factor=0.0) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("lrp_lstm_cell(Tensor x, Tensor h_prev, Tensor c_prev, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+        "Tensor? bias_hh, Tensor relevance_h, Tensor? relevance_c=None, float eps=0.01, float bias_factor=0.0) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 #ifndef CAPXAI_WITH_CUDA
@@ -28,7 +36,7 @@ void cuda_kernels_not_built(const c10::OperatorHandle& op, torch::jit::Stack* /*
 }  // namespace
 
 TORCH_LIBRARY_IMPL(capxai, CUDA, m) {
-  for (const char* name : kOpNames) {
+  for (const char* name : kBackendOpNames) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_kernels_not_built>());
   }
 }

@@ -6,5 +6,6 @@ from capxai._extension import cuda_built, op_names
 from capxai.ops import fake  # noqa: F401  (registers the fake kernels)
 from capxai.ops import reference
 from capxai.ops.linear import lrp_linear
+from capxai.ops.lstm import lrp_lstm, lrp_lstm_cell
 
-__all__ = ["lrp_linear", "reference", "cuda_built", "op_names"]
+__all__ = ["lrp_linear", "lrp_lstm", "lrp_lstm_cell", "reference", "cuda_built", "op_names"]

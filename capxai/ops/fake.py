@@ -11,3 +11,14 @@ def _lrp_linear_fake(x, weight, bias, relevance, eps=0.01, bias_factor=0.0):
     torch._check(relevance.dim() in (2, 3),
                  lambda: f"lrp_linear: relevance must be [N, Out] or [K, N, Out], got {list(relevance.shape)}")
     return relevance.new_empty((*relevance.shape[:-1], x.shape[1]))
+
+
+@torch.library.register_fake("capxai::lrp_lstm")
+def _lrp_lstm_fake(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h, relevance_c=None, eps=0.01,
+                   bias_factor=0.0):
+    torch._check(x.dim() == 3, lambda: f"lrp_lstm: x must be [T, B, D], got {list(x.shape)}")
+    torch._check(relevance_h.dim() in (3, 4),
+                 lambda: f"lrp_lstm: relevance_h must be [T, B, H] or [K, T, B, H], got {list(relevance_h.shape)}")
+    targets = relevance_h.shape[:-3]
+    return (relevance_h.new_empty((*targets, *x.shape)), relevance_h.new_empty((*targets, *h0.shape)),
+            relevance_h.new_empty((*targets, *c0.shape)))

@@ -33,3 +33,76 @@ def lrp_linear_reference(x, weight, bias, relevance, eps=0.01, bias_factor=0.0):
             absorbed = absorbed + bias
         result = result + bias_factor * (ratio * absorbed).sum(-1, keepdim=True) / x.shape[1]
     return result
+
+
+def _with_targets(relevance, had_targets):
+    return relevance if had_targets else relevance.squeeze(0)
+
+
+def _lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
+    """Plain LSTM forward (gate order i, f, g, o) returning per step (h_prev, c_prev, i, f, g, c, z_g)."""
+    hidden = h0.shape[-1]
+    h, c = h0, c0
+    steps = []
+    for x_t in x:
+        z = F.linear(x_t, weight_ih, bias_ih) + F.linear(h, weight_hh, bias_hh)
+        z_i, z_f, z_g, z_o = z.split(hidden, dim=-1)
+        i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
+        c_new = f * c + i * g
+        steps.append((h, c, i, f, g, c_new, z_g))
+        h, c = o * torch.tanh(c_new), c_new
+    return steps
+
+
+def lrp_lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h, relevance_c=None,
+                       eps=0.01, bias_factor=0.0):
+    """Signal-take-all LRP through a whole LSTM sequence (LRP_RULES.md, "LSTM cell", Arras et al.).
+
+    Shapes: x [T, B, D], h0 / c0 [B, H], weight_ih [4H, D], weight_hh [4H, H], biases [4H] or None (torch
+    ``nn.LSTM`` layout, gates i, f, g, o); relevance_h / relevance_c [(K,) T, B, H], injected at each step's hidden
+    and cell state. Returns (relevance_x [(K,) T, B, D], relevance_h0 [(K,) B, H], relevance_c0 [(K,) B, H]).
+    For t = T..1: Rh = Rh_in + carry; Rc = Rc_in + carry + Rh (gate o is a constant); epsilon rule over the two terms
+    of c_t; the g-branch by the epsilon rule through the g-rows of [W_ih W_hh] (pre-activation with both biases).
+    """
+    had_targets = relevance_h.dim() == 4
+    relevance_h = relevance_h if had_targets else relevance_h.unsqueeze(0)
+    if relevance_c is None:
+        relevance_c = torch.zeros_like(relevance_h)
+    else:
+        relevance_c = relevance_c if had_targets else relevance_c.unsqueeze(0)
+    hidden, n_in = h0.shape[-1], x.shape[-1]
+    g_rows = slice(2 * hidden, 3 * hidden)
+    weight_g = torch.cat([weight_ih[g_rows], weight_hh[g_rows]], dim=1)  # [H, D + H]
+    bias_g = None
+    if bias_ih is not None or bias_hh is not None:
+        bias_g = sum(b[g_rows] for b in (bias_ih, bias_hh) if b is not None)
+    steps = _lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+
+    carry_h = torch.zeros_like(relevance_h[:, 0])
+    carry_c = torch.zeros_like(relevance_h[:, 0])
+    relevance_x = []
+    for t in reversed(range(len(steps))):
+        h_prev, c_prev, i, f, g, c, _ = steps[t]
+        rel_h = relevance_h[:, t] + carry_h
+        rel_c = relevance_c[:, t] + carry_c + rel_h
+        cell_ratio = rel_c / stabilize(c, eps)
+        cell_share = bias_factor * eps * sign_nonneg_as_plus(c) / 2
+        carry_c = (f * c_prev + cell_share) * cell_ratio
+        rel_g = (i * g + cell_share) * cell_ratio
+        x_and_h = torch.cat([x[t], h_prev], dim=-1)
+        rel_inputs = lrp_linear_reference(x_and_h, weight_g, bias_g, rel_g, eps, bias_factor)
+        relevance_x.append(rel_inputs[..., :n_in])
+        carry_h = rel_inputs[..., n_in:]
+    relevance_x = torch.stack(relevance_x[::-1], dim=1)
+    return tuple(_with_targets(r, had_targets) for r in (relevance_x, carry_h, carry_c))
+
+
+def lrp_lstm_cell_reference(x, h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h,
+                            relevance_c=None, eps=0.01, bias_factor=0.0):
+    """One step of :func:`lrp_lstm_reference`: x [B, D], states [B, H], relevance [(K,) B, H] ->
+    (relevance_x [(K,) B, D], relevance_h_prev [(K,) B, H], relevance_c_prev [(K,) B, H])."""
+    step_dim = 1 if relevance_h.dim() == 3 else 0
+    relevance_c = None if relevance_c is None else relevance_c.unsqueeze(step_dim)
+    rel_x, rel_h, rel_c = lrp_lstm_reference(x[None], h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh,
+                                             relevance_h.unsqueeze(step_dim), relevance_c, eps, bias_factor)
+    return rel_x.squeeze(step_dim), rel_h, rel_c
