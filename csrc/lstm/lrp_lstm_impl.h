@@ -53,6 +53,7 @@ LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor) {
 // Targets in slot order (last step descending) and, per step, how many slots are active.
 struct TargetSchedule {
   std::vector<int64_t> slot_target;  // slot -> target
+  std::vector<int64_t> target_slot;  // target -> slot
   std::vector<int64_t> active;       // [T]: slots 0..active[t]-1 carry relevance at step t
   std::vector<int64_t> offset;       // [T]: first packed (slot, t) pair of step t
   int64_t pairs = 0;                 // number of packed (slot, t) pairs
@@ -65,6 +66,8 @@ inline TargetSchedule schedule_targets(const std::vector<int64_t>& last_step, in
   std::iota(schedule.slot_target.begin(), schedule.slot_target.end(), 0);
   std::stable_sort(schedule.slot_target.begin(), schedule.slot_target.end(),
                    [&](int64_t a, int64_t b) { return last_step[a] > last_step[b]; });
+  schedule.target_slot.resize(targets);
+  for (int64_t slot = 0; slot < targets; ++slot) schedule.target_slot[schedule.slot_target[slot]] = slot;
   schedule.active.assign(steps, 0);
   schedule.offset.assign(steps, 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
@@ -73,6 +76,16 @@ inline TargetSchedule schedule_targets(const std::vector<int64_t>& last_step, in
     schedule.pairs += schedule.active[t];
   }
   return schedule;
+}
+
+// [K, T] -> index of the packed (slot, step) pair, or -1 where the target carries no relevance at that step.
+inline std::vector<int64_t> packed_pair_index(const TargetSchedule& schedule, int64_t steps) {
+  const int64_t targets = static_cast<int64_t>(schedule.slot_target.size());
+  std::vector<int64_t> pair_of(targets * steps, -1);
+  for (int64_t t = 0; t < steps; ++t)
+    for (int64_t slot = 0; slot < schedule.active[t]; ++slot)
+      pair_of[schedule.slot_target[slot] * steps + t] = schedule.offset[t] + slot;
+  return pair_of;
 }
 
 template <typename Passes>
@@ -118,15 +131,11 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   relevance_h0.index_copy_(0, slot_target, fwd.hidden[0].unsqueeze(0) * hidden_sum + hidden_absorbed.unsqueeze(-1));
   relevance_c0.index_copy_(0, slot_target, carry_cell);
 
-  // Relevance of the inputs: one GEMM over all active (slot, step) pairs, then one pass scattering it into place.
-  std::vector<int64_t> pair_of(targets * steps, -1);  // [K, T] -> packed pair, or -1 when the pair is inactive
-  for (int64_t t = 0; t < steps; ++t)
-    for (int64_t slot = 0; slot < schedule.active[t]; ++slot)
-      pair_of[schedule.slot_target[slot] * steps + t] = schedule.offset[t] + slot;
-  const at::Tensor pair_index = at::tensor(pair_of, at::TensorOptions().dtype(at::kLong)).to(options.device());
-  const at::Tensor input_sum = at::mm(gate_ratio.view({schedule.pairs * batch, hidden}), weight_ih_g);
+  // Relevance of the inputs: x * (ratio @ W_ih[g rows]) + absorbed share for every active (target, step) pair,
+  // 0 for the others; how the GEMMs are batched is the backend's choice.
   at::Tensor relevance_x = at::empty({targets, steps, batch, n_in}, options);
-  finite = Passes::scatter_inputs(a.x, input_sum, spread_bias ? absorbed : at::Tensor(), pair_index, relevance_x);
+  finite = Passes::input_relevance(a.x, gate_ratio, spread_bias ? absorbed : at::Tensor(), schedule, weight_ih_g,
+                                   relevance_x);
   finite = finite && at::isfinite(relevance_h0).all().item<bool>() && at::isfinite(relevance_c0).all().item<bool>();
   if (!finite) raise_lstm_non_finite(a, op);
 

@@ -200,11 +200,16 @@ struct CudaPasses {
     });
   }
 
-  static bool scatter_inputs(const at::Tensor& x, const at::Tensor& input_sum, const at::Tensor& absorbed,
-                             const at::Tensor& pair_index, at::Tensor& relevance_x) {
-    const int64_t steps = x.size(0), batch = x.size(1), n_in = x.size(2);
-    at::Tensor non_finite = at::zeros({1}, x.options().dtype(at::kInt));
+  // One GEMM over all active pairs (cuBLAS wants big problems), then one pass scattering it into place.
+  static bool input_relevance(const at::Tensor& x, const at::Tensor& gate_ratio, const at::Tensor& absorbed,
+                              const TargetSchedule& schedule, const at::Tensor& weight_ih_g,
+                              at::Tensor& relevance_x) {
+    const int64_t steps = x.size(0), batch = x.size(1), n_in = x.size(2), hidden = weight_ih_g.size(0);
     if (relevance_x.numel() == 0) return true;
+    const at::Tensor pair_index = at::tensor(packed_pair_index(schedule, steps), at::TensorOptions().dtype(at::kLong))
+                                      .to(x.device());
+    const at::Tensor input_sum = at::mm(gate_ratio.view({gate_ratio.size(0) * batch, hidden}), weight_ih_g);
+    at::Tensor non_finite = at::zeros({1}, x.options().dtype(at::kInt));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_lstm_scatter_cuda", [&] {
       scatter_inputs_kernel<scalar_t><<<blocks_for(relevance_x.numel()), kThreads, 0,
                                         at::cuda::getCurrentCUDAStream()>>>(
