@@ -54,6 +54,34 @@ def _lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
     return steps
 
 
+def lstm_g_branch(weight_ih, weight_hh, bias_ih, bias_hh):
+    """The g-rows of ``[W_ih W_hh]`` ([H, D + H]) and their summed bias ([H] or None): the linear map the LSTM rule
+    propagates through."""
+    hidden = weight_hh.shape[1]
+    g_rows = slice(2 * hidden, 3 * hidden)
+    weight_g = torch.cat([weight_ih[g_rows], weight_hh[g_rows]], dim=1)
+    biases = [b[g_rows] for b in (bias_ih, bias_hh) if b is not None]
+    return weight_g, (sum(biases) if biases else None)
+
+
+def lstm_backward_step(step, x_t, rel_h, rel_c, carry_h, carry_c, weight_g, bias_g, eps, bias_factor):
+    """One reverse step of the LSTM rule for relevance ``[..., B, H]`` injected at (h_t, c_t).
+
+    ``step`` is one entry of :func:`_lstm_forward`. Returns (relevance_x_t, carry_h, carry_c) for step t - 1.
+    """
+    h_prev, c_prev, i, f, g, c, _ = step
+    rel_h = rel_h + carry_h
+    rel_c = rel_c + carry_c + rel_h
+    cell_ratio = rel_c / stabilize(c, eps)
+    cell_share = bias_factor * eps * sign_nonneg_as_plus(c) / 2
+    carry_c = (f * c_prev + cell_share) * cell_ratio
+    rel_g = (i * g + cell_share) * cell_ratio
+    x_and_h = torch.cat([x_t, h_prev], dim=-1)
+    rel_inputs = lrp_linear_reference(x_and_h, weight_g, bias_g, rel_g, eps, bias_factor)
+    n_in = x_t.shape[-1]
+    return rel_inputs[..., :n_in], rel_inputs[..., n_in:], carry_c
+
+
 def lrp_lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h, relevance_c=None,
                        eps=0.01, bias_factor=0.0):
     """Signal-take-all LRP through a whole LSTM sequence (LRP_RULES.md, "LSTM cell", Arras et al.).
@@ -70,29 +98,16 @@ def lrp_lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, releva
         relevance_c = torch.zeros_like(relevance_h)
     else:
         relevance_c = relevance_c if had_targets else relevance_c.unsqueeze(0)
-    hidden, n_in = h0.shape[-1], x.shape[-1]
-    g_rows = slice(2 * hidden, 3 * hidden)
-    weight_g = torch.cat([weight_ih[g_rows], weight_hh[g_rows]], dim=1)  # [H, D + H]
-    bias_g = None
-    if bias_ih is not None or bias_hh is not None:
-        bias_g = sum(b[g_rows] for b in (bias_ih, bias_hh) if b is not None)
+    weight_g, bias_g = lstm_g_branch(weight_ih, weight_hh, bias_ih, bias_hh)
     steps = _lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
 
     carry_h = torch.zeros_like(relevance_h[:, 0])
     carry_c = torch.zeros_like(relevance_h[:, 0])
     relevance_x = []
     for t in reversed(range(len(steps))):
-        h_prev, c_prev, i, f, g, c, _ = steps[t]
-        rel_h = relevance_h[:, t] + carry_h
-        rel_c = relevance_c[:, t] + carry_c + rel_h
-        cell_ratio = rel_c / stabilize(c, eps)
-        cell_share = bias_factor * eps * sign_nonneg_as_plus(c) / 2
-        carry_c = (f * c_prev + cell_share) * cell_ratio
-        rel_g = (i * g + cell_share) * cell_ratio
-        x_and_h = torch.cat([x[t], h_prev], dim=-1)
-        rel_inputs = lrp_linear_reference(x_and_h, weight_g, bias_g, rel_g, eps, bias_factor)
-        relevance_x.append(rel_inputs[..., :n_in])
-        carry_h = rel_inputs[..., n_in:]
+        rel_x, carry_h, carry_c = lstm_backward_step(steps[t], x[t], relevance_h[:, t], relevance_c[:, t], carry_h,
+                                                     carry_c, weight_g, bias_g, eps, bias_factor)
+        relevance_x.append(rel_x)
     relevance_x = torch.stack(relevance_x[::-1], dim=1)
     return tuple(_with_targets(r, had_targets) for r in (relevance_x, carry_h, carry_c))
 

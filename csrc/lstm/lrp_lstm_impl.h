@@ -53,10 +53,7 @@ LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor) {
 // Targets in slot order (last step descending) and, per step, how many slots are active.
 struct TargetSchedule {
   std::vector<int64_t> slot_target;  // slot -> target
-  std::vector<int64_t> target_slot;  // target -> slot
   std::vector<int64_t> active;       // [T]: slots 0..active[t]-1 carry relevance at step t
-  std::vector<int64_t> offset;       // [T]: first packed (slot, t) pair of step t
-  int64_t pairs = 0;                 // number of packed (slot, t) pairs
 };
 
 inline TargetSchedule schedule_targets(const std::vector<int64_t>& last_step, int64_t steps) {
@@ -66,26 +63,10 @@ inline TargetSchedule schedule_targets(const std::vector<int64_t>& last_step, in
   std::iota(schedule.slot_target.begin(), schedule.slot_target.end(), 0);
   std::stable_sort(schedule.slot_target.begin(), schedule.slot_target.end(),
                    [&](int64_t a, int64_t b) { return last_step[a] > last_step[b]; });
-  schedule.target_slot.resize(targets);
-  for (int64_t slot = 0; slot < targets; ++slot) schedule.target_slot[schedule.slot_target[slot]] = slot;
   schedule.active.assign(steps, 0);
-  schedule.offset.assign(steps, 0);
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    schedule.active[t] = std::count_if(last_step.begin(), last_step.end(), [&](int64_t last) { return last >= t; });
-    schedule.offset[t] = schedule.pairs;
-    schedule.pairs += schedule.active[t];
-  }
-  return schedule;
-}
-
-// [K, T] -> index of the packed (slot, step) pair, or -1 where the target carries no relevance at that step.
-inline std::vector<int64_t> packed_pair_index(const TargetSchedule& schedule, int64_t steps) {
-  const int64_t targets = static_cast<int64_t>(schedule.slot_target.size());
-  std::vector<int64_t> pair_of(targets * steps, -1);
   for (int64_t t = 0; t < steps; ++t)
-    for (int64_t slot = 0; slot < schedule.active[t]; ++slot)
-      pair_of[schedule.slot_target[slot] * steps + t] = schedule.offset[t] + slot;
-  return pair_of;
+    schedule.active[t] = std::count_if(last_step.begin(), last_step.end(), [&](int64_t last) { return last >= t; });
+  return schedule;
 }
 
 template <typename Passes>
@@ -103,40 +84,41 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
 
   const at::Tensor slot_target =
       at::tensor(schedule.slot_target, at::TensorOptions().dtype(at::kLong)).to(options.device());
-  at::Tensor gate_ratio = at::empty({schedule.pairs, batch, hidden}, options);  // Rg / stab(z_g) per pair
-  at::Tensor absorbed = spread_bias ? at::zeros({schedule.pairs, batch}, options) : at::Tensor();
-  at::Tensor hidden_sum = at::zeros({targets, batch, hidden}, options);  // sum_j W_hh[g_j, :] ratio_j, per slot
-  at::Tensor hidden_absorbed = at::zeros({targets, batch}, options);    // absorbed share of h, per slot
-  at::Tensor carry_cell = at::zeros({targets, batch, hidden}, options);
-  const at::Tensor weight_ih_g = a.weight_ih.narrow(0, 2 * hidden, hidden);  // [H, D]
-  const at::Tensor weight_hh_g = a.weight_hh.narrow(0, 2 * hidden, hidden);  // [H, H]
+  // One GEMM per step gives both halves of the epsilon rule through the g-rows: Rg / stab(z_g) @ [W_ih_g | W_hh_g].
+  const at::Tensor weight_g = at::cat({a.weight_ih.narrow(0, 2 * hidden, hidden),
+                                       a.weight_hh.narrow(0, 2 * hidden, hidden)}, 1);  // [H, D + H]
+  // Per (slot, b) row. Rows of slots not yet active stay zero, which is exactly their carried relevance.
+  at::Tensor sums = at::zeros({targets * batch, n_in + hidden}, options);
+  const at::Tensor input_sum = sums.narrow(1, 0, n_in);        // -> relevance of x_t
+  const at::Tensor hidden_sum = sums.narrow(1, n_in, hidden);  // -> relevance of h_{t-1}
+  at::Tensor gate_ratio = at::empty({targets * batch, hidden}, options);  // Rg / stab(z_g) of the current step
+  at::Tensor absorbed = spread_bias ? at::zeros({targets * batch}, options) : at::Tensor();
+  at::Tensor carry_cell = at::zeros({targets * batch, hidden}, options);
   const double share_scale = spread_bias ? bias_factor / double(n_in + hidden) : 0.0;
+  at::Tensor relevance_x = at::empty({targets, steps, batch, n_in}, options);
+  at::Tensor non_finite = at::zeros({1}, options.dtype(at::kInt));  // raised by input_step, read once at the end
 
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t active = schedule.active[t];
-    if (active == 0) continue;
-    at::Tensor step_ratio = gate_ratio.narrow(0, schedule.offset[t], active);
-    Passes::backward_step(a.relevance_h, a.relevance_c, slot_target, t, active, fwd.hidden[t + 1], hidden_sum,
-                          hidden_absorbed, carry_cell, fwd.keep_cell[t], fwd.to_gate_ratio[t],
-                          spread_bias ? fwd.absorbed_weight[t] : at::Tensor(), step_ratio,
-                          spread_bias ? absorbed.narrow(0, schedule.offset[t], active) : at::Tensor(),
-                          share_scale);
-    at::Tensor step_sum = hidden_sum.narrow(0, 0, active).view({active * batch, hidden});
-    at::mm_out(step_sum, step_ratio.view({active * batch, hidden}), weight_hh_g);
+    if (active > 0) {
+      Passes::backward_step(a.relevance_h, a.relevance_c, slot_target, t, active, fwd.hidden[t + 1], hidden_sum,
+                            absorbed, carry_cell, fwd.keep_cell[t], fwd.to_gate_ratio[t],
+                            spread_bias ? fwd.absorbed_weight[t] : at::Tensor(), gate_ratio, share_scale);
+      at::Tensor step_sums = sums.narrow(0, 0, active * batch);
+      at::mm_out(step_sums, gate_ratio.narrow(0, 0, active * batch), weight_g);
+    }
+    Passes::input_step(a.x, t, active, input_sum, absorbed, slot_target, relevance_x, non_finite);
   }
 
   // Relevance of the initial states, back in the caller's target order.
   at::Tensor relevance_h0 = at::empty({targets, batch, hidden}, options);
   at::Tensor relevance_c0 = at::empty({targets, batch, hidden}, options);
-  relevance_h0.index_copy_(0, slot_target, fwd.hidden[0].unsqueeze(0) * hidden_sum + hidden_absorbed.unsqueeze(-1));
-  relevance_c0.index_copy_(0, slot_target, carry_cell);
-
-  // Relevance of the inputs: x * (ratio @ W_ih[g rows]) + absorbed share for every active (target, step) pair,
-  // 0 for the others; how the GEMMs are batched is the backend's choice.
-  at::Tensor relevance_x = at::empty({targets, steps, batch, n_in}, options);
-  finite = Passes::input_relevance(a.x, gate_ratio, spread_bias ? absorbed : at::Tensor(), schedule, weight_ih_g,
-                                   relevance_x);
-  finite = finite && at::isfinite(relevance_h0).all().item<bool>() && at::isfinite(relevance_c0).all().item<bool>();
+  at::Tensor h0_relevance = fwd.hidden[0].unsqueeze(0) * hidden_sum.view({targets, batch, hidden});
+  if (spread_bias) h0_relevance.add_(absorbed.view({targets, batch, 1}));
+  relevance_h0.index_copy_(0, slot_target, h0_relevance);
+  relevance_c0.index_copy_(0, slot_target, carry_cell.view({targets, batch, hidden}));
+  finite = non_finite.item<int>() == 0 && at::isfinite(relevance_h0).all().item<bool>() &&
+           at::isfinite(relevance_c0).all().item<bool>();
   if (!finite) raise_lstm_non_finite(a, op);
 
   if (!a.had_target_dim) return {relevance_x.squeeze(0), relevance_h0.squeeze(0), relevance_c0.squeeze(0)};

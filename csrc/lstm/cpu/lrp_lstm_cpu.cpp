@@ -93,14 +93,15 @@ struct CpuPasses {
   }
 
   // One reverse step for the active slots: gather the injected and carried relevance, split it over the cell's two
-  // terms, and leave Rg / stab(z_g) (step_ratio) for the GEMMs; the absorbed share of each (slot, b) row too.
+  // terms, and leave Rg / stab(z_g) (gate_ratio) for the GEMM; the absorbed share of each (slot, b) row too.
+  // hidden_sum and absorbed hold what step t + 1 sent to h_t; absorbed is overwritten with step t's share.
   static void backward_step(const at::Tensor& relevance_h, const at::Tensor& relevance_c,
                             const at::Tensor& slot_target, int64_t t, int64_t active, const at::Tensor& hidden_t,
-                            const at::Tensor& hidden_sum, at::Tensor& hidden_absorbed, at::Tensor& carry_cell,
+                            const at::Tensor& hidden_sum, at::Tensor& absorbed, at::Tensor& carry_cell,
                             const at::Tensor& keep_cell, const at::Tensor& to_gate_ratio,
-                            const at::Tensor& absorbed_weight, at::Tensor step_ratio, at::Tensor step_absorbed,
-                            double share_scale) {
+                            const at::Tensor& absorbed_weight, at::Tensor& gate_ratio, double share_scale) {
     const int64_t steps = relevance_h.size(1), batch = relevance_h.size(2), hidden = relevance_h.size(3);
+    const int64_t sum_stride = hidden_sum.stride(0);
     AT_DISPATCH_FLOATING_TYPES(relevance_h.scalar_type(), "lrp_lstm_backward_step_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* rel_h = relevance_h.const_data_ptr<scalar_t>();
@@ -108,86 +109,76 @@ struct CpuPasses {
       const int64_t* target_of = slot_target.const_data_ptr<int64_t>();
       const scalar_t* h_t = hidden_t.const_data_ptr<scalar_t>();
       const scalar_t* h_sum = hidden_sum.const_data_ptr<scalar_t>();
-      scalar_t* h_absorbed = hidden_absorbed.mutable_data_ptr<scalar_t>();
+      scalar_t* shares = absorbed.defined() ? absorbed.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* carry = carry_cell.mutable_data_ptr<scalar_t>();
       const scalar_t* keep = keep_cell.const_data_ptr<scalar_t>();
       const scalar_t* to_gate = to_gate_ratio.const_data_ptr<scalar_t>();
       const scalar_t* absorb = absorbed_weight.defined() ? absorbed_weight.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* ratio = step_ratio.mutable_data_ptr<scalar_t>();
-      scalar_t* pair_absorbed = step_absorbed.defined() ? step_absorbed.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* ratio = gate_ratio.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, active * batch, grain_for(hidden), [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
           const int64_t slot = row / batch, b = row % batch;
-          const int64_t injected = ((target_of[slot] * steps + t) * batch + b) * hidden;
-          const int64_t state = b * hidden;  // into [B, H] forward tensors
-          const int64_t carried = row * hidden;  // into [K, B, H] slot buffers (slot-major, same as row)
-          const scalar_t carried_absorbed = h_absorbed[row];
+          const scalar_t* injected_h = rel_h + ((target_of[slot] * steps + t) * batch + b) * hidden;
+          const scalar_t* injected_c =
+              rel_c != nullptr ? rel_c + ((target_of[slot] * steps + t) * batch + b) * hidden : nullptr;
+          const scalar_t* h_row = h_t + b * hidden;
+          const scalar_t* sum_row = h_sum + row * sum_stride;
+          const scalar_t* keep_row = keep + b * hidden;
+          const scalar_t* to_gate_row = to_gate + b * hidden;
+          scalar_t* carry_row = carry + row * hidden;
+          scalar_t* ratio_row = ratio + row * hidden;
+          const scalar_t carried_share = shares != nullptr ? shares[row] : scalar_t(0);
           acc_t absorbed_sum = 0;
           for (int64_t j = 0; j < hidden; ++j) {
-            const scalar_t r_h = rel_h[injected + j] + h_t[state + j] * h_sum[carried + j] + carried_absorbed;
-            const scalar_t r_c = (rel_c != nullptr ? rel_c[injected + j] : scalar_t(0)) + carry[carried + j] + r_h;
-            carry[carried + j] = keep[state + j] * r_c;
-            const scalar_t s = to_gate[state + j] * r_c;
-            ratio[carried + j] = s;
-            if (absorb != nullptr) absorbed_sum += acc_t(s) * acc_t(absorb[state + j]);
+            const scalar_t r_h = injected_h[j] + h_row[j] * sum_row[j] + carried_share;
+            const scalar_t r_c = (injected_c != nullptr ? injected_c[j] : scalar_t(0)) + carry_row[j] + r_h;
+            carry_row[j] = keep_row[j] * r_c;
+            const scalar_t s = to_gate_row[j] * r_c;
+            ratio_row[j] = s;
+            if (absorb != nullptr) absorbed_sum += acc_t(s) * acc_t(absorb[b * hidden + j]);
           }
-          if (pair_absorbed != nullptr) {
-            const scalar_t share = scalar_t(absorbed_sum * acc_t(share_scale));
-            pair_absorbed[row] = share;
-            h_absorbed[row] = share;
-          }
+          if (shares != nullptr) shares[row] = scalar_t(absorbed_sum * acc_t(share_scale));
         }
       });
     });
   }
 
-  // relevance_x[k, t] = x[t] * (gate_ratio[pair] @ W_ih[g rows]) + absorbed[pair], or 0 for inactive pairs.
-  // One GEMM per step over its active slots, into a scratch block reused across steps (it stays in cache), then
-  // one pass scattering it into the output; measured faster here than one GEMM over all pairs or one per pair.
-  static bool input_relevance(const at::Tensor& x, const at::Tensor& gate_ratio, const at::Tensor& absorbed,
-                              const TargetSchedule& schedule, const at::Tensor& weight_ih_g,
-                              at::Tensor& relevance_x) {
+  // relevance_x[k, t] = x[t] * input_sum[slot] + absorbed[slot] for the active slots, 0 for the others; right
+  // after the step's GEMM, while its output is still in cache. Sets non_finite[0] on NaN/Inf.
+  static void input_step(const at::Tensor& x, int64_t t, int64_t active, const at::Tensor& input_sum,
+                         const at::Tensor& absorbed, const at::Tensor& slot_target, at::Tensor& relevance_x,
+                         at::Tensor& non_finite) {
     const int64_t targets = relevance_x.size(0), steps = x.size(0), batch = x.size(1), n_in = x.size(2);
-    const int64_t hidden = weight_ih_g.size(0);
-    const int64_t most_active = steps > 0 ? *std::max_element(schedule.active.begin(), schedule.active.end()) : 0;
-    at::Tensor scratch = at::empty({most_active * batch, n_in}, x.options());
+    const int64_t sum_stride = input_sum.stride(0);
     std::atomic<bool> all_finite{true};
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_lstm_inputs_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_lstm_input_step_cpu", [&] {
       const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-      const scalar_t* share = absorbed.defined() ? absorbed.const_data_ptr<scalar_t>() : nullptr;
-      const scalar_t* sum = scratch.const_data_ptr<scalar_t>();
+      const scalar_t* sum = input_sum.const_data_ptr<scalar_t>();
+      const scalar_t* shares = absorbed.defined() ? absorbed.const_data_ptr<scalar_t>() : nullptr;
+      const int64_t* target_of = slot_target.const_data_ptr<int64_t>();
       scalar_t* out = relevance_x.mutable_data_ptr<scalar_t>();
-      for (int64_t t = 0; t < steps; ++t) {
-        const int64_t active = schedule.active[t], offset = schedule.offset[t];
-        if (active == 0) continue;
-        at::Tensor step_sum = scratch.narrow(0, 0, active * batch);
-        at::mm_out(step_sum, gate_ratio.narrow(0, offset, active).view({active * batch, hidden}), weight_ih_g);
-        at::parallel_for(0, active * batch, grain_for(n_in), [&](int64_t begin, int64_t end) {
-          scalar_t probe = 0;
-          for (int64_t row = begin; row < end; ++row) {
-            const int64_t slot = row / batch, b = row % batch;
-            const scalar_t* x_row = x_ptr + (t * batch + b) * n_in;
-            const scalar_t* sum_row = sum + row * n_in;
-            scalar_t* out_row = out + ((schedule.slot_target[slot] * steps + t) * batch + b) * n_in;
-            const scalar_t add = share != nullptr ? share[(offset + slot) * batch + b] : scalar_t(0);
-            for (int64_t d = 0; d < n_in; ++d) {
-              const scalar_t value = x_row[d] * sum_row[d] + add;
-              out_row[d] = value;
-              probe += value - value;
-            }
+      at::parallel_for(0, targets * batch, grain_for(n_in), [&](int64_t begin, int64_t end) {
+        scalar_t probe = 0;
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t slot = row / batch, b = row % batch;
+          scalar_t* out_row = out + ((target_of[slot] * steps + t) * batch + b) * n_in;
+          if (slot >= active) {
+            std::fill(out_row, out_row + n_in, scalar_t(0));
+            continue;
           }
-          if (probe != scalar_t(0)) all_finite.store(false);
-        });
-      }
-      // Pairs after a target's last step carry nothing.
-      at::parallel_for(0, targets * steps, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t block = begin; block < end; ++block) {
-          if (schedule.target_slot[block / steps] < schedule.active[block % steps]) continue;
-          std::fill(out + block * batch * n_in, out + (block + 1) * batch * n_in, scalar_t(0));
+          const scalar_t* x_row = x_ptr + (t * batch + b) * n_in;
+          const scalar_t* sum_row = sum + row * sum_stride;
+          const scalar_t add = shares != nullptr ? shares[row] : scalar_t(0);
+          for (int64_t d = 0; d < n_in; ++d) {
+            const scalar_t value = x_row[d] * sum_row[d] + add;
+            out_row[d] = value;
+            probe += value - value;
+          }
         }
+        if (probe != scalar_t(0)) all_finite.store(false);
       });
     });
-    return all_finite.load();
+    if (!all_finite.load()) non_finite.fill_(1);
   }
 };
 

@@ -74,10 +74,10 @@ template <typename scalar_t>
 __global__ void backward_step_kernel(const scalar_t* __restrict__ rel_h, const scalar_t* __restrict__ rel_c,
                                      const int64_t* __restrict__ target_of, int64_t t, int64_t rows, int64_t steps,
                                      int64_t batch, int64_t hidden, const scalar_t* __restrict__ h_t,
-                                     const scalar_t* __restrict__ h_sum, scalar_t* __restrict__ h_absorbed,
-                                     scalar_t* __restrict__ carry, const scalar_t* __restrict__ keep,
-                                     const scalar_t* __restrict__ to_gate, const scalar_t* __restrict__ absorb,
-                                     scalar_t* __restrict__ ratio, scalar_t* __restrict__ pair_absorbed,
+                                     const scalar_t* __restrict__ h_sum, int64_t sum_stride,
+                                     scalar_t* __restrict__ shares, scalar_t* __restrict__ carry,
+                                     const scalar_t* __restrict__ keep, const scalar_t* __restrict__ to_gate,
+                                     const scalar_t* __restrict__ absorb, scalar_t* __restrict__ ratio,
                                      double share_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kThreads];
@@ -85,49 +85,47 @@ __global__ void backward_step_kernel(const scalar_t* __restrict__ rel_h, const s
     const int64_t slot = row / batch, b = row - slot * batch;
     const int64_t injected = ((target_of[slot] * steps + t) * batch + b) * hidden;
     const int64_t state = b * hidden, carried = row * hidden;
-    const scalar_t carried_absorbed = h_absorbed[row];
+    const scalar_t carried_share = shares != nullptr ? shares[row] : scalar_t(0);
     acc_t absorbed_sum = 0;
     for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
-      const scalar_t r_h = rel_h[injected + j] + h_t[state + j] * h_sum[carried + j] + carried_absorbed;
+      const scalar_t r_h = rel_h[injected + j] + h_t[state + j] * h_sum[row * sum_stride + j] + carried_share;
       const scalar_t r_c = (rel_c != nullptr ? rel_c[injected + j] : scalar_t(0)) + carry[carried + j] + r_h;
       carry[carried + j] = keep[state + j] * r_c;
       const scalar_t s = to_gate[state + j] * r_c;
       ratio[carried + j] = s;
       if (absorb != nullptr) absorbed_sum += acc_t(s) * acc_t(absorb[state + j]);
     }
-    if (pair_absorbed != nullptr) {
+    if (shares != nullptr) {
       partial[threadIdx.x] = absorbed_sum;
-      __syncthreads();  // also orders every thread's read of h_absorbed[row] before thread 0 rewrites it
+      __syncthreads();  // also orders every thread's read of shares[row] before thread 0 rewrites it
       for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
         if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
         __syncthreads();
       }
-      if (threadIdx.x == 0) {
-        const scalar_t share = scalar_t(partial[0] * acc_t(share_scale));
-        pair_absorbed[row] = share;
-        h_absorbed[row] = share;
-      }
+      if (threadIdx.x == 0) shares[row] = scalar_t(partial[0] * acc_t(share_scale));
     }
     __syncthreads();
   }
 }
 
+// relevance_x[target_of[slot], t, b, d] = x[t, b, d] * input_sum[slot * B + b, d] + share, or 0 for inactive slots.
 template <typename scalar_t>
-__global__ void scatter_inputs_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sum,
-                                      const scalar_t* __restrict__ share, const int64_t* __restrict__ pair_of,
-                                      scalar_t* __restrict__ out, int64_t total, int64_t steps, int64_t batch,
-                                      int64_t n_in, int* __restrict__ non_finite) {
+__global__ void input_step_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sum,
+                                  int64_t sum_stride, const scalar_t* __restrict__ shares,
+                                  const int64_t* __restrict__ target_of, scalar_t* __restrict__ out, int64_t t,
+                                  int64_t active, int64_t total, int64_t steps, int64_t batch, int64_t n_in,
+                                  int* __restrict__ non_finite) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = e / n_in, d = e - row * n_in;
-    const int64_t pair_row = row / batch, b = row - pair_row * batch, t = pair_row % steps;
-    const int64_t pair = pair_of[pair_row];
-    if (pair < 0) {
-      out[e] = scalar_t(0);
+    const int64_t slot = row / batch, b = row - slot * batch;
+    scalar_t* out_value = out + ((target_of[slot] * steps + t) * batch + b) * n_in + d;
+    if (slot >= active) {
+      *out_value = scalar_t(0);
       continue;
     }
-    const scalar_t value = x[(t * batch + b) * n_in + d] * sum[(pair * batch + b) * n_in + d] +
-                           (share != nullptr ? share[pair * batch + b] : scalar_t(0));
-    out[e] = value;
+    const scalar_t value = x[(t * batch + b) * n_in + d] * sum[row * sum_stride + d] +
+                           (shares != nullptr ? shares[row] : scalar_t(0));
+    *out_value = value;
     if (!isfinite(value)) *non_finite = 1;
   }
 }
@@ -177,10 +175,9 @@ struct CudaPasses {
 
   static void backward_step(const at::Tensor& relevance_h, const at::Tensor& relevance_c,
                             const at::Tensor& slot_target, int64_t t, int64_t active, const at::Tensor& hidden_t,
-                            const at::Tensor& hidden_sum, at::Tensor& hidden_absorbed, at::Tensor& carry_cell,
+                            const at::Tensor& hidden_sum, at::Tensor& absorbed, at::Tensor& carry_cell,
                             const at::Tensor& keep_cell, const at::Tensor& to_gate_ratio,
-                            const at::Tensor& absorbed_weight, at::Tensor step_ratio, at::Tensor step_absorbed,
-                            double share_scale) {
+                            const at::Tensor& absorbed_weight, at::Tensor& gate_ratio, double share_scale) {
     const int64_t steps = relevance_h.size(1), batch = relevance_h.size(2), hidden = relevance_h.size(3);
     const int64_t rows = active * batch;
     if (rows == 0) return;
@@ -190,36 +187,31 @@ struct CudaPasses {
           relevance_h.const_data_ptr<scalar_t>(),
           relevance_c.defined() ? relevance_c.const_data_ptr<scalar_t>() : nullptr,
           slot_target.const_data_ptr<int64_t>(), t, rows, steps, batch, hidden, hidden_t.const_data_ptr<scalar_t>(),
-          hidden_sum.const_data_ptr<scalar_t>(), hidden_absorbed.mutable_data_ptr<scalar_t>(),
+          hidden_sum.const_data_ptr<scalar_t>(), hidden_sum.stride(0),
+          absorbed.defined() ? absorbed.mutable_data_ptr<scalar_t>() : nullptr,
           carry_cell.mutable_data_ptr<scalar_t>(), keep_cell.const_data_ptr<scalar_t>(),
           to_gate_ratio.const_data_ptr<scalar_t>(),
           absorbed_weight.defined() ? absorbed_weight.const_data_ptr<scalar_t>() : nullptr,
-          step_ratio.mutable_data_ptr<scalar_t>(),
-          step_absorbed.defined() ? step_absorbed.mutable_data_ptr<scalar_t>() : nullptr, share_scale);
+          gate_ratio.mutable_data_ptr<scalar_t>(), share_scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
-  // One GEMM over all active pairs (cuBLAS wants big problems), then one pass scattering it into place.
-  static bool input_relevance(const at::Tensor& x, const at::Tensor& gate_ratio, const at::Tensor& absorbed,
-                              const TargetSchedule& schedule, const at::Tensor& weight_ih_g,
-                              at::Tensor& relevance_x) {
-    const int64_t steps = x.size(0), batch = x.size(1), n_in = x.size(2), hidden = weight_ih_g.size(0);
-    if (relevance_x.numel() == 0) return true;
-    const at::Tensor pair_index = at::tensor(packed_pair_index(schedule, steps), at::TensorOptions().dtype(at::kLong))
-                                      .to(x.device());
-    const at::Tensor input_sum = at::mm(gate_ratio.view({gate_ratio.size(0) * batch, hidden}), weight_ih_g);
-    at::Tensor non_finite = at::zeros({1}, x.options().dtype(at::kInt));
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_lstm_scatter_cuda", [&] {
-      scatter_inputs_kernel<scalar_t><<<blocks_for(relevance_x.numel()), kThreads, 0,
-                                        at::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), input_sum.const_data_ptr<scalar_t>(),
-          absorbed.defined() ? absorbed.const_data_ptr<scalar_t>() : nullptr, pair_index.const_data_ptr<int64_t>(),
-          relevance_x.mutable_data_ptr<scalar_t>(), relevance_x.numel(), steps, batch, n_in,
+  // non_finite stays on the device; the driver reads it once per call, not once per step.
+  static void input_step(const at::Tensor& x, int64_t t, int64_t active, const at::Tensor& input_sum,
+                         const at::Tensor& absorbed, const at::Tensor& slot_target, at::Tensor& relevance_x,
+                         at::Tensor& non_finite) {
+    const int64_t targets = relevance_x.size(0), steps = x.size(0), batch = x.size(1), n_in = x.size(2);
+    const int64_t total = targets * batch * n_in;
+    if (total == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_lstm_input_step_cuda", [&] {
+      input_step_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), input_sum.const_data_ptr<scalar_t>(), input_sum.stride(0),
+          absorbed.defined() ? absorbed.const_data_ptr<scalar_t>() : nullptr, slot_target.const_data_ptr<int64_t>(),
+          relevance_x.mutable_data_ptr<scalar_t>(), t, active, total, steps, batch, n_in,
           non_finite.mutable_data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    return non_finite.item<int>() == 0;
   }
 };
 
