@@ -9,8 +9,10 @@ namespace capxai {
 
 // Every op of the library (capxai.info lists them) and those of them with their own CPU/CUDA kernels (the others
 // are composites of these, e.g. lrp_lstm_cell calls lrp_lstm).
-constexpr std::array<const char*, 3> kOpNames = {"lrp_linear", "lrp_lstm", "lrp_lstm_cell"};
-constexpr std::array<const char*, 2> kBackendOpNames = {"lrp_linear", "lrp_lstm"};
+constexpr std::array<const char*, 6> kOpNames = {"lrp_linear",         "lrp_lstm", "lrp_lstm_cell",
+                                                 "lrp_additive_attention", "lrp_sdpa", "lrp_sdpa_attnlrp"};
+constexpr std::array<const char*, 5> kBackendOpNames = {"lrp_linear", "lrp_lstm", "lrp_additive_attention",
+                                                        "lrp_sdpa", "lrp_sdpa_attnlrp"};
 
 TORCH_LIBRARY(capxai, m) {
   // Fake (meta) kernels are registered in Python; torch imports this module when it needs them.
@@ -23,6 +25,12 @@ TORCH_LIBRARY(capxai, m) {
   m.def("lrp_lstm_cell(Tensor x, Tensor h_prev, Tensor c_prev, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
         "Tensor? bias_hh, Tensor relevance_h, Tensor? relevance_c=None, float eps=0.01, float bias_factor=0.0) "
         "-> (Tensor, Tensor, Tensor)");
+  m.def("lrp_additive_attention(Tensor values, Tensor weights, Tensor relevance, float eps=0.01, "
+        "float bias_factor=0.0) -> Tensor");
+  m.def("lrp_sdpa(Tensor q, Tensor k, Tensor v, Tensor relevance, Tensor? attn_mask=None, float eps=0.01, "
+        "float bias_factor=0.0, float? scale=None) -> Tensor");
+  m.def("lrp_sdpa_attnlrp(Tensor q, Tensor k, Tensor v, Tensor relevance, Tensor? attn_mask=None, "
+        "float eps=0.01, float bias_factor=0.0, float? scale=None) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifndef CAPXAI_WITH_CUDA

@@ -5,7 +5,8 @@ This package imports nothing else of capxai, so it can be used on its own as a r
 from capxai._extension import cuda_built, op_names
 from capxai.ops import fake  # noqa: F401  (registers the fake kernels)
 from capxai.ops import reference
+from capxai.ops.attention import lrp_additive_attention, lrp_sdpa
 from capxai.ops.linear import lrp_linear
 from capxai.ops.lstm import lrp_lstm, lrp_lstm_cell
 
-__all__ = ["lrp_linear", "lrp_lstm", "lrp_lstm_cell", "reference", "cuda_built", "op_names"]
+__all__ = ["lrp_linear", "lrp_lstm", "lrp_lstm_cell", "lrp_additive_attention", "lrp_sdpa", "reference", "cuda_built", "op_names"]

@@ -3,6 +3,8 @@
 The fused C++/CUDA kernels are tested against these functions. They are written for clarity, not speed, but are
 vectorised over targets and batch so that they also serve as the "eager reference" in the benchmarks.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -121,3 +123,94 @@ def lrp_lstm_cell_reference(x, h_prev, c_prev, weight_ih, weight_hh, bias_ih, bi
     rel_x, rel_h, rel_c = lrp_lstm_reference(x[None], h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh,
                                              relevance_h.unsqueeze(step_dim), relevance_c, eps, bias_factor)
     return rel_x.squeeze(step_dim), rel_h, rel_c
+
+
+def lrp_additive_attention_reference(values, weights, relevance, eps=0.01, bias_factor=0.0):
+    """Epsilon rule over the N values of ``ctx = sum_n alpha_n V_n``, weights constant (LRP_RULES.md, "Additive
+    (adaptive) attention"). values [B, N, D], weights [B, N], relevance [(K,) B, D] -> [(K,) B, N, D]."""
+    weighted = weights.unsqueeze(-1) * values  # [B, N, D]: the N terms of each context
+    context = weighted.sum(1)
+    ratio = (relevance / stabilize(context, eps)).unsqueeze(-2)  # [(K,) B, 1, D]
+    result = weighted * ratio
+    if bias_factor != 0.0 and values.shape[1] > 0:
+        result = result + bias_factor * eps * sign_nonneg_as_plus(context).unsqueeze(-2) / values.shape[1] * ratio
+    return result
+
+
+def sdpa_forward_reference(q, k, v, attn_mask=None, scale=None):
+    """Scores, weights and output of scaled dot-product attention with masks as in torch's SDPA; masked pairs get
+    weight 0 and score 0, a query with no allowed key gets weights 0.
+
+    Returns (scores, weights, output, allowed [B, h, Lq, Lk] bool, mask_bias or None).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    scores = q @ k.transpose(-2, -1) * scale
+    allowed = torch.ones(full, dtype=torch.bool, device=q.device)
+    mask_bias = None
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        allowed = attn_mask.expand(full)
+    elif attn_mask is not None:
+        allowed = (attn_mask != -math.inf).expand(full)
+        mask_bias = torch.where(allowed, attn_mask.expand(full), torch.zeros((), dtype=q.dtype, device=q.device))
+        scores = scores + mask_bias
+    weights = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).masked_fill(~allowed, 0.0)
+    scores = scores.masked_fill(~allowed, 0.0)
+    return scores, weights, weights @ v, allowed, mask_bias
+
+
+def sdpa_value_rule(weights, v, output, relevance, allowed, eps, bias_factor):
+    """Epsilon rule over the terms ``A_ij V_je`` of ``O_ie`` (the bias share only over allowed keys).
+
+    Returns (relevance of each term summed over queries, i.e. R_V [K, B, h, Lk, dv], and summed over dv, i.e. R_A
+    [K, B, h, Lq, Lk]); AttnLRP gives each half of these, the constant rule all of R_V.
+    """
+    ratio = relevance / stabilize(output, eps)  # [K, B, h, Lq, dv]
+    relevance_v = torch.einsum("bhij,kbhie->kbhje", weights, ratio) * v
+    relevance_a = torch.einsum("kbhie,bhje->kbhij", ratio, v) * weights
+    if bias_factor != 0.0:
+        allowed = allowed.to(v.dtype)
+        per_key = bias_factor * eps / allowed.sum(-1, keepdim=True).clamp_min(1.0)  # [B, h, Lq, 1]
+        share = sign_nonneg_as_plus(output) * per_key * ratio  # [K, B, h, Lq, dv]
+        relevance_v = relevance_v + torch.einsum("bhij,kbhie->kbhje", allowed, share)
+        relevance_a = relevance_a + allowed * share.sum(-1, keepdim=True)
+    return relevance_v, relevance_a
+
+
+def softmax_rule(scores, weights, relevance_weights):
+    """AttnLRP's softmax rule: ``R_s_i = s_i (R_A_i - A_i sum_j R_A_j)`` on the scores ``s``."""
+    return scores * (relevance_weights - weights * relevance_weights.sum(-1, keepdim=True))
+
+
+def bilinear_score_rule(q, k, scores, relevance_scores, mask_bias, allowed, eps, bias_factor, scale):
+    """Uniform rule through ``s_ij = sum_c q_ic k_jc * scale (+ mask bias)``: half of each term to q, half to k, by
+    the epsilon rule with the score as denominator. Returns (R_q, R_k) [K, B, h, L, d]."""
+    ratio = relevance_scores / stabilize(scores, eps)
+    relevance_q = torch.einsum("kbhij,bhjc->kbhic", ratio, k) * q * scale
+    relevance_k = torch.einsum("kbhij,bhic->kbhjc", ratio, q) * k * scale
+    if bias_factor != 0.0 and q.shape[-1] > 0:
+        absorbed = eps * sign_nonneg_as_plus(scores) + (0.0 if mask_bias is None else mask_bias)
+        absorbed_ratio = ratio * absorbed * allowed * (bias_factor / q.shape[-1])
+        relevance_q = relevance_q + absorbed_ratio.sum(-1, keepdim=True)
+        relevance_k = relevance_k + absorbed_ratio.sum(-2).unsqueeze(-1)
+    return relevance_q / 2, relevance_k / 2
+
+
+def lrp_sdpa_reference(q, k, v, relevance, attn_mask=None, mode="constant", eps=0.01, bias_factor=0.0, scale=None):
+    """LRP through multi-head scaled dot-product attention (LRP_RULES.md, "Scaled dot-product attention").
+
+    q [B, h, Lq, d], k [B, h, Lk, d], v [B, h, Lk, dv], relevance [(K,) B, h, Lq, dv], attn_mask as in
+    ``torch.nn.functional.scaled_dot_product_attention``. Mode "constant" returns relevance_v; mode "attnlrp"
+    returns (relevance_q, relevance_k, relevance_v).
+    """
+    had_targets = relevance.dim() == 5
+    relevance = relevance if had_targets else relevance.unsqueeze(0)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores, weights, output, allowed, mask_bias = sdpa_forward_reference(q, k, v, attn_mask, scale)
+    relevance_v, relevance_a = sdpa_value_rule(weights, v, output, relevance, allowed, eps, bias_factor)
+    if mode == "constant":
+        return _with_targets(relevance_v, had_targets)
+    relevance_scores = softmax_rule(scores, weights, relevance_a / 2)
+    relevance_q, relevance_k = bilinear_score_rule(q, k, scores, relevance_scores, mask_bias, allowed, eps,
+                                                   bias_factor, scale)
+    return tuple(_with_targets(r, had_targets) for r in (relevance_q, relevance_k, relevance_v / 2))

@@ -1,0 +1,86 @@
+// CUDA kernels of lrp_sdpa and lrp_sdpa_attnlrp (LRP_RULES.md, "Scaled dot-product attention"): the forward and the
+// small factors by ATen/cuBLAS (lrp_sdpa.cpp); relevance_v in one fused kernel, one thread per output element,
+// threads of a warp along dv (coalesced reads of ratio and v, one broadcast read of A).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../lrp_sdpa.h"
+
+namespace capxai {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+__global__ void value_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ attention,
+                             const scalar_t* __restrict__ allowed, const scalar_t* __restrict__ r,
+                             const scalar_t* __restrict__ s, scalar_t* __restrict__ o, int64_t total,
+                             int64_t batch_heads, int64_t n_queries, int64_t n_keys, int64_t dim_v, scalar_t scale,
+                             int* __restrict__ non_finite) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e % dim_v, row = e / dim_v;  // row = (k, b, h, j)
+    const int64_t kbh = row / n_keys, j = row % n_keys, bh = kbh % batch_heads;
+    const scalar_t* a_bh = attention + bh * n_queries * n_keys;
+    const scalar_t* r_kbh = r + kbh * n_queries * dim_v;
+    acc_t sum = 0, shared = 0;
+    for (int64_t i = 0; i < n_queries; ++i) sum += acc_t(a_bh[i * n_keys + j]) * acc_t(r_kbh[i * dim_v + c]);
+    if (s != nullptr) {
+      const scalar_t* s_kbh = s + kbh * n_queries * dim_v;
+      for (int64_t i = 0; i < n_queries; ++i) {
+        const acc_t weight = allowed != nullptr ? acc_t(allowed[(bh * n_queries + i) * n_keys + j]) : acc_t(1);
+        shared += weight * acc_t(s_kbh[i * dim_v + c]);
+      }
+    }
+    const scalar_t value = scalar_t(acc_t(scale) * (acc_t(v[(bh * n_keys + j) * dim_v + c]) * sum + shared));
+    o[e] = value;
+    if (!isfinite(value)) *non_finite = 1;
+  }
+}
+
+bool value_pass_cuda(const SdpaArgs& args, const SdpaForward& fwd, const at::Tensor& ratio, const at::Tensor& share,
+                     double factor, at::Tensor& out) {
+  if (out.numel() == 0) return true;
+  at::Tensor non_finite = at::zeros({1}, out.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lrp_sdpa_value_cuda", [&] {
+    const int64_t blocks = std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, int64_t(1) << 20);
+    value_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        args.v.const_data_ptr<scalar_t>(), fwd.weights.const_data_ptr<scalar_t>(),
+        fwd.allowed.defined() ? fwd.allowed.const_data_ptr<scalar_t>() : nullptr, ratio.const_data_ptr<scalar_t>(),
+        share.defined() ? share.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), out.numel(),
+        out.size(1) * out.size(2), fwd.weights.size(2), out.size(3), out.size(4), static_cast<scalar_t>(factor),
+        non_finite.mutable_data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return non_finite.item<int>() == 0;
+}
+
+at::Tensor lrp_sdpa_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
+                         const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor,
+                         std::optional<double> scale) {
+  const SdpaArgs args = check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa");
+  const c10::cuda::CUDAGuard device_guard(args.q.device());
+  return lrp_sdpa_constant(args, eps, bias_factor, value_pass_cuda);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lrp_sdpa_attnlrp_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
+    const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor, std::optional<double> scale) {
+  const SdpaArgs args =
+      check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa_attnlrp");
+  const c10::cuda::CUDAGuard device_guard(args.q.device());
+  return lrp_sdpa_attnlrp(args, eps, bias_factor, value_pass_cuda);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(capxai, CUDA, m) {
+  m.impl("lrp_sdpa", &lrp_sdpa_cuda);
+  m.impl("lrp_sdpa_attnlrp", &lrp_sdpa_attnlrp_cuda);
+}
+
+}  // namespace capxai
