@@ -1,6 +1,7 @@
 // CPU kernel of lrp_additive_attention (LRP_RULES.md, "Additive (adaptive) attention"): the context and the small
 // per-context factors by ATen, then one fused pass writing every output element once.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,6 +15,7 @@ namespace {
 
 at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor& weights,
                                       const at::Tensor& relevance, double eps, double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const AdditiveAttentionArgs args = check_lrp_additive_attention_args(values, weights, relevance, eps, bias_factor);
   const int64_t targets = args.relevance.size(0), batch = args.values.size(0);
   const int64_t n_values = args.values.size(1), dim = args.values.size(2);

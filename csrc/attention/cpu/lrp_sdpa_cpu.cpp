@@ -2,6 +2,7 @@
 // small factors by ATen (lrp_sdpa.cpp); relevance_v, the output-sized part, in one fused pass that writes each
 // element once: out[k, b, h, j, :] = v[j, :] * sum_i A[i, j] ratio[k, i, :] (+ absorbed share).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -73,6 +74,7 @@ bool value_pass_cpu(const SdpaArgs& args, const SdpaForward& fwd, const at::Tens
 at::Tensor lrp_sdpa_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
                         const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor,
                         std::optional<double> scale) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const SdpaArgs args = check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa");
   return lrp_sdpa_constant(args, eps, bias_factor, value_pass_cpu);
 }
@@ -80,6 +82,7 @@ at::Tensor lrp_sdpa_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lrp_sdpa_attnlrp_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
     const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor, std::optional<double> scale) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const SdpaArgs args =
       check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa_attnlrp");
   return lrp_sdpa_attnlrp(args, eps, bias_factor, value_pass_cpu);

@@ -1,6 +1,7 @@
 // CUDA kernel of lrp_additive_attention (LRP_RULES.md, "Additive (adaptive) attention"): the context and the small
 // per-context factors by ATen/cuBLAS, then one grid-stride pass writing every output element once.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,6 +31,7 @@ __global__ void additive_attention_kernel(const scalar_t* __restrict__ v, const 
 
 at::Tensor lrp_additive_attention_cuda(const at::Tensor& values, const at::Tensor& weights,
                                        const at::Tensor& relevance, double eps, double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const AdditiveAttentionArgs args = check_lrp_additive_attention_args(values, weights, relevance, eps, bias_factor);
   const c10::cuda::CUDAGuard device_guard(args.values.device());
   const int64_t targets = args.relevance.size(0), batch = args.values.size(0);

@@ -2,6 +2,7 @@
 // small factors by ATen/cuBLAS (lrp_sdpa.cpp); relevance_v in one fused kernel, one thread per output element,
 // threads of a warp along dv (coalesced reads of ratio and v, one broadcast read of A).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -62,6 +63,7 @@ bool value_pass_cuda(const SdpaArgs& args, const SdpaForward& fwd, const at::Ten
 at::Tensor lrp_sdpa_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
                          const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor,
                          std::optional<double> scale) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const SdpaArgs args = check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa");
   const c10::cuda::CUDAGuard device_guard(args.q.device());
   return lrp_sdpa_constant(args, eps, bias_factor, value_pass_cuda);
@@ -70,6 +72,7 @@ at::Tensor lrp_sdpa_cuda(const at::Tensor& q, const at::Tensor& k, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lrp_sdpa_attnlrp_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& relevance,
     const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor, std::optional<double> scale) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const SdpaArgs args =
       check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa_attnlrp");
   const c10::cuda::CUDAGuard device_guard(args.q.device());

@@ -4,6 +4,7 @@
 // and adding the absorbed share, in place in the output. The two fused passes also detect NaN/Inf on the way (a
 // non-finite input always reaches the ratio or the output), so bad input costs no extra pass over memory.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -91,6 +92,7 @@ bool input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int6
 
 at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const at::Tensor& relevance, double eps, double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const LinearArgs args = check_lrp_linear_args(x, weight, bias, relevance, eps, bias_factor);
   const int64_t n_targets = args.relevance.size(0);
   const int64_t n_rows = args.x.size(0);

@@ -3,6 +3,7 @@
 // needed, for its row sum), the GEMM back by cuBLAS, and a fused elementwise pass into the output. The fused passes
 // raise a device flag on NaN/Inf, read once at the end (one synchronisation per call).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -86,6 +87,7 @@ __global__ void input_kernel(const scalar_t* __restrict__ x, const scalar_t* __r
 
 at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const at::Tensor& relevance, double eps, double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const LinearArgs args = check_lrp_linear_args(x, weight, bias, relevance, eps, bias_factor);
   const c10::cuda::CUDAGuard device_guard(args.x.device());
   const int64_t n_targets = args.relevance.size(0);

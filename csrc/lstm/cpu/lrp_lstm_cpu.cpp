@@ -1,6 +1,7 @@
 // CPU passes of lrp_lstm (LRP_RULES.md, "LSTM cell"); the driver is lrp_lstm_impl.h. Each pass is one sweep over
 // memory, parallel over rows with at::parallel_for, inner loops over H or D left to the compiler's vectoriser.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -187,6 +188,7 @@ LstmRelevance lrp_lstm_cpu(const at::Tensor& x, const at::Tensor& h0, const at::
                            const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                            const at::Tensor& relevance_h, const std::optional<at::Tensor>& relevance_c, double eps,
                            double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const LstmArgs args = check_lrp_lstm_args(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h,
                                             relevance_c, eps, bias_factor, "lrp_lstm");
   return lrp_lstm_impl<CpuPasses>(args, eps, bias_factor, "lrp_lstm");

@@ -2,6 +2,7 @@
 // skipping of inactive targets) is lrp_lstm_impl.h, shared with the CPU kernels. Any size: grid-stride loops,
 // 64-bit indices; rows needing a sum over H use one block per row.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -220,6 +221,7 @@ LstmRelevance lrp_lstm_cuda(const at::Tensor& x, const at::Tensor& h0, const at:
                             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                             const at::Tensor& relevance_h, const std::optional<at::Tensor>& relevance_c, double eps,
                             double bias_factor) {
+  const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const LstmArgs args = check_lrp_lstm_args(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h,
                                             relevance_c, eps, bias_factor, "lrp_lstm");
   const c10::cuda::CUDAGuard device_guard(args.x.device());
