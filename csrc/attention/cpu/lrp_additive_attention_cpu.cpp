@@ -8,6 +8,7 @@
 
 #include <atomic>
 
+#include "../../common/finite.h"
 #include "../lrp_additive_attention.h"
 
 namespace capxai {
@@ -30,7 +31,7 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, dim));
     at::parallel_for(0, targets * batch * n_values, grain, [&](int64_t begin, int64_t end) {
-      scalar_t probe = 0;
+      int non_finite = 0;
       for (int64_t row = begin; row < end; ++row) {  // row = (k, b, n)
         const int64_t kb = row / n_values, n = row % n_values, b = kb % batch;
         const scalar_t weight = w[b * n_values + n];
@@ -41,18 +42,18 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
           for (int64_t d = 0; d < dim; ++d) {
             const scalar_t value = weight * v_row[d] * r_row[d];
             o_row[d] = value;
-            probe += value - value;
+            non_finite |= non_finite_flag(value);
           }
         } else {
           const scalar_t* s_row = s + kb * dim;
           for (int64_t d = 0; d < dim; ++d) {
             const scalar_t value = weight * v_row[d] * r_row[d] + s_row[d];
             o_row[d] = value;
-            probe += value - value;
+            non_finite |= non_finite_flag(value);
           }
         }
       }
-      if (probe != scalar_t(0)) finite.store(false);
+      if (non_finite) finite.store(false);
     });
   });
   if (!finite.load()) raise_additive_attention_non_finite(args);

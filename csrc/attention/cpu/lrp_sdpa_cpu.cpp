@@ -8,12 +8,62 @@
 #include <torch/library.h>
 
 #include <atomic>
-#include <vector>
+#include <type_traits>
 
+#include "../../common/cpu_simd.h"
+#include "../../common/finite.h"
 #include "../lrp_sdpa.h"
 
 namespace capxai {
 namespace {
+
+// kBlock columns of one output row, accumulated in registers (a fixed block size lets the compiler keep the
+// accumulators in vector registers across the loop over queries i):
+//   out[e] = scale * (v[e] * sum_i A[i * a_stride] ratio[i, e] + sum_i allowed[i * allowed_stride] share[i, e]).
+template <int kBlock, typename scalar_t>
+inline int value_block(const scalar_t* a, int64_t a_stride, const scalar_t* ratio, const scalar_t* allowed,
+                       int64_t allowed_stride, const scalar_t* share, const scalar_t* v, scalar_t scale,
+                       int64_t n_queries, int64_t dim, scalar_t* out) {
+  scalar_t acc[kBlock] = {};
+  for (int64_t i = 0; i < n_queries; ++i) {
+    const scalar_t weight = a[i * a_stride];
+    const scalar_t* row = ratio + i * dim;
+    for (int e = 0; e < kBlock; ++e) acc[e] += weight * row[e];
+  }
+  for (int e = 0; e < kBlock; ++e) acc[e] *= v[e];
+  if (share != nullptr) {
+    for (int64_t i = 0; i < n_queries; ++i) {
+      const scalar_t weight = allowed != nullptr ? allowed[i * allowed_stride] : scalar_t(1);
+      const scalar_t* row = share + i * dim;
+      for (int e = 0; e < kBlock; ++e) acc[e] += weight * row[e];
+    }
+  }
+  int non_finite = 0;
+  for (int e = 0; e < kBlock; ++e) {
+    out[e] = scale * acc[e];
+    non_finite |= non_finite_flag(out[e]);
+  }
+  return non_finite;
+}
+
+// One output row (k, b, h, j) of relevance_v, in blocks of the value dimension; returns whether any is NaN/Inf.
+template <typename scalar_t>
+CAPXAI_SIMD_CLONES int value_row(const scalar_t* a, int64_t a_stride, const scalar_t* ratio, const scalar_t* allowed,
+                                 int64_t allowed_stride, const scalar_t* share, const scalar_t* v, scalar_t scale,
+                                 int64_t n_queries, int64_t dim, scalar_t* out) {
+  int non_finite = 0;
+  int64_t e = 0;
+  const auto block = [&](auto size) {
+    constexpr int kSize = decltype(size)::value;
+    for (; e + kSize <= dim; e += kSize)
+      non_finite |= value_block<kSize>(a, a_stride, ratio + e, allowed, allowed_stride,
+                                       share != nullptr ? share + e : nullptr, v + e, scale, n_queries, dim, out + e);
+  };
+  block(std::integral_constant<int, 64>{});
+  block(std::integral_constant<int, 8>{});
+  block(std::integral_constant<int, 1>{});
+  return non_finite;
+}
 
 bool value_pass_cpu(const SdpaArgs& args, const SdpaForward& fwd, const at::Tensor& ratio, const at::Tensor& share,
                     double factor, at::Tensor& out) {
@@ -27,45 +77,17 @@ bool value_pass_cpu(const SdpaArgs& args, const SdpaForward& fwd, const at::Tens
     const scalar_t* r = ratio.const_data_ptr<scalar_t>();
     const scalar_t* s = share.defined() ? share.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t scale = static_cast<scalar_t>(factor);
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, dim_v * std::max<int64_t>(1, n_queries)));
     at::parallel_for(0, targets * batch * heads * n_keys, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> shared(dim_v);
-      scalar_t probe = 0;
+      int non_finite = 0;
       for (int64_t row = begin; row < end; ++row) {  // row = (k, b, h, j)
         const int64_t kbh = row / n_keys, j = row % n_keys, bh = kbh % (batch * heads);
-        const scalar_t* a_bh = attention + bh * n_queries * n_keys;
-        const scalar_t* r_kbh = r + kbh * n_queries * dim_v;
-        scalar_t* o_row = o + row * dim_v;
-        std::fill(o_row, o_row + dim_v, scalar_t(0));
-        for (int64_t i = 0; i < n_queries; ++i) {
-          const scalar_t a = a_bh[i * n_keys + j];
-          const scalar_t* r_row = r_kbh + i * dim_v;
-          for (int64_t e = 0; e < dim_v; ++e) o_row[e] += a * r_row[e];
-        }
-        const scalar_t* v_row = v + (bh * n_keys + j) * dim_v;
-        if (s == nullptr) {
-          for (int64_t e = 0; e < dim_v; ++e) {
-            const scalar_t value = scale * v_row[e] * o_row[e];
-            o_row[e] = value;
-            probe += value - value;
-          }
-          continue;
-        }
-        std::fill(shared.begin(), shared.end(), scalar_t(0));
-        const scalar_t* s_kbh = s + kbh * n_queries * dim_v;
-        for (int64_t i = 0; i < n_queries; ++i) {
-          const scalar_t weight = allowed != nullptr ? allowed[(bh * n_queries + i) * n_keys + j] : scalar_t(1);
-          const scalar_t* s_row = s_kbh + i * dim_v;
-          for (int64_t e = 0; e < dim_v; ++e) shared[e] += weight * s_row[e];
-        }
-        for (int64_t e = 0; e < dim_v; ++e) {
-          const scalar_t value = scale * (v_row[e] * o_row[e] + shared[e]);
-          o_row[e] = value;
-          probe += value - value;
-        }
+        non_finite |= value_row(attention + bh * n_queries * n_keys + j, n_keys, r + kbh * n_queries * dim_v,
+                                allowed != nullptr ? allowed + bh * n_queries * n_keys + j : nullptr, n_keys,
+                                s != nullptr ? s + kbh * n_queries * dim_v : nullptr, v + (bh * n_keys + j) * dim_v,
+                                static_cast<scalar_t>(factor), n_queries, dim_v, o + row * dim_v);
       }
-      if (probe != scalar_t(0)) finite.store(false);
+      if (non_finite) finite.store(false);
     });
   });
   return finite.load();

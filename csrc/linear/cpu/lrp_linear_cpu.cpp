@@ -13,6 +13,7 @@
 #include <atomic>
 
 #include "../../common/stabilize.h"
+#include "../../common/finite.h"
 #include "../lrp_linear.h"
 
 namespace capxai {
@@ -21,12 +22,6 @@ namespace {
 // Rows of work per parallel chunk: about 32k elements.
 int64_t grain_for(int64_t row_length) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length));
-}
-
-// v - v is 0 for finite v and NaN otherwise; summing it keeps the loops branch-free and vectorisable.
-template <typename scalar_t>
-inline bool all_finite(scalar_t non_finite_probe) {
-  return non_finite_probe == scalar_t(0);
 }
 
 // ratio[r, j] = relevance[r, j] / stab(z[r % N, j]); absorbed[r] = bias_factor / In * sum_j (b_j + eps sign z) ratio.
@@ -38,7 +33,7 @@ bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bi
   using acc_t = at::opmath_type<scalar_t>;
   std::atomic<bool> finite{true};
   at::parallel_for(0, rows, grain_for(n_out), [&](int64_t begin, int64_t end) {
-    scalar_t probe = 0;
+    int non_finite = 0;
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* z_row = z + (r % n_rows) * n_out;
       const scalar_t* rel_row = relevance + r * n_out;
@@ -47,7 +42,7 @@ bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bi
         for (int64_t j = 0; j < n_out; ++j) {
           const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
           ratio_row[j] = s;
-          probe += s - s;
+          non_finite |= non_finite_flag(s);
         }
         continue;
       }
@@ -55,13 +50,13 @@ bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bi
       for (int64_t j = 0; j < n_out; ++j) {
         const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
         ratio_row[j] = s;
-        probe += s - s;
+        non_finite |= non_finite_flag(s);
         const scalar_t b = bias == nullptr ? scalar_t(0) : bias[j];
         absorbed_sum += acc_t(s) * acc_t(b + eps * sign_nonneg_as_plus(z_row[j]));
       }
       absorbed[r] = scalar_t(absorbed_sum * acc_t(bias_factor) / acc_t(n_in));
     }
-    if (!all_finite(probe)) finite.store(false, std::memory_order_relaxed);
+    if (non_finite) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
 }
@@ -72,7 +67,7 @@ bool input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int6
                 int64_t n_in) {
   std::atomic<bool> finite{true};
   at::parallel_for(0, rows, grain_for(n_in), [&](int64_t begin, int64_t end) {
-    scalar_t probe = 0;
+    int non_finite = 0;
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* x_row = x + (r % n_rows) * n_in;
       scalar_t* out_row = out + r * n_in;
@@ -80,10 +75,10 @@ bool input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int6
       for (int64_t i = 0; i < n_in; ++i) {
         const scalar_t value = x_row[i] * out_row[i] + share;
         out_row[i] = value;
-        probe += value - value;
+        non_finite |= non_finite_flag(value);
       }
     }
-    if (!all_finite(probe)) finite.store(false, std::memory_order_relaxed);
+    if (non_finite) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
 }

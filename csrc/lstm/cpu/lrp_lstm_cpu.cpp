@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "../../common/stabilize.h"
+#include "../../common/finite.h"
 #include "../lrp_lstm_impl.h"
 
 namespace capxai {
@@ -159,7 +160,7 @@ struct CpuPasses {
       const int64_t* target_of = slot_target.const_data_ptr<int64_t>();
       scalar_t* out = relevance_x.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, targets * batch, grain_for(n_in), [&](int64_t begin, int64_t end) {
-        scalar_t probe = 0;
+        int non_finite = 0;
         for (int64_t row = begin; row < end; ++row) {
           const int64_t slot = row / batch, b = row % batch;
           scalar_t* out_row = out + ((target_of[slot] * steps + t) * batch + b) * n_in;
@@ -173,10 +174,10 @@ struct CpuPasses {
           for (int64_t d = 0; d < n_in; ++d) {
             const scalar_t value = x_row[d] * sum_row[d] + add;
             out_row[d] = value;
-            probe += value - value;
+            non_finite |= non_finite_flag(value);
           }
         }
-        if (probe != scalar_t(0)) all_finite.store(false);
+        if (non_finite) all_finite.store(false);
       });
     });
     if (!all_finite.load()) non_finite.fill_(1);
