@@ -47,11 +47,7 @@ std::pair<at::Tensor, at::Tensor> additive_attention_ratio(const AdditiveAttenti
 }
 
 void raise_additive_attention_non_finite(const AdditiveAttentionArgs& args) {
-  check_finite(args.relevance, kOp, "relevance");
-  check_finite(args.values, kOp, "values");
-  check_finite(args.weights, kOp, "weights");
-  C10_THROW_ERROR(ValueError, c10::str(kOp, ": the inputs are finite but the relevance overflowed ",
-                                       args.values.scalar_type(), "; rescale the relevance or use float64"));
+  raise_first_non_finite(kOp, {{&args.relevance, "relevance"}, {&args.values, "values"}, {&args.weights, "weights"}});
 }
 
 }  // namespace capxai

@@ -143,12 +143,7 @@ std::pair<at::Tensor, at::Tensor> sdpa_attnlrp_query_key(const SdpaArgs& args, c
 }
 
 void raise_sdpa_non_finite(const SdpaArgs& args, const char* op) {
-  check_finite(args.relevance, op, "relevance");
-  check_finite(args.q, op, "q");
-  check_finite(args.k, op, "k");
-  check_finite(args.v, op, "v");
-  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ",
-                                       args.q.scalar_type(), "; rescale the relevance or use float64"));
+  raise_first_non_finite(op, {{&args.relevance, "relevance"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}});
 }
 
 }  // namespace capxai

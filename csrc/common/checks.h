@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 namespace capxai {
 
@@ -41,6 +43,18 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* o
 inline void check_finite(const at::Tensor& t, const char* op, const char* name) {
   if (t.numel() == 0) return;
   TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), op, ": ", name, " contains NaN or Inf");
+}
+
+// Names the first argument holding NaN/Inf; when none does, the computation itself overflowed. A slow path: the
+// kernels detect non-finite values on their way and only then call this.
+[[noreturn]] inline void raise_first_non_finite(
+    const char* op, std::initializer_list<std::pair<const at::Tensor*, const char*>> arguments) {
+  for (const auto& [tensor, name] : arguments) {
+    if (tensor->defined()) check_finite(*tensor, op, name);
+  }
+  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ",
+                                       arguments.begin()->first->scalar_type(),
+                                       "; rescale the inputs or use float64"));
 }
 
 inline void check_hyperparameters(double eps, double bias_factor, const char* op) {

@@ -42,13 +42,8 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
 }
 
 void raise_non_finite(const LinearArgs& args) {
-  constexpr const char* op = "lrp_linear";
-  check_finite(args.relevance, op, "relevance");
-  check_finite(args.x, op, "x");
-  check_finite(args.weight, op, "weight");
-  if (args.bias.defined()) check_finite(args.bias, op, "bias");
-  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the forward z = x W^T + b or the relevance ",
-                                       "overflowed ", args.x.scalar_type(), "; rescale the inputs or use float64"));
+  raise_first_non_finite("lrp_linear", {{&args.relevance, "relevance"}, {&args.x, "x"}, {&args.weight, "weight"},
+                                        {&args.bias, "bias"}});
 }
 
 }  // namespace capxai

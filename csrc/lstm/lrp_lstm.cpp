@@ -75,16 +75,9 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
 }
 
 void raise_lstm_non_finite(const LstmArgs& args, const char* op) {
-  check_finite(args.relevance_h, op, "relevance_h");
-  if (args.relevance_c.defined()) check_finite(args.relevance_c, op, "relevance_c");
-  check_finite(args.x, op, "x");
-  check_finite(args.h0, op, "h0");
-  check_finite(args.c0, op, "c0");
-  check_finite(args.weight_ih, op, "weight_ih");
-  check_finite(args.weight_hh, op, "weight_hh");
-  check_finite(args.bias, op, "bias_ih/bias_hh");
-  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ",
-                                       args.x.scalar_type(), "; rescale the relevance or use float64"));
+  raise_first_non_finite(op, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
+                              {&args.h0, "h0"}, {&args.c0, "c0"}, {&args.weight_ih, "weight_ih"},
+                              {&args.weight_hh, "weight_hh"}, {&args.bias, "bias_ih/bias_hh"}});
 }
 
 namespace {

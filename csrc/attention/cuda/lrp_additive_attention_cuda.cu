@@ -7,12 +7,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../../common/cuda_launch.cuh"
 #include "../lrp_additive_attention.h"
 
 namespace capxai {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void additive_attention_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ w,
@@ -41,7 +40,7 @@ at::Tensor lrp_additive_attention_cuda(const at::Tensor& values, const at::Tenso
   if (out.numel() == 0) return args.had_target_dim ? out : out.squeeze(0);
   at::Tensor non_finite = at::zeros({1}, args.values.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(args.values.scalar_type(), "lrp_additive_attention_cuda", [&] {
-    const int64_t blocks = std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, int64_t(1) << 20);
+    const int64_t blocks = blocks_for(out.numel());
     additive_attention_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         args.values.const_data_ptr<scalar_t>(), args.weights.const_data_ptr<scalar_t>(),
         ratio.const_data_ptr<scalar_t>(), share.defined() ? share.const_data_ptr<scalar_t>() : nullptr,

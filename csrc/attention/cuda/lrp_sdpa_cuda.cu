@@ -9,12 +9,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../../common/cuda_launch.cuh"
 #include "../lrp_sdpa.h"
 
 namespace capxai {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void value_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ attention,
@@ -48,7 +47,7 @@ bool value_pass_cuda(const SdpaArgs& args, const SdpaForward& fwd, const at::Ten
   if (out.numel() == 0) return true;
   at::Tensor non_finite = at::zeros({1}, out.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lrp_sdpa_value_cuda", [&] {
-    const int64_t blocks = std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, int64_t(1) << 20);
+    const int64_t blocks = blocks_for(out.numel());
     value_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         args.v.const_data_ptr<scalar_t>(), fwd.weights.const_data_ptr<scalar_t>(),
         fwd.allowed.defined() ? fwd.allowed.const_data_ptr<scalar_t>() : nullptr, ratio.const_data_ptr<scalar_t>(),

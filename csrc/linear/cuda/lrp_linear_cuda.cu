@@ -10,17 +10,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../../common/cuda_launch.cuh"
 #include "../../common/stabilize.h"
 #include "../lrp_linear.h"
 
 namespace capxai {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20);
-}
 
 // ratio[e] = relevance[e] / stab(z[(e / Out) % N, e % Out]) over all K*N*Out elements.
 template <typename scalar_t>
@@ -109,7 +104,7 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "lrp_linear_cuda", [&] {
     const scalar_t* bias_ptr = args.bias.defined() ? args.bias.const_data_ptr<scalar_t>() : nullptr;
     if (spread_bias && rows > 0) {
-      const int64_t grid = std::min<int64_t>(rows, int64_t(1) << 20);
+      const int64_t grid = blocks_for_rows(rows);
       ratio_absorbed_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
           args.relevance.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), bias_ptr,
           ratio.mutable_data_ptr<scalar_t>(), absorbed.mutable_data_ptr<scalar_t>(), rows, n_rows, n_out, n_in,

@@ -9,17 +9,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../../common/cuda_launch.cuh"
 #include "../../common/stabilize.h"
 #include "../lrp_lstm_impl.h"
 
 namespace capxai {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20));
-}
 
 template <typename scalar_t>
 __device__ inline scalar_t sigmoid(scalar_t z) {
@@ -156,7 +151,7 @@ struct CudaPasses {
     at::Tensor non_finite = at::zeros({1}, int_options);
     if (targets * steps > 0 && step_size > 0) {
       AT_DISPATCH_FLOATING_TYPES(relevance_h.scalar_type(), "lrp_lstm_active_cuda", [&] {
-        const int64_t grid = std::min<int64_t>(targets * steps, int64_t(1) << 20);
+        const int64_t grid = blocks_for_rows(targets * steps);
         active_pairs_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             relevance_h.const_data_ptr<scalar_t>(),
             relevance_c.defined() ? relevance_c.const_data_ptr<scalar_t>() : nullptr, active.mutable_data_ptr<int>(),
@@ -183,7 +178,7 @@ struct CudaPasses {
     const int64_t rows = active * batch;
     if (rows == 0) return;
     AT_DISPATCH_FLOATING_TYPES(relevance_h.scalar_type(), "lrp_lstm_backward_step_cuda", [&] {
-      const int64_t grid = std::min<int64_t>(rows, int64_t(1) << 20);
+      const int64_t grid = blocks_for_rows(rows);
       backward_step_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           relevance_h.const_data_ptr<scalar_t>(),
           relevance_c.defined() ? relevance_c.const_data_ptr<scalar_t>() : nullptr,
