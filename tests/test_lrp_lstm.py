@@ -186,6 +186,11 @@ def test_bad_input_names_the_argument(case):
 
 def test_cell_bad_input_names_the_argument():
     inputs = make_lstm_inputs(1, 2, 4, 5, None, torch.float64, "cpu")
+    args = [inputs["x"][0], inputs["h0"], inputs["c0"], inputs["weight_ih"], inputs["weight_hh"], None, None,
+            inputs["relevance_h"][0]]
     with pytest.raises(ValueError, match=r"lrp_lstm_cell: x must be \[B, D\]"):
-        lrp_lstm_cell(inputs["x"], inputs["h0"], inputs["c0"], inputs["weight_ih"], inputs["weight_hh"], None, None,
-                      inputs["relevance_h"][0])
+        lrp_lstm_cell(inputs["x"], *args[1:])
+    with pytest.raises(ValueError, match=r"lrp_lstm_cell \(as lrp_lstm with T = 1\): lrp_lstm: h_prev must be"):
+        lrp_lstm_cell(*args[:1], inputs["h0"][:1], *args[2:])
+    with pytest.raises(TypeError, match=r"lrp_lstm_cell .*c_prev must have the dtype of x"):
+        lrp_lstm_cell(*args[:2], inputs["c0"].float(), *args[3:])

@@ -110,10 +110,26 @@ LstmRelevance lrp_lstm_cell(const at::Tensor& x, const at::Tensor& h_prev, const
                                                      const std::optional<at::Tensor>&,
                                                      const std::optional<at::Tensor>&, const at::Tensor&,
                                                      const std::optional<at::Tensor>&, double, double)>();
-  auto [rel_x, rel_h, rel_c] =
-      sequence_op.call(x.unsqueeze(0), h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh,
-                       relevance_h.unsqueeze(step_dim), step_relevance_c, eps, bias_factor);
-  return {rel_x.squeeze(step_dim), rel_h, rel_c};
+  // Errors come from lrp_lstm's checks; say which op the user called and its argument names.
+  const auto as_cell_message = [](const c10::Error& error) {
+    std::string message = error.msg();
+    for (const auto& [sequence_name, cell_name] : {std::pair{"h0", "h_prev"}, std::pair{"c0", "c_prev"}}) {
+      const std::string from = std::string(" ") + sequence_name + " ", to = std::string(" ") + cell_name + " ";
+      for (size_t at = message.find(from); at != std::string::npos; at = message.find(from, at + to.size()))
+        message.replace(at, from.size(), to);
+    }
+    return "lrp_lstm_cell (as lrp_lstm with T = 1): " + message;
+  };
+  try {
+    auto [rel_x, rel_h, rel_c] =
+        sequence_op.call(x.unsqueeze(0), h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh,
+                         relevance_h.unsqueeze(step_dim), step_relevance_c, eps, bias_factor);
+    return {rel_x.squeeze(step_dim), rel_h, rel_c};
+  } catch (const c10::TypeError& error) {
+    C10_THROW_ERROR(TypeError, as_cell_message(error));
+  } catch (const c10::ValueError& error) {
+    C10_THROW_ERROR(ValueError, as_cell_message(error));
+  }
 }
 
 }  // namespace
