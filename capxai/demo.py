@@ -1,10 +1,14 @@
 """``python -m capxai.demo`` (``make demo``): the main job, grown issue by issue toward the full captioning demo.
 
-What exists now is the relevance-op layer, so the demo is a small real run of it: train a ReLU MLP on a synthetic
-task where only a few input features decide the class, explain every class of every sample at once (all classes as
-K targets of one ``lrp_linear`` call per layer), and check what an explanation must satisfy: relevance lands on the
-informative features, it is conserved with ``bias_factor=1``, and the fused op equals the pure-PyTorch reference.
-Results go to ``OUT/lrp_linear_demo.json``; an existing result is reused unless ``--overwrite`` is given.
+What exists now is the relevance-op layer and the drop-in modules, so the demo is a small real run of them:
+1. a ReLU MLP on a synthetic task where only a few input features decide the class: every class of every sample is
+   explained at once (all classes as K targets of one ``lrp_linear`` call per layer), and checked: relevance lands
+   on the informative features, it is conserved with ``bias_factor=1``, the fused op equals the reference;
+2. a sequence model built like a captioner's decoder (Linear -> capxai.nn.LSTM -> capxai.nn.AdditiveAttention ->
+   Linear) on sequences whose class is set by one marker step: explained with ONE ``torch.autograd.grad`` under a
+   Zennit Epsilon composite and ``capxai.lrp()``; relevance should land on the marker step.
+Results go to ``OUT/lrp_linear_demo.json`` and ``OUT/lrp_sequence_demo.json``; an existing result is reused unless
+``--overwrite`` is given.
 """
 import argparse
 import json
@@ -16,11 +20,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from zennit.composites import LayerMapComposite
+from zennit.rules import Epsilon
+
+import capxai
 from capxai._io import atomic_write_json
 from capxai.ops import lrp_linear
 from capxai.ops.reference import lrp_linear_reference
 
 RESULT_NAME = "lrp_linear_demo.json"
+SEQUENCE_RESULT_NAME = "lrp_sequence_demo.json"
 
 
 def make_task(n_samples, n_features, n_informative, n_classes, generator):
@@ -101,15 +110,84 @@ def run(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
     return summary
 
 
+class SequenceClassifier(nn.Module):
+    """Linear -> capxai.nn.LSTM -> capxai.nn.AdditiveAttention over the LSTM outputs -> Linear."""
+
+    def __init__(self, n_features, n_classes, hidden=24):
+        super().__init__()
+        self.embed = nn.Linear(n_features, hidden)
+        self.lstm = capxai.nn.LSTM(hidden, hidden, batch_first=True)
+        self.attention = capxai.nn.AdditiveAttention(hidden, hidden, hidden)
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(self, sequences):
+        outputs, (h_n, _) = self.lstm(torch.tanh(self.embed(sequences)))
+        context, _, _ = self.attention(outputs, h_n[-1])
+        return self.classifier(context)
+
+
+def make_marker_task(n_samples, steps, n_features, n_classes, generator):
+    """Noise sequences with one marker step whose pattern (one of n_classes) is the label."""
+    sequences = torch.randn(n_samples, steps, n_features, generator=generator) * 0.5
+    patterns = torch.randn(n_classes, n_features, generator=generator) * 2.0
+    labels = torch.randint(0, n_classes, (n_samples,), generator=generator)
+    marker = torch.randint(0, steps, (n_samples,), generator=generator)
+    sequences[torch.arange(n_samples), marker] += patterns[labels]
+    return sequences, labels, marker
+
+
+def run_sequence(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
+    result_path = out_dir / SEQUENCE_RESULT_NAME
+    if result_path.exists() and not overwrite:
+        print(f"{result_path} exists; reusing it (pass --overwrite to recompute)")
+        return json.loads(result_path.read_text())
+    generator = torch.Generator().manual_seed(seed)
+    steps, n_classes = 12, 4
+    sequences, labels, marker = make_marker_task(2048, steps, 8, n_classes, generator)
+    torch.manual_seed(seed)
+    model = SequenceClassifier(8, n_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in tqdm(range(200), desc="train LSTM + attention", unit="step"):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(sequences), labels).backward()
+        optimizer.step()
+    model.eval()
+
+    composite = LayerMapComposite([(nn.Linear, Epsilon(epsilon=0.01))])
+    inputs = sequences.clone().requires_grad_(True)
+    start = time.perf_counter()
+    with composite.context(model) as hooked, capxai.lrp(eps=0.01):
+        logits = hooked(inputs)
+        predicted = logits.argmax(-1)
+        start_relevance = nn.functional.one_hot(predicted, n_classes) * logits  # onehot(w) * logit_w
+        (relevance,) = torch.autograd.grad(logits, inputs, grad_outputs=start_relevance.detach())
+    seconds = time.perf_counter() - start
+    per_step = relevance.sum(-1)  # [N, T]
+    share_on_marker = (per_step.abs()[torch.arange(len(marker)), marker] / per_step.abs().sum(-1)).mean()
+    summary = {
+        "accuracy": (predicted == labels).float().mean().item(),
+        "relevance_share_on_marker_step": share_on_marker.item(),
+        "marker_step_fraction": 1 / steps,
+        "top_relevance_step_is_marker": (per_step.argmax(-1) == marker).float().mean().item(),
+        "seconds_forward_and_explain": seconds,
+        "samples": len(sequences),
+    }
+    atomic_write_json(result_path, summary)
+    print(f"wrote {result_path}")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="result folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a result exists")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    summary = run(args.out, args.overwrite, args.seed)
-    for key, value in summary.items():
-        print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
+    for title, job in (("MLP, lrp_linear", run), ("LSTM + attention, capxai.nn", run_sequence)):
+        summary = job(args.out, args.overwrite, args.seed)
+        print(title)
+        for key, value in summary.items():
+            print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
     return 0
 
 
