@@ -70,10 +70,14 @@ bool value_pass_cpu(const SdpaArgs& args, const SdpaForward& fwd, const at::Tens
   const int64_t targets = out.size(0), batch = out.size(1), heads = out.size(2);
   const int64_t n_keys = out.size(3), dim_v = out.size(4), n_queries = fwd.weights.size(2);
   std::atomic<bool> finite{true};
+  // Keys-major copies ([B, h, Lk, Lq], small): each output row reads its column of A contiguously.
+  const at::Tensor attention_by_key = fwd.weights.transpose(-2, -1).contiguous();
+  const at::Tensor allowed_by_key =
+      fwd.allowed.defined() ? fwd.allowed.transpose(-2, -1).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lrp_sdpa_value_cpu", [&] {
     const scalar_t* v = args.v.const_data_ptr<scalar_t>();
-    const scalar_t* attention = fwd.weights.const_data_ptr<scalar_t>();
-    const scalar_t* allowed = fwd.allowed.defined() ? fwd.allowed.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* attention = attention_by_key.const_data_ptr<scalar_t>();
+    const scalar_t* allowed = allowed_by_key.defined() ? allowed_by_key.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* r = ratio.const_data_ptr<scalar_t>();
     const scalar_t* s = share.defined() ? share.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -82,8 +86,9 @@ bool value_pass_cpu(const SdpaArgs& args, const SdpaForward& fwd, const at::Tens
       int non_finite = 0;
       for (int64_t row = begin; row < end; ++row) {  // row = (k, b, h, j)
         const int64_t kbh = row / n_keys, j = row % n_keys, bh = kbh % (batch * heads);
-        non_finite |= value_row(attention + bh * n_queries * n_keys + j, n_keys, r + kbh * n_queries * dim_v,
-                                allowed != nullptr ? allowed + bh * n_queries * n_keys + j : nullptr, n_keys,
+        const int64_t column = (bh * n_keys + j) * n_queries;
+        non_finite |= value_row(attention + column, 1, r + kbh * n_queries * dim_v,
+                                allowed != nullptr ? allowed + column : nullptr, 1,
                                 s != nullptr ? s + kbh * n_queries * dim_v : nullptr, v + (bh * n_keys + j) * dim_v,
                                 static_cast<scalar_t>(factor), n_queries, dim_v, o + row * dim_v);
       }
