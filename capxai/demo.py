@@ -70,6 +70,17 @@ def explain_all_classes(model, inputs, rule, eps=0.01, bias_factor=0.0):
     return relevance, logits
 
 
+def _timed(job, repeats=5):
+    """(median seconds of ``repeats`` runs after one warm-up run, the last result)."""
+    result = job()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = job()
+        seconds.append(time.perf_counter() - start)
+    return sorted(seconds)[len(seconds) // 2], result
+
+
 def run(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
     result_path = out_dir / RESULT_NAME
     if result_path.exists() and not overwrite:
@@ -81,12 +92,8 @@ def run(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
     inputs, labels = make_task(4096, 32, n_informative, 3, generator)
     model = train_classifier(inputs, labels, 3, steps=300, generator=generator)
 
-    start = time.perf_counter()
-    relevance, logits = explain_all_classes(model, inputs, lrp_linear)
-    fused_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    reference, _ = explain_all_classes(model, inputs, lrp_linear_reference)
-    reference_seconds = time.perf_counter() - start
+    fused_seconds, (relevance, logits) = _timed(lambda: explain_all_classes(model, inputs, lrp_linear))
+    reference_seconds, (reference, _) = _timed(lambda: explain_all_classes(model, inputs, lrp_linear_reference))
     conserved, _ = explain_all_classes(model, inputs, lrp_linear, bias_factor=1.0)
 
     predicted = logits.argmax(dim=1)
