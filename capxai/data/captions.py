@@ -1,0 +1,119 @@
+"""Image-caption data from Karpathy-style split files (``dataset_coco.json``, ``dataset_flickr30k.json``, and the
+built-in ``dataset_scenes.json``): images loaded with PIL and torchvision transforms, captions encoded with a
+:class:`~capxai.data.vocabulary.Vocabulary` and padded per batch."""
+import json
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms
+
+from capxai.data.vocabulary import Vocabulary
+
+# Karpathy's COCO split calls the extra training images "restval".
+SPLIT_ALIASES = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_karpathy(path) -> List[dict]:
+    """The ``images`` list of a Karpathy-style json, checked for the keys capxai uses."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"caption split file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"caption split file {path} is not valid json ({error})") from None
+    images = payload.get("images") if isinstance(payload, dict) else None
+    if not isinstance(images, list):
+        raise ValueError(f"caption split file {path} has no 'images' list (not a Karpathy-style split file)")
+    for position, image in enumerate(images):
+        missing = [key for key in ("filename", "split", "sentences") if key not in image]
+        if missing:
+            raise ValueError(f"caption split file {path}: image #{position} lacks {missing}")
+    return images
+
+
+def default_transform(image_size: int) -> Callable:
+    """Resize to ``image_size`` (square), to tensor, ImageNet normalisation (what torchvision encoders expect)."""
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def open_image(path: Path) -> Image.Image:
+    """An RGB image, or an error naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"image {path} is unreadable or corrupt ({error})") from None
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """One split: item ``i`` is ``{"image": [3, S, S], "captions": list of [L_j] LongTensors, "image_id": int}``.
+
+    Args:
+        split_file: Karpathy-style json. image_root: folder that ``filepath/filename`` are relative to.
+        split: "train" (includes "restval"), "val" or "test". vocabulary: encodes the captions.
+        max_length: words per caption at most (longer ones are cut). image_size: side after resizing.
+        skip_unreadable: drop images that are missing or corrupt (checked once, up front, with a warning that
+            counts them) instead of raising an error that names the file.
+    """
+
+    def __init__(self, split_file, image_root, split: str, vocabulary: Vocabulary, max_length: int = 16,
+                 image_size: int = 224, transform: Optional[Callable] = None, skip_unreadable: bool = False):
+        if split not in SPLIT_ALIASES:
+            raise ValueError(f"CaptionDataset: split must be one of {list(SPLIT_ALIASES)}, got {split!r}")
+        self.image_root = Path(image_root)
+        self.vocabulary = vocabulary
+        self.max_length = max_length
+        self.transform = transform or default_transform(image_size)
+        self.entries = [image for image in load_karpathy(split_file) if image["split"] in SPLIT_ALIASES[split]]
+        if skip_unreadable:
+            self.entries = self._readable(self.entries)
+
+    def _path(self, entry: dict) -> Path:
+        return self.image_root / entry.get("filepath", "") / entry["filename"]
+
+    def _readable(self, entries: List[dict]) -> List[dict]:
+        kept, dropped = [], []
+        for entry in entries:
+            try:
+                open_image(self._path(entry))
+                kept.append(entry)
+            except (FileNotFoundError, ValueError) as error:
+                dropped.append(str(error))
+        if dropped:
+            warnings.warn(f"CaptionDataset: skipped {len(dropped)} unreadable images, e.g. {dropped[0]}",
+                          stacklevel=3)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        entry = self.entries[index]
+        image = self.transform(open_image(self._path(entry)))
+        captions = [torch.tensor(self.vocabulary.encode(sentence["tokens"], self.max_length))
+                    for sentence in entry["sentences"]]
+        return {"image": image, "captions": captions, "image_id": int(entry.get("cocoid", entry.get("imgid", index)))}
+
+
+def collate(batch: Sequence[Dict[str, object]]) -> Dict[str, torch.Tensor]:
+    """Images ``[B, 3, S, S]``; captions ``[B, C, L]`` padded with ``<pad>`` (0) to the longest caption and to the
+    most captions per image in the batch; ``caption_mask [B, C]`` marks real captions; ``image_ids [B]``."""
+    images = torch.stack([item["image"] for item in batch])
+    most_captions = max(len(item["captions"]) for item in batch)
+    longest = max(len(caption) for item in batch for caption in item["captions"])
+    captions = torch.zeros(len(batch), most_captions, longest, dtype=torch.long)
+    caption_mask = torch.zeros(len(batch), most_captions, dtype=torch.bool)
+    for b, item in enumerate(batch):
+        for c, caption in enumerate(item["captions"]):
+            captions[b, c, :len(caption)] = caption
+            caption_mask[b, c] = True
+    return {"images": images, "captions": captions, "caption_mask": caption_mask,
+            "image_ids": torch.tensor([item["image_id"] for item in batch])}
