@@ -1,0 +1,79 @@
+"""Caption metrics through pycocoevalcap, the field's reference implementation: BLEU-1..4, METEOR, ROUGE-L, CIDEr
+with its PTB tokenizer (Java), and SPICE when its Stanford CoreNLP jars are present (it downloads them at first use,
+which fails without network: then SPICE is skipped with one line saying why and the other metrics still run).
+Results are ``{"overall": {...}, "imgToEval": {...}}``, the format other captioning tools (e.g. CHAIR) read."""
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence
+
+from capxai._io import atomic_write_json
+
+
+def _spice_available() -> bool:
+    from pycocoevalcap.spice import spice
+
+    lib = Path(spice.__file__).parent / "lib"
+    return shutil.which("java") is not None and any(lib.glob("stanford-corenlp-*models*.jar"))
+
+
+def _scorers(with_spice: bool):
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    scorers = [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE_L"]),
+               (Cider(), ["CIDEr"])]
+    if with_spice:
+        from pycocoevalcap.spice.spice import Spice
+
+        scorers.append((Spice(), ["SPICE"]))
+    return scorers
+
+
+def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping[int, str],
+                    spice: bool = True) -> Dict[str, dict]:
+    """Corpus metrics of ``candidates`` (one caption per image id) against ``references`` (several per image id).
+
+    Returns ``{"overall": {metric: value}, "imgToEval": {image_id: {metric: value}}}``.
+    """
+    if not candidates:
+        raise ValueError("caption_metrics: no candidate captions")
+    missing = [image_id for image_id in candidates if not references.get(image_id)]
+    if missing:
+        raise ValueError(f"caption_metrics: no reference captions for image ids {missing[:5]}")
+    empty = [image_id for image_id, caption in candidates.items() if not str(caption).strip()]
+    if empty:
+        raise ValueError(f"caption_metrics: empty candidate captions for image ids {empty[:5]}")
+    if shutil.which("java") is None:
+        raise RuntimeError("caption_metrics: pycocoevalcap needs Java (java on PATH) for tokenisation and METEOR")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    image_ids = list(candidates)
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in image_ids})
+    res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in image_ids})
+    with_spice = spice and _spice_available()
+    if spice and not with_spice:
+        print("caption_metrics: SPICE skipped: its Stanford CoreNLP jars are not installed and cannot be "
+              "downloaded here (run pycocoevalcap's spice/get_stanford_models.py with network to enable it)",
+              file=sys.stderr)
+    overall: Dict[str, float] = {}
+    per_image: Dict[int, Dict[str, float]] = {i: {} for i in image_ids}
+    for scorer, names in _scorers(with_spice):
+        score, scores = scorer.compute_score(gts, res)
+        scores_per_name = scores if len(names) > 1 else [scores]
+        for name, corpus_value, image_values in zip(names, score if len(names) > 1 else [score], scores_per_name):
+            overall[name] = float(corpus_value)
+            for image_id, value in zip(gts.keys(), image_values):
+                per_image[image_id][name] = value if isinstance(value, dict) else float(value)
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            close()
+    return {"overall": overall, "imgToEval": {str(i): {"image_id": i, **v} for i, v in per_image.items()}}
+
+
+def write_metrics(path, results: Dict[str, dict]) -> Path:
+    """Writes ``{"overall", "imgToEval"}`` json atomically."""
+    return atomic_write_json(path, results)

@@ -1,0 +1,36 @@
+"""Caption metrics on a hand-checked example (pycocoevalcap, Java), SPICE's clear skip, and bad input."""
+import json
+
+import pytest
+
+from capxai.evaluate import caption_metrics, write_metrics
+
+REFERENCES = {1: ["a red ball next to a blue box", "a ball beside a box"],
+              2: ["two green stars above a moon", "stars over a moon"],
+              3: ["a yellow tent on the left of a ladder", "a tent and a ladder"]}
+
+
+def test_identical_captions_score_one_and_unrelated_ones_zero(tmp_path, capsys):
+    perfect = caption_metrics(REFERENCES, {i: refs[0] for i, refs in REFERENCES.items()}, spice=True)
+    overall = perfect["overall"]
+    assert overall["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
+    assert overall["ROUGE_L"] == pytest.approx(1.0, abs=1e-6)
+    assert overall["METEOR"] > 0.9
+    assert overall["CIDEr"] > 1.0
+    assert set(perfect["imgToEval"]) == {"1", "2", "3"}
+    unrelated = caption_metrics(REFERENCES, {1: "zebra", 2: "quantum physics", 3: "purple elephant"}, spice=False)
+    assert unrelated["overall"]["ROUGE_L"] == 0.0 and unrelated["overall"]["CIDEr"] == 0.0
+    assert unrelated["overall"]["Bleu_1"] < 1e-6
+    if "SPICE" not in overall:
+        assert "SPICE skipped" in capsys.readouterr().err
+    path = write_metrics(tmp_path / "metrics.json", perfect)
+    assert json.loads(path.read_text())["overall"]["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="no candidate captions"):
+        caption_metrics(REFERENCES, {})
+    with pytest.raises(ValueError, match=r"no reference captions for image ids \[9\]"):
+        caption_metrics(REFERENCES, {9: "a ball"})
+    with pytest.raises(ValueError, match=r"empty candidate captions for image ids \[1\]"):
+        caption_metrics(REFERENCES, {1: "  "})
