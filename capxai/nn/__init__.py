@@ -1,9 +1,9 @@
 """capxai.nn: drop-in modules (same forward and parameters as their torch counterparts) whose backward, inside
 ``capxai.lrp()``, returns relevance computed by the fused capxai ops (Zennit's convention: the gradient slot carries
 relevance). Depends only on capxai.ops."""
-from capxai.nn.attention import AdditiveAttention, MultiheadAttention, weighted_sum
+from capxai.nn.attention import AdditiveAttention, MultiheadAttention, scaled_dot_product_attention, weighted_sum
 from capxai.nn.context import LRPSettings, active_settings, lrp
 from capxai.nn.lstm import LSTM, LSTMCell
 
-__all__ = ["LSTM", "LSTMCell", "AdditiveAttention", "MultiheadAttention", "weighted_sum", "lrp", "LRPSettings",
+__all__ = ["LSTM", "LSTMCell", "AdditiveAttention", "MultiheadAttention", "weighted_sum", "scaled_dot_product_attention", "lrp", "LRPSettings",
            "active_settings"]

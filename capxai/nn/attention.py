@@ -132,3 +132,12 @@ class MultiheadAttention(nn.MultiheadAttention):
                 mask = mask.reshape(shape)
             merged = merged.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else merged + mask
         return merged
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None):
+    """``torch.nn.functional.scaled_dot_product_attention``; inside ``capxai.lrp()`` its backward is ``lrp_sdpa`` in
+    the settings' mode."""
+    settings = active_settings()
+    if settings is None:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return SDPARelevance.apply(q, k, v, attn_mask, settings)
