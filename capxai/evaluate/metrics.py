@@ -17,27 +17,32 @@ def _spice_available() -> bool:
     return shutil.which("java") is not None and any(lib.glob("stanford-corenlp-*models*.jar"))
 
 
-def _scorers(with_spice: bool):
+METRICS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+
+
+def _scorers(metrics: Sequence[str]):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.spice.spice import Spice
 
-    scorers = [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE_L"]),
-               (Cider(), ["CIDEr"])]
-    if with_spice:
-        from pycocoevalcap.spice.spice import Spice
-
-        scorers.append((Spice(), ["SPICE"]))
-    return scorers
+    makers = {"Bleu": (lambda: Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), "METEOR": (Meteor, ["METEOR"]),
+              "ROUGE_L": (Rouge, ["ROUGE_L"]), "CIDEr": (Cider, ["CIDEr"]), "SPICE": (Spice, ["SPICE"])}
+    return [(makers[name][0](), makers[name][1]) for name in metrics]
 
 
 def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping[int, str],
-                    spice: bool = True) -> Dict[str, dict]:
+                    spice: bool = True, metrics: Sequence[str] = METRICS) -> Dict[str, dict]:
     """Corpus metrics of ``candidates`` (one caption per image id) against ``references`` (several per image id).
 
+    ``metrics`` picks a subset of ``METRICS`` (e.g. ``("CIDEr",)`` for fast validation); SPICE runs only with
+    ``spice=True`` and its jars present.
     Returns ``{"overall": {metric: value}, "imgToEval": {image_id: {metric: value}}}``.
     """
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown:
+        raise ValueError(f"caption_metrics: unknown metrics {unknown}; choose from {METRICS}")
     if not candidates:
         raise ValueError("caption_metrics: no candidate captions")
     missing = [image_id for image_id in candidates if not references.get(image_id)]
@@ -54,14 +59,16 @@ def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in image_ids})
     res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in image_ids})
-    with_spice = spice and _spice_available()
-    if spice and not with_spice:
+    wants_spice = spice and "SPICE" in metrics
+    with_spice = wants_spice and _spice_available()
+    if wants_spice and not with_spice:
         print("caption_metrics: SPICE skipped: its Stanford CoreNLP jars are not installed and cannot be "
               "downloaded here (run pycocoevalcap's spice/get_stanford_models.py with network to enable it)",
               file=sys.stderr)
     overall: Dict[str, float] = {}
     per_image: Dict[int, Dict[str, float]] = {i: {} for i in image_ids}
-    for scorer, names in _scorers(with_spice):
+    chosen = [name for name in metrics if name != "SPICE" or with_spice]
+    for scorer, names in _scorers(chosen):
         score, scores = scorer.compute_score(gts, res)
         scores_per_name = scores if len(names) > 1 else [scores]
         for name, corpus_value, image_values in zip(names, score if len(names) > 1 else [score], scores_per_name):

@@ -1,0 +1,191 @@
+"""Cross-entropy training with teacher forcing (the paper's recipe: Adam, lr 5e-4, betas 0.8 / 0.999, clipped
+gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate decay on plateau, resume after an
+interruption, seeds; several processes through torchrun + DistributedDataParallel (nccl on GPUs, gloo on CPU)."""
+import dataclasses
+import json
+import os
+import random
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from capxai._io import atomic_write_json
+from capxai.data.captions import CaptionDataset, collate, load_karpathy
+from capxai.data.vocabulary import Vocabulary
+from capxai.evaluate.metrics import caption_metrics
+from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder, greedy
+from capxai.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "adaptive"  # or "multihead"
+    encoder: str = "scene"  # "scene", "vgg16" or "resnet101"
+    encoder_weights: Optional[str] = None
+    finetune_encoder: bool = True
+    hidden: int = 512
+    attention_dim: int = 512
+    heads: int = 8
+    dropout: float = 0.5
+    image_size: int = 96
+    max_length: int = 16
+    min_count: int = 5
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 5e-4
+    betas: tuple = (0.8, 0.999)
+    clip_norm: float = 2.0
+    decay_factor: float = 0.8
+    decay_patience: int = 1
+    seed: int = 0
+
+
+class CaptionModel(nn.Module):
+    """Encoder + captioner: ``forward(images [B, 3, S, S], captions [N, L], image_index [N])`` encodes each image
+    once and returns the captioner's teacher-forced trace of caption n on image ``image_index[n]``."""
+
+    def __init__(self, encoder: nn.Module, captioner: nn.Module):
+        super().__init__()
+        self.encoder, self.captioner = encoder, captioner
+
+    def forward(self, images, captions, image_index):
+        return self.captioner(self.encoder(images).index_select(0, image_index), captions)
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
+    if config.encoder == "scene":
+        encoder = SceneCNN()
+    else:
+        encoder = TorchvisionEncoder(config.encoder, config.encoder_weights)
+    if config.model == "adaptive":
+        captioner = AdaptiveAttentionCaptioner(vocab_size, encoder.channels, config.hidden, config.attention_dim,
+                                               config.dropout)
+    elif config.model == "multihead":
+        captioner = MultiHeadCaptioner(vocab_size, encoder.channels, config.hidden, config.heads, config.dropout)
+    else:
+        raise ValueError(f"TrainConfig.model must be 'adaptive' or 'multihead', got {config.model!r}")
+    return CaptionModel(encoder, captioner)
+
+
+def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
+                 caption_mask: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy over every real caption of every image (``captions [B, C, L]``), pads ignored."""
+    batch, per_image, length = captions.shape
+    image_index = torch.arange(batch, device=images.device).repeat_interleave(per_image)[caption_mask.reshape(-1)]
+    flat = captions.reshape(-1, length)[caption_mask.reshape(-1)]
+    trace = model(images, flat, image_index)
+    return nn.functional.cross_entropy(trace.logits.reshape(-1, trace.logits.shape[-1]), flat[:, 1:].reshape(-1),
+                                       ignore_index=0)
+
+
+def train_step(model, optimizer, batch: Dict[str, torch.Tensor], clip_norm: float) -> float:
+    optimizer.zero_grad()
+    loss = caption_loss(model, batch["images"], batch["captions"], batch["caption_mask"])
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def validation_cider(model: CaptionModel, dataset: CaptionDataset, batch_size: int, max_length: int) -> float:
+    """Greedy captions of the split, scored by CIDEr against its references."""
+    model.eval()
+    vocabulary = dataset.vocabulary
+    candidates, references = {}, {}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    for batch in loader:
+        decoded = greedy(model.captioner, model.encoder(batch["images"]), max_length=max_length)
+        for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens):
+            candidates[image_id] = " ".join(vocabulary.decode(tokens)) or "<unk>"
+    for entry in dataset.entries:
+        image_id = int(entry.get("cocoid", entry.get("imgid")))
+        references[image_id] = [s.get("raw") or " ".join(s["tokens"]) for s in entry["sentences"]]
+    model.train()
+    return caption_metrics(references, candidates, spice=False, metrics=("CIDEr",))["overall"]["CIDEr"]
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool = True,
+          val_split: str = "val") -> dict:
+    """Trains, keeping ``last.pt`` (resumed from when present), ``best.pt`` (highest validation CIDEr),
+    ``vocabulary.json`` and ``history.json`` in ``out_dir``. Returns the history."""
+    out_dir = Path(out_dir)
+    distributed = _distributed()
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
+    set_seed(config.seed)
+    vocabulary_path = out_dir / "vocabulary.json"
+    if vocabulary_path.exists():
+        vocabulary = Vocabulary.load(vocabulary_path)
+    else:
+        train_images = [i for i in load_karpathy(split_file) if i["split"] in ("train", "restval")]
+        vocabulary = Vocabulary.build([s["tokens"] for i in train_images for s in i["sentences"]], config.min_count)
+        if rank == 0:
+            vocabulary.save(vocabulary_path)
+    datasets = {split: CaptionDataset(split_file, image_root, split, vocabulary, config.max_length,
+                                      config.image_size) for split in ("train", val_split)}
+    model = build_model(config, len(vocabulary))
+    if not config.finetune_encoder:
+        model.encoder.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 betas=tuple(config.betas))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.decay_factor,
+                                                           patience=config.decay_patience)
+    history = {"config": dataclasses.asdict(config), "epochs": [], "best_cider": None, "best_epoch": None}
+    start_epoch = 0
+    last_path = out_dir / "last.pt"
+    if last_path.exists():
+        checkpoint = load_checkpoint(last_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history, start_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        torch.set_rng_state(checkpoint["torch_rng"])
+    trained = nn.parallel.DistributedDataParallel(model) if distributed else model
+    sampler = (torch.utils.data.distributed.DistributedSampler(datasets["train"], shuffle=True, seed=config.seed)
+               if distributed else None)
+    for epoch in range(start_epoch, config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        loader = torch.utils.data.DataLoader(datasets["train"], batch_size=config.batch_size, collate_fn=collate,
+                                             sampler=sampler, shuffle=sampler is None,
+                                             generator=None if sampler else generator)
+        model.train()
+        if not config.finetune_encoder:
+            model.encoder.eval()
+        losses = [train_step(trained, optimizer, batch, config.clip_norm)
+                  for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                                    disable=not progress or rank != 0)]
+        cider = validation_cider(model, datasets[val_split], config.batch_size, config.max_length)
+        scheduler.step(cider)
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        history["epochs"].append(record)
+        if rank == 0:
+            if history["best_cider"] is None or cider > history["best_cider"]:
+                history["best_cider"], history["best_epoch"] = cider, epoch
+                save_checkpoint(out_dir / "best.pt", {"model": model.state_dict(), "config": history["config"],
+                                                      "epoch": epoch, "val_cider": cider})
+            save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch,
+                                        "torch_rng": torch.get_rng_state()})
+            atomic_write_json(out_dir / "history.json", history)
+            if progress:
+                print(f"epoch {epoch + 1}: loss {record['loss']:.3f}, val CIDEr {cider:.3f}")
+    return history

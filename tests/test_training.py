@@ -1,0 +1,118 @@
+"""Training: loss falls, checkpoints (atomic) and resume, best kept; two gloo processes with DDP equal one process
+on the same global batch."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from capxai.data import scenes
+from capxai.train import (TrainConfig, build_model, caption_loss, load_checkpoint, save_checkpoint, train,
+                          train_step)
+
+TINY = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.0, epochs=2, batch_size=8, min_count=1,
+                   max_length=12, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory):
+    return scenes.generate(tmp_path_factory.mktemp("train") / "scenes",
+                           scenes.SceneConfig(train=24, val=6, test=4, seed=1), progress=False)
+
+
+@pytest.mark.parametrize("model", ["adaptive", "multihead"])
+def test_train_resume_and_best_checkpoint(tiny_scenes, tmp_path, model):
+    config = TrainConfig(**{**TINY.__dict__, "model": model})
+    out = tmp_path / model
+    history = train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, out, progress=False)
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1]
+    assert history["epochs"][1]["loss"] < history["epochs"][0]["loss"]
+    assert (out / "best.pt").exists() and (out / "vocabulary.json").exists()
+    assert json.loads((out / "history.json").read_text())["best_epoch"] == history["best_epoch"]
+    # resume: a third epoch continues from last.pt instead of starting over
+    resumed = train(TrainConfig(**{**config.__dict__, "epochs": 3}), tiny_scenes / "dataset_scenes.json",
+                    tiny_scenes, out, progress=False)
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert resumed["epochs"][:2] == history["epochs"]
+
+
+def test_checkpoint_errors_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "broken.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="broken.pt is unreadable or corrupt"):
+        load_checkpoint(tmp_path / "broken.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"a": torch.ones(2)})
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["a"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt", "ok.pt"]
+
+
+def _batch(seed, size):
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(3, 20, (size, 2, 6), generator=generator)
+    captions[..., 0] = 1
+    return {"images": torch.randn(size, 3, 32, 32, generator=generator), "captions": captions,
+            "caption_mask": torch.ones(size, 2, dtype=torch.bool)}
+
+
+def _model():
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(**{**TINY.__dict__, "image_size": 32}), vocab_size=20)
+    model.encoder.eval()  # BatchNorm with running statistics: identical in every process
+    return model
+
+
+def _ddp_worker(rank, port, steps, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    model = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradient: rounding is not amplified
+    for step in range(steps):
+        batch = _batch(step, 8)
+        half = {name: value[rank * 4:(rank + 1) * 4] for name, value in batch.items()}
+        train_step(ddp, optimizer, half, clip_norm=1e9)
+    if rank == 0:
+        torch.save(model.state_dict(), result_path)
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path):
+    steps = 3
+    mp.spawn(_ddp_worker, args=(_free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradient: rounding is not amplified
+    for step in range(steps):
+        train_step(model, optimizer, _batch(step, 8), clip_norm=1e9)
+    ddp_state = torch.load(tmp_path / "ddp.pt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_loss_ignores_padding():
+    model = _model()
+    batch = _batch(0, 2)
+    padded = {**batch, "captions": torch.cat([batch["captions"], torch.zeros(2, 2, 3, dtype=torch.long)], -1)}
+    torch.testing.assert_close(caption_loss(model, **{k: padded[k] for k in ("images", "captions", "caption_mask")}),
+                               caption_loss(model, **{k: batch[k] for k in ("images", "captions", "caption_mask")}))
+
+
+def test_cli_train(tiny_scenes, tmp_path, capsys):
+    from capxai import cli
+
+    arguments = ["train", "--split-file", str(tiny_scenes / "dataset_scenes.json"), "--image-root", str(tiny_scenes),
+                 "--out", str(tmp_path / "run"), "--hidden", "16", "--epochs", "1", "--batch-size", "8",
+                 "--min-count", "1"]
+    assert cli.main(arguments) == 0
+    assert "best validation CIDEr" in capsys.readouterr().out
+    assert cli.main(["train", "--split-file", str(tmp_path / "none.json"), "--image-root", str(tmp_path),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
