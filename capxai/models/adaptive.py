@@ -38,8 +38,8 @@ class AdaptiveAttentionCaptioner(Captioner):
         regions = torch.relu(self.region_proj(features))
         global_feature = torch.relu(self.global_proj(features.mean(1)))
         zeros = features.new_zeros(features.shape[0], self.hidden)
-        return {"regions": regions, "global_feature": global_feature, "h1": zeros, "c1": zeros, "h2": zeros,
-                "c2": zeros}
+        return {"regions": regions, "projected_regions": self.attention.value_proj(regions),
+                "global_feature": global_feature, "h1": zeros, "c1": zeros, "h2": zeros, "c2": zeros}
 
     def step(self, state, words):
         x1 = torch.cat([state["h2"], state["global_feature"], self.embedding(words)], dim=-1)
@@ -47,7 +47,7 @@ class AdaptiveAttentionCaptioner(Captioner):
         # the gate uses h1_{t-1}, as in training (the paper's fine-tuning code used h1_t: LRP_RULES.md)
         sentinel_gate = torch.sigmoid(self.sentinel_input(x1) + self.sentinel_hidden(state["h1"]))
         sentinel = sentinel_gate * torch.tanh(c1)
-        context, alpha, beta = self.attention(state["regions"], h1, sentinel)
+        context, alpha, beta = self.attention(state["regions"], h1, sentinel, state["projected_regions"])
         h2, c2 = self.lstm2(torch.cat([context, h1], dim=-1), (state["h2"], state["c2"]))
         logits = self.output(self.dropout(context + h2))
         new_state = {**state, "h1": h1, "c1": c1, "h2": h2, "c2": c2}

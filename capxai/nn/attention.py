@@ -32,8 +32,9 @@ class AdditiveAttention(nn.Module):
         attention_dim: size of the score space.
         sentinel: whether forward takes a visual sentinel.
 
-    Forward: ``values [B, N, D]``, ``query [B, H]``, ``sentinel [B, D]`` (only with ``sentinel=True``) ->
-    ``(context [B, D], alpha [B, N], beta [B] or None)``.
+    Forward: ``values [B, N, D]``, ``query [B, H]``, ``sentinel [B, D]`` (only with ``sentinel=True``),
+    optionally ``projected_values = module.value_proj(values)`` computed once when the same values are attended at
+    many steps -> ``(context [B, D], alpha [B, N], beta [B] or None)``.
     """
 
     def __init__(self, value_dim: int, query_dim: int, attention_dim: int, sentinel: bool = False):
@@ -43,7 +44,7 @@ class AdditiveAttention(nn.Module):
         self.score = nn.Linear(attention_dim, 1)
         self.sentinel_proj = nn.Linear(value_dim, attention_dim) if sentinel else None
 
-    def forward(self, values, query, sentinel=None):
+    def forward(self, values, query, sentinel=None, projected_values=None):
         if values.dim() != 3 or query.dim() != 2 or values.shape[0] != query.shape[0]:
             raise ValueError(f"AdditiveAttention: values must be [B, N, D] and query [B, H], got "
                              f"{list(values.shape)} and {list(query.shape)}")
@@ -51,7 +52,9 @@ class AdditiveAttention(nn.Module):
             raise ValueError("AdditiveAttention: pass a sentinel exactly when the module was built with "
                              "sentinel=True")
         query_scores = self.query_proj(query).unsqueeze(1)
-        scores = self.score(torch.tanh(self.value_proj(values) + query_scores)).squeeze(-1)  # [B, N]
+        if projected_values is None:
+            projected_values = self.value_proj(values)
+        scores = self.score(torch.tanh(projected_values + query_scores)).squeeze(-1)  # [B, N]
         alpha = torch.softmax(scores, dim=-1)
         context = weighted_sum(values, alpha)
         if sentinel is None:
