@@ -1,27 +1,36 @@
 """Writing results without ever leaving a half-written file: write to a temporary file beside the target, then
 rename it into place (atomic on POSIX)."""
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
-def atomic_write_text(path, text: str) -> Path:
-    """Writes ``text`` to ``path`` atomically; the folder is created if missing."""
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[str]:
+    """Yields a temporary path beside ``path``; when the block succeeds it replaces ``path``, else it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically; the folder is created if missing."""
+    with atomic_path(path) as temporary, open(temporary, "w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Path(path)
 
 
 def atomic_write_json(path, payload) -> Path:

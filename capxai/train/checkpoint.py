@@ -1,24 +1,15 @@
 """Checkpoints written atomically (temporary file, then rename): an interrupted save never leaves a broken file."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from capxai._io import atomic_path
+
 
 def save_checkpoint(path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
