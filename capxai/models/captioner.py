@@ -1,5 +1,6 @@
 """What every captioner offers the shared decoding, training and explanation code: an encoder-side state, one
 decoding step, and teacher-forced decoding that returns every step's activations in one typed structure."""
+import abc
 import dataclasses
 from typing import Dict, Tuple
 
@@ -18,17 +19,18 @@ class DecoderTrace:
     activations: Dict[str, torch.Tensor]
 
 
-class Captioner(nn.Module):
+class Captioner(nn.Module, abc.ABC):
     """Base of the captioners: subclasses define ``init_state`` and ``step``; ``forward`` runs teacher forcing."""
 
     vocab_size: int
 
-    def init_state(self, features: torch.Tensor) -> State:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def init_state(self, features: torch.Tensor) -> State:
+        """Encoder-side state for ``features [B, regions, C]``: projected regions and zero decoder states."""
 
+    @abc.abstractmethod
     def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
         """One word for each row: ``words [B]`` -> ``(logits [B, V], new state, this step's activations)``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderTrace:
         """Teacher forcing: ``features [B, regions, C]``, ``captions [B, L]`` (``<start> ... <end> <pad>..``) ->
