@@ -1,6 +1,7 @@
 """``capxai``: the command line. Subcommands grow with the product (caption, explain, evaluate, finetune, report,
-bench follow); for now: ``capxai data scenes --out DIR`` and ``capxai train --split-file F --image-root D --out D``
-(several processes: ``torchrun --nproc_per_node N -m capxai.cli train ...``)."""
+bench follow); for now: ``capxai data scenes --out DIR``, ``capxai train --split-file F --image-root D --out D``
+(several processes: ``torchrun --nproc_per_node N -m capxai.cli train ...``) and ``capxai evaluate --checkpoint C
+--split-file F --image-root D --out D``."""
 import argparse
 import sys
 from pathlib import Path
@@ -24,12 +25,61 @@ def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
     config = TrainConfig(model=args.model, encoder=args.encoder, encoder_weights=args.encoder_weights,
-                         hidden=args.hidden, attention_dim=args.hidden, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, seed=args.seed,
+                         finetune_encoder=not args.freeze_encoder, hidden=args.hidden,
+                         attention_dim=args.attention_dim or args.hidden, heads=args.heads, dropout=args.dropout,
+                         epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
+                         lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
                          min_count=args.min_count)
     history = train(config, args.split_file, args.image_root, args.out)
     print(f"best validation CIDEr {history['best_cider']:.3f} at epoch {history['best_epoch'] + 1}; "
           f"checkpoints in {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from capxai._io import atomic_write_json
+    from capxai.data.captions import CaptionDataset
+    from capxai.evaluate import hallucination
+    from capxai.evaluate.captioning import score_dataset
+    from capxai.train import load_trained
+
+    stem = f"{args.split}_beam{args.beam_size}"
+    outputs = {name: args.out / f"{name}_{stem}.json" for name in ("captions", "metrics", "hallucination")}
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not args.overwrite:
+        print(f"capxai evaluate: {existing[0]} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    model, vocabulary, config = load_trained(args.checkpoint)
+    dataset = CaptionDataset(args.split_file, args.image_root, args.split, vocabulary, config.max_length,
+                             config.image_size)
+    scores = score_dataset(model, dataset, args.beam_size, args.max_length or config.max_length,
+                           metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"), progress=True)
+    captions = scores.pop("captions")
+    report = {"overall": scores["overall"]}
+    instances = args.instances or args.split_file.parent / "annotations" / f"instances_{args.split}.json"
+    synonyms = args.synonyms or args.split_file.parent / "synonyms.txt"
+    if Path(instances).is_file() and Path(synonyms).is_file():
+        objects = hallucination.ObjectWords.load(synonyms)
+        report["chair"] = hallucination.chair(captions, hallucination.objects_per_image(instances), objects)
+        probes = hallucination.probes_of(args.split_file)
+        if any(image_id in captions for image_id in probes):
+            report["probes"] = hallucination.probe_hallucination(captions, probes, objects)
+    elif args.instances or args.synonyms:
+        raise FileNotFoundError(f"hallucination needs both {instances} and {synonyms}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(outputs["captions"], [{"image_id": i, "caption": c} for i, c in captions.items()])
+    atomic_write_json(outputs["metrics"], scores)
+    if "chair" in report:
+        atomic_write_json(outputs["hallucination"], {key: report[key] for key in ("chair", "probes") if key in report})
+    summary = ", ".join(f"{name} {value:.3f}" for name, value in report["overall"].items())
+    print(f"{args.split} (beam {args.beam_size}, {len(captions)} images): {summary}")
+    if "chair" in report:
+        print(f"CHAIR-i {report['chair']['CHAIRi']:.3f}, CHAIR-s {report['chair']['CHAIRs']:.3f}")
+    if "probes" in report:
+        pairs = ", ".join(f"{pair} {value['rate']:.2f}" for pair, value in report["probes"]["pairs"].items())
+        print(f"probe images naming the absent partner: {report['probes']['rate']:.3f} of "
+              f"{report['probes']['images']} ({pairs})")
+    print(f"wrote {', '.join(str(path) for path in outputs.values() if path.exists())}")
     return 0
 
 
@@ -58,14 +108,39 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--model", choices=["adaptive", "multihead"], default="adaptive")
     training.add_argument("--encoder", choices=["scene", "vgg16", "resnet101"], default="scene")
     training.add_argument("--encoder-weights", help="local state_dict file for a torchvision encoder")
+    training.add_argument("--freeze-encoder", action="store_true",
+                          help="keep the encoder's weights fixed (default: fine-tune it with the captioner)")
     training.add_argument("--hidden", type=int, default=512)
+    training.add_argument("--attention-dim", type=int, help="additive attention's score space (default: --hidden)")
+    training.add_argument("--heads", type=int, default=8, help="heads of the multi-head captioner")
+    training.add_argument("--dropout", type=float, default=0.5)
     training.add_argument("--epochs", type=int, default=10)
     training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--captions-per-image", type=int, default=0,
+                          help="captions of each image per step, drawn at random (0: all)")
+    training.add_argument("--max-length", type=int, default=16, help="words per caption at most")
     training.add_argument("--lr", type=float, default=5e-4)
     training.add_argument("--image-size", type=int, default=96)
     training.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
     training.add_argument("--seed", type=int, default=0)
     training.set_defaults(run=_train)
+
+    evaluating = commands.add_parser("evaluate", help="caption a split with a trained model and score it "
+                                     "(BLEU, METEOR, ROUGE-L, CIDEr, SPICE when available; CHAIR and probe "
+                                     "hallucination when instances and synonyms are found)")
+    evaluating.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of capxai train")
+    evaluating.add_argument("--split-file", type=Path, required=True, help="Karpathy-style json")
+    evaluating.add_argument("--image-root", type=Path, required=True, help="folder the json's image paths start in")
+    evaluating.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evaluating.add_argument("--beam-size", type=int, default=3)
+    evaluating.add_argument("--max-length", type=int, help="words per caption at most (default: the training's)")
+    evaluating.add_argument("--instances", type=Path, help="COCO instances json of the split (default: "
+                            "annotations/instances_SPLIT.json beside the split file, when present)")
+    evaluating.add_argument("--synonyms", type=Path, help="CHAIR-style synonyms file (default: synonyms.txt beside "
+                            "the split file, when present)")
+    evaluating.add_argument("--out", type=Path, required=True, help="folder for captions, metrics, hallucination")
+    evaluating.add_argument("--overwrite", action="store_true", help="replace results that exist")
+    evaluating.set_defaults(run=_evaluate)
     return parser
 
 

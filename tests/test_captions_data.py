@@ -45,6 +45,22 @@ def test_items_and_batches(tiny_split):
     assert torch.equal(batch["image_ids"], torch.tensor([100, 101]))
 
 
+
+def test_collate_draws_captions_per_image_reproducibly():
+    items = [{"image": torch.zeros(3, 4, 4), "image_id": i,
+              "captions": [torch.tensor([1, 3 + c, 2]) for c in range(5 - 3 * i)]} for i in range(2)]
+    draws = [collate(items, captions_per_image=2, generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
+    assert torch.equal(draws[0]["captions"], draws[1]["captions"])
+    assert draws[0]["captions"].shape == (2, 2, 3)
+    assert draws[0]["caption_mask"].all()
+    for draw in draws:  # two different captions of image 0; image 1 has only two, so both are kept
+        assert len(set(draw["captions"][0, :, 1].tolist())) == 2
+        assert sorted(draw["captions"][1, :, 1].tolist()) == [3, 4]
+    seen = {tuple(collate(items, 2, torch.Generator().manual_seed(s))["captions"][0, :, 1].tolist()) for s in range(20)}
+    assert len(seen) > 3  # the draw depends on the generator
+    with pytest.raises(ValueError, match="captions_per_image"):
+        collate(items, captions_per_image=-1)
+
 def test_unreadable_images_raise_naming_the_file(tiny_split):
     root, split_file, vocabulary = tiny_split
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):

@@ -31,6 +31,25 @@ def test_teacher_forcing_shapes_and_trace_equal_stepwise_recomputation(model):
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
 
 
+@pytest.mark.parametrize("model", _models(), ids=["adaptive", "multihead"])
+def test_padded_rows_equal_their_own_run_and_stop_at_their_end(model):
+    features = torch.randn(4, 10, 12)
+    lengths = [7, 3, 5, 2]  # <start> w .. <end>, unsorted so the model must reorder and restore
+    captions = torch.zeros(4, 7, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        captions[row, :length] = torch.randint(3, VOCAB, (length,))
+        captions[row, 0], captions[row, length - 1] = 1, 2
+    trace = model(features, captions)
+    assert trace.logits.shape == (4, 6, VOCAB)
+    for row, length in enumerate(lengths):
+        alone = model(features[row:row + 1], captions[row:row + 1, :length])
+        torch.testing.assert_close(trace.logits[row, :length - 1], alone.logits[0])
+        assert not trace.logits[row, length - 1:].any()
+        for name, value in alone.activations.items():
+            torch.testing.assert_close(trace.activations[name][row, :length - 1], value[0])
+            assert not trace.activations[name][row, length - 1:].any()
+
+
 def test_adaptive_context_mixes_sentinel_and_regions():
     model = _models()[0]
     features = torch.randn(2, 10, 12)

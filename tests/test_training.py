@@ -116,3 +116,46 @@ def test_cli_train(tiny_scenes, tmp_path, capsys):
     assert cli.main(["train", "--split-file", str(tmp_path / "none.json"), "--image-root", str(tmp_path),
                      "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_evaluate_writes_metrics_and_hallucination_once(tiny_scenes, tmp_path, capsys):
+    from capxai import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--split-file", str(tiny_scenes / "dataset_scenes.json"), "--image-root",
+                     str(tiny_scenes), "--out", str(run), "--hidden", "16", "--epochs", "1", "--batch-size", "8",
+                     "--min-count", "1", "--captions-per-image", "2", "--dropout", "0.1"]) == 0
+    arguments = ["evaluate", "--checkpoint", str(run / "best.pt"), "--split-file",
+                 str(tiny_scenes / "dataset_scenes.json"), "--image-root", str(tiny_scenes), "--beam-size", "2",
+                 "--out", str(tmp_path / "eval")]
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "test (beam 2, 4 images)" in printed and "CIDEr" in printed and "CHAIR-i" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics_test_beam2.json").read_text())
+    assert set(metrics) == {"overall", "imgToEval"} and len(metrics["imgToEval"]) == 4
+    captions = json.loads((tmp_path / "eval" / "captions_test_beam2.json").read_text())
+    assert len(captions) == 4 and all(set(c) == {"image_id", "caption"} for c in captions)
+    found = json.loads((tmp_path / "eval" / "hallucination_test_beam2.json").read_text())
+    assert found["probes"]["images"] == 1 and 0.0 <= found["chair"]["CHAIRi"] <= 1.0
+    before = (tmp_path / "eval" / "metrics_test_beam2.json").stat().st_mtime_ns
+    assert cli.main(arguments) == 2  # results exist: not replaced unless asked
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "metrics_test_beam2.json").stat().st_mtime_ns == before
+
+
+def test_load_trained_restores_the_model_and_names_bad_files(tiny_scenes, tmp_path):
+    from capxai.train import load_trained
+
+    out = tmp_path / "run"
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, out, progress=False)
+    model, vocabulary, loaded_config = load_trained(out / "best.pt")
+    saved = load_checkpoint(out / "best.pt")["model"]
+    assert loaded_config == config and not model.training
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    (tmp_path / "broken.pt").write_bytes(b"no checkpoint")
+    with pytest.raises(ValueError, match="broken.pt"):
+        load_trained(tmp_path / "broken.pt")
+    save_checkpoint(tmp_path / "other.pt", {"weights": 1})
+    with pytest.raises(ValueError, match="no model weights"):
+        load_trained(tmp_path / "other.pt")

@@ -103,17 +103,31 @@ class CaptionDataset(torch.utils.data.Dataset):
         return {"image": image, "captions": captions, "image_id": int(entry.get("cocoid", entry.get("imgid", index)))}
 
 
-def collate(batch: Sequence[Dict[str, object]]) -> Dict[str, torch.Tensor]:
+def collate(batch: Sequence[Dict[str, object]], captions_per_image: int = 0,
+            generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
     """Images ``[B, 3, S, S]``; captions ``[B, C, L]`` padded with ``<pad>`` (0) to the longest caption and to the
-    most captions per image in the batch; ``caption_mask [B, C]`` marks real captions; ``image_ids [B]``."""
+    most captions per image in the batch; ``caption_mask [B, C]`` marks real captions; ``image_ids [B]``.
+
+    ``captions_per_image > 0`` keeps that many captions of each image, drawn at random with ``generator`` (training
+    sees every caption over the epochs while each step pays for fewer decoder sequences per encoded image).
+    """
+    if captions_per_image < 0:
+        raise ValueError(f"collate: captions_per_image must be >= 0 (0 keeps all), got {captions_per_image}")
+    chosen = []
+    for item in batch:
+        captions = item["captions"]
+        if 0 < captions_per_image < len(captions):
+            picks = torch.randperm(len(captions), generator=generator)[:captions_per_image].tolist()
+            captions = [captions[pick] for pick in picks]
+        chosen.append(captions)
     images = torch.stack([item["image"] for item in batch])
-    most_captions = max(len(item["captions"]) for item in batch)
-    longest = max(len(caption) for item in batch for caption in item["captions"])
-    captions = torch.zeros(len(batch), most_captions, longest, dtype=torch.long)
+    most_captions = max(len(captions) for captions in chosen)
+    longest = max(len(caption) for captions in chosen for caption in captions)
+    captions_tensor = torch.zeros(len(batch), most_captions, longest, dtype=torch.long)
     caption_mask = torch.zeros(len(batch), most_captions, dtype=torch.bool)
-    for b, item in enumerate(batch):
-        for c, caption in enumerate(item["captions"]):
-            captions[b, c, :len(caption)] = caption
+    for b, captions in enumerate(chosen):
+        for c, caption in enumerate(captions):
+            captions_tensor[b, c, :len(caption)] = caption
             caption_mask[b, c] = True
-    return {"images": images, "captions": captions, "caption_mask": caption_mask,
+    return {"images": images, "captions": captions_tensor, "caption_mask": caption_mask,
             "image_ids": torch.tensor([item["image_id"] for item in batch])}

@@ -2,6 +2,8 @@
 with its PTB tokenizer (Java), and SPICE when its Stanford CoreNLP jars are present (it downloads them at first use,
 which fails without network: then SPICE is skipped with one line saying why and the other metrics still run).
 Results are ``{"overall": {...}, "imgToEval": {...}}``, the format other captioning tools (e.g. CHAIR) read."""
+import contextlib
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -69,7 +71,8 @@ def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping
     per_image: Dict[int, Dict[str, float]] = {i: {} for i in image_ids}
     chosen = [name for name in metrics if name != "SPICE" or with_spice]
     for scorer, names in _scorers(chosen):
-        score, scores = scorer.compute_score(gts, res)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints its n-gram counts
+            score, scores = scorer.compute_score(gts, res)
         scores_per_name = scores if len(names) > 1 else [scores]
         for name, corpus_value, image_values in zip(names, score if len(names) > 1 else [score], scores_per_name):
             overall[name] = float(corpus_value)

@@ -32,9 +32,14 @@ class Captioner(nn.Module, abc.ABC):
     def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
         """One word for each row: ``words [B]`` -> ``(logits [B, V], new state, this step's activations)``."""
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderTrace:
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, pad: int = 0) -> DecoderTrace:
         """Teacher forcing: ``features [B, regions, C]``, ``captions [B, L]`` (``<start> ... <end> <pad>..``) ->
-        logits for positions 1..L-1 (``[B, L-1, V]``) and every step's activations."""
+        logits for positions 1..L-1 (``[B, L-1, V]``) and every step's activations.
+
+        A row stops once the rest of its caption is ``pad``: its logits and activations there are 0 and cost
+        nothing (rows are run longest first, each step on the rows still going), so padding a batch to its longest
+        caption does not make the short ones pay for it.
+        """
         if features.dim() != 3:
             raise ValueError(f"{type(self).__name__}: features must be [B, regions, C], got {list(features.shape)}")
         if captions.dim() != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
@@ -42,11 +47,34 @@ class Captioner(nn.Module, abc.ABC):
                              f"got {list(captions.shape)}")
         if captions.min() < 0 or captions.max() >= self.vocab_size:
             raise ValueError(f"{type(self).__name__}: caption indices must be in [0, {self.vocab_size})")
+        rows, steps = captions.shape[0], captions.shape[1] - 1
+        positions = torch.arange(1, steps + 1, device=captions.device)
+        needed = ((captions[:, 1:] != pad) * positions).amax(1)  # steps up to each row's last real word
+        order = None
+        if bool((needed < steps).any()):
+            needed, order = torch.sort(needed, descending=True, stable=True)
+            features, captions = features.index_select(0, order), captions.index_select(0, order)
+        active_rows = (needed.unsqueeze(0) > torch.arange(steps, device=needed.device).unsqueeze(1)).sum(1).tolist()
         state = self.init_state(features)
         logits, traces = [], []
-        for t in range(captions.shape[1] - 1):
-            step_logits, state, trace = self.step(state, captions[:, t])
-            logits.append(step_logits)
-            traces.append(trace)
+        for t, active in enumerate(active_rows):
+            if active < len(next(iter(state.values()))):
+                state = {name: tensor[:active] for name, tensor in state.items()}
+            step_logits, state, trace = self.step(state, captions[:active, t])
+            logits.append(_pad_rows(step_logits, rows))
+            traces.append({name: _pad_rows(value, rows) for name, value in trace.items()})
         activations = {name: torch.stack([trace[name] for trace in traces], dim=1) for name in traces[0]}
-        return DecoderTrace(torch.stack(logits, dim=1), activations)
+        stacked = torch.stack(logits, dim=1)
+        if order is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(rows, device=order.device)
+            stacked = stacked.index_select(0, inverse)
+            activations = {name: value.index_select(0, inverse) for name, value in activations.items()}
+        return DecoderTrace(stacked, activations)
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor [n, ...]`` followed by zero rows up to ``[rows, ...]``."""
+    if tensor.shape[0] == rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])

@@ -2,6 +2,7 @@
 gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate decay on plateau, resume after an
 interruption, seeds; several processes through torchrun + DistributedDataParallel (nccl on GPUs, gloo on CPU)."""
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -16,8 +17,8 @@ from tqdm import tqdm
 from capxai._io import atomic_write_json
 from capxai.data.captions import CaptionDataset, collate, load_karpathy
 from capxai.data.vocabulary import Vocabulary
-from capxai.evaluate.metrics import caption_metrics
-from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder, greedy
+from capxai.evaluate.captioning import score_dataset
+from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder
 from capxai.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -36,6 +37,7 @@ class TrainConfig:
     min_count: int = 5
     epochs: int = 10
     batch_size: int = 32
+    captions_per_image: int = 0  # > 0: that many of each image's captions, drawn anew each step; 0: all
     lr: float = 5e-4
     betas: tuple = (0.8, 0.999)
     clip_norm: float = 2.0
@@ -71,6 +73,27 @@ def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
     return CaptionModel(encoder, captioner)
 
 
+def load_trained(checkpoint, vocabulary_file=None):
+    """A trained ``CaptionModel`` (in eval mode), its ``Vocabulary`` and ``TrainConfig`` from a checkpoint written by
+    :func:`train` (``best.pt`` or ``last.pt``); the vocabulary is ``vocabulary.json`` beside it unless named."""
+    checkpoint = Path(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise ValueError(f"checkpoint {checkpoint} holds no model weights (not written by capxai train)")
+    config_dict = payload.get("config") or (payload.get("history") or {}).get("config")
+    if config_dict is None:
+        raise ValueError(f"checkpoint {checkpoint} holds no training config (not written by capxai train)")
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{key: value for key, value in config_dict.items() if key in fields})
+    vocabulary = Vocabulary.load(vocabulary_file or checkpoint.parent / "vocabulary.json")
+    model = build_model(config, len(vocabulary))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {checkpoint} does not fit its own config and vocabulary ({error})") from None
+    return model.eval(), vocabulary, config
+
+
 def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
                  caption_mask: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy over every real caption of every image (``captions [B, C, L]``), pads ignored."""
@@ -97,22 +120,9 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
-def validation_cider(model: CaptionModel, dataset: CaptionDataset, batch_size: int, max_length: int) -> float:
+def validation_cider(model: CaptionModel, dataset: CaptionDataset, max_length: int) -> float:
     """Greedy captions of the split, scored by CIDEr against its references."""
-    model.eval()
-    vocabulary = dataset.vocabulary
-    candidates, references = {}, {}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    for batch in loader:
-        decoded = greedy(model.captioner, model.encoder(batch["images"]), max_length=max_length)
-        for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens):
-            candidates[image_id] = " ".join(vocabulary.decode(tokens)) or "<unk>"
-    for entry in dataset.entries:
-        image_id = int(entry.get("cocoid", entry.get("imgid")))
-        references[image_id] = [s.get("raw") or " ".join(s["tokens"]) for s in entry["sentences"]]
-    model.train()
-    return caption_metrics(references, candidates, spice=False, metrics=("CIDEr",))["overall"]["CIDEr"]
+    return score_dataset(model, dataset, beam_size=1, max_length=max_length, metrics=("CIDEr",))["overall"]["CIDEr"]
 
 
 def _distributed() -> bool:
@@ -163,7 +173,10 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         if sampler is not None:
             sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(config.seed + epoch)
-        loader = torch.utils.data.DataLoader(datasets["train"], batch_size=config.batch_size, collate_fn=collate,
+        caption_generator = torch.Generator().manual_seed(config.seed + 7919 * (epoch + 1) + rank)
+        train_collate = functools.partial(collate, captions_per_image=config.captions_per_image,
+                                          generator=caption_generator)
+        loader = torch.utils.data.DataLoader(datasets["train"], batch_size=config.batch_size, collate_fn=train_collate,
                                              sampler=sampler, shuffle=sampler is None,
                                              generator=None if sampler else generator)
         model.train()
@@ -172,7 +185,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         losses = [train_step(trained, optimizer, batch, config.clip_norm)
                   for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                                     disable=not progress or rank != 0)]
-        cider = validation_cider(model, datasets[val_split], config.batch_size, config.max_length)
+        cider = validation_cider(model, datasets[val_split], config.max_length)
         scheduler.step(cider)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
                   "lr": optimizer.param_groups[0]["lr"]}

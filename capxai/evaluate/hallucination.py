@@ -1,0 +1,135 @@
+"""Object hallucination in captions: CHAIR (Rohrbach et al. 2018: the share of object mentions, and of captions,
+naming an object the image does not contain) from a CHAIR-style synonyms file and COCO-format instances read with
+pycocotools; and, on the built-in scenes' probe images (category A shown without its planted partner B), how often a
+caption names B anyway."""
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Set, Tuple
+
+from capxai.data.captions import load_karpathy
+
+
+def _plural_forms(word: str) -> Tuple[str, ...]:
+    forms = (word, word + "s", word + "es")
+    return forms + ((word[:-1] + "ies",) if word.endswith("y") else ())
+
+
+class ObjectWords:
+    """Which object category each word (or phrase) of a caption names, from a CHAIR-style synonyms file: one line
+    per category, ``category, synonym, synonym ...`` (the first name is the category's). Plurals (``-s``, ``-es``,
+    ``-ies``) count as the word; phrases of several words are matched before single words."""
+
+    def __init__(self, synonyms: Mapping[str, Iterable[str]]):
+        self.categories = list(synonyms)
+        self._phrases: Dict[Tuple[str, ...], str] = {}
+        for category, names in synonyms.items():
+            for name in [category, *names]:
+                words = tuple(name.lower().split())
+                for last in _plural_forms(words[-1]):
+                    self._phrases[words[:-1] + (last,)] = category
+        self._longest = max((len(phrase) for phrase in self._phrases), default=1)
+
+    @classmethod
+    def load(cls, path) -> "ObjectWords":
+        path = Path(path)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"synonyms file {path} does not exist") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"synonyms file {path} is not text ({error})") from None
+        synonyms = {}
+        for number, line in enumerate(lines, 1):
+            names = [name.strip() for name in line.split(",") if name.strip()]
+            if not names:
+                continue
+            if names[0] in synonyms:
+                raise ValueError(f"synonyms file {path}, line {number}: category {names[0]!r} is listed twice")
+            synonyms[names[0]] = names[1:]
+        if not synonyms:
+            raise ValueError(f"synonyms file {path} names no categories")
+        return cls(synonyms)
+
+    def mentions(self, caption: str) -> List[str]:
+        """The categories the caption names, in order, once per mention."""
+        words = "".join(c if c.isalnum() else " " for c in caption.lower()).split()
+        found, position = [], 0
+        while position < len(words):
+            for size in range(min(self._longest, len(words) - position), 0, -1):
+                category = self._phrases.get(tuple(words[position:position + size]))
+                if category is not None:
+                    found.append(category)
+                    position += size
+                    break
+            else:
+                position += 1
+        return found
+
+
+def objects_per_image(instances_file) -> Dict[int, Set[str]]:
+    """Category names present in each image of a COCO-format instances json (read with pycocotools)."""
+    from pycocotools.coco import COCO
+
+    path = Path(instances_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"instances file {path} does not exist")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            coco = COCO(str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"instances file {path} is not valid json ({error})") from None
+    except (KeyError, TypeError, AssertionError) as error:
+        raise ValueError(f"instances file {path} is not COCO instances json (problem with {error})") from None
+    names = {category["id"]: category["name"] for category in coco.loadCats(coco.getCatIds())}
+    return {image_id: {names[a["category_id"]] for a in coco.imgToAnns.get(image_id, [])}
+            for image_id in coco.getImgIds()}
+
+
+def chair(captions: Mapping[int, str], present: Mapping[int, Set[str]], objects: ObjectWords) -> Dict[str, object]:
+    """CHAIR-i (hallucinated mentions / all object mentions) and CHAIR-s (captions with a hallucinated object /
+    all captions), with each image's hallucinated categories."""
+    missing = [image_id for image_id in captions if image_id not in present]
+    if missing:
+        raise ValueError(f"chair: no ground-truth objects for image ids {missing[:5]}")
+    mentions = hallucinated_mentions = hallucinating_captions = 0
+    per_image = {}
+    for image_id, caption in captions.items():
+        named = objects.mentions(caption)
+        wrong = [category for category in named if category not in present[image_id]]
+        mentions += len(named)
+        hallucinated_mentions += len(wrong)
+        hallucinating_captions += bool(wrong)
+        per_image[image_id] = sorted(set(wrong))
+    return {"CHAIRi": hallucinated_mentions / max(mentions, 1), "CHAIRs": hallucinating_captions / len(captions),
+            "mentions": mentions, "hallucinated": per_image}
+
+
+def probes_of(split_file) -> Dict[int, Tuple[str, str]]:
+    """The built-in scenes' probe images of a Karpathy-style json: ``{image_id: (present, absent partner)}``."""
+    return {int(entry.get("cocoid", entry.get("imgid"))): (entry["probe"]["present"], entry["probe"]["absent"])
+            for entry in load_karpathy(split_file) if "probe" in entry}
+
+
+def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[str, str]],
+                        objects: ObjectWords) -> Dict[str, object]:
+    """On each probe image that was captioned: does the caption name the absent partner (hallucination) and the
+    present category? Returns the overall rate and one per (present, absent) pair."""
+    scored = [image_id for image_id in probes if image_id in captions]
+    if not scored:
+        raise ValueError("probe_hallucination: none of the captioned images is a probe image")
+    pairs: Dict[str, Dict[str, float]] = {}
+    hallucinated = named_present = 0
+    for image_id in scored:
+        present, absent = probes[image_id]
+        named = set(objects.mentions(captions[image_id]))
+        pair = pairs.setdefault(f"{present}->{absent}", {"images": 0, "hallucinated": 0})
+        pair["images"] += 1
+        pair["hallucinated"] += absent in named
+        hallucinated += absent in named
+        named_present += present in named
+    for pair in pairs.values():
+        pair["rate"] = pair["hallucinated"] / pair["images"]
+    return {"images": len(scored), "rate": hallucinated / len(scored), "present_named": named_present / len(scored),
+            "pairs": pairs}
