@@ -21,6 +21,19 @@ def _data_scenes(args) -> int:
     return 0
 
 
+def _data_coco(args) -> int:
+    from capxai.data.coco import write_karpathy_from_coco
+
+    splits = {split: (Path(captions), folder) for split, captions, folder in args.split}
+    try:
+        out = write_karpathy_from_coco(args.out, splits, args.dataset, overwrite=args.overwrite)
+    except FileExistsError as error:
+        print(f"capxai data coco: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({', '.join(splits)})")
+    return 0
+
+
 def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
@@ -99,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                              help="share of test images that are co-occurrence probes")
     make_scenes.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     make_scenes.set_defaults(run=_data_scenes)
+
+    make_coco = data.add_parser("coco", help="a Karpathy-style split json from COCO-format caption files "
+                                "(read with pycocotools), for train / evaluate")
+    make_coco.add_argument("--split", nargs=3, action="append", required=True,
+                           metavar=("NAME", "CAPTIONS_JSON", "IMAGE_FOLDER"),
+                           help="e.g. --split train annotations/captions_train2014.json train2014 (repeat per split; "
+                           "IMAGE_FOLDER relative to the image root given to train)")
+    make_coco.add_argument("--out", type=Path, required=True, help="the split json to write")
+    make_coco.add_argument("--dataset", default="coco", help="name recorded in the json")
+    make_coco.add_argument("--overwrite", action="store_true", help="replace an existing split json")
+    make_coco.set_defaults(run=_data_coco)
 
     training = commands.add_parser("train", help="train a captioner with cross-entropy (resumes from OUT/last.pt)")
     training.add_argument("--split-file", type=Path, required=True, help="Karpathy-style json, e.g. "

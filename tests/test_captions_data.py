@@ -97,3 +97,41 @@ def test_built_in_scenes_load(tmp_path):
     dataset = CaptionDataset(root / "dataset_scenes.json", root, "train", vocabulary, image_size=96)
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["images"].shape == (6, 3, 96, 96) and batch["captions"].shape[:2] == (6, 5)
+
+
+def test_coco_caption_files_give_the_same_split_as_karpathy_json(tmp_path, capsys):
+    from capxai import cli
+    from capxai.data import scenes
+
+    root = scenes.generate(tmp_path / "scenes", scenes.SceneConfig(train=5, val=2, test=3), progress=False)
+    arguments = ["data", "coco", "--out", str(tmp_path / "dataset_coco.json")]
+    for split in ("train", "val", "test"):
+        arguments += ["--split", split, str(root / "annotations" / f"captions_{split}.json"), f"images/{split}"]
+    assert cli.main(arguments) == 0
+    converted, original = load_karpathy(tmp_path / "dataset_coco.json"), load_karpathy(root / "dataset_scenes.json")
+    assert [(i["cocoid"], i["split"], i["filepath"], i["filename"]) for i in converted] == \
+        [(i["cocoid"], i["split"], i["filepath"], i["filename"]) for i in original]
+    assert [[s["tokens"] for s in i["sentences"]] for i in converted] == \
+        [[s["tokens"] for s in i["sentences"]] for i in original]
+    vocabulary = Vocabulary.build([s["tokens"] for i in converted for s in i["sentences"]], min_count=1)
+    assert len(CaptionDataset(tmp_path / "dataset_coco.json", root, "test", vocabulary, image_size=32)) == 3
+    assert cli.main(arguments) == 2  # not overwritten unless asked
+    assert "exists" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("[1, 2")
+    from capxai.data.coco import karpathy_from_coco
+
+    with pytest.raises(ValueError, match="broken.json"):
+        karpathy_from_coco({"train": (tmp_path / "broken.json", "x")})
+    with pytest.raises(ValueError, match="instances file"):
+        karpathy_from_coco({"train": (root / "annotations" / "instances_train.json", "x")})
+
+
+def test_flickr30k_style_entries_load(tmp_path):
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "1000.jpg")
+    split_file = tmp_path / "dataset_flickr30k.json"
+    split_file.write_text(json.dumps({"dataset": "flickr30k", "images": [
+        {"filename": "1000.jpg", "imgid": 0, "split": "val",
+         "sentences": [{"tokens": ["a", "dog"], "raw": "A dog."}]}]}))
+    vocabulary = Vocabulary.build([["a", "dog"]], min_count=1)
+    item = CaptionDataset(split_file, tmp_path, "val", vocabulary, image_size=16)[0]
+    assert item["image_id"] == 0 and vocabulary.decode(item["captions"][0]) == ["a", "dog"]
