@@ -9,7 +9,7 @@ from capxai._io import atomic_write_json
 
 
 def test_demo_runs_and_explanations_make_sense(tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path)]) == 0
+    assert demo.main(["--out", str(tmp_path), "--captioners"]) == 0
     linear = json.loads((tmp_path / demo.RESULT_NAME).read_text())
     sequence = json.loads((tmp_path / demo.SEQUENCE_RESULT_NAME).read_text())
     assert linear["accuracy"] > 0.9
@@ -19,8 +19,25 @@ def test_demo_runs_and_explanations_make_sense(tmp_path, capsys):
     assert sequence["relevance_share_on_marker_step"] > 3 * sequence["marker_step_fraction"]
 
     (tmp_path / demo.RESULT_NAME).write_text(json.dumps({"kept": True}))
-    demo.main(["--out", str(tmp_path)])
+    demo.main(["--out", str(tmp_path), "--captioners"])
     assert json.loads((tmp_path / demo.RESULT_NAME).read_text()) == {"kept": True}
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_captioning_demo_trains_evaluates_and_reuses(tmp_path, capsys):
+    tiny = ["--hidden", "16", "--attention-dim", "8", "--heads", "2", "--min-count", "1", "--batch-size", "8"]
+    summary = demo.run_captioning(tmp_path, overwrite=False, scene_counts=(24, 6, 10), epochs=1,
+                                  extra_train_args=tiny)
+    for captioner in ("adaptive", "multihead"):
+        for beam in (1, 3):
+            result = summary[captioner][f"test_beam{beam}"]
+            assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CHAIRi", "CHAIRs"} <= set(result)
+            assert 0.0 <= result["probe_hallucination_rate"] <= 1.0
+        assert (tmp_path / f"captioner-{captioner}" / "best.pt").exists()
+    saved = json.loads((tmp_path / demo.CAPTIONING_RESULT_NAME).read_text())
+    assert saved["adaptive"]["test_beam3"]["CIDEr"] == summary["adaptive"]["test_beam3"]["CIDEr"]
+    capsys.readouterr()
+    assert demo.run_captioning(tmp_path, overwrite=False) == saved  # reused, nothing retrained
     assert "reusing" in capsys.readouterr().out
 
 
