@@ -159,3 +159,19 @@ def test_load_trained_restores_the_model_and_names_bad_files(tiny_scenes, tmp_pa
     save_checkpoint(tmp_path / "other.pt", {"weights": 1})
     with pytest.raises(ValueError, match="no model weights"):
         load_trained(tmp_path / "other.pt")
+
+
+def test_frozen_encoder_stays_as_initialised(tiny_scenes, tmp_path):
+    from capxai.data.vocabulary import Vocabulary
+    from capxai.train.trainer import set_seed
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "finetune_encoder": False})
+    train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, tmp_path, progress=False)
+    trained = load_checkpoint(tmp_path / "last.pt")["model"]
+    set_seed(config.seed)
+    initial = build_model(config, len(Vocabulary.load(tmp_path / "vocabulary.json"))).state_dict()
+    for name, value in initial.items():
+        if name.startswith("encoder."):  # weights and BatchNorm statistics untouched
+            assert torch.equal(trained[name], value), name
+    assert not all(torch.equal(trained[name], value) for name, value in initial.items()
+                   if name.startswith("captioner."))
