@@ -38,7 +38,8 @@ def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
     config = TrainConfig(model=args.model, encoder=args.encoder, encoder_weights=args.encoder_weights,
-                         finetune_encoder=not args.freeze_encoder, hidden=args.hidden,
+                         finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
+                         hidden=args.hidden,
                          attention_dim=args.attention_dim or args.hidden, heads=args.heads, dropout=args.dropout,
                          epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                          lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="captions of each image per step, drawn at random (0: all)")
     training.add_argument("--max-length", type=int, default=16, help="words per caption at most")
     training.add_argument("--lr", type=float, default=5e-4)
+    training.add_argument("--encoder-lr", type=float, help="learning rate of the encoder (default: --lr)")
     training.add_argument("--image-size", type=int, default=96)
     training.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
     training.add_argument("--seed", type=int, default=0)

@@ -175,3 +175,13 @@ def test_frozen_encoder_stays_as_initialised(tiny_scenes, tmp_path):
             assert torch.equal(trained[name], value), name
     assert not all(torch.equal(trained[name], value) for name, value in initial.items()
                    if name.startswith("captioner."))
+
+
+def test_encoder_learning_rate_is_its_own(tiny_scenes, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "encoder_lr": 7e-3})
+    train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, tmp_path, progress=False)
+    groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    assert [group["lr"] for group in groups] == [config.lr, 7e-3]
+    model = build_model(config, 10)
+    assert [len(group["params"]) for group in groups] == [len(list(model.captioner.parameters())),
+                                                          len(list(model.encoder.parameters()))]

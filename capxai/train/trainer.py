@@ -28,6 +28,7 @@ class TrainConfig:
     encoder: str = "scene"  # "scene", "vgg16" or "resnet101"
     encoder_weights: Optional[str] = None
     finetune_encoder: bool = True
+    encoder_lr: Optional[float] = None  # None: lr; a CNN trained from scratch may learn faster with more
     hidden: int = 512
     attention_dim: int = 512
     heads: int = 8
@@ -152,8 +153,10 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     model = build_model(config, len(vocabulary))
     if not config.finetune_encoder:
         model.encoder.requires_grad_(False)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 betas=tuple(config.betas))
+    groups = [{"params": [p for p in model.captioner.parameters() if p.requires_grad]}]
+    if config.finetune_encoder:
+        groups.append({"params": list(model.encoder.parameters()), "lr": config.encoder_lr or config.lr})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.betas))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.decay_factor,
                                                            patience=config.decay_patience)
     history = {"config": dataclasses.asdict(config), "epochs": [], "best_cider": None, "best_epoch": None}
