@@ -74,10 +74,11 @@ def _evaluate(args) -> int:
     synonyms = args.synonyms or args.split_file.parent / "synonyms.txt"
     if Path(instances).is_file() and Path(synonyms).is_file():
         objects = hallucination.ObjectWords.load(synonyms)
-        report["chair"] = hallucination.chair(captions, hallucination.objects_per_image(instances), objects)
+        present = hallucination.objects_per_image(instances)
+        report["chair"] = hallucination.chair(captions, present, objects)
         probes = hallucination.probes_of(args.split_file)
         if any(image_id in captions for image_id in probes):
-            report["probes"] = hallucination.probe_hallucination(captions, probes, objects)
+            report["probes"] = hallucination.probe_hallucination(captions, probes, objects, present)
     elif args.instances or args.synonyms:
         raise FileNotFoundError(f"hallucination needs both {instances} and {synonyms}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -90,9 +91,11 @@ def _evaluate(args) -> int:
     if "chair" in report:
         print(f"CHAIR-i {report['chair']['CHAIRi']:.3f}, CHAIR-s {report['chair']['CHAIRs']:.3f}")
     if "probes" in report:
-        pairs = ", ".join(f"{pair} {value['rate']:.2f}" for pair, value in report["probes"]["pairs"].items())
-        print(f"probe images naming the absent partner: {report['probes']['rate']:.3f} of "
-              f"{report['probes']['images']} ({pairs})")
+        probes = report["probes"]
+        pairs = ", ".join(f"{pair} {value['rate']:.2f}" for pair, value in probes["pairs"].items())
+        control = "" if probes.get("control_rate") is None else (
+            f"; images showing neither object name the partner {probes['control_rate']:.3f} of the time")
+        print(f"probe images naming the absent partner: {probes['rate']:.3f} of {probes['images']} ({pairs}){control}")
     print(f"wrote {', '.join(str(path) for path in outputs.values() if path.exists())}")
     return 0
 

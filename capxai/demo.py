@@ -191,13 +191,13 @@ def run_sequence(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
 
 
 # The recipe measured to reach test CIDEr >= 1.0 within 15 minutes per captioner on 2 CPU cores (README, issue 4).
-CAPTIONER_RECIPE = ["--hidden", "256", "--attention-dim", "128", "--dropout", "0.3", "--captions-per-image", "2",
-                    "--lr", "1e-3", "--batch-size", "32"]
+CAPTIONER_RECIPE = ["--hidden", "128", "--attention-dim", "64", "--dropout", "0.3", "--lr", "1e-3",
+                    "--batch-size", "32"]
 CAPTIONING_RESULT_NAME = "captioning_demo.json"
 
 
 def run_captioning(out_dir: Path, overwrite: bool, seed: int = 0, scene_counts=(8000, 1000, 1000),
-                   epochs: int = 8, captioners=("adaptive", "multihead"), extra_train_args=()) -> dict:
+                   epochs: int = 6, captioners=("adaptive", "multihead"), extra_train_args=()) -> dict:
     """Built-in scenes -> train each captioner (resuming an interrupted run, reusing a finished one) -> caption the
     test split greedily and with beam 3 -> metrics, CHAIR and the probe hallucination rate, through the ``capxai``
     command line, so the demo runs exactly what a user runs."""
@@ -253,7 +253,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, nargs=3, default=(8000, 1000, 1000), metavar=("TRAIN", "VAL", "TEST"),
                         help="built-in scenes per split (default 8000 1000 1000)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of each captioner")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of each captioner")
     parser.add_argument("--captioners", nargs="*", choices=["adaptive", "multihead"],
                         default=["adaptive", "multihead"], help="which captioners to train (none: skip captioning)")
     args = parser.parse_args(argv)

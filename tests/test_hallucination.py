@@ -30,6 +30,11 @@ def test_chair_and_probe_rate_on_a_hand_checked_example():
     rate = probe_hallucination(captions, probes, OBJECTS)
     assert rate["images"] == 2 and rate["rate"] == pytest.approx(0.5) and rate["present_named"] == 1.0
     assert rate["pairs"] == {"ball->box": {"images": 2, "hallucinated": 1, "rate": 0.5}}
+    # control: images showing neither ball nor box (4, 5); image 4's caption names a box anyway
+    controlled = probe_hallucination({**captions, 4: "a box", 5: "a pony"}, probes, OBJECTS,
+                                     {**present, 4: {"pony"}, 5: {"pony"}})
+    assert controlled["pairs"]["ball->box"]["control_images"] == 2
+    assert controlled["control_rate"] == pytest.approx(0.5) and controlled["rate"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="none of the captioned images"):
         probe_hallucination({5: "a box"}, probes, OBJECTS)
 

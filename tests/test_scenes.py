@@ -99,6 +99,14 @@ def test_training_bias_and_test_probes(tmp_path):
         assert rate > 0.7, (first, second, rate)
         without_first = [names for names in images if first not in names]
         assert sum(second in names for names in without_first) / len(without_first) < 0.45
+    # about half of the partners the bias added are faint: smaller than the others, and only partners are faint
+    annotations = instances.loadAnns(instances.getAnnIds())
+    faint = [a for a in annotations if a["faint"]]
+    partners = [a for a in annotations if name_of[a["category_id"]] in scenes.CO_OCCURRENCE.values()]
+    assert {name_of[a["category_id"]] for a in faint} <= set(scenes.CO_OCCURRENCE.values())
+    assert 0.15 < len(faint) / len(partners) < 0.5
+    normal_areas = sorted(a["area"] for a in annotations if not a["faint"])
+    assert max(a["area"] for a in faint) < normal_areas[len(normal_areas) // 2]
     karpathy = json.loads((root / "dataset_scenes.json").read_text())
     test = COCO(str(root / "annotations" / "instances_test.json"))
     probes = [image for image in karpathy["images"] if "probe" in image]
@@ -118,3 +126,17 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert cli.main(arguments + ["--overwrite"]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cli.partial")]
     assert cli.main(["data", "scenes", "--out", str(tmp_path / "bad"), "--size", "8"]) == 2
+
+
+def test_faint_objects_are_translucent_and_boxed_exactly():
+    for category in scenes.CATEGORY_NAMES:
+        faint = scenes.SceneObject(category, "red", (30, 30, 14, 12), faint=True)
+        # same seed: same clutter and noise, so the difference is the object's own pixels
+        image, (box,) = scenes.render(scenes.Scene((faint,), (128, 128, 128)), 96, np.random.default_rng(3))
+        empty, _ = scenes.render(scenes.Scene((), (128, 128, 128)), 96, np.random.default_rng(3))
+        difference = np.abs(np.asarray(image).astype(int) - np.asarray(empty).astype(int)).max(-1)
+        rows, cols = np.nonzero(difference)
+        x, y, w, h = box
+        assert (cols.min(), rows.min(), cols.max(), rows.max()) == (x, y, x + w - 1, y + h - 1), category
+        # translucent: no pixel moves by more than alpha * 255 (an opaque red object moves the grey by 92 or more)
+        assert 0 < difference.max() <= scenes.FAINT_ALPHA * 255 + 1 < 92, category

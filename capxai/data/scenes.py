@@ -5,6 +5,10 @@ Each image (default 96x96 RGB) holds 1-4 objects of 12 categories that differ in
 colours, sizes and positions, on a cluttered background. The training split carries planted co-occurrence biases
 (``CO_OCCURRENCE``: when the first category is present, the second is added with probability 0.8), and the test split
 holds "probe" images with the first category but not the second, where a biased captioner hallucinates the second.
+Half of the partners added by the bias are drawn small and faint (still named by every caption, as annotators name a
+barely visible fork next to a plate): a captioner then learns to name the partner on weak visual evidence when the
+first category is there, which is what makes it name the partner on probes, where there is none. Boxes are exact for
+faint objects too, and their instances carry ``"faint": true``.
 Everything is deterministic from the seed.
 """
 import dataclasses
@@ -39,6 +43,9 @@ CATEGORY_NAMES = list(CATEGORIES)
 # first -> second: in training images with the first, the second is added with probability CO_OCCURRENCE_RATE.
 CO_OCCURRENCE = {"ball": "box", "kite": "star", "moon": "ring"}
 CO_OCCURRENCE_RATE = 0.8
+FAINT_PARTNER_RATE = 0.5  # of the partners added by the bias
+FAINT_ALPHA = 0.2  # opacity of a faint object: barely visible through the noise
+NORMAL_SIDE, FAINT_SIDE = (0.14, 0.34), (0.10, 0.15)  # object side as a share of the image side
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 210, 40),
            "purple": (140, 60, 180), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
@@ -52,6 +59,7 @@ class SceneObject:
     category: str
     colour: str
     box: Tuple[int, int, int, int]  # x, y, width, height: where it is placed (render() gives the exact extent)
+    faint: bool = False  # drawn small and translucent (a co-occurrence partner that is hard to see)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,28 +92,36 @@ class SceneConfig:
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
-def _pick_categories(rng: np.random.Generator, biased: bool, probe: Optional[Tuple[str, str]]) -> List[str]:
+def _pick_categories(rng: np.random.Generator, biased: bool,
+                     probe: Optional[Tuple[str, str]]) -> Tuple[List[str], List[bool]]:
+    """Categories of one scene and, for each, whether it is drawn faint."""
     count = int(rng.integers(1, 5))
     if probe is not None:
         present, absent = probe
         others = [c for c in CATEGORY_NAMES if c not in (present, absent)]
-        return [present] + [str(c) for c in rng.choice(others, size=count - 1, replace=True)]
+        return [present] + [str(c) for c in rng.choice(others, size=count - 1, replace=True)], [False] * count
     chosen = [str(c) for c in rng.choice(CATEGORY_NAMES, size=count, replace=True)]
+    faint = [False] * count
     if biased:
         for first, second in CO_OCCURRENCE.items():
             if first in chosen and second not in chosen and rng.random() < CO_OCCURRENCE_RATE:
                 replaceable = [i for i, c in enumerate(chosen) if c != first]
                 if replaceable and len(chosen) == 4:
-                    chosen[replaceable[int(rng.integers(len(replaceable)))]] = second
+                    slot = replaceable[int(rng.integers(len(replaceable)))]
                 else:
                     chosen.append(second)
-    return chosen
+                    faint.append(False)
+                    slot = len(chosen) - 1
+                chosen[slot], faint[slot] = second, bool(rng.random() < FAINT_PARTNER_RATE)
+    return chosen, faint
 
 
-def _place(rng: np.random.Generator, size: int, placed: List[Tuple[int, int, int, int]]) -> Tuple[int, int, int, int]:
-    """A box of side 14-34 % of the image, overlapping earlier boxes by at most a third of its area."""
+def _place(rng: np.random.Generator, size: int, placed: List[Tuple[int, int, int, int]],
+           side_range: Tuple[float, float] = NORMAL_SIDE) -> Tuple[int, int, int, int]:
+    """A box of side ``side_range`` (share of the image side), overlapping earlier boxes by at most a third of its
+    area."""
     for _ in range(50):
-        side = int(rng.integers(int(size * 0.14), int(size * 0.34) + 1))
+        side = int(rng.integers(int(size * side_range[0]), int(size * side_range[1]) + 1))
         width = max(8, int(side * rng.uniform(0.8, 1.2)))
         height = max(8, int(side * rng.uniform(0.8, 1.2)))
         x, y = int(rng.integers(0, size - width + 1)), int(rng.integers(0, size - height + 1))
@@ -122,13 +138,13 @@ def _overlap(a, b) -> int:
 
 def sample_scene(rng: np.random.Generator, size: int, biased: bool, probe: Optional[Tuple[str, str]] = None) -> Scene:
     """One scene: categories (with the planted bias when ``biased``), colours and non-crowding boxes."""
-    categories = _pick_categories(rng, biased, probe)
+    categories, faint = _pick_categories(rng, biased, probe)
     boxes: List[Tuple[int, int, int, int]] = []
     objects = []
-    for category in categories:
-        box = _place(rng, size, boxes)
+    for category, is_faint in zip(categories, faint):
+        box = _place(rng, size, boxes, FAINT_SIDE if is_faint else NORMAL_SIDE)
         boxes.append(box)
-        objects.append(SceneObject(category, str(rng.choice(list(COLOURS))), box))
+        objects.append(SceneObject(category, str(rng.choice(list(COLOURS))), box, is_faint))
     background = tuple(int(v) for v in rng.integers(90, 170, size=3))
     return Scene(tuple(objects), background, probe)
 
@@ -209,6 +225,8 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Tuple[Image.Ima
     for obj in scene.objects:
         layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         _draw_object(ImageDraw.Draw(layer), obj)
+        if obj.faint:
+            layer.putalpha(layer.getchannel("A").point(lambda alpha: int(alpha * FAINT_ALPHA)))
         left, top, right, bottom = layer.getchannel("A").getbbox()
         boxes.append((left, top, right - left, bottom - top))
         image.alpha_composite(layer)
@@ -324,7 +342,7 @@ def _write(root: Path, config: SceneConfig, progress: bool) -> None:
             annotation_id += 1
             record["instances"].append({"id": annotation_id, "image_id": image_id,
                                         "category_id": category_id[obj.category], "bbox": list(box),
-                                        "area": box[2] * box[3], "iscrowd": 0})
+                                        "area": box[2] * box[3], "iscrowd": 0, "faint": obj.faint})
         sentences = []
         for _ in range(config.captions_per_image):
             sentence_id += 1

@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Set, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from capxai.data.captions import load_karpathy
 
@@ -112,24 +112,36 @@ def probes_of(split_file) -> Dict[int, Tuple[str, str]]:
             for entry in load_karpathy(split_file) if "probe" in entry}
 
 
-def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[str, str]],
-                        objects: ObjectWords) -> Dict[str, object]:
+def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[str, str]], objects: ObjectWords,
+                        present: Optional[Mapping[int, Set[str]]] = None) -> Dict[str, object]:
     """On each probe image that was captioned: does the caption name the absent partner (hallucination) and the
-    present category? Returns the overall rate and one per (present, absent) pair."""
+    present category? Returns the overall rate and one per (present, absent) pair.
+
+    With ``present`` (ground-truth objects per image) each pair also gets a control: how often captions of the other
+    images, which show neither category, name the partner; a planted bias shows as ``rate`` well above it.
+    """
     scored = [image_id for image_id in probes if image_id in captions]
     if not scored:
         raise ValueError("probe_hallucination: none of the captioned images is a probe image")
+    named = {image_id: set(objects.mentions(caption)) for image_id, caption in captions.items()}
     pairs: Dict[str, Dict[str, float]] = {}
-    hallucinated = named_present = 0
     for image_id in scored:
-        present, absent = probes[image_id]
-        named = set(objects.mentions(captions[image_id]))
-        pair = pairs.setdefault(f"{present}->{absent}", {"images": 0, "hallucinated": 0})
+        first, partner = probes[image_id]
+        pair = pairs.setdefault(f"{first}->{partner}", {"images": 0, "hallucinated": 0})
         pair["images"] += 1
-        pair["hallucinated"] += absent in named
-        hallucinated += absent in named
-        named_present += present in named
-    for pair in pairs.values():
+        pair["hallucinated"] += partner in named[image_id]
+    for key, pair in pairs.items():
         pair["rate"] = pair["hallucinated"] / pair["images"]
-    return {"images": len(scored), "rate": hallucinated / len(scored), "present_named": named_present / len(scored),
-            "pairs": pairs}
+        if present is not None:
+            first, partner = key.split("->")
+            controls = [image_id for image_id in captions if image_id not in probes
+                        and not {first, partner} & present.get(image_id, {first})]
+            pair["control_images"] = len(controls)
+            pair["control_rate"] = (sum(partner in named[i] for i in controls) / len(controls)) if controls else None
+    result = {"images": len(scored), "rate": sum(p["hallucinated"] for p in pairs.values()) / len(scored),
+              "present_named": sum(probes[i][0] in named[i] for i in scored) / len(scored), "pairs": pairs}
+    if present is not None:
+        controls = sum(p["control_images"] for p in pairs.values())
+        result["control_rate"] = (sum(p["control_rate"] * p["control_images"] for p in pairs.values()
+                                      if p["control_images"]) / controls) if controls else None
+    return result

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -182,6 +183,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         loader = torch.utils.data.DataLoader(datasets["train"], batch_size=config.batch_size, collate_fn=train_collate,
                                              sampler=sampler, shuffle=sampler is None,
                                              generator=None if sampler else generator)
+        epoch_started = time.perf_counter()
         model.train()
         if not config.finetune_encoder:
             model.encoder.eval()
@@ -191,7 +193,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         cider = validation_cider(model, datasets[val_split], config.max_length)
         scheduler.step(cider)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started}
         history["epochs"].append(record)
         if rank == 0:
             if history["best_cider"] is None or cider > history["best_cider"]:
