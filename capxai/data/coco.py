@@ -16,18 +16,24 @@ def caption_tokens(caption: str) -> List[str]:
     return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
 
 
-def _read_coco(path: Path):
+def read_coco(path, kind: str = "COCO"):
+    """A pycocotools ``COCO`` index of a COCO-format json (``kind`` names the file in errors, e.g. "instances")."""
     from pycocotools.coco import COCO
 
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO caption file {path} does not exist")
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO(str(path))
+            return COCO(str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"COCO caption file {path} is not valid json ({error})") from None
+        raise ValueError(f"{kind} file {path} is not valid json ({error})") from None
     except (KeyError, TypeError, AssertionError) as error:
-        raise ValueError(f"COCO caption file {path} is not COCO caption json (problem with {error})") from None
+        raise ValueError(f"{kind} file {path} is not COCO-format json (problem with {error})") from None
+
+
+def _read_captions(path: Path):
+    coco = read_coco(path, "COCO caption")
     if any("caption" not in annotation for annotation in coco.anns.values()):
         raise ValueError(f"COCO caption file {path} has annotations without 'caption' (an instances file?)")
     return coco
@@ -39,7 +45,7 @@ def karpathy_from_coco(splits: Mapping[str, Tuple[Path, str]], dataset: str = "c
     out; ids are the COCO image ids (``cocoid``)."""
     images, sentence_id = [], 0
     for split, (caption_file, folder) in splits.items():
-        coco = _read_coco(Path(caption_file))
+        coco = _read_captions(Path(caption_file))
         for image_id in sorted(coco.getImgIds()):
             annotations = sorted(coco.imgToAnns.get(image_id, []), key=lambda annotation: annotation["id"])
             if not annotations:

@@ -2,13 +2,11 @@
 naming an object the image does not contain) from a CHAIR-style synonyms file and COCO-format instances read with
 pycocotools; and, on the built-in scenes' probe images (category A shown without its planted partner B), how often a
 caption names B anyway."""
-import contextlib
-import io
-import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from capxai.data.captions import load_karpathy
+from capxai.data.coco import read_coco
 
 
 def _plural_forms(word: str) -> Tuple[str, ...]:
@@ -70,18 +68,7 @@ class ObjectWords:
 
 def objects_per_image(instances_file) -> Dict[int, Set[str]]:
     """Category names present in each image of a COCO-format instances json (read with pycocotools)."""
-    from pycocotools.coco import COCO
-
-    path = Path(instances_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"instances file {path} does not exist")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO(str(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"instances file {path} is not valid json ({error})") from None
-    except (KeyError, TypeError, AssertionError) as error:
-        raise ValueError(f"instances file {path} is not COCO instances json (problem with {error})") from None
+    coco = read_coco(instances_file, "instances")
     names = {category["id"]: category["name"] for category in coco.loadCats(coco.getCatIds())}
     return {image_id: {names[a["category_id"]] for a in coco.imgToAnns.get(image_id, [])}
             for image_id in coco.getImgIds()}

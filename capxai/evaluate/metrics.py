@@ -7,7 +7,7 @@ import io
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Mapping, Sequence
 
 from capxai._io import atomic_write_json
 

@@ -3,12 +3,11 @@ gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate 
 interruption, seeds; several processes through torchrun + DistributedDataParallel (nccl on GPUs, gloo on CPU)."""
 import dataclasses
 import functools
-import json
 import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
