@@ -223,6 +223,7 @@ def run_captioning(out_dir: Path, overwrite: bool, seed: int = 0, scene_counts=(
                        "--seed", str(seed), *CAPTIONER_RECIPE, *extra_train_args])
         history = json.loads((run_dir / "history.json").read_text())
         summary[captioner] = {"train_seconds_this_run": time.perf_counter() - started,
+                              "train_seconds_all_epochs": sum(e.get("seconds", 0.0) for e in history["epochs"]),
                               "best_val_cider": history["best_cider"], "best_epoch": history["best_epoch"] + 1}
         for beam in (1, 3):
             evaluation = run_dir / "evaluation"
