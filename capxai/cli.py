@@ -53,7 +53,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from capxai._io import atomic_write_json
     from capxai.data.captions import CaptionDataset
-    from capxai.evaluate import hallucination
+    from capxai.evaluate.hallucination import hallucination_report
     from capxai.evaluate.captioning import score_dataset
     from capxai.train import load_trained
 
@@ -72,13 +72,8 @@ def _evaluate(args) -> int:
     report = {"overall": scores["overall"]}
     instances = args.instances or args.split_file.parent / "annotations" / f"instances_{args.split}.json"
     synonyms = args.synonyms or args.split_file.parent / "synonyms.txt"
-    if Path(instances).is_file() and Path(synonyms).is_file():
-        objects = hallucination.ObjectWords.load(synonyms)
-        present = hallucination.objects_per_image(instances)
-        report["chair"] = hallucination.chair(captions, present, objects)
-        probes = hallucination.probes_of(args.split_file)
-        if any(image_id in captions for image_id in probes):
-            report["probes"] = hallucination.probe_hallucination(captions, probes, objects, present)
+    if instances.is_file() and synonyms.is_file():
+        report.update(hallucination_report(captions, instances, synonyms, args.split_file))
     elif args.instances or args.synonyms:
         raise FileNotFoundError(f"hallucination needs both {instances} and {synonyms}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,12 @@ def load_karpathy(path) -> List[dict]:
     return images
 
 
+def image_id_of(entry: Dict, position: int) -> int:
+    """The id an image of a Karpathy-style split is known by in COCO files and metric results: ``cocoid``, else
+    ``imgid`` (Flickr30K), else its position in the split."""
+    return int(entry.get("cocoid", entry.get("imgid", position)))
+
+
 def default_transform(image_size: int) -> Callable:
     """Resize to ``image_size`` (square), to tensor, ImageNet normalisation (what torchvision encoders expect)."""
     return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
@@ -100,7 +106,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         image = self.transform(open_image(self._path(entry)))
         captions = [torch.tensor(self.vocabulary.encode(sentence["tokens"], self.max_length))
                     for sentence in entry["sentences"]]
-        return {"image": image, "captions": captions, "image_id": int(entry.get("cocoid", entry.get("imgid", index)))}
+        return {"image": image, "captions": captions, "image_id": image_id_of(entry, index)}
 
 
 def collate(batch: Sequence[Dict[str, object]], captions_per_image: int = 0,

@@ -1,24 +1,19 @@
 """Captioning a whole split with a trained model (greedy or beam search, batched, with a progress bar) and scoring
 the captions against the split's references; shared by validation during training and by ``capxai evaluate``."""
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from tqdm import tqdm
 
-from capxai.data.captions import CaptionDataset, collate
+from capxai.data.captions import CaptionDataset, collate, image_id_of
 from capxai.evaluate.metrics import METRICS, caption_metrics
 from capxai.models import beam_search
 
 
-def image_id_of(entry: Mapping) -> int:
-    """The id an image of a Karpathy-style split is known by in COCO files and metric results."""
-    return int(entry.get("cocoid", entry.get("imgid")))
-
-
 def references_of(dataset: CaptionDataset) -> Dict[int, List[str]]:
     """The split's reference captions per image id (raw text where the file has it)."""
-    return {image_id_of(entry): [s.get("raw") or " ".join(s["tokens"]) for s in entry["sentences"]]
-            for entry in dataset.entries}
+    return {image_id_of(entry, position): [s.get("raw") or " ".join(s["tokens"]) for s in entry["sentences"]]
+            for position, entry in enumerate(dataset.entries)}
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ caption names B anyway."""
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from capxai.data.captions import load_karpathy
+from capxai.data.captions import image_id_of, load_karpathy
 from capxai.data.coco import read_coco
 
 
@@ -95,8 +95,8 @@ def chair(captions: Mapping[int, str], present: Mapping[int, Set[str]], objects:
 
 def probes_of(split_file) -> Dict[int, Tuple[str, str]]:
     """The built-in scenes' probe images of a Karpathy-style json: ``{image_id: (present, absent partner)}``."""
-    return {int(entry.get("cocoid", entry.get("imgid"))): (entry["probe"]["present"], entry["probe"]["absent"])
-            for entry in load_karpathy(split_file) if "probe" in entry}
+    return {image_id_of(entry, position): (entry["probe"]["present"], entry["probe"]["absent"])
+            for position, entry in enumerate(load_karpathy(split_file)) if "probe" in entry}
 
 
 def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[str, str]], objects: ObjectWords,
@@ -132,3 +132,16 @@ def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[
         result["control_rate"] = (sum(p["control_rate"] * p["control_images"] for p in pairs.values()
                                       if p["control_images"]) / controls) if controls else None
     return result
+
+
+def hallucination_report(captions: Mapping[int, str], instances_file, synonyms_file,
+                         split_file=None) -> Dict[str, object]:
+    """``{"chair": ..., "probes": ...}`` for captions of one split: CHAIR against the split's instances, and the
+    probe rate (with its control) when ``split_file`` marks probe images among the captioned ones."""
+    objects = ObjectWords.load(synonyms_file)
+    present = objects_per_image(instances_file)
+    report: Dict[str, object] = {"chair": chair(captions, present, objects)}
+    probes = probes_of(split_file) if split_file is not None else {}
+    if any(image_id in captions for image_id in probes):
+        report["probes"] = probe_hallucination(captions, probes, objects, present)
+    return report
