@@ -4,16 +4,11 @@ have the COCO annotations but not Karpathy's ``dataset_coco.json``."""
 import contextlib
 import io
 import json
-import re
 from pathlib import Path
 from typing import List, Mapping, Tuple
 
 from capxai._io import atomic_write_json
-
-
-def caption_tokens(caption: str) -> List[str]:
-    """Lower-case words without punctuation, as in Karpathy's split files."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
+from capxai.data.vocabulary import caption_tokens
 
 
 def read_coco(path, kind: str = "COCO"):

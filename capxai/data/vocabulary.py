@@ -2,6 +2,7 @@
 rarer words map to ``<unk>``. Saved as json next to checkpoints so that a model and its words stay together."""
 import collections
 import json
+import re
 from pathlib import Path
 from typing import Iterable, List, Sequence
 
@@ -9,6 +10,11 @@ from capxai._io import atomic_write_json
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
+
+
+def caption_tokens(caption: str) -> List[str]:
+    """Lower-case words without punctuation, as in Karpathy's split files."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
 
 
 class Vocabulary:
@@ -60,6 +66,10 @@ class Vocabulary:
             raise ValueError(f"Vocabulary.encode: max_length must be >= 1, got {max_length}")
         body = [self.index.get(token, self.unknown) for token in tokens[:max_length]]
         return [self.start] + body + [self.end]
+
+    def tokenize(self, caption: str) -> List[str]:
+        """The words of a caption as the split files hold them (:func:`caption_tokens`)."""
+        return caption_tokens(caption)
 
     def decode(self, indices: Iterable[int]) -> List[str]:
         """Words up to the first ``<end>``, without ``<start>`` / ``<pad>``."""

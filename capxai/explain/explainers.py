@@ -1,0 +1,296 @@
+"""The explainers: one call shape for every method (Captum's spirit) and one result type,
+:class:`~capxai.explain.explanation.Explanation`.
+
+    explainer = LRP(model)                  # or GradCAM, GuidedGradCAM, GuidedBackprop, GradientXInput, Attention
+    explanation = explainer.explain(images, captions=None, beam_size=1, max_length=20)
+
+``model`` is a captioner with its encoder (what ``capxai.train.load_trained`` returns first) or a captioner alone
+(then ``encoder=`` for images, or ``features=`` to explain the decoder on the feature grid). With ``captions=None``
+the model's own caption (greedy or beam search) is explained; captions given as ``[B, L]`` ids (``<start>`` first)
+or strings (with ``vocabulary=``) are teacher-forced. Every word of every caption is explained in one pass.
+"""
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from zennit.core import Composite
+
+from capxai.explain.decoder_lrp import Rules, decoder_relevance
+from capxai.explain.encoder_lrp import COMPOSITES, pixel_relevance
+from capxai.explain.explanation import Explanation
+from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
+from capxai.explain.gradients import (all_word_gradients, captured_output, grad_cam, guided_relus, last_conv,
+                                      upsample)
+from capxai.explain.inputs import Prepared, feature_dim, model_parts, prepare
+from capxai.models import MultiHeadCaptioner
+from capxai.nn.context import LRPSettings
+
+
+class Explainer:
+    """Base of the explainers: checks and prepares the inputs, runs the method, fills one :class:`Explanation`.
+
+    Args:
+        model: a captioner, or a model with ``.captioner`` and ``.encoder`` (``load_trained``'s).
+        encoder: the image encoder when ``model`` is a captioner alone.
+        vocabulary: a ``capxai.data.Vocabulary``: needed for captions given as strings, and names the words in the
+            result. Default: ``model.vocabulary`` when present.
+        image_size: the side the model was trained on; images of another size are refused. Default:
+            ``model.image_size`` when present (models from ``load_trained`` carry it).
+    """
+
+    method = ""
+
+    def __init__(self, model, encoder: Optional[nn.Module] = None, *, vocabulary=None,
+                 image_size: Optional[int] = None):
+        self.captioner, self.encoder = model_parts(model, encoder)
+        feature_dim(self.captioner)  # refuses captioners no explainer knows
+        self.vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None)
+        self.image_size = image_size if image_size is not None else getattr(model, "image_size", None)
+
+    @property
+    def settings(self) -> dict:
+        return {}
+
+    def explain(self, images: Optional[torch.Tensor] = None, *, features: Optional[torch.Tensor] = None,
+                captions=None, beam_size: int = 1, max_length: int = 20) -> Explanation:
+        """Explains every word of the captions of ``images [B, 3, H, W]`` (or of ``features [B, regions, C]``).
+
+        Args:
+            captions: None (decode with ``beam_size`` beams, at most ``max_length`` words), ``[B, L]`` token ids
+                beginning with ``<start>``, or B strings.
+        """
+        with evaluation_mode(self.captioner, self.encoder):
+            prepared = prepare(self.captioner, self.encoder, images, features, captions, beam_size, max_length,
+                               self.vocabulary, self.image_size)
+            return self._explain(prepared)
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        raise NotImplementedError
+
+    def _needs_images(self, prepared: Prepared) -> torch.Tensor:
+        if prepared.images is None:
+            raise ValueError(f"capxai.explain.{type(self).__name__}: needs images (it explains pixels), got features")
+        return prepared.images
+
+    def _result(self, prepared: Prepared, forward: ForwardPass, **fields) -> Explanation:
+        """The fields every method shares (words, logits, attention), plus the method's own (``[B, T, ...]``)."""
+        tokens = prepared.captions[:, 1:]
+        explanation = Explanation(tokens=tokens, lengths=prepared.lengths, logits=torch.zeros(0),
+                                  probabilities=torch.zeros(0), captions=prepared.captions, method=self.method,
+                                  settings=self.settings, grid_size=list(prepared.grid_size or []) or None,
+                                  words=prepared.words)
+        mask = explanation.mask
+        real = mask.to(forward.logits.dtype)
+        logits = forward.logits.detach()
+        explanation.logits = forward.word_logits(tokens).detach() * real
+        explanation.probabilities = torch.softmax(logits, -1).gather(2, tokens.unsqueeze(2)).squeeze(2) * real
+        if "alpha" in forward.steps[0]:
+            explanation.attention = forward.stacked("alpha").detach().transpose(0, 1) * real.unsqueeze(-1)
+            explanation.beta = forward.stacked("beta").detach().t() * real
+        elif "attention" in forward.steps[0]:
+            heads = forward.stacked("attention").detach().transpose(0, 1) * real[..., None, None]
+            explanation.attention_heads, explanation.attention = heads, heads.mean(2)
+        for name, value in fields.items():
+            setattr(explanation, name, value)
+        return explanation
+
+
+class LRP(Explainer):
+    """Layer-wise relevance propagation (Sun et al. 2022; LRP_RULES.md) of every word, to the pixels, the feature
+    grid and the preceding words.
+
+    The decoder: from the raw logit of each word through the output layer, the two-term sum, attention (weights
+    constant; the sentinel's two stages), both LSTMs over all earlier steps, to the feature grid and the word
+    embeddings, with the fused capxai ops, all words as targets of one reverse sweep. The encoder: a Zennit
+    composite fed with all words' feature-grid relevance (a batched fast path for plain conv/BN/ReLU/max-pool
+    encoders under "paper" and "epsilon_plus_flat").
+
+    Args:
+        composite: "paper" (alpha=1, beta=0 on every conv, bias ignored; ReLU passes; max pooling by the
+            gradient; BatchNorm merged), "epsilon_plus_flat", "epsilon_alpha2_beta1", or a zennit ``Composite``.
+        eps: the decoder rules' stabiliser (and the epsilon of linear layers in the named composites).
+        bias_factor: share of the absorbed relevance given back (1 makes the decoder rules conservative).
+        attention_mode: "constant" (the paper) or "attnlrp" (multi-head model only: AttnLRP through the scores).
+        head: explain the multi-head model through this head only.
+        fast_encoder: use the batched encoder fast path where it applies (it equals Zennit's result).
+    """
+
+    method = "lrp"
+
+    def __init__(self, model, encoder: Optional[nn.Module] = None, composite: Union[str, Composite] = "paper",
+                 eps: float = 0.01, bias_factor: float = 0.0, attention_mode: str = "constant",
+                 head: Optional[int] = None, *, vocabulary=None, image_size: Optional[int] = None,
+                 fast_encoder: bool = True):
+        super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
+        LRPSettings(eps, bias_factor, attention_mode)  # validates eps, bias_factor and the mode
+        if not (isinstance(composite, Composite) or composite in COMPOSITES):
+            raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES} or a zennit Composite, "
+                             f"got {composite!r}")
+        is_multihead = isinstance(self.captioner, MultiHeadCaptioner)
+        if attention_mode != "constant" and not is_multihead:
+            raise ValueError("capxai.explain.LRP: attention_mode='attnlrp' needs the multi-head captioner (the "
+                             "adaptive model's additive attention keeps its weights constant)")
+        if head is not None and not (is_multihead and 0 <= head < self.captioner.heads):
+            heads = self.captioner.heads if is_multihead else 0
+            raise ValueError(f"capxai.explain.LRP: head must be None or in [0, {heads}) for this captioner, got {head}")
+        self.composite, self.eps, self.bias_factor = composite, eps, bias_factor
+        self.attention_mode, self.head, self.fast_encoder = attention_mode, head, fast_encoder
+
+    @property
+    def settings(self) -> dict:
+        composite = self.composite if isinstance(self.composite, str) else type(self.composite).__name__
+        return {"composite": composite, "eps": self.eps, "bias_factor": self.bias_factor,
+                "attention_mode": self.attention_mode, "head": self.head}
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        tokens = prepared.captions[:, 1:]
+        with torch.no_grad():
+            forward = teacher_force(self.captioner, prepared.features, prepared.captions)
+            relevance = decoder_relevance(self.captioner, prepared.features, forward, tokens, _word_mask(prepared),
+                                          Rules(self.eps, self.bias_factor), self.attention_mode, self.head)
+        pixels = None
+        if prepared.images is not None:
+            pixels = pixel_relevance(self.encoder, prepared.images, relevance.features, prepared.grid_size,
+                                     self.composite, self.eps, self.fast_encoder).transpose(0, 1)
+        return self._result(prepared, forward, feature_relevance=relevance.features.transpose(0, 1),
+                            word_relevance=relevance.words.transpose(0, 1),
+                            initial_state_relevance=relevance.initial_state.t(), pixel_relevance=pixels)
+
+
+def _word_mask(prepared: Prepared) -> torch.Tensor:
+    steps = torch.arange(prepared.captions.shape[1] - 1, device=prepared.captions.device)
+    return steps.unsqueeze(0) < prepared.lengths.unsqueeze(1)
+
+
+class _GradientMethod(Explainer):
+    """Shared forward for the gradient methods: encoder (when images are given) and teacher-forced decoder with
+    gradients on; all words' gradients in one batched backward."""
+
+    def _forward(self, prepared: Prepared, images: Optional[torch.Tensor]):
+        features = self.encoder(images) if images is not None else prepared.features.clone().requires_grad_(True)
+        forward = teacher_force(self.captioner, features, prepared.captions)
+        return features, forward, forward.word_logits(prepared.captions[:, 1:])
+
+
+class GradCAM(_GradientMethod):
+    """Grad-CAM (Selvaraju et al. 2017) of every word's logit on ``layer`` (default: the encoder's last conv), as
+    Captum's ``LayerGradCam`` with ``relu_attributions=True``, batched over words; ``pixel_map`` is the map
+    upsampled to the image (``upsample_mode``)."""
+
+    method = "gradcam"
+
+    def __init__(self, model, encoder: Optional[nn.Module] = None, layer: Optional[nn.Module] = None,
+                 upsample_mode: str = "bilinear", *, vocabulary=None, image_size: Optional[int] = None):
+        super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
+        if self.encoder is None:
+            raise ValueError(f"capxai.explain.{type(self).__name__}: needs the encoder")
+        self.layer = layer if layer is not None else last_conv(self.encoder)
+        self.upsample_mode = upsample_mode
+
+    @property
+    def settings(self) -> dict:
+        return {"layer": type(self.layer).__name__, "upsample_mode": self.upsample_mode}
+
+    def _layer_maps(self, prepared: Prepared):
+        """(forward, Grad-CAM maps ``[T, B, h, w]`` on the layer)."""
+        images = self._needs_images(prepared)
+        activations = []
+        with torch.enable_grad(), captured_output(self.layer, activations):
+            _, forward, word_logits = self._forward(prepared, images)
+            (gradient,) = all_word_gradients(word_logits, _word_mask(prepared), [activations[-1]])
+        if gradient is None:
+            raise ValueError(f"capxai.explain.{type(self).__name__}: the words do not depend on the chosen layer")
+        return forward, grad_cam(activations[-1].detach(), gradient)
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        forward, maps = self._layer_maps(prepared)
+        heatmap = upsample(maps, prepared.images.shape[-2:], self.upsample_mode)
+        return self._result(prepared, forward, pixel_map=heatmap.transpose(0, 1))
+
+
+class GuidedBackprop(_GradientMethod):
+    """Guided Backprop (Springenberg et al. 2015) of every word's logit to the pixels, as Captum's
+    ``GuidedBackprop`` (the encoder's ReLUs pass only positive gradients), batched over words."""
+
+    method = "guided-backprop"
+
+    def _guided_gradient(self, prepared: Prepared):
+        images = self._needs_images(prepared).detach().clone().requires_grad_(True)
+        with torch.enable_grad(), guided_relus(self.encoder):
+            _, forward, word_logits = self._forward(prepared, images)
+            (gradient,) = all_word_gradients(word_logits, _word_mask(prepared), [images])
+        return forward, gradient
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        forward, gradient = self._guided_gradient(prepared)
+        return self._result(prepared, forward, pixel_relevance=gradient.transpose(0, 1))
+
+
+class GuidedGradCAM(GradCAM, GuidedBackprop):
+    """Guided Grad-CAM (Selvaraju et al. 2017): Guided Backprop times the upsampled Grad-CAM map, as Captum's
+    ``GuidedGradCam`` (whose default upsampling is "nearest")."""
+
+    method = "guided-gradcam"
+
+    def __init__(self, model, encoder: Optional[nn.Module] = None, layer: Optional[nn.Module] = None,
+                 upsample_mode: str = "nearest", *, vocabulary=None, image_size: Optional[int] = None):
+        super().__init__(model, encoder, layer, upsample_mode, vocabulary=vocabulary, image_size=image_size)
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        forward, maps = self._layer_maps(prepared)
+        _, gradient = self._guided_gradient(prepared)
+        heatmap = upsample(maps, prepared.images.shape[-2:], self.upsample_mode)
+        return self._result(prepared, forward, pixel_relevance=(gradient * heatmap.unsqueeze(2)).transpose(0, 1))
+
+
+class GradientXInput(_GradientMethod):
+    """Gradient x Input of every word's logit: pixels (``image * d logit / d image``), feature grid and word
+    embeddings (``sum_d e_d * d logit / d e_d`` per fed word), batched over words."""
+
+    method = "gradient-x-input"
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        images = None if prepared.images is None else prepared.images.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            features, forward, word_logits = self._forward(prepared, images)
+            inputs = ([images] if images is not None else []) + [features] + forward.embeddings
+            gradients = all_word_gradients(word_logits, _word_mask(prepared), inputs)
+        gradients = [torch.zeros(len(forward.steps), *x.shape, dtype=x.dtype, device=x.device) if g is None else g
+                     for g, x in zip(gradients, inputs)]
+        fields = {}
+        if images is not None:
+            fields["pixel_relevance"] = (gradients.pop(0) * images.detach()).transpose(0, 1)
+        fields["feature_relevance"] = (gradients.pop(0) * features.detach()).transpose(0, 1)
+        words = torch.stack([(g * e.detach()).sum(-1) for g, e in zip(gradients, forward.embeddings)], dim=-1)
+        fields["word_relevance"] = words.transpose(0, 1)
+        return self._result(prepared, forward, **fields)
+
+
+class Attention(Explainer):
+    """The model's own attention at each step: the adaptive model's ``alpha`` over the regions (and the sentinel
+    share ``beta``), the multi-head model's weights per head and their mean; ``pixel_map`` upsampled to the image
+    when the feature grid's shape is known."""
+
+    method = "attention"
+
+    def __init__(self, model, encoder: Optional[nn.Module] = None, upsample_mode: str = "bilinear", *,
+                 vocabulary=None, image_size: Optional[int] = None):
+        super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
+        self.upsample_mode = upsample_mode
+
+    @property
+    def settings(self) -> dict:
+        return {"upsample_mode": self.upsample_mode}
+
+    def _explain(self, prepared: Prepared) -> Explanation:
+        with torch.no_grad():
+            forward = teacher_force(self.captioner, prepared.features, prepared.captions)
+        explanation = self._result(prepared, forward)
+        if prepared.images is not None and prepared.grid_size is not None:
+            grid = explanation.attention.unflatten(-1, tuple(prepared.grid_size))
+            explanation.pixel_map = upsample(grid, prepared.images.shape[-2:], self.upsample_mode)
+        return explanation
+
+
+METHODS = {"lrp": LRP, "gradcam": GradCAM, "guided-gradcam": GuidedGradCAM, "guided-backprop": GuidedBackprop,
+           "gradient-x-input": GradientXInput, "attention": Attention}

@@ -1,0 +1,183 @@
+"""What every explainer checks and prepares before it explains: the model's parts, the images or features, and the
+captions (decoded when not given, or strings read through the vocabulary), each with a clear error on bad input."""
+import dataclasses
+import math
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from capxai.models import AdaptiveAttentionCaptioner, Captioner, MultiHeadCaptioner, beam_search
+
+PAD, START, END = 0, 1, 2  # capxai's vocabulary: <pad>, <start>, <end> (then <unk>, words)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One batch ready to explain: ``images [B, 3, H, W]`` or None, ``features [B, regions, C]`` (the encoder's
+    output, detached), ``captions [B, L]`` (``<start>`` first), ``lengths [B]`` (explained words per caption), the
+    feature grid's ``(h, w)`` (None without images) and the words as strings when a vocabulary is known."""
+
+    images: Optional[torch.Tensor]
+    features: torch.Tensor
+    captions: torch.Tensor
+    lengths: torch.Tensor
+    grid_size: Optional[Tuple[int, int]]
+    words: Optional[List[List[str]]]
+
+
+def model_parts(model, encoder: Optional[nn.Module]) -> Tuple[Captioner, Optional[nn.Module]]:
+    """The captioner and encoder of what a user passed: a captioner (with ``encoder`` given or not) or a model with
+    ``.captioner`` and ``.encoder`` (what ``capxai.train.load_trained`` returns first)."""
+    if isinstance(model, tuple) and model and hasattr(model[0], "captioner"):
+        raise TypeError("capxai.explain: got the (model, vocabulary, config) tuple of load_trained; pass its model "
+                        "(and vocabulary=...)")
+    if isinstance(model, Captioner):
+        return model, encoder
+    captioner = getattr(model, "captioner", None)
+    if not isinstance(captioner, Captioner):
+        raise TypeError(f"capxai.explain: expected a capxai captioner (AdaptiveAttentionCaptioner, "
+                        f"MultiHeadCaptioner) or a model with .captioner and .encoder, got {type(model).__name__}")
+    return captioner, encoder if encoder is not None else getattr(model, "encoder", None)
+
+
+def feature_dim(captioner: Captioner) -> int:
+    """C, the width of the feature grid the captioner reads."""
+    if isinstance(captioner, AdaptiveAttentionCaptioner):
+        return captioner.region_proj.in_features
+    if isinstance(captioner, MultiHeadCaptioner):
+        return captioner.key.in_features
+    raise TypeError(f"capxai.explain: no explainer knows the captioner {type(captioner).__name__}")
+
+
+def _check_images(images, image_size: Optional[int]) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"capxai.explain: images must be [B, 3, H, W] (RGB), got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"capxai.explain: images must be floating point (normalised), got {images.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError("capxai.explain: images hold no image (B = 0)")
+    if image_size is not None and tuple(images.shape[2:]) != (image_size, image_size):
+        raise ValueError(f"capxai.explain: the model was trained on {image_size}x{image_size} images, got "
+                         f"{images.shape[2]}x{images.shape[3]}; resize them first")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("capxai.explain: images hold NaN or Inf")
+    return images
+
+
+def _check_features(features, captioner: Captioner) -> torch.Tensor:
+    width = feature_dim(captioner)
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or features.shape[2] != width:
+        shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"capxai.explain: features must be [B, regions, {width}] for this captioner, got {shape}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"capxai.explain: features hold no image or no region, got {list(features.shape)}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("capxai.explain: features hold NaN or Inf")
+    return features
+
+
+def _encode_strings(captions: Sequence[str], vocabulary, max_length: int) -> torch.Tensor:
+    if vocabulary is None:
+        raise ValueError("capxai.explain: captions given as strings need the vocabulary (vocabulary=...)")
+    rows, unknown = [], []
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise TypeError(f"capxai.explain: captions must be all strings or a [B, L] tensor, got "
+                            f"{type(caption).__name__}")
+        tokens = vocabulary.tokenize(caption)
+        if not tokens:
+            raise ValueError(f"capxai.explain: caption {caption!r} holds no word")
+        if len(tokens) > max_length:
+            raise ValueError(f"capxai.explain: caption {caption!r} has {len(tokens)} words, more than max_length = "
+                             f"{max_length}")
+        unknown += [token for token in tokens if token not in vocabulary.index]
+        rows.append([START] + [vocabulary.index.get(token, vocabulary.unknown) for token in tokens] + [END])
+    if unknown:
+        warnings.warn(f"capxai.explain: words not in the vocabulary are read as <unk>: {sorted(set(unknown))}",
+                      stacklevel=4)
+    length = max(len(row) for row in rows)
+    return torch.tensor([row + [PAD] * (length - len(row)) for row in rows], dtype=torch.long)
+
+
+def _check_token_ids(captions: torch.Tensor, batch: int, vocab_size: int, max_length: int) -> torch.Tensor:
+    if captions.dim() != 2 or captions.shape[0] != batch or captions.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"capxai.explain: captions must be [B = {batch}, L] integer token ids, got "
+                         f"{list(captions.shape)} {captions.dtype}")
+    captions = captions.long()
+    if captions.shape[1] < 2:
+        raise ValueError("capxai.explain: captions must hold <start> and at least one word (L >= 2)")
+    if bool((captions[:, 0] != START).any()):
+        raise ValueError("capxai.explain: every caption must begin with <start> (id 1)")
+    if captions.min() < 0 or captions.max() >= vocab_size:
+        raise ValueError(f"capxai.explain: caption token ids must be in [0, {vocab_size})")
+    if bool((captions[:, 1] == PAD).any()):
+        raise ValueError("capxai.explain: a caption is empty (no word after <start>)")
+    words = int(((captions[:, 1:] != PAD) & (captions[:, 1:] != END)).sum(1).max())
+    if words > max_length:
+        raise ValueError(f"capxai.explain: a caption has {words} words, more than max_length = {max_length}")
+    return captions
+
+
+def explained_lengths(captions: torch.Tensor) -> torch.Tensor:
+    """Words explained per caption: positions 1.. up to the last one that is not ``<pad>``."""
+    positions = torch.arange(1, captions.shape[1], device=captions.device)
+    return ((captions[:, 1:] != PAD) * positions).amax(1)
+
+
+def feature_grid_size(encoder: nn.Module, images: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """``(h, w)`` of the last 4-D activation the encoder computes (its feature grid before flattening)."""
+    shapes = []
+    hooks = [module.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+             for module in encoder.modules() if not list(module.children())]
+    try:
+        with torch.no_grad():
+            encoder(images[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grids = [shape for shape in shapes if len(shape) == 4]
+    return (grids[-1][2], grids[-1][3]) if grids else None
+
+
+def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features, captions: Union[None, torch.Tensor,
+            Sequence[str]], beam_size: int, max_length: int, vocabulary=None, image_size: Optional[int] = None
+            ) -> Prepared:
+    """Checks the inputs of ``explain`` and encodes / decodes what is missing (see :class:`Prepared`)."""
+    if (images is None) == (features is None):
+        raise ValueError("capxai.explain: pass exactly one of images and features")
+    if max_length < 1 or beam_size < 1:
+        raise ValueError(f"capxai.explain: max_length and beam_size must be >= 1, got {max_length}, {beam_size}")
+    grid_size = None
+    if images is not None:
+        if encoder is None:
+            raise ValueError("capxai.explain: images need an encoder (pass encoder=..., or features=...)")
+        images = _check_images(images, image_size)
+        with torch.no_grad():
+            features = encoder(images)
+        grid_size = feature_grid_size(encoder, images)
+    features = _check_features(features, captioner).detach()
+    if grid_size is not None and math.prod(grid_size) != features.shape[1]:
+        grid_size = None
+    batch = features.shape[0]
+    if captions is None:
+        decoded = beam_search(captioner, features, beam_size, max_length, START, END, PAD)
+        captions = torch.cat([torch.full((batch, 1), START, dtype=torch.long, device=features.device),
+                              decoded.tokens], dim=1)
+    elif isinstance(captions, (list, tuple)):
+        if len(captions) != batch:
+            raise ValueError(f"capxai.explain: {len(captions)} captions for {batch} images")
+        captions = _encode_strings(captions, vocabulary, max_length).to(features.device)
+    elif isinstance(captions, torch.Tensor):
+        captions = _check_token_ids(captions, batch, captioner.vocab_size, max_length).to(features.device)
+    else:
+        raise TypeError(f"capxai.explain: captions must be None, a [B, L] tensor of ids or a list of strings, got "
+                        f"{type(captions).__name__}")
+    lengths = explained_lengths(captions)
+    captions = captions[:, :int(lengths.max()) + 1]
+    words = None
+    if vocabulary is not None:
+        words = [[vocabulary.words[int(i)] for i in row[1:n + 1]] for row, n in zip(captions, lengths.tolist())]
+    return Prepared(images, features, captions, lengths, grid_size, words)
