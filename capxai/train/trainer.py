@@ -49,11 +49,12 @@ class TrainConfig:
 
 class CaptionModel(nn.Module):
     """Encoder + captioner: ``forward(images [B, 3, S, S], captions [N, L], image_index [N])`` encodes each image
-    once and returns the captioner's teacher-forced trace of caption n on image ``image_index[n]``."""
+    once and returns the captioner's teacher-forced trace of caption n on image ``image_index[n]``. ``image_size``
+    (S, when known) lets explainers refuse images of another size."""
 
-    def __init__(self, encoder: nn.Module, captioner: nn.Module):
+    def __init__(self, encoder: nn.Module, captioner: nn.Module, image_size: Optional[int] = None):
         super().__init__()
-        self.encoder, self.captioner = encoder, captioner
+        self.encoder, self.captioner, self.image_size = encoder, captioner, image_size
 
     def forward(self, images, captions, image_index):
         return self.captioner(self.encoder(images).index_select(0, image_index), captions)
@@ -71,7 +72,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
         captioner = MultiHeadCaptioner(vocab_size, encoder.channels, config.hidden, config.heads, config.dropout)
     else:
         raise ValueError(f"TrainConfig.model must be 'adaptive' or 'multihead', got {config.model!r}")
-    return CaptionModel(encoder, captioner)
+    return CaptionModel(encoder, captioner, config.image_size)
 
 
 def load_trained(checkpoint, vocabulary_file=None):
