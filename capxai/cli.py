@@ -1,7 +1,8 @@
 """``capxai``: the command line. Subcommands grow with the product (caption, explain, evaluate, finetune, report,
 bench follow); for now: ``capxai data scenes --out DIR``, ``capxai train --split-file F --image-root D --out D``
-(several processes: ``torchrun --nproc_per_node N -m capxai.cli train ...``) and ``capxai evaluate --checkpoint C
---split-file F --image-root D --out D``."""
+(several processes: ``torchrun --nproc_per_node N -m capxai.cli train ...``), ``capxai evaluate --checkpoint C
+--split-file F --image-root D --out D`` and ``capxai explain --checkpoint C --images I... --out D`` (or a whole split
+in shards with ``--split-file F``)."""
 import argparse
 import sys
 from pathlib import Path
@@ -95,6 +96,30 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _explain(args) -> int:
+    from capxai.report.explain_run import explain_images, explain_split, methods_of
+    from capxai.train import load_trained
+
+    methods = methods_of(args.method)
+    if (args.images is None) == (args.split_file is None):
+        raise ValueError("capxai explain: give either --images or --split-file")
+    if args.captions is not None and args.images is None:
+        raise ValueError("capxai explain: --captions go with --images")
+    model, vocabulary, config = load_trained(args.checkpoint)
+    max_length = args.max_length or config.max_length
+    if args.images is not None:
+        written = explain_images(model, vocabulary, config.image_size, args.images, args.out, methods, args.captions,
+                                 args.beam_size, max_length, args.composite, args.overwrite, not args.no_figures)
+        print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
+        return 0
+    image_root = args.image_root or args.split_file.parent
+    written = explain_split(model, vocabulary, args.split_file, image_root, args.split, args.out, methods,
+                            config.image_size, args.limit, args.shard_size, args.beam_size, max_length,
+                            args.composite)
+    print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capxai", description="Explain and improve image-captioning models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluating.add_argument("--out", type=Path, required=True, help="folder for captions, metrics, hallucination")
     evaluating.add_argument("--overwrite", action="store_true", help="replace results that exist")
     evaluating.set_defaults(run=_evaluate)
+
+    explaining = commands.add_parser("explain", help="explain every word of captions: LRP, Grad-CAM, Guided "
+                                     "Grad-CAM, Guided Backprop, Gradient x Input, attention")
+    explaining.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of capxai train")
+    explaining.add_argument("--images", type=Path, nargs="+", help="image files to explain")
+    explaining.add_argument("--captions", nargs="+", help="one caption per image to explain (default: the model's "
+                            "own, decoded)")
+    explaining.add_argument("--split-file", type=Path, help="explain a whole split of this Karpathy-style json, "
+                            "in shards (resumable; under torchrun each process takes its own shards)")
+    explaining.add_argument("--image-root", type=Path, help="folder the json's image paths start in (default: "
+                            "the split file's folder)")
+    explaining.add_argument("--split", choices=["train", "val", "test"], default="test")
+    explaining.add_argument("--limit", type=int, help="explain the first N images of the split only")
+    explaining.add_argument("--shard-size", type=int, default=32, help="images per shard file")
+    explaining.add_argument("--method", default="lrp", help="lrp, gradcam, guided-gradcam, guided-backprop, "
+                            "gradient-x-input, attention or all")
+    explaining.add_argument("--composite", default="paper", choices=["paper", "epsilon_plus_flat",
+                                                                      "epsilon_alpha2_beta1"],
+                            help="LRP rules of the encoder")
+    explaining.add_argument("--beam-size", type=int, default=1, help="beams when decoding the model's captions")
+    explaining.add_argument("--max-length", type=int, help="words per caption at most (default: the training's)")
+    explaining.add_argument("--no-figures", action="store_true", help="with --images: write explanation.pt only")
+    explaining.add_argument("--out", type=Path, required=True, help="output folder (one folder per method)")
+    explaining.add_argument("--overwrite", action="store_true", help="replace explanations that exist")
+    explaining.set_defaults(run=_explain)
     return parser
 
 
@@ -172,7 +222,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"capxai: {error}", file=sys.stderr)
         return 2
 

@@ -29,3 +29,17 @@ def dtype(request):
 @pytest.fixture
 def tolerance(dtype):
     return TOLERANCES[dtype]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """A captioner trained one epoch on a few scenes: (best.pt, the scenes' folder)."""
+    from capxai.data import scenes
+    from capxai.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = scenes.generate(root / "scenes", scenes.SceneConfig(train=24, val=6, test=7, seed=1), progress=False)
+    config = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.0, epochs=1, batch_size=8, min_count=1,
+                         max_length=12, lr=3e-3)
+    train(config, data / "dataset_scenes.json", data, root / "model", progress=False)
+    return root / "model" / "best.pt", data

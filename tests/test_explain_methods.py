@@ -8,10 +8,9 @@ from captum.attr import GuidedBackprop, GuidedGradCam, InputXGradient, LayerAttr
 from torch import nn
 
 import capxai.explain as explain
-from capxai.data import scenes
 from capxai.explain.forward import teacher_force
 from capxai.explain.gradients import last_conv
-from capxai.train import TrainConfig, load_trained, train
+from capxai.train import load_trained
 from test_explain_lrp import make_captioner, make_captions, make_encoder
 from _compare import assert_matches
 
@@ -164,18 +163,8 @@ def test_bad_input_gets_clear_errors():
         explain.LRP(model).explain(images, captions=captions)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain")
-    data = scenes.generate(root / "scenes", scenes.SceneConfig(train=24, val=6, test=4, seed=1), progress=False)
-    config = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.0, epochs=1, batch_size=8, min_count=1,
-                         max_length=12, lr=3e-3)
-    train(config, data / "dataset_scenes.json", data, root / "model", progress=False)
-    return root / "model" / "best.pt", data
-
-
-def test_load_trained_model_is_explained_directly(trained):
-    checkpoint, data = trained
+def test_load_trained_model_is_explained_directly(tiny_trained):
+    checkpoint, data = tiny_trained
     model, vocabulary, config = load_trained(checkpoint)
     images = torch.randn(2, 3, config.image_size, config.image_size)
     with pytest.raises(TypeError, match="load_trained"):

@@ -1,0 +1,84 @@
+"""``capxai explain``: images with every method (files, figures, no silent overwrite), a whole split in resumable
+shards, and two torchrun-style processes writing the same files as one."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from capxai import cli
+from capxai.explain import Explanation
+from capxai.report.explain_run import load_shards
+
+
+def _run(*arguments):
+    return cli.main([str(a) for a in arguments])
+
+
+def test_explain_images_every_method(tiny_trained, tmp_path, capsys):
+    checkpoint, data = tiny_trained
+    images = sorted((data / "images" / "test").glob("*.png"))[:2]
+    out = tmp_path / "out"
+    assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--method", "all", "--out", out) == 0
+    for method in ("lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention"):
+        explanation = Explanation.load(out / method / "explanation.pt")
+        assert explanation.tokens.shape[0] == 2 and explanation.method == method
+        figures = sorted((out / method / images[0].stem).glob("*.png"))
+        assert len(figures) == int(explanation.lengths[0]) and figures[0].stat().st_size > 1000
+    assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--out", out) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert _run("explain", "--checkpoint", checkpoint, "--images", images[0], "--captions", "a ball", "--out", out,
+                "--overwrite", "--no-figures") == 0
+    assert Explanation.load(out / "lrp" / "explanation.pt").words == [["a", "ball", "<end>"]]
+
+
+def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
+    checkpoint, data = tiny_trained
+    image = sorted((data / "images" / "test").glob("*.png"))[0]
+    cases = [
+        (["--images", image, "--split-file", data / "dataset_scenes.json"], "either --images or --split-file"),
+        (["--images", image, "--method", "saliency"], "method must be 'all' or one of"),
+        (["--images", image, "--captions", "a", "b"], "2 captions for 1 images"),
+        (["--images", tmp_path / "missing.png"], "does not exist"),
+        (["--split-file", data / "dataset_scenes.json", "--shard-size", "0"], "--shard-size must be >= 1"),
+    ]
+    for arguments, message in cases:
+        assert _run("explain", "--checkpoint", checkpoint, "--out", tmp_path / "o", *arguments) == 2
+        assert message in capsys.readouterr().err
+    assert _run("explain", "--checkpoint", tmp_path / "none.pt", "--images", image, "--out", tmp_path / "o") == 2
+
+
+def _split_command(checkpoint, data, out):
+    return [sys.executable, "-m", "capxai.cli", "explain", "--checkpoint", str(checkpoint), "--split-file",
+            str(data / "dataset_scenes.json"), "--shard-size", "2", "--method", "lrp", "--out", str(out)]
+
+
+def test_split_in_shards_resumes_and_two_processes_equal_one(tiny_trained, tmp_path):
+    checkpoint, data = tiny_trained
+    one = tmp_path / "one"
+    assert _run("explain", "--checkpoint", checkpoint, "--split-file", data / "dataset_scenes.json",
+                "--shard-size", "2", "--method", "lrp", "--out", one) == 0
+    shards = sorted((one / "lrp").glob("shard-*.pt"))
+    assert len(shards) == 4  # 7 test images in shards of 2
+    # resume: a missing shard is redone, complete ones are kept as they are
+    kept = shards[0].stat().st_mtime_ns
+    shards[2].unlink()
+    assert _run("explain", "--checkpoint", checkpoint, "--split-file", data / "dataset_scenes.json",
+                "--shard-size", "2", "--out", one) == 0
+    assert shards[2].exists() and shards[0].stat().st_mtime_ns == kept
+    # two processes as torchrun starts them (RANK / WORLD_SIZE), each on its own shards
+    two = tmp_path / "two"
+    processes = [subprocess.Popen(_split_command(checkpoint, data, two), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE,
+                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
+                 for rank in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
+    first, second = load_shards(one / "lrp"), load_shards(two / "lrp")
+    assert [s["image_ids"] for s in first] == [s["image_ids"] for s in second]
+    assert sum(len(s["image_ids"]) for s in first) == 7
+    for a, b in zip(first, second):
+        assert a["captions"] == b["captions"]
+        torch.testing.assert_close(a["explanation"].pixel_relevance, b["explanation"].pixel_relevance)
+        torch.testing.assert_close(a["explanation"].word_relevance, b["explanation"].word_relevance)
