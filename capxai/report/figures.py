@@ -23,12 +23,15 @@ def _safe(word: str) -> str:
 
 def draw_heatmap(axis, image: np.ndarray, heatmap: np.ndarray, title: str) -> None:
     """``image [H, W, 3]`` in [0, 1] in grey under ``heatmap [H, W]``: diverging and centred at 0 when it has both
-    signs, sequential from 0 when it has none negative."""
+    signs, sequential from 0 when it has none negative; each pixel's opacity grows with its magnitude, so that
+    the image stays visible where the map is near 0."""
     axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
     limit = float(np.abs(heatmap).max()) or 1.0
     signed = bool((heatmap < 0).any())
-    axis.imshow(heatmap, cmap=SIGNED_COLOURS if signed else UNSIGNED_COLOURS,
-                vmin=-limit if signed else 0.0, vmax=limit, alpha=0.6)
+    colours = plt.get_cmap(SIGNED_COLOURS if signed else UNSIGNED_COLOURS)
+    rgba = colours(0.5 + 0.5 * heatmap / limit if signed else heatmap / limit)
+    rgba[..., 3] = np.clip(np.abs(heatmap) / limit, 0, 1) ** 0.5 * 0.85
+    axis.imshow(rgba)
     axis.set_title(title, fontsize=9)
     axis.axis("off")
 
