@@ -89,21 +89,26 @@ class _ConvStep:
     image_shape: Sequence[int] = ()  # [C, H, W] of the input
     positive_input: Optional[torch.Tensor] = None
     negative_input: Optional[torch.Tensor] = None
-    denominator: Optional[torch.Tensor] = None
+    inverse: Optional[torch.Tensor] = None  # 1 / the stabilised denominator, computed once per image
 
     def _conv(self, x, weight, bias=None):
         c = self.conv
         return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
     def _transposed(self, ratio, weight):
+        """The conv's input gradient for output gradient ``ratio``, as a transposed conv on channels-last data
+        (oneDNN's fastest path here: about 2x ``conv2d_input`` on NCHW, measured on SceneCNN's layers)."""
         c = self.conv
-        return torch.nn.grad.conv2d_input([ratio.shape[0], *self.image_shape], weight, ratio, c.stride, c.padding,
-                                          c.dilation, c.groups)
+        height, width = self.image_shape[1:]
+        produced = [(size - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1 for size, stride, pad, dilation, kernel
+                    in zip(ratio.shape[2:], c.stride, c.padding, c.dilation, c.kernel_size)]
+        return F.conv_transpose2d(ratio.contiguous(memory_format=torch.channels_last), weight, None, c.stride,
+                                  c.padding, (height - produced[0], width - produced[1]), c.groups, c.dilation)
 
     def forward(self, x: torch.Tensor, keep_bias: bool) -> torch.Tensor:
         self.image_shape = tuple(x.shape[1:])
         if self.flat:
-            self.denominator = _stabilize(self._conv(torch.ones_like(x), torch.ones_like(self.weight)))
+            self.inverse = 1.0 / _stabilize(self._conv(torch.ones_like(x), torch.ones_like(self.weight)))
         else:
             self.positive_input = x.clamp(min=0)
             positive = self._conv(self.positive_input, self.weight.clamp(min=0),
@@ -111,11 +116,11 @@ class _ConvStep:
             if bool((x < 0).any()):
                 self.negative_input = x.clamp(max=0)
                 positive = positive + self._conv(self.negative_input, self.weight.clamp(max=0))
-            self.denominator = _stabilize(positive)
+            self.inverse = 1.0 / _stabilize(positive)
         return self._conv(x, self.weight, self.bias)
 
     def backward(self, relevance: torch.Tensor, targets: int) -> torch.Tensor:
-        ratio = (relevance.unflatten(0, (targets, -1)) / self.denominator).flatten(0, 1)
+        ratio = (relevance.unflatten(0, (targets, -1)) * self.inverse).flatten(0, 1)
         if self.flat:
             return self._transposed(ratio, torch.ones_like(self.weight))
         result = _times_input(self._transposed(ratio, self.weight.clamp(min=0)), self.positive_input, targets)
@@ -141,10 +146,12 @@ class _PoolStep:
         return output
 
     def backward(self, relevance: torch.Tensor, targets: int) -> torch.Tensor:
+        # on channels-last data: each position's C values are contiguous, so the winners scatter along positions
         channels, height, width = self.input_shape
-        flat_winners = self.winners.flatten(2).repeat(targets, 1, 1)
-        result = relevance.new_zeros(relevance.shape[0], channels, height * width)
-        return result.scatter_add_(2, flat_winners, relevance.flatten(2)).unflatten(2, (height, width))
+        winners = self.winners.permute(0, 2, 3, 1).reshape(self.winners.shape[0], -1, channels).repeat(targets, 1, 1)
+        source = relevance.permute(0, 2, 3, 1).reshape(relevance.shape[0], -1, channels)
+        result = source.new_zeros(relevance.shape[0], height * width, channels).scatter_add_(1, winners, source)
+        return result.reshape(-1, height, width, channels).permute(0, 3, 1, 2)
 
 
 class _ReluStep:
@@ -215,7 +222,8 @@ def fast_relevance(layers: List[nn.Module], images: torch.Tensor, feature_releva
     keep_bias = composite == "epsilon_plus_flat"  # Zennit's ZPlus keeps b+; the paper preset ignores the bias
     with torch.no_grad():
         steps = _fold(layers, first_flat=composite == "epsilon_plus_flat")
-        activation, largest = images, images[0].numel()
+        # channels-last throughout: oneDNN's transposed convs are about 2x faster on it, and no layout copies
+        activation, largest = images.contiguous(memory_format=torch.channels_last), images[0].numel()
         for step in steps:
             activation = step.forward(activation, keep_bias)
             largest = max(largest, activation[0].numel())
@@ -227,10 +235,10 @@ def fast_relevance(layers: List[nn.Module], images: torch.Tensor, feature_releva
         for begin in range(0, targets, chunk):
             part = relevance[begin:begin + chunk]
             count = part.shape[0]
-            current = part.flatten(0, 1)
+            current = part.flatten(0, 1).contiguous(memory_format=torch.channels_last)
             for step in reversed(steps):
                 current = step.backward(current, count)
-            results.append(current.unflatten(0, (count, batch)))
+            results.append(current.contiguous().unflatten(0, (count, batch)))
         return torch.cat(results)
 
 
