@@ -33,7 +33,8 @@ def main():
     objects = ObjectWords.load(args.scenes / "synonyms.txt")
     explainers = {name: method(model, vocabulary=vocabulary) for name, method in METHODS.items()}
     chosen, summary = {"ordinary": [], "probe": []}, []
-    for position in range(min(args.search, len(dataset))):
+    probes_first = sorted(range(len(dataset)), key=lambda i: "probe" not in dataset.entries[i])
+    for position in probes_first[:args.search]:
         entry = dataset.entries[position]
         kind = "probe" if "probe" in entry else "ordinary"
         limit = args.probes if kind == "probe" else args.ordinary

@@ -56,10 +56,10 @@ def draw_words(axis, words: Sequence[str], relevance: Optional[np.ndarray], targ
         x = right + 0.03
 
 
-def save_figure(figure, path: Path) -> Path:
+def save_figure(figure, path: Path, dpi: int = 100) -> Path:
     """PNG written atomically."""
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+        figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -98,4 +98,4 @@ def overview_figure(explanations: Sequence[Explanation], display_image: np.ndarr
                          else words[t])
     if title:
         figure.suptitle(title, fontsize=10)
-    return save_figure(figure, Path(path))
+    return save_figure(figure, Path(path), dpi=60)
