@@ -105,8 +105,14 @@ def _explain(args) -> int:
         raise ValueError("capxai explain: give either --images or --split-file")
     if args.captions is not None and args.images is None:
         raise ValueError("capxai explain: --captions go with --images")
+    for name in ("limit", "max_length", "beam_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"capxai explain: --{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"capxai explain: --out {args.out} exists and is not a folder")
     model, vocabulary, config = load_trained(args.checkpoint)
-    max_length = args.max_length or config.max_length
+    max_length = args.max_length if args.max_length is not None else config.max_length
     if args.images is not None:
         written = explain_images(model, vocabulary, config.image_size, args.images, args.out, methods, args.captions,
                                  args.beam_size, max_length, args.composite, args.overwrite, not args.no_figures)

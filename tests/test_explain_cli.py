@@ -42,11 +42,15 @@ def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
         (["--images", image, "--captions", "a", "b"], "2 captions for 1 images"),
         (["--images", tmp_path / "missing.png"], "does not exist"),
         (["--split-file", data / "dataset_scenes.json", "--shard-size", "0"], "--shard-size must be >= 1"),
+        (["--split-file", data / "dataset_scenes.json", "--limit", "0"], "--limit must be >= 1"),
+        (["--images", image, "--max-length", "0"], "--max-length must be >= 1"),
+        (["--images", image, "--out", image], "is not a folder"),
     ]
     for arguments, message in cases:
         assert _run("explain", "--checkpoint", checkpoint, "--out", tmp_path / "o", *arguments) == 2
         assert message in capsys.readouterr().err
     assert _run("explain", "--checkpoint", tmp_path / "none.pt", "--images", image, "--out", tmp_path / "o") == 2
+    assert not (tmp_path / "o").exists() and image.is_file()  # refused calls write nothing, touch nothing
 
 
 def _split_command(checkpoint, data, out):

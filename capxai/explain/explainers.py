@@ -9,6 +9,7 @@
 the model's own caption (greedy or beam search) is explained; captions given as ``[B, L]`` ids (``<start>`` first)
 or strings (with ``vocabulary=``) are teacher-forced. Every word of every caption is explained in one pass.
 """
+import abc
 from typing import Optional, Union
 
 import torch
@@ -26,7 +27,7 @@ from capxai.models import MultiHeadCaptioner
 from capxai.nn.context import LRPSettings
 
 
-class Explainer:
+class Explainer(abc.ABC):
     """Base of the explainers: checks and prepares the inputs, runs the method, fills one :class:`Explanation`.
 
     Args:
@@ -64,8 +65,9 @@ class Explainer:
                                self.vocabulary, self.image_size)
             return self._explain(prepared)
 
+    @abc.abstractmethod
     def _explain(self, prepared: Prepared) -> Explanation:
-        raise NotImplementedError
+        """The method itself, on checked and prepared inputs."""
 
     def _needs_images(self, prepared: Prepared) -> torch.Tensor:
         if prepared.images is None:
@@ -75,15 +77,13 @@ class Explainer:
     def _result(self, prepared: Prepared, forward: ForwardPass, **fields) -> Explanation:
         """The fields every method shares (words, logits, attention), plus the method's own (``[B, T, ...]``)."""
         tokens = prepared.captions[:, 1:]
-        explanation = Explanation(tokens=tokens, lengths=prepared.lengths, logits=torch.zeros(0),
-                                  probabilities=torch.zeros(0), captions=prepared.captions, method=self.method,
-                                  settings=self.settings, grid_size=list(prepared.grid_size or []) or None,
+        real = _word_mask(prepared).to(forward.logits.dtype)
+        probabilities = torch.softmax(forward.logits.detach(), -1).gather(2, tokens.unsqueeze(2)).squeeze(2)
+        explanation = Explanation(tokens=tokens, lengths=prepared.lengths, captions=prepared.captions,
+                                  logits=forward.word_logits(tokens).detach() * real,
+                                  probabilities=probabilities * real, method=self.method, settings=self.settings,
+                                  grid_size=list(prepared.grid_size) if prepared.grid_size else None,
                                   words=prepared.words)
-        mask = explanation.mask
-        real = mask.to(forward.logits.dtype)
-        logits = forward.logits.detach()
-        explanation.logits = forward.word_logits(tokens).detach() * real
-        explanation.probabilities = torch.softmax(logits, -1).gather(2, tokens.unsqueeze(2)).squeeze(2) * real
         if "alpha" in forward.steps[0]:
             explanation.attention = forward.stacked("alpha").detach().transpose(0, 1) * real.unsqueeze(-1)
             explanation.beta = forward.stacked("beta").detach().t() * real

@@ -127,19 +127,20 @@ def explained_lengths(captions: torch.Tensor) -> torch.Tensor:
     return ((captions[:, 1:] != PAD) * positions).amax(1)
 
 
-def feature_grid_size(encoder: nn.Module, images: torch.Tensor) -> Optional[Tuple[int, int]]:
-    """``(h, w)`` of the last 4-D activation the encoder computes (its feature grid before flattening)."""
+def encode_with_grid_size(encoder: nn.Module, images: torch.Tensor):
+    """``(features, (h, w))``: the encoder's output and the shape of the last 4-D activation it computed on the way
+    (its feature grid before flattening; None when there was none), from one forward without gradients."""
     shapes = []
     hooks = [module.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
              for module in encoder.modules() if not list(module.children())]
     try:
         with torch.no_grad():
-            encoder(images[:1])
+            features = encoder(images)
     finally:
         for hook in hooks:
             hook.remove()
     grids = [shape for shape in shapes if len(shape) == 4]
-    return (grids[-1][2], grids[-1][3]) if grids else None
+    return features, ((grids[-1][2], grids[-1][3]) if grids else None)
 
 
 def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features, captions: Union[None, torch.Tensor,
@@ -155,9 +156,7 @@ def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features
         if encoder is None:
             raise ValueError("capxai.explain: images need an encoder (pass encoder=..., or features=...)")
         images = _check_images(images, image_size)
-        with torch.no_grad():
-            features = encoder(images)
-        grid_size = feature_grid_size(encoder, images)
+        features, grid_size = encode_with_grid_size(encoder, images)
     features = _check_features(features, captioner).detach()
     if grid_size is not None and math.prod(grid_size) != features.shape[1]:
         grid_size = None

@@ -91,6 +91,7 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
     if count == 0:
         raise ValueError(f"capxai explain: split {split!r} of {split_file} holds no image")
     dataset[0]  # an unreadable first image is found before any work
+    explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
     rank, world = process_rank()
     shards = list(range(rank, (count + shard_size - 1) // shard_size, world))
     written = []
@@ -105,8 +106,7 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
         images = torch.stack([item["image"] for item in items])
         ids = [image_id_of(dataset.entries[i], i) for i in positions]
         for method in pending:
-            explanation = make_explainer(method, model, vocabulary, composite).explain(
-                images, beam_size=beam_size, max_length=max_length)
+            explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)
             path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
             written.append(_save_shard(explanation, path, ids))
     return written
