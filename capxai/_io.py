@@ -1,6 +1,7 @@
 """Writing results without ever leaving a half-written file: write to a temporary file beside the target, then
-rename it into place (atomic on POSIX)."""
+rename it into place (atomic on POSIX); and the fingerprint of a file that results name (a checkpoint, a split)."""
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -36,3 +37,12 @@ def atomic_write_text(path, text: str) -> Path:
 def atomic_write_json(path, payload) -> Path:
     """Writes ``payload`` as indented json to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

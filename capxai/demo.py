@@ -17,7 +17,6 @@ Results go to ``OUT/lrp_linear_demo.json``, ``OUT/lrp_sequence_demo.json`` and `
 import argparse
 import functools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -216,11 +215,9 @@ def run_captioning(out_dir: Path, overwrite: bool, seed: int = 0, scene_counts=(
     summary = {}
     for captioner in captioners:
         run_dir = out_dir / f"captioner-{captioner}"
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
         started = time.perf_counter()
         _run_cli(cli, ["train", *data, "--out", str(run_dir), "--model", captioner, "--epochs", str(epochs),
-                       "--seed", str(seed), *CAPTIONER_RECIPE, *extra_train_args])
+                       "--seed", str(seed), *CAPTIONER_RECIPE, *extra_train_args, *(["--overwrite"] if overwrite else [])])
         history = json.loads((run_dir / "history.json").read_text())
         summary[captioner] = {"train_seconds_this_run": time.perf_counter() - started,
                               "train_seconds_all_epochs": sum(e.get("seconds", 0.0) for e in history["epochs"]),

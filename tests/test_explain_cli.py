@@ -27,7 +27,7 @@ def test_explain_images_every_method(tiny_trained, tmp_path, capsys):
         figures = sorted((out / method / images[0].stem).glob("*.png"))
         assert len(figures) == int(explanation.lengths[0]) and figures[0].stat().st_size > 1000
     assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--out", out) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert "pass --overwrite" in capsys.readouterr().err
     assert _run("explain", "--checkpoint", checkpoint, "--images", images[0], "--captions", "a ball", "--out", out,
                 "--overwrite", "--no-figures") == 0
     assert Explanation.load(out / "lrp" / "explanation.pt").words == [["a", "ball", "<end>"]]
@@ -38,12 +38,12 @@ def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
     image = sorted((data / "images" / "test").glob("*.png"))[0]
     cases = [
         (["--images", image, "--split-file", data / "dataset_scenes.json"], "either --images or --split-file"),
-        (["--images", image, "--method", "saliency"], "method must be 'all' or one of"),
-        (["--images", image, "--captions", "a", "b"], "2 captions for 1 images"),
+        (["--images", image, "--method", "saliency"], "--method must be 'all' or one of"),
+        (["--images", image, "--captions", "a", "b"], "2 --captions for 1 --images"),
         (["--images", tmp_path / "missing.png"], "does not exist"),
-        (["--split-file", data / "dataset_scenes.json", "--shard-size", "0"], "--shard-size must be >= 1"),
-        (["--split-file", data / "dataset_scenes.json", "--limit", "0"], "--limit must be >= 1"),
-        (["--images", image, "--max-length", "0"], "--max-length must be >= 1"),
+        (["--split-file", data / "dataset_scenes.json", "--shard-size", "0"], "--shard-size: must be >= 1"),
+        (["--split-file", data / "dataset_scenes.json", "--limit", "0"], "--limit: must be >= 1"),
+        (["--images", image, "--max-length", "0"], "--max-length: must be >= 1"),
         (["--images", image, "--out", image], "is not a folder"),
     ]
     for arguments, message in cases:

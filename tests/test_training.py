@@ -132,9 +132,9 @@ def test_cli_evaluate_writes_metrics_and_hallucination_once(tiny_scenes, tmp_pat
     printed = capsys.readouterr().out
     assert "test (beam 2, 4 images)" in printed and "CIDEr" in printed and "CHAIR-i" in printed
     metrics = json.loads((tmp_path / "eval" / "metrics_test_beam2.json").read_text())
-    assert set(metrics) == {"overall", "imgToEval"} and len(metrics["imgToEval"]) == 4
+    assert set(metrics) == {"overall", "imgToEval", "run"} and len(metrics["imgToEval"]) == 4
     captions = json.loads((tmp_path / "eval" / "captions_test_beam2.json").read_text())
-    assert len(captions) == 4 and all(set(c) == {"image_id", "caption"} for c in captions)
+    assert len(captions) == 4 and all(set(c) == {"image_id", "caption", "run_id"} for c in captions)
     found = json.loads((tmp_path / "eval" / "hallucination_test_beam2.json").read_text())
     assert found["probes"]["images"] == 1 and 0.0 <= found["chair"]["CHAIRi"] <= 1.0
     before = (tmp_path / "eval" / "metrics_test_beam2.json").stat().st_mtime_ns
@@ -157,7 +157,7 @@ def test_load_trained_restores_the_model_and_names_bad_files(tiny_scenes, tmp_pa
     with pytest.raises(ValueError, match="broken.pt"):
         load_trained(tmp_path / "broken.pt")
     save_checkpoint(tmp_path / "other.pt", {"weights": 1})
-    with pytest.raises(ValueError, match="no model weights"):
+    with pytest.raises(ValueError, match="is not a capxai checkpoint"):
         load_trained(tmp_path / "other.pt")
 
 

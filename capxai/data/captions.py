@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
+from tqdm import tqdm
 
 from capxai.data.vocabulary import Vocabulary
 
@@ -18,8 +19,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_karpathy(path) -> List[dict]:
-    """The ``images`` list of a Karpathy-style json, checked for the keys capxai uses."""
+    """The ``images`` list of a Karpathy-style json, every entry checked for the keys capxai uses and their types
+    (a caption's ``tokens`` given as one string would otherwise become a vocabulary of single characters)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"caption split file {path} is a folder; give the json file (e.g. dataset_coco.json)")
     try:
         payload = json.loads(path.read_text())
     except FileNotFoundError:
@@ -30,10 +34,43 @@ def load_karpathy(path) -> List[dict]:
     if not isinstance(images, list):
         raise ValueError(f"caption split file {path} has no 'images' list (not a Karpathy-style split file)")
     for position, image in enumerate(images):
-        missing = [key for key in ("filename", "split", "sentences") if key not in image]
-        if missing:
-            raise ValueError(f"caption split file {path}: image #{position} lacks {missing}")
+        problem = _entry_problem(image)
+        if problem:
+            raise ValueError(f"caption split file {path}: image #{position} {problem}; fix the file or "
+                             "regenerate it (capxai data coco / capxai data scenes)")
     return images
+
+
+def _is_words(value) -> bool:
+    return isinstance(value, list) and all(isinstance(word, str) for word in value)
+
+
+def _entry_problem(image) -> Optional[str]:
+    """What is wrong with one entry of a split file's ``images``, or None."""
+    if not isinstance(image, dict):
+        return f"must be an object, got {type(image).__name__}"
+    missing = [key for key in ("filename", "split", "sentences") if key not in image]
+    if missing:
+        return f"lacks {missing}"
+    for key in ("filename", "split") + (("filepath",) if "filepath" in image else ()):
+        if not isinstance(image[key], str) or (key == "filename" and not image[key]):
+            return f"'{key}' must be a non-empty string, got {image[key]!r}"
+    for key in ("cocoid", "imgid"):
+        if key in image and (not isinstance(image[key], int) or isinstance(image[key], bool)):
+            return f"'{key}' must be an integer, got {image[key]!r}"
+    if not isinstance(image["sentences"], list):
+        return f"'sentences' must be a list, got {type(image['sentences']).__name__}"
+    for number, sentence in enumerate(image["sentences"]):
+        if not isinstance(sentence, dict) or not _is_words(sentence.get("tokens")):
+            got = sentence.get("tokens") if isinstance(sentence, dict) else sentence
+            return f"sentence {number}: 'tokens' must be a list of words, got {type(got).__name__} {got!r:.40}"
+        if "raw" in sentence and not isinstance(sentence["raw"], str):
+            return f"sentence {number}: 'raw' must be a string, got {sentence['raw']!r:.40}"
+    probe = image.get("probe")
+    if probe is not None and not (isinstance(probe, dict) and isinstance(probe.get("present"), str)
+                                  and isinstance(probe.get("absent"), str)):
+        return f"'probe' must be {{'present': category, 'absent': category}}, got {probe!r:.60}"
+    return None
 
 
 def image_id_of(entry: Dict, position: int) -> int:
@@ -75,6 +112,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         if split not in SPLIT_ALIASES:
             raise ValueError(f"CaptionDataset: split must be one of {list(SPLIT_ALIASES)}, got {split!r}")
         self.image_root = Path(image_root)
+        self.split = split
         self.vocabulary = vocabulary
         self.max_length = max_length
         self.transform = transform or default_transform(image_size)
@@ -98,6 +136,24 @@ class CaptionDataset(torch.utils.data.Dataset):
                           stacklevel=3)
         return kept
 
+    def check_images(self, progress: bool = False) -> None:
+        """Finds unreadable images before any long work: opens every image's header (a few bytes each: a missing,
+        empty or non-image file is named) and decodes the first image whole."""
+        if not self.entries:
+            return
+        for entry in tqdm(self.entries, desc="checking images", unit="image", disable=not progress,
+                          mininterval=1.0):
+            path = self._path(entry)
+            try:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018  (the header is parsed on open; size proves it)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image {path} does not exist (from the split file; is --image-root "
+                                        f"{self.image_root} right?)") from None
+            except (UnidentifiedImageError, OSError) as error:
+                raise ValueError(f"image {path} is unreadable or corrupt ({error})") from None
+        self.transform(open_image(self._path(self.entries[0])))
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -107,6 +163,19 @@ class CaptionDataset(torch.utils.data.Dataset):
         captions = [torch.tensor(self.vocabulary.encode(sentence["tokens"], self.max_length))
                     for sentence in entry["sentences"]]
         return {"image": image, "captions": captions, "image_id": image_id_of(entry, index)}
+
+
+def open_split(split_file, image_root, split: str, vocabulary: Vocabulary, max_length: int, image_size: int,
+               progress: bool = False) -> CaptionDataset:
+    """A split ready for long work: it must hold images, every image's header is read and the first decoded (see
+    :meth:`CaptionDataset.check_images`), so a bad file stops the command before, not after, hours of work."""
+    if not Path(image_root).is_dir():
+        raise NotADirectoryError(f"image root {image_root} is not a folder")
+    dataset = CaptionDataset(split_file, image_root, split, vocabulary, max_length, image_size)
+    if len(dataset) == 0:
+        raise ValueError(f"caption split file {split_file} has no {split!r} images")
+    dataset.check_images(progress)
+    return dataset
 
 
 def collate(batch: Sequence[Dict[str, object]], captions_per_image: int = 0,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Mapping, Tuple
 
 from capxai._io import atomic_write_json
+from capxai.outputs import OutputFolder
 from capxai.data.vocabulary import caption_tokens
 
 
@@ -60,9 +61,12 @@ def karpathy_from_coco(splits: Mapping[str, Tuple[Path, str]], dataset: str = "c
 
 def write_karpathy_from_coco(out_file, splits: Mapping[str, Tuple[Path, str]], dataset: str = "coco",
                              overwrite: bool = False) -> Path:
-    """Writes :func:`karpathy_from_coco` atomically; an existing file is replaced only with ``overwrite``."""
+    """Writes :func:`karpathy_from_coco` atomically; an existing file is replaced only with ``overwrite``, and only
+    when capxai wrote it (the folder's manifest lists it)."""
     out_file = Path(out_file)
-    if out_file.exists() and not overwrite:
-        raise FileExistsError(f"{out_file} exists; pass overwrite=True (--overwrite) to replace it")
-    return atomic_write_json(out_file, karpathy_from_coco(splits, dataset))
+    output = OutputFolder(out_file.parent, "data coco")
+    output.check_writable([out_file], overwrite)
+    written = atomic_write_json(out_file, karpathy_from_coco(splits, dataset))
+    output.record([written], out_file.name)
+    return written
 

@@ -13,6 +13,7 @@ Everything is deterministic from the seed.
 """
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from capxai._io import atomic_write_json, atomic_write_text
+from capxai.outputs import MANIFEST, OutputFolder, write_manifest
 
 # category -> (shape drawn, synonyms used in captions and by CHAIR-style hallucination metrics)
 CATEGORIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
@@ -299,22 +301,55 @@ def _split_plan(config: SceneConfig) -> List[Tuple[str, bool, bool]]:
 def generate(out_dir, config: SceneConfig = SceneConfig(), overwrite: bool = False, progress: bool = True) -> Path:
     """Writes a scene data set to ``out_dir``: ``images/{split}/*.png``, ``annotations/instances_{split}.json`` and
     ``captions_{split}.json`` (COCO format), ``dataset_scenes.json`` (Karpathy format, with ``probe`` marks) and
-    ``synonyms.txt`` (CHAIR format). Built in a temporary folder and moved into place when complete; an existing
-    ``out_dir`` is replaced only with ``overwrite=True``."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    ``synonyms.txt`` (CHAIR format), listed in the folder's capxai manifest.
+
+    Built in a hidden staging folder beside ``out_dir`` and moved into place when complete (an interrupted run
+    leaves nothing; a staging folder left by a killed process is removed by the next run). An ``out_dir`` that holds
+    files is replaced only with ``overwrite=True``, and only when every file in it was written by capxai."""
+    out_dir = Path(out_dir).resolve()
+    output = OutputFolder(out_dir, "data scenes")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace the scenes "
+                                  "capxai wrote there, or choose another --out")
+        output.check_replaceable()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    _remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-{os.getpid()}-"))
     try:
         _write(staging, config, progress)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        write_manifest(staging, "data scenes", "scenes", output.run_id)
+        if out_dir.is_dir():
+            output.remove_recorded()
+            out_dir.mkdir(exist_ok=True)
+            manifest = staging / MANIFEST
+            for entry in sorted(staging.iterdir(), key=lambda path: path == manifest):  # the manifest last
+                entry.rename(out_dir / entry.name)
+            staging.rmdir()
+        else:
+            staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Staging folders of ``out_dir`` left by processes that no longer run (killed before they could clean up)."""
+    for staging in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = staging.name[len(f".{out_dir.name}.partial-"):].split("-")[0]
+        if staging.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(root: Path, config: SceneConfig, progress: bool) -> None:

@@ -2,6 +2,8 @@
 naming an object the image does not contain) from a CHAIR-style synonyms file and COCO-format instances read with
 pycocotools; and, on the built-in scenes' probe images (category A shown without its planted partner B), how often a
 caption names B anyway."""
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -67,11 +69,24 @@ class ObjectWords:
 
 
 def objects_per_image(instances_file) -> Dict[int, Set[str]]:
-    """Category names present in each image of a COCO-format instances json (read with pycocotools)."""
+    """Category names present in each image of a COCO-format instances json (read with pycocotools). A file
+    without categories, or with annotations that name none (a captions file given by mistake), is refused."""
+    return _read_instances(instances_file)[0]
+
+
+def _read_instances(instances_file) -> Tuple[Dict[int, Set[str]], Set[str]]:
     coco = read_coco(instances_file, "instances")
     names = {category["id"]: category["name"] for category in coco.loadCats(coco.getCatIds())}
-    return {image_id: {names[a["category_id"]] for a in coco.imgToAnns.get(image_id, [])}
-            for image_id in coco.getImgIds()}
+    if not names:
+        raise ValueError(f"instances file {instances_file} lists no categories (is it a captions file?); give the "
+                         "COCO instances_*.json of the split")
+    unnamed = [a for a in coco.anns.values() if a.get("category_id") not in names]
+    if unnamed:
+        raise ValueError(f"instances file {instances_file}: annotation {unnamed[0].get('id')} has no known "
+                         "'category_id' (is it a captions file?); give the COCO instances_*.json of the split")
+    present = {image_id: {names[a["category_id"]] for a in coco.imgToAnns.get(image_id, [])}
+               for image_id in coco.getImgIds()}
+    return present, set(names.values())
 
 
 def chair(captions: Mapping[int, str], present: Mapping[int, Set[str]], objects: ObjectWords) -> Dict[str, object]:
@@ -134,14 +149,44 @@ def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[
     return result
 
 
-def hallucination_report(captions: Mapping[int, str], instances_file, synonyms_file,
-                         split_file=None) -> Dict[str, object]:
-    """``{"chair": ..., "probes": ...}`` for captions of one split: CHAIR against the split's instances, and the
-    probe rate (with its control) when ``split_file`` marks probe images among the captioned ones."""
+@dataclasses.dataclass
+class HallucinationData:
+    """What the hallucination metrics need of one split, read once: the object words, the objects present in each
+    image, and the probe marks (``{image_id: (present, absent)}``, empty for data without probes)."""
+
+    objects: ObjectWords
+    present: Dict[int, Set[str]]
+    probes: Dict[int, Tuple[str, str]]
+
+
+def load_hallucination_data(instances_file, synonyms_file, split_file=None,
+                            image_ids: Optional[Iterable[int]] = None) -> HallucinationData:
+    """Reads and cross-checks the files before any captioning: the instances must cover every image of
+    ``image_ids`` (the split to be captioned), and the synonyms must name categories that the instances hold (a
+    synonyms file naming none of them would give CHAIR 0 whatever the captions say)."""
     objects = ObjectWords.load(synonyms_file)
-    present = objects_per_image(instances_file)
-    report: Dict[str, object] = {"chair": chair(captions, present, objects)}
-    probes = probes_of(split_file) if split_file is not None else {}
-    if any(image_id in captions for image_id in probes):
-        report["probes"] = probe_hallucination(captions, probes, objects, present)
+    present, categories = _read_instances(instances_file)
+    named = set(objects.categories)
+    if not named & categories:
+        raise ValueError(f"synonyms file {synonyms_file} names none of the {len(categories)} categories of "
+                         f"instances file {instances_file} (e.g. {sorted(categories)[:3]}); CHAIR would be 0 whatever "
+                         "the captions say: give the synonyms file of this data set")
+    unnamed = sorted(categories - named)
+    if unnamed:
+        warnings.warn(f"synonyms file {synonyms_file} has no line for {len(unnamed)} categories of the instances "
+                      f"(e.g. {unnamed[:3]}); captions naming them are not counted", stacklevel=2)
+    if image_ids is not None:
+        uncovered = [image_id for image_id in image_ids if image_id not in present]
+        if uncovered:
+            raise ValueError(f"instances file {instances_file} has no entry for {len(uncovered)} images of the split "
+                             f"(e.g. image id {uncovered[0]}); is it the instances file of this split?")
+    return HallucinationData(objects, present, probes_of(split_file) if split_file is not None else {})
+
+
+def hallucination_report(captions: Mapping[int, str], data: HallucinationData) -> Dict[str, object]:
+    """``{"chair": ..., "probes": ...}`` for captions of one split: CHAIR against the split's objects, and the
+    probe rate (with its control) when probe images are among the captioned ones."""
+    report: Dict[str, object] = {"chair": chair(captions, data.present, data.objects)}
+    if any(image_id in captions for image_id in data.probes):
+        report["probes"] = probe_hallucination(captions, data.probes, data.objects, data.present)
     return report

@@ -56,6 +56,7 @@ class Explanation:
     beta: Optional[torch.Tensor] = None
     grid_size: Optional[List[int]] = None
     words: Optional[List[List[str]]] = None
+    run: Dict[str, Any] = dataclasses.field(default_factory=dict)  # which run wrote it (run id, checkpoint), if saved
 
     @property
     def mask(self) -> torch.Tensor:
@@ -102,7 +103,7 @@ class Explanation:
             torch.save(tensors, temporary)
         atomic_write_json(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "method": self.method, "settings": self.settings, "grid_size": self.grid_size,
-            "words": self.words, "shapes": {name: list(t.shape) for name, t in tensors.items()}})
+            "words": self.words, "run": self.run, "shapes": {name: list(t.shape) for name, t in tensors.items()}})
         return path
 
     @classmethod
@@ -126,4 +127,4 @@ class Explanation:
         if unknown or missing:
             raise ValueError(f"Explanation.load: {path} has unknown {sorted(unknown)} / lacks {sorted(missing)}")
         return cls(method=meta["method"], settings=meta.get("settings", {}), grid_size=meta.get("grid_size"),
-                   words=meta.get("words"), **tensors)
+                   words=meta.get("words"), run=meta.get("run") or {}, **tensors)

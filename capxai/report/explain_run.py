@@ -1,6 +1,7 @@
 """Explanations written to files: a few images (an ``explanation.pt`` per method and a figure per image and word),
 or a whole split in shards (one ``.pt`` + ``.json`` per shard of images, resumable, each process of ``torchrun``
 taking its own shards). What ``capxai explain`` runs."""
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,9 +11,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from capxai._io import atomic_write_json
-from capxai.data.captions import CaptionDataset, default_transform, image_id_of, open_image
+from capxai._io import atomic_write_json, file_sha256
+from capxai.data.captions import default_transform, image_id_of, open_image, open_split
 from capxai.explain import METHODS, Explanation
+from capxai.outputs import OutputFolder
 from capxai.report.figures import word_figures
 
 ALL_METHODS = tuple(METHODS)
@@ -23,7 +25,7 @@ def methods_of(method: str) -> List[str]:
     if method == "all":
         return list(ALL_METHODS)
     if method not in METHODS:
-        raise ValueError(f"capxai explain: method must be 'all' or one of {list(ALL_METHODS)}, got {method!r}")
+        raise ValueError(f"--method must be 'all' or one of {list(ALL_METHODS)}, got {method!r}")
     return [method]
 
 
@@ -33,35 +35,50 @@ def make_explainer(method: str, model, vocabulary, composite: str = "paper"):
     return METHODS[method](model, vocabulary=vocabulary)
 
 
-def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [str(path) for path in paths if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-
-
 def explain_images(model, vocabulary, image_size: int, image_paths: Sequence[Path], out_dir, methods: Sequence[str],
                    captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
-                   composite: str = "paper", overwrite: bool = False, figures: bool = True) -> Dict[str, Path]:
+                   composite: str = "paper", overwrite: bool = False, figures: bool = True,
+                   checkpoint=None) -> Dict[str, Path]:
     """Explains ``image_paths`` (their own captions, or ``captions``) with each method: ``OUT/METHOD/explanation.pt``
-    (+ ``.json``) and, with ``figures``, ``OUT/METHOD/IMAGE/TT_WORD.png`` per word."""
+    (+ ``.json``) and, with ``figures``, ``OUT/METHOD/IMAGE/TT_WORD.png`` per word.
+
+    Each method's folder holds one run: with ``overwrite`` the earlier run's files there (figures of other images
+    included) are removed once the new explanation is computed; files capxai did not write stop the call before
+    any work."""
     out_dir = Path(out_dir)
     if captions is not None and len(captions) != len(image_paths):
-        raise ValueError(f"capxai explain: {len(captions)} captions for {len(image_paths)} images")
-    _refuse_existing([out_dir / method / "explanation.pt" for method in methods], overwrite)
+        raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
+    output = OutputFolder(out_dir, "explain")
+    for method in methods:
+        target = out_dir / method / "explanation.pt"
+        output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
     pictures = [open_image(Path(path)).resize((image_size, image_size)) for path in image_paths]
     transform = default_transform(image_size)
     images = torch.stack([transform(picture) for picture in pictures])
     display = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in pictures]) / 255.0
     names = _unique_names(image_paths)
+    run = _run_stamp(output, checkpoint)
     written = {}
     for method in tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1):
         explanation = make_explainer(method, model, vocabulary, composite).explain(
             images, captions=list(captions) if captions is not None else None, beam_size=beam_size,
             max_length=max_length)
-        written[method] = explanation.save(out_dir / method / "explanation.pt")
+        explanation.run = run
+        output.remove_group(method)
+        path = explanation.save(out_dir / method / "explanation.pt")
+        files = [path, path.with_suffix(".json")]
         if figures:
-            word_figures(explanation, display, out_dir / method, names)
+            files += word_figures(explanation, display, out_dir / method, names)
+        output.record(files, method)
+        written[method] = path
     return written
+
+
+def _run_stamp(output: OutputFolder, checkpoint) -> dict:
+    run = {"run_id": output.run_id}
+    if checkpoint is not None:
+        run.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+    return run
 
 
 def _unique_names(paths: Sequence[Path]) -> List[str]:
@@ -80,19 +97,26 @@ def process_rank() -> Tuple[int, int]:
 
 def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir, methods: Sequence[str],
                   image_size: int, limit: Optional[int] = None, shard_size: int = 32, beam_size: int = 1,
-                  max_length: int = 16, composite: str = "paper", progress: bool = True) -> List[Path]:
+                  max_length: int = 16, composite: str = "paper", progress: bool = True, overwrite: bool = False,
+                  checkpoint=None) -> List[Path]:
     """Explains the model's own captions of a split, ``shard_size`` images at a time: ``OUT/METHOD/shard-NNNNN.pt``
-    (+ ``.json`` with the image ids and captions). A shard whose files exist is complete (written atomically) and
-    skipped, so an interrupted run resumes; process r of W (torchrun) takes shards r, r + W, ..."""
+    (+ ``.json`` with the explanation's settings, ``.images.json`` with the image ids and captions), and
+    ``OUT/METHOD/run.json`` with what the run is (checkpoint and split file sha256, split, settings, run id).
+
+    A shard whose files exist is complete (written atomically) and skipped, so an interrupted run resumes; process
+    r of W (torchrun) takes shards r, r + W, ... A folder holding shards of another run (another checkpoint, split
+    or setting) is refused, or with ``overwrite`` emptied of them first: shards of two runs are never mixed."""
     if shard_size < 1:
-        raise ValueError(f"capxai explain: --shard-size must be >= 1, got {shard_size}")
-    dataset = CaptionDataset(split_file, image_root, split, vocabulary, max_length, image_size)
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    output = OutputFolder(out_dir, "explain")
+    dataset = open_split(split_file, image_root, split, vocabulary, max_length, image_size, progress)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    if count == 0:
-        raise ValueError(f"capxai explain: split {split!r} of {split_file} holds no image")
-    dataset[0]  # an unreadable first image is found before any work
-    explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
+    identity = {"split_file_sha256": file_sha256(split_file), "split": split, "images": count,
+                "shard_size": shard_size, "beam_size": beam_size, "max_length": max_length, "composite": composite,
+                "checkpoint_sha256": file_sha256(checkpoint) if checkpoint is not None else None}
     rank, world = process_rank()
+    runs = {method: _start_split_run(output, method, identity, overwrite, rank) for method in methods}
+    explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
     shards = list(range(rank, (count + shard_size - 1) // shard_size, world))
     written = []
     for shard in tqdm(shards, desc=f"explaining {split} (process {rank + 1}/{world})", unit="shard",
@@ -107,9 +131,48 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
         ids = [image_id_of(dataset.entries[i], i) for i in positions]
         for method in pending:
             explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)
+            explanation.run = runs[method]
             path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
             written.append(_save_shard(explanation, path, ids))
+            output.record([path, path.with_suffix(".json"), _shard_ids_path(path)], method)
     return written
+
+
+def _start_split_run(output: OutputFolder, method: str, identity: dict, overwrite: bool, rank: int) -> dict:
+    """The run of ``method``'s folder: the earlier one when it is the same (resume), else a new one (refused when
+    an earlier run's shards are there, unless ``overwrite``)."""
+    run_file = output.path / method / "run.json"
+    output.check_writable([run_file], overwrite=True)  # a run.json capxai did not write is refused
+    earlier = output.group_files(method)
+    if earlier:
+        previous = _read_json(run_file) if run_file.is_file() else {}
+        same = {key: previous.get(key) for key in identity} == identity
+        if same and not overwrite:
+            return previous
+        if not overwrite:
+            changed = [key for key in identity if previous.get(key) != identity[key]]
+            raise FileExistsError(f"{output.path / method} holds shards of another run (it differs in "
+                                  f"{', '.join(changed) or 'its run file'}); pass --overwrite to replace them or "
+                                  "choose another --out")
+    # the id follows from what the run is, so that every torchrun process (and a resumed run) stamps the same one
+    run_id = "split-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    run = {**identity, "run_id": run_id, "method": method}
+    if rank == 0:
+        if earlier:
+            output.remove_group(method)
+        atomic_write_json(run_file, run)
+        output.record([run_file], method)
+    return run
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid json ({error})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a capxai run file")
+    return payload
 
 
 def _shard_done(path: Path) -> bool:
@@ -123,16 +186,23 @@ def _shard_ids_path(path: Path) -> Path:
 def _save_shard(explanation: Explanation, path: Path, image_ids: Sequence[int]) -> Path:
     explanation.save(path)
     captions = [" ".join(w for w in words if w != "<end>") for words in (explanation.words or [])]
-    atomic_write_json(_shard_ids_path(path), {"image_ids": list(image_ids), "captions": captions})
+    atomic_write_json(_shard_ids_path(path), {"image_ids": list(image_ids), "captions": captions,
+                                              "run_id": explanation.run.get("run_id")})
     return path
 
 
 def load_shards(folder) -> List[dict]:
-    """The shards a split run wrote into ``folder`` (one method's): ``[{"explanation", "image_ids", "captions"}]``."""
+    """The shards a split run wrote into ``folder`` (one method's): ``[{"explanation", "image_ids", "captions",
+    "run_id"}]``. Shards of another run than ``run.json``'s are refused (never mixed)."""
+    folder = Path(folder)
+    run_id = _read_json(folder / "run.json").get("run_id") if (folder / "run.json").is_file() else None
     shards = []
-    for path in sorted(Path(folder).glob("shard-*.pt")):
+    for path in sorted(folder.glob("shard-*.pt")):
         if not _shard_done(path):
             continue
-        meta = json.loads(_shard_ids_path(path).read_text())
+        meta = _read_json(_shard_ids_path(path))
+        if meta.get("run_id") != run_id:
+            raise ValueError(f"{path} belongs to run {meta.get('run_id')!r}, not to {folder}'s run {run_id!r}; "
+                             "rerun capxai explain with --overwrite")
         shards.append({"explanation": Explanation.load(path), **meta})
     return shards

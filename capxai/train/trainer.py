@@ -3,6 +3,7 @@ gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate 
 interruption, seeds; several processes through torchrun + DistributedDataParallel (nccl on GPUs, gloo on CPU)."""
 import dataclasses
 import functools
+import json
 import os
 import random
 import time
@@ -14,11 +15,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from capxai._io import atomic_write_json
-from capxai.data.captions import CaptionDataset, collate, load_karpathy
-from capxai.data.vocabulary import Vocabulary
+from capxai._io import atomic_write_json, file_sha256
+from capxai.data.captions import CaptionDataset, collate, load_karpathy, open_split
+from capxai.data.vocabulary import SPECIALS, Vocabulary
 from capxai.evaluate.captioning import score_dataset
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder
+from capxai.outputs import OutputFolder
 from capxai.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -45,6 +47,43 @@ class TrainConfig:
     decay_factor: float = 0.8
     decay_patience: int = 1
     seed: int = 0
+
+    def __post_init__(self):
+        problems = check_config(self)
+        if problems:
+            raise ValueError(f"TrainConfig: {problems[0]}")
+
+
+# (field, lowest allowed, is the lowest itself allowed) for the numbers of a TrainConfig
+_LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), ("image_size", 32, True),
+           ("max_length", 1, True), ("min_count", 1, True), ("epochs", 1, True), ("batch_size", 1, True),
+           ("captions_per_image", 0, True), ("lr", 0.0, False), ("clip_norm", 0.0, False),
+           ("decay_factor", 0.0, False), ("decay_patience", 0, True), ("dropout", 0.0, True))
+MODELS, ENCODERS = ("adaptive", "multihead"), ("scene", "vgg16", "resnet101")
+
+
+def check_config(config: "TrainConfig") -> list:
+    """What is wrong with a training config, as ``["hidden must be >= 1, got 0", ...]`` (empty when nothing)."""
+    problems = []
+    if config.model not in MODELS:
+        problems.append(f"model must be one of {MODELS}, got {config.model!r}")
+    if config.encoder not in ENCODERS:
+        problems.append(f"encoder must be one of {ENCODERS}, got {config.encoder!r}")
+    for name, lowest, inclusive in _LIMITS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif value < lowest or (value == lowest and not inclusive):
+            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    if isinstance(config.dropout, (int, float)) and config.dropout >= 1:
+        problems.append(f"dropout must be < 1, got {config.dropout}")
+    if config.encoder_lr is not None and not (isinstance(config.encoder_lr, (int, float)) and config.encoder_lr > 0):
+        problems.append(f"encoder_lr must be > 0, got {config.encoder_lr!r}")
+    if (config.model == "multihead" and isinstance(config.hidden, int) and isinstance(config.heads, int)
+            and config.heads >= 1 and config.hidden % config.heads):
+        problems.append(f"hidden ({config.hidden}) must be divisible by heads ({config.heads}) for the multihead "
+                        "model")
+    return problems
 
 
 class CaptionModel(nn.Module):
@@ -75,24 +114,32 @@ def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
     return CaptionModel(encoder, captioner, config.image_size)
 
 
+def config_from_dict(values, source) -> TrainConfig:
+    """A ``TrainConfig`` from a checkpoint's plain-data config (unknown keys ignored, bad values named)."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{key: value for key, value in values.items() if key in fields})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: its training config is invalid ({error})") from None
+
+
 def load_trained(checkpoint, vocabulary_file=None):
     """A trained ``CaptionModel`` (in eval mode), its ``Vocabulary`` and ``TrainConfig`` from a checkpoint written by
-    :func:`train` (``best.pt`` or ``last.pt``); the vocabulary is ``vocabulary.json`` beside it unless named."""
+    :func:`train` (``best.pt`` or ``last.pt``), read without running code from it. The vocabulary is the one stored
+    in the checkpoint, or ``vocabulary_file`` when given (it must have as many words)."""
     checkpoint = Path(checkpoint)
-    payload = load_checkpoint(checkpoint)
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"checkpoint {checkpoint} holds no model weights (not written by capxai train)")
-    config_dict = payload.get("config") or (payload.get("history") or {}).get("config")
-    if config_dict is None:
-        raise ValueError(f"checkpoint {checkpoint} holds no training config (not written by capxai train)")
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{key: value for key, value in config_dict.items() if key in fields})
-    vocabulary = Vocabulary.load(vocabulary_file or checkpoint.parent / "vocabulary.json")
+    payload = load_checkpoint(checkpoint, kind="model")
+    config = config_from_dict(payload["config"], f"checkpoint {checkpoint}")
+    try:
+        vocabulary = Vocabulary.load(vocabulary_file) if vocabulary_file else Vocabulary(payload["vocabulary"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {checkpoint}: {error}") from None
     model = build_model(config, len(vocabulary))
     try:
         model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {checkpoint} does not fit its own config and vocabulary ({error})") from None
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(f"checkpoint {checkpoint} does not fit its own config and vocabulary "
+                         f"({str(error).splitlines()[0]})") from None
     return model.eval(), vocabulary, config
 
 
@@ -131,24 +178,82 @@ def _distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+TRAIN_FILES = ("last.pt", "best.pt", "vocabulary.json", "history.json")
+# Options that may differ when resuming (the rest would silently mix two trainings in one model).
+RESUMABLE_CHANGES = ("epochs",)
+
+
+def check_training_inputs(config: TrainConfig, split_file, image_root, val_split: str = "val",
+                          progress: bool = False) -> None:
+    """Everything training will read, checked before the first step: the config, the split file (its entries and
+    types), that the train and validation splits hold images, every image's header and one decoded image per
+    split, and a torchvision encoder's weights file."""
+    problems = check_config(config)
+    if problems:
+        raise ValueError(f"TrainConfig: {problems[0]}")
+    images = load_karpathy(split_file)
+    for split in ("train", val_split):
+        open_split(split_file, image_root, split, Vocabulary(list(SPECIALS)), config.max_length, config.image_size,
+                   progress)
+    if not any(sentence["tokens"] for image in images if image["split"] in ("train", "restval")
+               for sentence in image["sentences"]):
+        raise ValueError(f"caption split file {split_file}: the train split has no caption words")
+    if config.encoder != "scene" and config.encoder_weights is not None:
+        TorchvisionEncoder(config.encoder, config.encoder_weights)
+
+
+def _resume_problem(saved: dict, config: TrainConfig, split_sha256: str) -> Optional[str]:
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    before = json.loads(json.dumps(saved["config"]))
+    for name, value in now.items():
+        if name not in RESUMABLE_CHANGES and before.get(name) != value:
+            return f"it was trained with {name} = {before.get(name)!r}, not {value!r}"
+    if saved["history"].get("split_file_sha256") not in (None, split_sha256):
+        return "it was trained on another version of the split file"
+    return None
+
+
 def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool = True,
-          val_split: str = "val") -> dict:
+          val_split: str = "val", overwrite: bool = False) -> dict:
     """Trains, keeping ``last.pt`` (resumed from when present), ``best.pt`` (highest validation CIDEr),
-    ``vocabulary.json`` and ``history.json`` in ``out_dir``. Returns the history."""
+    ``vocabulary.json`` and ``history.json`` in ``out_dir``. Returns the history.
+
+    Every input is checked before the first step (:func:`check_training_inputs`). A ``last.pt`` is resumed only
+    when it was trained with the same options (``epochs`` may grow) on the same split file; ``overwrite`` starts
+    afresh, replacing the files an earlier ``capxai train`` wrote there (never others). Checkpoints hold the config
+    and vocabulary as plain data; ``vocabulary.json`` beside them is a copy for people and other tools."""
     out_dir = Path(out_dir)
+    output = OutputFolder(out_dir, "train")
+    check_training_inputs(config, split_file, image_root, val_split, progress)
+    split_sha256 = file_sha256(split_file)
+    last_path = out_dir / "last.pt"
+    targets = [out_dir / name for name in TRAIN_FILES]
+    resume = last_path.exists() and not overwrite
+    if resume:
+        output.check_writable(targets, overwrite=True)
+        checkpoint = load_checkpoint(last_path, kind="training")
+        problem = _resume_problem(checkpoint, config, split_sha256)
+        if problem:
+            raise ValueError(f"{last_path} cannot be resumed: {problem}; rerun with the options it was trained "
+                             "with (only --epochs may change), pass --overwrite to start afresh, or choose "
+                             "another --out")
+    else:
+        output.check_writable(targets, overwrite, group="checkpoints")
     distributed = _distributed()
     if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = torch.distributed.get_rank() if distributed else 0
+    if overwrite and not resume and rank == 0:
+        output.remove_group("checkpoints")
     set_seed(config.seed)
-    vocabulary_path = out_dir / "vocabulary.json"
-    if vocabulary_path.exists():
-        vocabulary = Vocabulary.load(vocabulary_path)
+    if resume:
+        vocabulary = Vocabulary(checkpoint["vocabulary"])
     else:
         train_images = [i for i in load_karpathy(split_file) if i["split"] in ("train", "restval")]
         vocabulary = Vocabulary.build([s["tokens"] for i in train_images for s in i["sentences"]], config.min_count)
-        if rank == 0:
-            vocabulary.save(vocabulary_path)
+        if len(vocabulary) == len(SPECIALS):
+            raise ValueError(f"no word of {split_file}'s training captions occurs --min-count {config.min_count} "
+                             "times; lower --min-count")
     datasets = {split: CaptionDataset(split_file, image_root, split, vocabulary, config.max_length,
                                       config.image_size) for split in ("train", val_split)}
     model = build_model(config, len(vocabulary))
@@ -160,16 +265,18 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.betas))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.decay_factor,
                                                            patience=config.decay_patience)
-    history = {"config": dataclasses.asdict(config), "epochs": [], "best_cider": None, "best_epoch": None}
+    history = {"config": dataclasses.asdict(config), "epochs": [], "best_cider": None, "best_epoch": None,
+               "run_id": output.run_id, "split_file_sha256": split_sha256}
     start_epoch = 0
-    last_path = out_dir / "last.pt"
-    if last_path.exists():
-        checkpoint = load_checkpoint(last_path)
+    if resume:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         history, start_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        history["config"] = dataclasses.asdict(config)  # epochs may have grown
+        output.run_id = history.get("run_id", output.run_id)
         torch.set_rng_state(checkpoint["torch_rng"])
+    plain_config = history["config"]
     trained = nn.parallel.DistributedDataParallel(model) if distributed else model
     sampler = (torch.utils.data.distributed.DistributedSampler(datasets["train"], shuffle=True, seed=config.seed)
                if distributed else None)
@@ -196,14 +303,18 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started}
         history["epochs"].append(record)
         if rank == 0:
+            model_payload = {"model": model.state_dict(), "config": plain_config, "vocabulary": vocabulary.words,
+                             "run_id": output.run_id, "epoch": epoch}
+            written = [vocabulary.save(out_dir / "vocabulary.json")]
             if history["best_cider"] is None or cider > history["best_cider"]:
                 history["best_cider"], history["best_epoch"] = cider, epoch
-                save_checkpoint(out_dir / "best.pt", {"model": model.state_dict(), "config": history["config"],
-                                                      "epoch": epoch, "val_cider": cider})
-            save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch,
-                                        "torch_rng": torch.get_rng_state()})
-            atomic_write_json(out_dir / "history.json", history)
+                written.append(save_checkpoint(out_dir / "best.pt", {**model_payload, "val_cider": cider},
+                                               kind="model"))
+            written.append(save_checkpoint(last_path, {**model_payload, "optimizer": optimizer.state_dict(),
+                                                       "scheduler": scheduler.state_dict(), "history": history,
+                                                       "torch_rng": torch.get_rng_state()}, kind="training"))
+            written.append(atomic_write_json(out_dir / "history.json", history))
+            output.record(written, "checkpoints")
             if progress:
                 print(f"epoch {epoch + 1}: loss {record['loss']:.3f}, val CIDEr {cider:.3f}")
     return history

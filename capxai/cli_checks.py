@@ -1,0 +1,157 @@
+"""The validation layer of the ``capxai`` command: argument types that check values as they are parsed, one error
+style for every command, and signals that stop a command cleanly.
+
+Error style (exit status 2, no traceback unless ``--debug``):
+``capxai <command>: <what is wrong, naming the option or file>; <what to do>``.
+"""
+import argparse
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn
+
+
+class CommandError(ValueError):
+    """A bad invocation found by a command's own checks (the message names the option or file)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` / ``except BaseException`` cleans up."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse in capxai's error style: ``capxai train: argument --epochs: must be >= 1, got '0'; see capxai train
+    --help``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
+# -- argument types: each raises ArgumentTypeError, which argparse reports with the option's name ----------------
+def _number(kind: Callable, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(lowest: int) -> Callable[[str], int]:
+    """An integer ``>= lowest``."""
+
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {lowest}"
+    return parse
+
+
+def float_between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """A finite float in the interval ``low .. high`` (``*_open``: the end itself excluded)."""
+
+    def parse(text: str) -> float:
+        value = _number(float, text)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def existing_file(text: str) -> Path:
+    """A path to a file that exists (not a folder)."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file path, got ''")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
+
+
+def existing_folder(text: str) -> Path:
+    """A path to a folder that exists."""
+    path = Path(text)
+    if not text or not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if path.exists() else
+                                         f"{text!r} does not exist")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """Where a command writes its folder: not an existing file, and not inside one."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder path, got ''")
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """Where a command writes one file: not an existing folder, in a folder that can exist."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name" if text else "must be a file "
+                                         "path, got ''")
+    output_folder(str(path.parent))
+    return path
+
+
+# -- running a command ---------------------------------------------------------------------------------------------
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def message_of(error: BaseException) -> str:
+    """The one-line message of an expected error (OSError: its text and the file it names)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text.count("\n") > 3 else text.replace("\n", " ")
+
+
+EXPECTED = (ValueError, OSError)  # bad values, missing / unreadable / unwritable files and folders
+
+
+def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool) -> int:
+    """Runs ``command`` with capxai's error style: expected errors (bad values, files, folders) print one line and
+    return 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a shell reports for them); anything else is
+    a bug: one line asking for ``--debug``, return 1. ``debug`` re-raises instead, with the traceback."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return command()
+    except KeyboardInterrupt as error:
+        if debug:
+            raise
+        then = "rerun the same command to resume" if resumable else "nothing half-written was left; rerun the command"
+        print(f"capxai {name}: interrupted; {then}", file=sys.stderr)
+        return 143 if isinstance(error, Interrupted) else 130
+    except EXPECTED as error:
+        if debug:
+            raise
+        print(f"capxai {name}: {message_of(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug: say so briefly; --debug shows where
+        if debug:
+            raise
+        print(f"capxai {name}: internal error ({type(error).__name__}: {message_of(error)}); rerun with --debug "
+              "for the traceback and report it", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

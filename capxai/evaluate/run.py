@@ -1,0 +1,69 @@
+"""``capxai evaluate`` as a library function: caption a split with a trained model, score the captions (BLEU,
+METEOR, ROUGE-L, CIDEr, SPICE when available) and, given the split's objects, their hallucination (CHAIR, probe
+rate); write the three result files into an output folder as one run.
+
+The files of one evaluation (``captions_``, ``metrics_``, ``hallucination_{split}_beam{k}.json``) form one group of
+the folder's manifest: replacing them first removes every file of the earlier run, so a new run never leaves an
+older model's file beside its own. Each file carries the run id and the checkpoint's sha256 (``run``)."""
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from capxai._io import atomic_write_json
+from capxai.data.captions import CaptionDataset
+from capxai.evaluate.captioning import score_dataset
+from capxai.evaluate.hallucination import HallucinationData, hallucination_report
+from capxai.outputs import OutputFolder
+
+RESULTS = ("captions", "metrics", "hallucination")
+
+
+def result_group(split: str, beam_size: int) -> str:
+    return f"{split}_beam{beam_size}"
+
+
+def result_paths(out_dir, split: str, beam_size: int) -> Dict[str, Path]:
+    """Where an evaluation of ``split`` with ``beam_size`` beams writes its files."""
+    group = result_group(split, beam_size)
+    return {name: Path(out_dir) / f"{name}_{group}.json" for name in RESULTS}
+
+
+def check_outputs(out_dir, split: str, beam_size: int, overwrite: bool) -> OutputFolder:
+    """Refuses, before any work, an output folder that is a file, result files capxai did not write, or an earlier
+    run's results without ``overwrite``."""
+    output = OutputFolder(out_dir, "evaluate")
+    output.check_writable(result_paths(out_dir, split, beam_size).values(), overwrite,
+                          group=result_group(split, beam_size))
+    return output
+
+
+def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: OutputFolder, beam_size: int,
+                   max_length: int, hallucination: Optional[HallucinationData] = None,
+                   run: Optional[dict] = None, progress: bool = True) -> dict:
+    """Captions ``dataset`` with ``model`` (beam search), scores it and writes the results into ``output`` (see
+    :func:`check_outputs`). ``run`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
+    id. Returns ``{"overall", "chair"?, "probes"?, "paths"}``. The earlier run's files are removed only once the
+    new results are computed, so an interrupted evaluation keeps them."""
+    split = dataset.split
+    scores = score_dataset(model, dataset, beam_size, max_length,
+                           metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"), progress=progress)
+    captions = scores.pop("captions")
+    report = {"overall": scores["overall"]}
+    if hallucination is not None:
+        report.update(hallucination_report(captions, hallucination))
+    stamp = {"run_id": output.run_id, "split": split, "beam_size": beam_size, "images": len(captions),
+             **(run or {})}
+    paths = result_paths(output.path, split, beam_size)
+    group = result_group(split, beam_size)
+    output.remove_group(group)
+    written = [atomic_write_json(paths["captions"], [{"image_id": image_id, "caption": caption,
+                                                       "run_id": output.run_id}
+                                                      for image_id, caption in captions.items()]),
+               atomic_write_json(paths["metrics"], {**scores, "run": stamp})]
+    if "chair" in report:
+        written.append(atomic_write_json(paths["hallucination"], {
+            **{key: report[key] for key in ("chair", "probes") if key in report}, "run": stamp}))
+    output.record(written, group)
+    return {**report, "paths": written}
+
