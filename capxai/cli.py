@@ -30,7 +30,10 @@ def _data_coco(args) -> int:
     if repeated:
         raise CommandError(f"--split {repeated[0]} is given {names.count(repeated[0])} times; give each split once "
                            "(a split's captions in several files: merge them first)")
-    splits = {split: (existing_file(captions), folder) for split, captions, folder in args.split}
+    for split, captions, _ in args.split:
+        if not Path(captions).is_file():
+            raise CommandError(f"--split {split}: caption file {captions} does not exist or is not a file")
+    splits = {split: (Path(captions), folder) for split, captions, folder in args.split}
     out = write_karpathy_from_coco(args.out, splits, args.dataset, overwrite=args.overwrite)
     print(f"wrote {out} ({', '.join(splits)})")
     return 0
@@ -39,6 +42,9 @@ def _data_coco(args) -> int:
 def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
+    if args.model == "multihead" and args.hidden % args.heads:
+        raise CommandError(f"--hidden {args.hidden} must be divisible by --heads {args.heads} (each head takes "
+                           "hidden / heads dimensions)")
     config = TrainConfig(model=args.model, encoder=args.encoder,
                          encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                          finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
@@ -47,9 +53,6 @@ def _train(args) -> int:
                          epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                          lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
                          min_count=args.min_count)
-    if args.model == "multihead" and args.hidden % args.heads:
-        raise CommandError(f"--hidden {args.hidden} must be divisible by --heads {args.heads} (each head takes "
-                           "hidden / heads dimensions)")
     history = train(config, args.split_file, args.image_root, args.out, overwrite=args.overwrite)
     print(f"best validation CIDEr {history['best_cider']:.3f} at epoch {history['best_epoch'] + 1}; "
           f"checkpoints in {args.out}")

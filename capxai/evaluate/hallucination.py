@@ -76,8 +76,10 @@ def objects_per_image(instances_file) -> Dict[int, Set[str]]:
 
 def _read_instances(instances_file) -> Tuple[Dict[int, Set[str]], Set[str]]:
     coco = read_coco(instances_file, "instances")
-    names = {category["id"]: category["name"] for category in coco.loadCats(coco.getCatIds())}
-    if not names:
+    categories = coco.dataset.get("categories")
+    names = ({category.get("id"): category.get("name") for category in categories if isinstance(category, dict)}
+             if isinstance(categories, list) else {})
+    if not names or not all(isinstance(name, str) for name in names.values()):
         raise ValueError(f"instances file {instances_file} lists no categories (is it a captions file?); give the "
                          "COCO instances_*.json of the split")
     unnamed = [a for a in coco.anns.values() if a.get("category_id") not in names]

@@ -61,7 +61,8 @@ class TorchvisionEncoder(nn.Module):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
                 backbone.load_state_dict(state)
-            except (RuntimeError, ValueError, OSError, pickle.UnpicklingError, EOFError) as error:
+            except (RuntimeError, ValueError, TypeError, AttributeError, OSError, pickle.UnpicklingError,
+                    EOFError) as error:
                 raise ValueError(f"TorchvisionEncoder: {path} is not a {name} state_dict ({error})") from None
         if name == "vgg16":
             self.body, self.channels = backbone.features[:-1], 512

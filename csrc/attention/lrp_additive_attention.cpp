@@ -28,6 +28,7 @@ AdditiveAttentionArgs check_lrp_additive_attention_args(const at::Tensor& values
   check_size(relevance, last - 1, values.size(0), kOp, "relevance", "[(K,) B, D]", "B = values.shape[0]");
   check_size(relevance, last, values.size(2), kOp, "relevance", "[(K,) B, D]", "D = values.shape[2]");
   AdditiveAttentionArgs args;
+  args.eps = eps;
   args.values = values.contiguous();
   args.weights = weights.contiguous();
   args.had_target_dim = relevance.dim() == 3;
@@ -47,7 +48,7 @@ std::pair<at::Tensor, at::Tensor> additive_attention_ratio(const AdditiveAttenti
 }
 
 void raise_additive_attention_non_finite(const AdditiveAttentionArgs& args) {
-  raise_first_non_finite(kOp, {{&args.relevance, "relevance"}, {&args.values, "values"}, {&args.weights, "weights"}});
+  raise_first_non_finite(kOp, args.eps, {{&args.relevance, "relevance"}, {&args.values, "values"}, {&args.weights, "weights"}});
 }
 
 }  // namespace capxai

@@ -13,6 +13,7 @@ struct AdditiveAttentionArgs {
   at::Tensor weights;    // [B, N]
   at::Tensor relevance;  // [K, B, D]
   bool had_target_dim;
+  double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 
 AdditiveAttentionArgs check_lrp_additive_attention_args(const at::Tensor& values, const at::Tensor& weights,

@@ -35,6 +35,7 @@ SdpaArgs check_lrp_sdpa_args(const at::Tensor& q, const at::Tensor& k, const at:
   check_size(relevance, first + 3, v.size(3), op, "relevance", "[(K,) B, h, Lq, dv]", "dv = v.shape[3]");
 
   SdpaArgs args;
+  args.eps = eps;
   if (attn_mask.has_value() && attn_mask->defined()) {
     const at::Tensor& mask = *attn_mask;
     TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == q.scalar_type(), op,
@@ -143,7 +144,7 @@ std::pair<at::Tensor, at::Tensor> sdpa_attnlrp_query_key(const SdpaArgs& args, c
 }
 
 void raise_sdpa_non_finite(const SdpaArgs& args, const char* op) {
-  raise_first_non_finite(op, {{&args.relevance, "relevance"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}});
+  raise_first_non_finite(op, args.eps, {{&args.relevance, "relevance"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}});
 }
 
 }  // namespace capxai

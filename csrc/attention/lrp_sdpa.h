@@ -19,6 +19,7 @@ struct SdpaArgs {
   at::Tensor mask;        // as given (bool or float), or undefined
   double scale;
   bool had_target_dim;
+  double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 
 SdpaArgs check_lrp_sdpa_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

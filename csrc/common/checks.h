@@ -45,12 +45,19 @@ inline void check_finite(const at::Tensor& t, const char* op, const char* name) 
   TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), op, ": ", name, " contains NaN or Inf");
 }
 
-// Names the first argument holding NaN/Inf; when none does, the computation itself overflowed. A slow path: the
-// kernels detect non-finite values on their way and only then call this.
+// Names the first argument holding NaN/Inf; when none does, the cause is the computation: with eps = 0 a zero
+// denominator z (e.g. all-zero inputs) gives 0/0, else a value overflowed the dtype. A slow path: the kernels detect
+// non-finite values on their way and only then call this.
 [[noreturn]] inline void raise_first_non_finite(
-    const char* op, std::initializer_list<std::pair<const at::Tensor*, const char*>> arguments) {
+    const char* op, double eps, std::initializer_list<std::pair<const at::Tensor*, const char*>> arguments) {
   for (const auto& [tensor, name] : arguments) {
     if (tensor->defined()) check_finite(*tensor, op, name);
+  }
+  if (eps == 0.0) {
+    C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance is not: with eps = 0 the ",
+                                         "denominator z + eps * sign(z) is the output z itself, and an output that ",
+                                         "is exactly 0 (e.g. all-zero inputs) gives 0/0; use eps > 0 (the paper ",
+                                         "uses 0.01)"));
   }
   C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ",
                                        arguments.begin()->first->scalar_type(),

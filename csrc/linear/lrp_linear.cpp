@@ -27,6 +27,7 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
   check_size(relevance, last, n_out, op, "relevance", "[(K,) N, Out]", "Out = weight.shape[0]");
 
   LinearArgs args;
+  args.eps = eps;
   args.x = x.contiguous();
   args.weight = weight.contiguous();
   if (bias.has_value() && bias->defined()) {
@@ -42,7 +43,7 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
 }
 
 void raise_non_finite(const LinearArgs& args) {
-  raise_first_non_finite("lrp_linear", {{&args.relevance, "relevance"}, {&args.x, "x"}, {&args.weight, "weight"},
+  raise_first_non_finite("lrp_linear", args.eps, {{&args.relevance, "relevance"}, {&args.x, "x"}, {&args.weight, "weight"},
                                         {&args.bias, "bias"}});
 }
 

@@ -18,6 +18,7 @@ struct LinearArgs {
   at::Tensor bias;       // [Out] or undefined
   at::Tensor relevance;  // [K, N, Out]
   bool had_target_dim;   // relevance came as [K, N, Out] (else [N, Out])
+  double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 
 // Checks every argument (rank, sizes, dtype, device) and throws a message naming the bad one. Finiteness is checked

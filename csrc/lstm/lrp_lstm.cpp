@@ -37,6 +37,7 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
   }
 
   LstmArgs args;
+  args.eps = eps;
   args.bias = at::zeros({4 * hidden}, x.options());
   for (const auto& [bias, name] : {std::pair{&bias_ih, "bias_ih"}, std::pair{&bias_hh, "bias_hh"}}) {
     if (!bias->has_value() || !(*bias)->defined()) continue;
@@ -75,7 +76,7 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
 }
 
 void raise_lstm_non_finite(const LstmArgs& args, const char* op) {
-  raise_first_non_finite(op, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
+  raise_first_non_finite(op, args.eps, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
                               {&args.h0, "h0"}, {&args.c0, "c0"}, {&args.weight_ih, "weight_ih"},
                               {&args.weight_hh, "weight_hh"}, {&args.bias, "bias_ih/bias_hh"}});
 }

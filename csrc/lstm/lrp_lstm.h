@@ -22,6 +22,7 @@ struct LstmArgs {
   at::Tensor relevance_h;  // [K, T, B, H]
   at::Tensor relevance_c;  // [K, T, B, H] or undefined
   bool had_target_dim;     // relevance came with a leading K
+  double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 
 LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
