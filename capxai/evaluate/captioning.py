@@ -28,11 +28,12 @@ def caption_dataset(model: torch.nn.Module, dataset: CaptionDataset, beam_size: 
     captions = {}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     try:
-        for batch in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", disable=not progress):
-            decoded = beam_search(model.captioner, model.encoder(batch["images"]), beam_size, max_length,
-                                  start=vocabulary.start, end=vocabulary.end, pad=vocabulary.pad)
-            for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens):
-                captions[image_id] = " ".join(vocabulary.decode(tokens)) or "<unk>"
+        with tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", disable=not progress) as batches:
+            for batch in batches:
+                decoded = beam_search(model.captioner, model.encoder(batch["images"]), beam_size, max_length,
+                                      start=vocabulary.start, end=vocabulary.end, pad=vocabulary.pad)
+                for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens):
+                    captions[image_id] = " ".join(vocabulary.decode(tokens)) or "<unk>"
     finally:
         model.train(was_training)
     return captions

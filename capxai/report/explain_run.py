@@ -119,22 +119,23 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
     explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
     shards = list(range(rank, (count + shard_size - 1) // shard_size, world))
     written = []
-    for shard in tqdm(shards, desc=f"explaining {split} (process {rank + 1}/{world})", unit="shard",
-                      disable=not progress):
-        positions = range(shard * shard_size, min((shard + 1) * shard_size, count))
-        pending = [method for method in methods
-                   if not _shard_done(Path(out_dir) / method / f"shard-{shard:05d}.pt")]
-        if not pending:
-            continue
-        items = [dataset[i] for i in positions]
-        images = torch.stack([item["image"] for item in items])
-        ids = [image_id_of(dataset.entries[i], i) for i in positions]
-        for method in pending:
-            explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)
-            explanation.run = runs[method]
-            path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
-            written.append(_save_shard(explanation, path, ids))
-            output.record([path, path.with_suffix(".json"), _shard_ids_path(path)], method)
+    with tqdm(shards, desc=f"explaining {split} (process {rank + 1}/{world})", unit="shard",
+              disable=not progress) as bar:
+        for shard in bar:
+            positions = range(shard * shard_size, min((shard + 1) * shard_size, count))
+            pending = [method for method in methods
+                       if not _shard_done(Path(out_dir) / method / f"shard-{shard:05d}.pt")]
+            if not pending:
+                continue
+            items = [dataset[i] for i in positions]
+            images = torch.stack([item["image"] for item in items])
+            ids = [image_id_of(dataset.entries[i], i) for i in positions]
+            for method in pending:
+                explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)
+                explanation.run = runs[method]
+                path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
+                written.append(_save_shard(explanation, path, ids))
+                output.record([path, path.with_suffix(".json"), _shard_ids_path(path)], method)
     return written
 
 

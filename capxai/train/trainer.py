@@ -294,9 +294,10 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         model.train()
         if not config.finetune_encoder:
             model.encoder.eval()
-        losses = [train_step(trained, optimizer, batch, config.clip_norm)
-                  for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                                    disable=not progress or rank != 0)]
+        # the bar closes as an exception (Ctrl-C) passes, so that the one-line message comes after it
+        with tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                  disable=not progress or rank != 0) as batches:
+            losses = [train_step(trained, optimizer, batch, config.clip_norm) for batch in batches]
         cider = validation_cider(model, datasets[val_split], config.max_length)
         scheduler.step(cider)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
