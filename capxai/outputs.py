@@ -74,11 +74,10 @@ class OutputFolder:
         return [self.path / name for name, entry in self.entries().items()
                 if entry.get("group") == group and entry.get("command") == self.command]
 
-    def group_run(self, group: str) -> Optional[str]:
-        """The run id of ``group``'s files here, or None when there are none."""
-        runs = {entry.get("run") for entry in self.entries().values()
+    def group_runs(self, group: str) -> set:
+        """The run ids of ``group``'s files here (empty when there are none)."""
+        return {entry.get("run") for entry in self.entries().values()
                 if entry.get("group") == group and entry.get("command") == self.command}
-        return runs.pop() if len(runs) == 1 else None
 
     def foreign_files(self) -> List[Path]:
         """Files under the folder that capxai did not record (its own manifest and lock aside)."""
@@ -135,9 +134,9 @@ class OutputFolder:
             change(files)
             atomic_write_json(self.path / MANIFEST, {"format": _FORMAT, "version": _VERSION, "files": files})
 
-    def record(self, paths: Iterable, group: str) -> None:
-        """Records ``paths`` (written by this run into this folder) as ``group``'s."""
-        entry = {"command": self.command, "group": group, "run": self.run_id}
+    def record(self, paths: Iterable, group: str, run_id: Optional[str] = None) -> None:
+        """Records ``paths`` (written into this folder) as ``group``'s, by this run (or by ``run_id``)."""
+        entry = {"command": self.command, "group": group, "run": run_id or self.run_id}
         relatives = [os.path.relpath(Path(path), self.path) for path in paths]
 
         def add(files):

@@ -130,6 +130,11 @@ def sandbox(tmp_path_factory):
     for relative in ("scenes-out/holiday.jpg", "eval-out/captions_test_beam1.json", "explain-out/lrp/explanation.pt",
                      "train-out/best.pt", "coco/split.json", "blocker"):
         _write(foreign / relative, b"the user's own file")
+    no_val = {**good_split, "images": [image for image in good_split["images"] if image["split"] != "val"]}
+    files["split-no-val"] = _write(bad / "split-no-val.json", no_val)
+    wrong_last = root / "model-wrong-last"  # a last.pt (listed in the manifest) that is a model, not a training one
+    shutil.copytree(root / "model", wrong_last)
+    (wrong_last / "last.pt").write_bytes(best.read_bytes())
     earlier_eval = root / "earlier-eval"
     assert cli.main(["evaluate", "--checkpoint", str(best), "--split-file", str(data / "dataset_scenes.json"),
                      "--image-root", str(data), "--beam-size", "1", "--out", str(earlier_eval)]) == 0
@@ -312,6 +317,10 @@ def _cases():
     add("explain-split-other-composite", lambda s, out: (
         _set(_set(_base("explain-split", s, out), "--out", s["earlier_split"]), "--composite", "epsilon_plus_flat"),
         "composite"))
+    add("train-split-without-val", lambda s, out: (_set(_base("train", s, out), "--split-file", s["split-no-val"]),
+                                                   "'val'"))
+    add("train-last-not-a-training-checkpoint", lambda s, out: (
+        _set(_base("train", s, out), "--out", s["root"] / "model-wrong-last"), "last.pt"))
     # resuming with other options
     for option, value in (("--hidden", "16"), ("--model", "multihead"), ("--max-length", "9"), ("--lr", "0.01"),
                           ("--min-count", "2"), ("--attention-dim", "4")):

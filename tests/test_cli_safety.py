@@ -27,9 +27,12 @@ def small_scenes(tmp_path_factory):
                            scenes.SceneConfig(train=8, val=3, test=4, image_size=32, seed=5), progress=False)
 
 
-def _capxai(*arguments, **kwargs):
+def _capxai(*arguments):
+    # a shell without job control starts background jobs with SIGINT ignored, and children inherit that: give the
+    # command the disposition an interactive terminal gives it
     return subprocess.Popen([sys.executable, "-m", "capxai.cli", *map(str, arguments)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, seconds=120.0):

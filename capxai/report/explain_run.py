@@ -135,34 +135,32 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
                 explanation.run = runs[method]
                 path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
                 written.append(_save_shard(explanation, path, ids))
-                output.record([path, path.with_suffix(".json"), _shard_ids_path(path)], method)
+                output.record([path, path.with_suffix(".json"), _shard_ids_path(path)], method,
+                              runs[method]["run_id"])
     return written
 
 
 def _start_split_run(output: OutputFolder, method: str, identity: dict, overwrite: bool, rank: int) -> dict:
-    """The run of ``method``'s folder: the earlier one when it is the same (resume), else a new one (refused when
-    an earlier run's shards are there, unless ``overwrite``)."""
+    """The run of ``method``'s folder. Its id follows from what the run is (checkpoint, split, settings), so every
+    torchrun process and a resumed run stamp the same one, and files of another id are another run's: refused, or
+    with ``overwrite`` removed (by process 0; under torchrun, start an --overwrite run with one process)."""
+    fingerprint = json.dumps({**identity, "method": method}, sort_keys=True).encode()
+    run_id = "split-" + hashlib.sha256(fingerprint).hexdigest()[:16]
+    run = {**identity, "run_id": run_id, "method": method}
     run_file = output.path / method / "run.json"
     output.check_writable([run_file], overwrite=True)  # a run.json capxai did not write is refused
-    earlier = output.group_files(method)
-    if earlier:
-        previous = _read_json(run_file) if run_file.is_file() else {}
-        same = {key: previous.get(key) for key in identity} == identity
-        if same and not overwrite:
-            return previous
+    if output.group_runs(method) - {run_id}:
         if not overwrite:
+            previous = _read_json(run_file) if run_file.is_file() else {}
             changed = [key for key in identity if previous.get(key) != identity[key]]
             raise FileExistsError(f"{output.path / method} holds shards of another run (it differs in "
-                                  f"{', '.join(changed) or 'its run file'}); pass --overwrite to replace them or "
+                                  f"{', '.join(changed) or 'its run id'}); pass --overwrite to replace them or "
                                   "choose another --out")
-    # the id follows from what the run is, so that every torchrun process (and a resumed run) stamps the same one
-    run_id = "split-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    run = {**identity, "run_id": run_id, "method": method}
-    if rank == 0:
-        if earlier:
+        if rank == 0:
             output.remove_group(method)
+    if rank == 0 and not run_file.is_file():
         atomic_write_json(run_file, run)
-        output.record([run_file], method)
+        output.record([run_file], method, run_id)
     return run
 
 

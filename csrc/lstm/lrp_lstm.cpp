@@ -121,6 +121,9 @@ LstmRelevance lrp_lstm_cell(const at::Tensor& x, const at::Tensor& h_prev, const
     }
     return "lrp_lstm_cell (as lrp_lstm with T = 1): " + message;
   };
+  // Below autograd: lrp_lstm's autograd kernel (which refuses a backward) runs in Python and would turn the errors
+  // caught here into Python ones; the cell's result does not require grad (relevance is not differentiable).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   try {
     auto [rel_x, rel_h, rel_c] =
         sequence_op.call(x.unsqueeze(0), h_prev, c_prev, weight_ih, weight_hh, bias_ih, bias_hh,
