@@ -143,6 +143,14 @@ def test_evaluate_overwrite_replaces_the_whole_earlier_run(small_scenes, tmp_pat
     runs = {json.loads((evaluation / name).read_text())["run"]["run_id"] for name in ("metrics_test_beam1.json",)}
     runs |= {entry["run_id"] for entry in json.loads((evaluation / "captions_test_beam1.json").read_text())}
     assert len(runs) == 1 and first not in runs
+    from capxai.evaluate.run import load_evaluation
+
+    assert set(load_evaluation(evaluation, "test", 1)) == {"captions", "metrics"}
+    metrics_path = evaluation / "metrics_test_beam1.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "run": {**metrics["run"], "run_id": first}}))
+    with pytest.raises(ValueError, match="results of different runs"):
+        load_evaluation(evaluation, "test", 1)
 
 
 def test_explain_overwrite_drops_figures_of_the_earlier_images(small_scenes, tmp_path, capsys):

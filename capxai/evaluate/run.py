@@ -5,6 +5,7 @@ rate); write the three result files into an output folder as one run.
 The files of one evaluation (``captions_``, ``metrics_``, ``hallucination_{split}_beam{k}.json``) form one group of
 the folder's manifest: replacing them first removes every file of the earlier run, so a new run never leaves an
 older model's file beside its own. Each file carries the run id and the checkpoint's sha256 (``run``)."""
+import json
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -67,3 +68,29 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     output.record(written, group)
     return {**report, "paths": written}
 
+
+
+def load_evaluation(out_dir, split: str, beam_size: int) -> dict:
+    """The results one evaluation wrote (``{"captions", "metrics", "hallucination"?}``), refused when the files are
+    not all of one run (what the report reads: results of two runs are never shown as one)."""
+    results, runs = {}, {}
+    for name, path in result_paths(out_dir, split, beam_size).items():
+        if not path.is_file():
+            continue
+        try:
+            results[name] = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid json ({error})") from None
+        if name == "captions":
+            runs[path] = {entry.get("run_id") for entry in results[name] if isinstance(entry, dict)}
+        else:
+            runs[path] = {(results[name].get("run") or {}).get("run_id")}
+    if "metrics" not in results:
+        raise FileNotFoundError(f"{result_paths(out_dir, split, beam_size)['metrics']} does not exist; run capxai "
+                                "evaluate first")
+    found = set().union(*runs.values())
+    if len(found) != 1 or None in found:
+        listed = ", ".join(f"{path.name}: {sorted(map(str, ids))}" for path, ids in runs.items())
+        raise ValueError(f"{out_dir} holds results of different runs ({listed}); rerun capxai evaluate with "
+                         "--overwrite")
+    return results
