@@ -9,7 +9,6 @@ from pathlib import Path
 from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between, int_at_least,
                                output_file, output_folder, run_command)
 from capxai.data import scenes
-from capxai.data.captions import image_id_of
 
 POSITIVE, COUNT = int_at_least(1), int_at_least(0)
 
@@ -60,7 +59,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from capxai.data.captions import open_split
+    from capxai.data.captions import image_id_of, open_split
     from capxai.evaluate.hallucination import load_hallucination_data
     from capxai.evaluate.run import check_outputs, evaluate_split
     from capxai.train import load_trained

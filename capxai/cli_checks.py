@@ -50,7 +50,6 @@ def int_at_least(lowest: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {text!r}")
         return value
 
-    parse.__name__ = f"integer >= {lowest}"
     return parse
 
 
@@ -64,7 +63,6 @@ def float_between(low: float, high: float, low_open: bool = False, high_open: bo
             raise argparse.ArgumentTypeError(f"must be in {interval}, got {text!r}")
         return value
 
-    parse.__name__ = "number"
     return parse
 
 

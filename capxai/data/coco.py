@@ -5,7 +5,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import List, Mapping, Tuple
+from typing import Mapping, Tuple
 
 from capxai._io import atomic_write_json
 from capxai.outputs import OutputFolder

@@ -183,25 +183,6 @@ TRAIN_FILES = ("last.pt", "best.pt", "vocabulary.json", "history.json")
 RESUMABLE_CHANGES = ("epochs",)
 
 
-def check_training_inputs(config: TrainConfig, split_file, image_root, val_split: str = "val",
-                          progress: bool = False) -> None:
-    """Everything training will read, checked before the first step: the config, the split file (its entries and
-    types), that the train and validation splits hold images, every image's header and one decoded image per
-    split, and a torchvision encoder's weights file."""
-    problems = check_config(config)
-    if problems:
-        raise ValueError(f"TrainConfig: {problems[0]}")
-    images = load_karpathy(split_file)
-    for split in ("train", val_split):
-        open_split(split_file, image_root, split, Vocabulary(list(SPECIALS)), config.max_length, config.image_size,
-                   progress)
-    if not any(sentence["tokens"] for image in images if image["split"] in ("train", "restval")
-               for sentence in image["sentences"]):
-        raise ValueError(f"caption split file {split_file}: the train split has no caption words")
-    if config.encoder != "scene" and config.encoder_weights is not None:
-        TorchvisionEncoder(config.encoder, config.encoder_weights)
-
-
 def _resume_problem(saved: dict, config: TrainConfig, split_sha256: str) -> Optional[str]:
     now = json.loads(json.dumps(dataclasses.asdict(config)))
     before = json.loads(json.dumps(saved["config"]))
@@ -218,13 +199,17 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     """Trains, keeping ``last.pt`` (resumed from when present), ``best.pt`` (highest validation CIDEr),
     ``vocabulary.json`` and ``history.json`` in ``out_dir``. Returns the history.
 
-    Every input is checked before the first step (:func:`check_training_inputs`). A ``last.pt`` is resumed only
-    when it was trained with the same options (``epochs`` may grow) on the same split file; ``overwrite`` starts
-    afresh, replacing the files an earlier ``capxai train`` wrote there (never others). Checkpoints hold the config
-    and vocabulary as plain data; ``vocabulary.json`` beside them is a copy for people and other tools."""
+    Every input is checked before the first step: the config, the split file entry by entry, that the train and
+    validation splits hold images, every image's header and one decoded image per split, a torchvision encoder's
+    weights. A ``last.pt`` is resumed only when it was trained with the same options (``epochs`` may grow) on the
+    same split file; ``overwrite`` starts afresh, replacing the files an earlier ``capxai train`` wrote there (never
+    others), once every check has passed. Checkpoints hold the config and vocabulary as plain data;
+    ``vocabulary.json`` beside them is a copy for people and other tools."""
     out_dir = Path(out_dir)
     output = OutputFolder(out_dir, "train")
-    check_training_inputs(config, split_file, image_root, val_split, progress)
+    problems = check_config(config)
+    if problems:
+        raise ValueError(f"TrainConfig: {problems[0]}")
     split_sha256 = file_sha256(split_file)
     last_path = out_dir / "last.pt"
     targets = [out_dir / name for name in TRAIN_FILES]
@@ -237,26 +222,24 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
             raise ValueError(f"{last_path} cannot be resumed: {problem}; rerun with the options it was trained "
                              "with (only --epochs may change), pass --overwrite to start afresh, or choose "
                              "another --out")
+        vocabulary = Vocabulary(checkpoint["vocabulary"])
     else:
         output.check_writable(targets, overwrite, group="checkpoints")
+        train_images = [i for i in load_karpathy(split_file) if i["split"] in ("train", "restval")]
+        vocabulary = Vocabulary.build([s["tokens"] for i in train_images for s in i["sentences"]], config.min_count)
+        if len(vocabulary) == len(SPECIALS):
+            raise ValueError(f"no word of {split_file}'s training captions occurs --min-count {config.min_count} "
+                             "times; lower --min-count")
+    datasets = {split: open_split(split_file, image_root, split, vocabulary, config.max_length, config.image_size,
+                                  progress) for split in ("train", val_split)}
+    set_seed(config.seed)
+    model = build_model(config, len(vocabulary))  # loads (and so checks) a torchvision encoder's weights file
     distributed = _distributed()
     if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = torch.distributed.get_rank() if distributed else 0
     if overwrite and not resume and rank == 0:
         output.remove_group("checkpoints")
-    set_seed(config.seed)
-    if resume:
-        vocabulary = Vocabulary(checkpoint["vocabulary"])
-    else:
-        train_images = [i for i in load_karpathy(split_file) if i["split"] in ("train", "restval")]
-        vocabulary = Vocabulary.build([s["tokens"] for i in train_images for s in i["sentences"]], config.min_count)
-        if len(vocabulary) == len(SPECIALS):
-            raise ValueError(f"no word of {split_file}'s training captions occurs --min-count {config.min_count} "
-                             "times; lower --min-count")
-    datasets = {split: CaptionDataset(split_file, image_root, split, vocabulary, config.max_length,
-                                      config.image_size) for split in ("train", val_split)}
-    model = build_model(config, len(vocabulary))
     if not config.finetune_encoder:
         model.encoder.requires_grad_(False)
     groups = [{"params": [p for p in model.captioner.parameters() if p.requires_grad]}]
