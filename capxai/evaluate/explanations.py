@@ -1,0 +1,364 @@
+"""How good are the explanations of a captioner's words? Grounding and pointing game (:mod:`.grounding`), ablation
+faithfulness (:mod:`.ablation`) and hallucinated-word detection, for every explanation method, batched over a split
+and reduced to tables with 95 % bootstrap intervals over images.
+
+Every method explains the same captions: the model's own (decoded once per batch with ``beam_size`` beams, as the
+caption metrics and CHAIR see them). The words measured are the object mentions of those captions
+(:class:`~capxai.evaluate.objects.ObjectWords`, the head noun of a phrase): grounding and image ablation take the
+mentions of objects the image holds and has boxes for; detection takes every mention, labelled present or
+hallucinated by CHAIR's ground truth; word ablation takes every word with enough preceding words.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from capxai.data.captions import CaptionDataset
+from capxai.evaluate import ablation
+from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
+from capxai.evaluate.hallucination import HallucinationData
+from capxai.evaluate.statistics import ratio_ci, roc_auc, statistic_ci
+from capxai.explain import METHODS
+from capxai.models import beam_search
+
+START = 1
+DETECTION_STATISTICS = ("mean", "max", "positive_mass", "inside_share", "word_relevance")
+MODEL_STATISTICS = ("probability", "sentinel_share")
+
+
+@dataclasses.dataclass
+class ExplanationSettings:
+    """What :func:`evaluate_explanations` measures and how (defaults: the paper's)."""
+
+    methods: Sequence[str] = tuple(METHODS)
+    beam_size: int = 3
+    max_length: int = 16
+    batch_size: int = 50
+    composite: str = "paper"
+    pointing_tolerance: float = 0.0  # pixels of the model's input a box is grown by in the pointing game
+    grid: int = 8
+    patches: int = 20
+    deleted_words: int = 3
+    min_preceding: int = 6
+    ablation: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [method for method in self.methods if method not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"explanation methods must be some of {list(METHODS)}, got {list(self.methods)}")
+        for name in ("beam_size", "max_length", "batch_size", "grid", "patches", "deleted_words"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ExplanationSettings: {name} must be >= 1, got {getattr(self, name)}")
+        if self.patches > self.grid * self.grid:
+            raise ValueError(f"ExplanationSettings: patches ({self.patches}) must be at most grid x grid "
+                             f"({self.grid * self.grid})")
+        if self.min_preceding < self.deleted_words:
+            raise ValueError(f"ExplanationSettings: min_preceding ({self.min_preceding}) must be >= deleted_words "
+                             f"({self.deleted_words})")
+        if self.pointing_tolerance < 0:
+            raise ValueError(f"ExplanationSettings: pointing_tolerance must be >= 0, got {self.pointing_tolerance}")
+
+
+class _Records:
+    """Rows of numbers, each tied to an image (the unit the intervals resample)."""
+
+    def __init__(self):
+        self.rows: Dict[str, List[list]] = {}
+
+    def add(self, table: str, image: int, **values) -> None:
+        self.rows.setdefault(table, []).append([image, values])
+
+    def column(self, table: str, name: str):
+        rows = [(image, values[name]) for image, values in self.rows.get(table, []) if name in values]
+        return (np.asarray([r[0] for r in rows], dtype=np.int64), np.asarray([r[1] for r in rows], dtype=np.float64))
+
+    def labels(self, table: str, name: str):
+        return [values[name] for _, values in self.rows.get(table, [])]
+
+
+def _mean_over_images(images: np.ndarray, values: np.ndarray) -> dict:
+    """Mean of word-level ``values``, resampled by image (a ratio of per-image sums); NaNs are left out."""
+    keep = ~np.isnan(values)
+    images, values = images[keep], values[keep]
+    if values.size == 0:
+        return {"value": None, "ci": [None, None], "images": 0, "words": 0}
+    present, index = np.unique(images, return_inverse=True)
+    sums = np.bincount(index, weights=values, minlength=present.size)
+    counts = np.bincount(index, minlength=present.size).astype(np.float64)
+    return {**ratio_ci(sums, counts), "words": int(values.size)}
+
+
+def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationData,
+                          settings: ExplanationSettings = ExplanationSettings(), vocabulary=None,
+                          progress: bool = True) -> dict:
+    """Explains the model's captions of ``dataset`` with every method of ``settings`` and measures them against
+    ``data`` (boxes, CHAIR's ground truth). Returns ``{"settings", "images", "grounding", "ablation",
+    "detection"}`` (see :func:`tables_markdown` for what each holds)."""
+    from capxai.report.explain_run import make_explainer
+
+    vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None) or dataset.vocabulary
+    ids = [int(dataset.entries[i].get("cocoid", dataset.entries[i].get("imgid", i))) for i in range(len(dataset))]
+    data.annotations.check_covers(ids, "the instances file")
+    explainers = {method: make_explainer(method, model, vocabulary, settings.composite)
+                  for method in settings.methods}
+    records = _Records()
+    generator = torch.Generator().manual_seed(settings.seed)
+    model.eval()
+    batches = range(0, len(dataset), settings.batch_size)
+    for start in tqdm(batches, desc="evaluating explanations", unit="batch", disable=not progress):
+        positions = list(range(start, min(start + settings.batch_size, len(dataset))))
+        images = torch.stack([dataset[i]["image"] for i in positions])
+        with torch.no_grad():
+            features = model.encoder(images)
+            decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length)
+        captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long), decoded.tokens], 1)
+        _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
+                       data, settings, records, generator)
+    return _tables(records, data, settings, len(dataset))
+
+
+def _measure_batch(model, explainers, images, features, captions, image_ids, positions, data, settings, records,
+                   generator) -> None:
+    size = images.shape[-2:]
+    mentions = None
+    random_patches = None
+    for method, explainer in explainers.items():
+        explanation = explainer.explain(images, captions=captions)
+        heatmaps = explanation.heatmaps().detach()
+        if mentions is None:  # the same captions for every method: find the object words once
+            mentions = _object_mentions(explanation, image_ids, positions, data, size, settings)
+            random_patches = ablation.random_patches(len(mentions), settings.grid ** 2, settings.patches, generator)
+            _model_statistics(explanation, mentions, records)
+            _uniform_grounding(mentions, size, records)
+            if settings.ablation:
+                _image_ablation(model, images, explanation, mentions, random_patches, "random", settings, records)
+                _word_ablation(model, features, explanation, None, positions, settings, records, generator)
+        _grounding(method, heatmaps, mentions, records)
+        _detection(method, heatmaps, explanation, mentions, records)
+        if settings.ablation:
+            maps = torch.stack([heatmaps[m["row"], m["t"]] for m in mentions]) if mentions else None
+            chosen = (ablation.most_relevant_patches(ablation.patch_relevance(maps, settings.grid), settings.patches,
+                                                     generator) if maps is not None else None)
+            _image_ablation(model, images, explanation, mentions, chosen, method, settings, records)
+            if explanation.word_relevance is not None:
+                _word_ablation(model, features, explanation, method, positions, settings, records, generator)
+
+
+def _object_mentions(explanation, image_ids, positions, data: HallucinationData, size, settings) -> List[dict]:
+    mentions = []
+    for row, (image_id, position) in enumerate(zip(image_ids, positions)):
+        words = explanation.words[row]
+        image_size = data.annotations.sizes[image_id]
+        all_boxes = [box for boxes in data.annotations.boxes.get(image_id, {}).values() for box in boxes]
+        union = (box_masks(all_boxes, image_size, tuple(size)).any(0) if all_boxes
+                 else torch.zeros(tuple(size), dtype=torch.bool))
+        for mention in data.objects.find(words):
+            boxes = data.annotations.boxes.get(image_id, {}).get(mention.category, [])
+            mentions.append({
+                "row": row, "image": position, "t": mention.end - 1, "category": mention.category,
+                "word": int(explanation.tokens[row, mention.end - 1]),
+                "hallucinated": mention.category not in data.present[image_id],
+                "boxes": box_masks(boxes, image_size, tuple(size)) if boxes else None,
+                "pointing_boxes": (box_masks(boxes, image_size, tuple(size), settings.pointing_tolerance)
+                                   if boxes else None),
+                "union": union})
+    return mentions
+
+
+def _model_statistics(explanation, mentions, records) -> None:
+    for m in mentions:
+        values = {"probability": float(explanation.probabilities[m["row"], m["t"]]),
+                  "hallucinated": float(m["hallucinated"])}
+        if explanation.beta is not None:
+            values["sentinel_share"] = 1.0 - float(explanation.beta[m["row"], m["t"]])
+        records.add("detection:model", m["image"], **values)
+
+
+def _uniform_grounding(mentions, size, records) -> None:
+    grounded = [m for m in mentions if m["boxes"] is not None]
+    if grounded:
+        _grounding("uniform", torch.ones(len(grounded), *size), grounded, records, stacked=True)
+
+
+def _grounding(method, heatmaps, mentions, records, stacked: bool = False) -> None:
+    grounded = [m for m in mentions if m["boxes"] is not None]
+    if not grounded:
+        return
+    maps = heatmaps if stacked else torch.stack([heatmaps[m["row"], m["t"]] for m in grounded])
+    scores = grounding_scores(maps, [m["boxes"] for m in grounded])
+    hits = pointing_game(maps, [m["pointing_boxes"] for m in grounded])
+    for m, score, hit in zip(grounded, scores.tolist(), hits.tolist()):
+        records.add(f"grounding:{method}", m["image"], category=m["category"], pointing=hit,
+                    **{f"t{threshold}": value for threshold, value in zip(THRESHOLDS, score)})
+
+
+def _detection(method, heatmaps, explanation, mentions, records) -> None:
+    for m in mentions:
+        heatmap = heatmaps[m["row"], m["t"]].double()
+        positive = heatmap.clamp(min=0)
+        mass = float(positive.sum())
+        values = {"mean": float(heatmap.mean()), "max": float(heatmap.max()), "positive_mass": mass,
+                  "inside_share": float(positive[m["union"]].sum()) / mass if mass > 0 else 0.0,
+                  "hallucinated": float(m["hallucinated"])}
+        if explanation.word_relevance is not None:
+            values["word_relevance"] = float(explanation.word_relevance[m["row"], m["t"], :m["t"] + 1].sum())
+        records.add(f"detection:{method}", m["image"], **values)
+
+
+def _image_ablation(model, images, explanation, mentions, patches, method, settings, records) -> None:
+    rows = [i for i, m in enumerate(mentions) if not m["hallucinated"]]
+    if not rows or patches is None:
+        return
+    chosen = [mentions[i] for i in rows]
+    blanked = ablation.blank_patches(images[[m["row"] for m in chosen]], patches[rows], settings.grid)
+    words = torch.tensor([m["word"] for m in chosen])
+    before = torch.stack([explanation.probabilities[m["row"], m["t"]] for m in chosen])
+    disappeared, drop = ablation.image_ablation(model.encoder, model.captioner, blanked, words, before,
+                                                settings.beam_size, settings.max_length)
+    for m, gone, fall in zip(chosen, disappeared.tolist(), drop.tolist()):
+        records.add(f"image_ablation:{method}", m["image"], disappeared=float(gone), drop=fall)
+
+
+def _word_ablation(model, features, explanation, method, positions, settings, records, generator) -> None:
+    """``method`` None: the random baseline."""
+    k, rows, prefixes, words, before = settings.deleted_words, [], [], [], []
+    captions = explanation.captions
+    for row in range(captions.shape[0]):
+        for t in range(settings.min_preceding, int(explanation.lengths[row]) - 1):  # not <end>
+            if method is None:
+                deleted = torch.randperm(t, generator=generator)[:k] + 1
+            else:
+                deleted = ablation.word_deletions(explanation.word_relevance[row, t], t + 1, k)
+            keep = torch.ones(t + 1, dtype=torch.bool)
+            keep[deleted] = False
+            rows.append(row)
+            prefixes.append(captions[row, :t + 1][keep])
+            words.append(int(captions[row, t + 1]))
+            before.append(float(explanation.probabilities[row, t]))
+    if not rows:
+        return
+    after = ablation.teacher_forced_probability(model.captioner, features[rows], prefixes, torch.tensor(words))
+    for row, was, now in zip(rows, before, after.tolist()):
+        records.add(f"word_ablation:{method or 'random'}", positions[row], drop=was - now)
+
+
+def _tables(records: _Records, data: HallucinationData, settings: ExplanationSettings, images: int) -> dict:
+    methods = list(settings.methods)
+    grounding = {}
+    for method in ["uniform", *methods]:
+        table = f"grounding:{method}"
+        if table not in records.rows:
+            continue
+        entry = {"thresholds": {str(threshold): _mean_over_images(*records.column(table, f"t{threshold}"))
+                                for threshold in THRESHOLDS},
+                 "pointing_game": _mean_over_images(*records.column(table, "pointing"))}
+        categories = records.labels(table, "category")
+        per_category = {}
+        for category in sorted(set(categories)):
+            chosen = np.asarray([c == category for c in categories])
+            per_category[category] = {
+                "words": int(chosen.sum()),
+                **{f"t{threshold}": float(records.column(table, f"t{threshold}")[1][chosen].mean())
+                   for threshold in (0.0, 0.5)},
+                "pointing_game": float(records.column(table, "pointing")[1][chosen].mean())}
+        entry["per_category"] = per_category
+        grounding[method] = entry
+    ablations = {"image": {}, "words": {}}
+    for method in ["random", *methods]:
+        if f"image_ablation:{method}" in records.rows:
+            ablations["image"][method] = {
+                "disappeared": _mean_over_images(*records.column(f"image_ablation:{method}", "disappeared")),
+                "probability_drop": _mean_over_images(*records.column(f"image_ablation:{method}", "drop"))}
+        if f"word_ablation:{method}" in records.rows:
+            ablations["words"][method] = {
+                "probability_drop": _mean_over_images(*records.column(f"word_ablation:{method}", "drop"))}
+    detection = _detection_tables(records, methods)
+    return {"settings": dataclasses.asdict(settings) | {"methods": methods, "thresholds": list(THRESHOLDS)},
+            "images": images, "grounding": grounding, "ablation": ablations, "detection": detection}
+
+
+def _auc_entry(image_index: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> Optional[dict]:
+    value = roc_auc(labels, scores)
+    if value is None:
+        return None
+    present, index = np.unique(image_index, return_inverse=True)
+
+    def statistic(chosen: np.ndarray) -> Optional[float]:
+        weights = np.bincount(chosen, minlength=present.size)[index].astype(np.float64)
+        keep = weights > 0
+        if len(set(labels[keep].tolist())) < 2:
+            return None
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(labels[keep], scores[keep], sample_weight=weights[keep]))
+
+    entry = statistic_ci(present.size, statistic)
+    # which side of the statistic marks a hallucination; the detection AUC is the better of the two readings
+    entry["higher_means"] = "hallucinated" if value >= 0.5 else "present"
+    entry["detection_auc"] = max(value, 1 - value)
+    entry["words"] = int(labels.size)
+    return entry
+
+
+def _detection_tables(records: _Records, methods: Sequence[str]) -> dict:
+    result = {"statistics": {}, "best": {}}
+    for method, names in [("model", MODEL_STATISTICS)] + [(m, DETECTION_STATISTICS) for m in methods]:
+        table = f"detection:{method}"
+        if table not in records.rows:
+            continue
+        image_index, labels = records.column(table, "hallucinated")
+        result.setdefault("words", int(labels.size))
+        result.setdefault("hallucinated", int(labels.sum()))
+        entries = {}
+        for name in names:
+            index, scores = records.column(table, name)
+            if scores.size != labels.size:
+                continue
+            entry = _auc_entry(image_index, labels.astype(np.int64), scores)
+            if entry is not None:
+                entries[name] = entry
+        result["statistics"][method] = entries
+        if entries:
+            best = max(entries, key=lambda name: entries[name]["detection_auc"])
+            result["best"][method] = {"statistic": best, **entries[best]}
+    return result
+
+
+def _fmt(entry: Optional[dict], digits: int = 3) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    low, high = entry["ci"]
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else ""
+    return f"{entry['value']:.{digits}f}{interval}"
+
+
+def tables_markdown(results: dict, title: str = "") -> str:
+    """The tables of :func:`evaluate_explanations` as markdown (value [95 % interval])."""
+    lines = [f"# {title}" if title else "# Explanation evaluation", "",
+             f"{results['images']} images; 95 % bootstrap intervals over images.", "",
+             "## Grounding (relevance in the best box) and pointing game", "",
+             "| method | words | threshold 0 | threshold 0.5 | pointing game |", "|---|---|---|---|---|"]
+    for method, entry in results["grounding"].items():
+        lines.append(f"| {method} | {entry['pointing_game']['words']} | {_fmt(entry['thresholds']['0.0'])} | "
+                     f"{_fmt(entry['thresholds']['0.5'])} | {_fmt(entry['pointing_game'])} |")
+    lines += ["", "## Image ablation (k most relevant patches blanked)", "",
+              "| method | words | disappeared | probability drop (word stays) |", "|---|---|---|---|"]
+    for method, entry in results["ablation"]["image"].items():
+        lines.append(f"| {method} | {entry['disappeared']['words']} | {_fmt(entry['disappeared'])} | "
+                     f"{_fmt(entry['probability_drop'])} |")
+    lines += ["", "## Word ablation (most relevant preceding words deleted)", "",
+              "| method | words | probability drop |", "|---|---|---|"]
+    for method, entry in results["ablation"]["words"].items():
+        lines.append(f"| {method} | {entry['probability_drop']['words']} | {_fmt(entry['probability_drop'])} |")
+    detection = results["detection"]
+    lines += ["", f"## Hallucinated-word detection ({detection.get('hallucinated', 0)} hallucinated of "
+              f"{detection.get('words', 0)} object words)", "",
+              "| method | best statistic | higher means | detection AUC | ROC AUC [95 % interval] |",
+              "|---|---|---|---|---|"]
+    for method, best in detection["best"].items():
+        lines.append(f"| {method} | {best['statistic']} | {best['higher_means']} | {best['detection_auc']:.3f} | "
+                     f"{_fmt(best)} |")
+    return "\n".join(lines) + "\n"
