@@ -61,38 +61,71 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from capxai.data.captions import image_id_of, open_split
     from capxai.evaluate.hallucination import load_hallucination_data
+    from capxai.evaluate.explanations import ExplanationSettings, tables_markdown
     from capxai.evaluate.run import check_outputs, evaluate_split
     from capxai.train import load_trained
     from capxai._io import file_sha256
 
+    explanations = None
+    if args.explanations is not None:  # checked before any work
+        explanations = ExplanationSettings(
+            methods=methods_of_option(args.explanations), batch_size=args.explain_batch_size,
+            composite=args.composite, pointing_tolerance=args.pointing_tolerance, grid=args.ablation_grid,
+            patches=args.ablation_patches, ablation=not args.no_ablation)
     output = check_outputs(args.out, args.split, args.beam_size, args.overwrite)
     model, vocabulary, config = load_trained(args.checkpoint)
     dataset = open_split(args.split_file, args.image_root, args.split, vocabulary, config.max_length,
                          config.image_size, progress=True)
     instances = args.instances or args.split_file.parent / "annotations" / f"instances_{args.split}.json"
-    synonyms = args.synonyms or args.split_file.parent / "synonyms.txt"
+    beside = args.split_file.parent / "synonyms.txt"
+    synonyms = args.synonyms or (beside if beside.is_file() else None)  # None: CHAIR's table for COCO
     hallucination = None
-    if args.instances or args.synonyms or (instances.is_file() and synonyms.is_file()):
-        for option, path in (("--instances", instances), ("--synonyms", synonyms)):
-            if not path.is_file():
-                raise CommandError(f"{option} {path} does not exist (CHAIR needs both --instances and --synonyms)")
+    if args.instances or args.synonyms or instances.is_file() or explanations is not None:
+        if not instances.is_file():
+            raise CommandError(f"--instances {instances} does not exist (CHAIR and the explanation metrics need the "
+                               "split's COCO instances json)")
         ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]
         hallucination = load_hallucination_data(instances, synonyms, args.split_file, ids)
     run = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
     report = evaluate_split(model, dataset, output, args.beam_size, args.max_length or config.max_length,
-                            hallucination, run)
+                            hallucination, run, explanations=explanations)
     summary = ", ".join(f"{name} {value:.3f}" for name, value in report["overall"].items())
     print(f"{args.split} (beam {args.beam_size}, {len(dataset)} images): {summary}")
     if "chair" in report:
-        print(f"CHAIR-i {report['chair']['CHAIRi']:.3f}, CHAIR-s {report['chair']['CHAIRs']:.3f}")
+        chair = report["chair"]["overall"]
+        print(f"CHAIR-i {chair['CHAIRi']:.3f} {_interval(chair['CHAIRi_ci'])}, CHAIR-s {chair['CHAIRs']:.3f} "
+              f"{_interval(chair['CHAIRs_ci'])} ({chair['captions']} captions, {chair['mentions']} object mentions)")
+    if "frequent_words" in report:
+        scores = report["frequent_words"]["overall"]
+        print("frequent words: " + ", ".join(f"{name} {entry['value']:.3f} {_interval(entry['ci'])}"
+                                               for name, entry in scores.items() if entry["value"] is not None))
     if "probes" in report:
         probes = report["probes"]
         pairs = ", ".join(f"{pair} {value['rate']:.2f}" for pair, value in probes["pairs"].items())
         control = "" if probes.get("control_rate") is None else (
             f"; images showing neither object name the partner {probes['control_rate']:.3f} of the time")
-        print(f"probe images naming the absent partner: {probes['rate']:.3f} of {probes['images']} ({pairs}){control}")
+        print(f"probe images naming the absent partner: {probes['rate']:.3f} {_interval(probes['rate_ci'])} of "
+              f"{probes['images']} ({pairs}){control}")
+    if "explanations" in report:
+        print(tables_markdown(report["explanations"], "Explanations"))
     print(f"wrote {', '.join(str(path) for path in report['paths'])}")
     return 0
+
+
+def _interval(ci) -> str:
+    return "[95 % CI n/a]" if ci is None or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def methods_of_option(text: str):
+    """``--explanations``: "all" or methods separated by commas."""
+    from capxai.report.explain_run import ALL_METHODS
+
+    methods = list(ALL_METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [method for method in methods if method not in ALL_METHODS]
+    if unknown or not methods:
+        raise CommandError(f"--explanations must be 'all' or some of {', '.join(ALL_METHODS)} separated by commas, "
+                           f"got {text!r}")
+    return methods
 
 
 def _explain(args) -> int:
@@ -197,7 +230,20 @@ def build_parser() -> Parser:
     evaluating.add_argument("--instances", type=existing_file, help="COCO instances json of the split (default: "
                             "annotations/instances_SPLIT.json beside the split file, when present)")
     evaluating.add_argument("--synonyms", type=existing_file, help="CHAIR-style synonyms file (default: synonyms.txt beside "
-                            "the split file, when present)")
+                            "the split file, when present, else CHAIR's own table for the 80 COCO categories)")
+    evaluating.add_argument("--explanations", metavar="METHODS", help="also measure explanations of the captions: "
+                            "'all' or some of lrp, gradcam, guided-gradcam, guided-backprop, gradient-x-input, "
+                            "attention (comma-separated): grounding, pointing game, ablation, hallucination detection")
+    evaluating.add_argument("--composite", default="paper", choices=["paper", "epsilon_plus_flat",
+                                                                      "epsilon_alpha2_beta1"],
+                            help="LRP rules of the encoder (with --explanations)")
+    evaluating.add_argument("--explain-batch-size", type=POSITIVE, default=50, help="images explained at once")
+    evaluating.add_argument("--pointing-tolerance", type=float_between(0, 1000), default=0.0,
+                            help="pixels a box is grown by in the pointing game")
+    evaluating.add_argument("--ablation-grid", type=POSITIVE, default=8, help="patches per image side for image "
+                            "ablation")
+    evaluating.add_argument("--ablation-patches", type=POSITIVE, default=20, help="patches blanked per word")
+    evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
     evaluating.add_argument("--out", type=output_folder, required=True, help="folder for captions, metrics, hallucination")
     evaluating.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run "
                             "(all its files; files capxai did not write are never replaced)")

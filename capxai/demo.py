@@ -230,7 +230,7 @@ def run_captioning(out_dir: Path, overwrite: bool, seed: int = 0, scene_counts=(
             metrics = json.loads((evaluation / f"metrics_test_beam{beam}.json").read_text())["overall"]
             found = json.loads((evaluation / f"hallucination_test_beam{beam}.json").read_text())
             summary[captioner][f"test_beam{beam}"] = {
-                **metrics, "CHAIRi": found["chair"]["CHAIRi"], "CHAIRs": found["chair"]["CHAIRs"],
+                **metrics, "CHAIRi": found["chair"]["overall"]["CHAIRi"], "CHAIRs": found["chair"]["overall"]["CHAIRs"],
                 "probe_hallucination_rate": found["probes"]["rate"] if "probes" in found else None}
     atomic_write_json(result_path, summary)
     print(f"wrote {result_path}")

@@ -5,22 +5,10 @@ import pytest
 import torch
 
 import capxai.explain as explain
-from capxai.data import scenes
 from capxai.data.captions import CaptionDataset, collate
 from capxai.data.coco import read_coco
 from capxai.evaluate.hallucination import ObjectWords
-from capxai.train import TrainConfig, load_trained, train
-
-
-@pytest.fixture(scope="module")
-def grounded_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grounding")
-    data = scenes.generate(root / "scenes", scenes.SceneConfig(train=1200, val=20, test=100, image_size=64, seed=3),
-                           progress=False)
-    config = TrainConfig(hidden=64, attention_dim=32, heads=4, dropout=0.0, epochs=5, batch_size=32, min_count=2,
-                         max_length=12, lr=2e-3, image_size=64)
-    train(config, data / "dataset_scenes.json", data, root / "model", progress=False)
-    return root / "model" / "best.pt", data
+from capxai.train import load_trained
 
 
 def _box_shares(explanation, image_ids, boxes, objects, size):

@@ -5,19 +5,22 @@ rate); write the three result files into an output folder as one run.
 The files of one evaluation (``captions_``, ``metrics_``, ``hallucination_{split}_beam{k}.json``) form one group of
 the folder's manifest: replacing them first removes every file of the earlier run, so a new run never leaves an
 older model's file beside its own. Each file carries the run id and the checkpoint's sha256 (``run``)."""
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
-from capxai._io import atomic_write_json
+from capxai._io import atomic_write_json, atomic_write_text
 from capxai.data.captions import CaptionDataset
 from capxai.evaluate.captioning import score_dataset
+from capxai.evaluate.explanations import ExplanationSettings, evaluate_explanations, tables_markdown
 from capxai.evaluate.hallucination import HallucinationData, hallucination_report
 from capxai.outputs import OutputFolder
 
-RESULTS = ("captions", "metrics", "hallucination")
+RESULTS = ("captions", "metrics", "hallucination", "chair", "explanations")
+SUFFIXES = {"explanations_tables": ".md"}
 
 
 def result_group(split: str, beam_size: int) -> str:
@@ -27,7 +30,9 @@ def result_group(split: str, beam_size: int) -> str:
 def result_paths(out_dir, split: str, beam_size: int) -> Dict[str, Path]:
     """Where an evaluation of ``split`` with ``beam_size`` beams writes its files."""
     group = result_group(split, beam_size)
-    return {name: Path(out_dir) / f"{name}_{group}.json" for name in RESULTS}
+    paths = {name: Path(out_dir) / f"{name}_{group}.json" for name in RESULTS}
+    paths["explanations_tables"] = Path(out_dir) / f"explanations_{group}.md"
+    return paths
 
 
 def check_outputs(out_dir, split: str, beam_size: int, overwrite: bool) -> OutputFolder:
@@ -41,11 +46,17 @@ def check_outputs(out_dir, split: str, beam_size: int, overwrite: bool) -> Outpu
 
 def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: OutputFolder, beam_size: int,
                    max_length: int, hallucination: Optional[HallucinationData] = None,
-                   run: Optional[dict] = None, progress: bool = True) -> dict:
+                   run: Optional[dict] = None, progress: bool = True,
+                   explanations: Optional[ExplanationSettings] = None) -> dict:
     """Captions ``dataset`` with ``model`` (beam search), scores it and writes the results into ``output`` (see
     :func:`check_outputs`). ``run`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
-    id. Returns ``{"overall", "chair"?, "probes"?, "paths"}``. The earlier run's files are removed only once the
-    new results are computed, so an interrupted evaluation keeps them."""
+    id. With ``hallucination``: CHAIR (also alone as ``chair_*.json``, ``{overall, imgToEval}`` as CHAIR's tools
+    write it), frequent-word P/R/F1, probe rate; with ``explanations`` too: grounding, ablation and detection of
+    every method (``explanations_*.json`` and ``.md``). Returns ``{"overall", "chair"?, "probes"?,
+    "explanations"?, "paths"}``. The earlier run's files are removed only once the new results are computed, so an
+    interrupted evaluation keeps them."""
+    if explanations is not None and hallucination is None:
+        raise ValueError("evaluating explanations needs the split's boxes: give the instances (and synonyms) file")
     split = dataset.split
     scores = score_dataset(model, dataset, beam_size, max_length,
                            metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"), progress=progress)
@@ -53,6 +64,10 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     report = {"overall": scores["overall"]}
     if hallucination is not None:
         report.update(hallucination_report(captions, hallucination))
+    if explanations is not None:
+        explanations = dataclasses.replace(explanations, beam_size=beam_size, max_length=max_length)
+        report["explanations"] = evaluate_explanations(model, dataset, hallucination, explanations,
+                                                       progress=progress)
     stamp = {"run_id": output.run_id, "split": split, "beam_size": beam_size, "images": len(captions),
              **(run or {})}
     paths = result_paths(output.path, split, beam_size)
@@ -64,7 +79,13 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
                atomic_write_json(paths["metrics"], {**scores, "run": stamp})]
     if "chair" in report:
         written.append(atomic_write_json(paths["hallucination"], {
-            **{key: report[key] for key in ("chair", "probes") if key in report}, "run": stamp}))
+            **{key: report[key] for key in ("chair", "chair_probes", "frequent_words", "probes") if key in report},
+            "run": stamp}))
+        written.append(atomic_write_json(paths["chair"], {**report["chair"], "run": stamp}))
+    if "explanations" in report:
+        written.append(atomic_write_json(paths["explanations"], {**report["explanations"], "run": stamp}))
+        written.append(atomic_write_text(paths["explanations_tables"], tables_markdown(
+            report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}")))
     output.record(written, group)
     return {**report, "paths": written}
 
@@ -75,7 +96,7 @@ def load_evaluation(out_dir, split: str, beam_size: int) -> dict:
     not all of one run (what the report reads: results of two runs are never shown as one)."""
     results, runs = {}, {}
     for name, path in result_paths(out_dir, split, beam_size).items():
-        if not path.is_file():
+        if not path.is_file() or path.suffix != ".json":
             continue
         try:
             results[name] = json.loads(path.read_text())

@@ -4,6 +4,7 @@ uses: ``{"value", "ci": [low, high], "images"}``.
 Images are the unit that is resampled: the words of one image are not independent (one caption, one model state),
 so a rate over words is resampled as per-image sums (a ratio of sums: CHAIR-i, grounding means, pointing game,
 ablation rates), which is exact for "the same statistic on a resampled set of images"."""
+import warnings
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -13,11 +14,13 @@ RESAMPLES = 1000
 
 
 def _interval(data, statistic, vectorized: bool, resamples: int, seed: int):
-    from scipy.stats import bootstrap
+    from scipy.stats import DegenerateDataWarning, bootstrap
 
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # a degenerate resampling distribution (e.g. every image 0/1) still has a percentile interval
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateDataWarning)
         result = bootstrap(data, statistic, paired=True, vectorized=vectorized, n_resamples=resamples,
-                           confidence_level=CONFIDENCE, method="percentile", random_state=seed)
+                           confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     return [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
 

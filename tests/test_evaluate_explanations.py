@@ -1,0 +1,64 @@
+"""``capxai evaluate --explanations``: every method measured on a tiny trained captioner, the result files
+(json + markdown) with intervals, and clear errors for bad input (an explanation of another split, bad options)."""
+import json
+
+import pytest
+
+from capxai import cli
+from capxai.data.captions import open_split
+from capxai.evaluate.explanations import ExplanationSettings, evaluate_explanations
+from capxai.evaluate.hallucination import load_hallucination_data
+from capxai.train import load_trained
+
+
+def _arguments(checkpoint, data, out, *extra):
+    return ["evaluate", "--checkpoint", str(checkpoint), "--split-file", str(data / "dataset_scenes.json"),
+            "--image-root", str(data), "--beam-size", "1", "--out", str(out), *extra]
+
+
+def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
+    checkpoint, data = grounded_model
+    out = tmp_path / "evaluation"
+    code = cli.main(_arguments(checkpoint, data, out, "--explanations", "all", "--explain-batch-size", "4",
+                               "--ablation-patches", "8"))
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "explanations_test_beam1.json").read_text())
+    methods = ["lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention"]
+    assert results["settings"]["methods"] == methods and results["images"] == 100
+    detection = results["detection"]
+    assert set(detection["statistics"]) == {"model", *methods} and detection["words"] > 50
+    assert set(results["grounding"]) == {"uniform", *methods}
+    assert set(results["ablation"]["image"]) == {"random", *methods}
+    for method, entry in results["grounding"].items():
+        for score in [*entry["thresholds"].values(), entry["pointing_game"]]:
+            assert score["value"] is None or 0.0 <= score["value"] <= 1.0
+    assert set(results["ablation"]["words"]) <= {"random", "lrp", "gradient-x-input"}
+    chair = json.loads((out / "chair_test_beam1.json").read_text())
+    assert set(chair) == {"overall", "imgToEval", "run"} and len(chair["imgToEval"]) == 100
+    assert (out / "explanations_test_beam1.md").read_text().startswith("# Explanations of test")
+    hallucination = json.loads((out / "hallucination_test_beam1.json").read_text())
+    assert "frequent_words" in hallucination and hallucination["chair"]["overall"]["CHAIRi_ci"] is not None
+
+
+def test_explanations_of_another_split_are_refused(tiny_trained):
+    checkpoint, data = tiny_trained
+    model, vocabulary, config = load_trained(checkpoint)
+    test = open_split(data / "dataset_scenes.json", data, "test", vocabulary, config.max_length, config.image_size)
+    val_boxes = load_hallucination_data(data / "annotations" / "instances_val.json", data / "synonyms.txt",
+                                        data / "dataset_scenes.json")
+    with pytest.raises(ValueError, match="no entry for 7 images"):
+        evaluate_explanations(model, test, val_boxes, ExplanationSettings(methods=["attention"]), progress=False)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--explanations", "lrp,magic"], "--explanations must be 'all' or some of"),
+    (["--explanations", "all", "--ablation-grid", "2", "--ablation-patches", "5"], "patches \\(5\\) must be at most"),
+    (["--explanations", "lrp", "--instances", "{data}/missing.json"], "does not exist"),
+])
+def test_bad_options_stop_before_any_work(tiny_trained, tmp_path, capsys, extra, message):
+    checkpoint, data = tiny_trained
+    out = tmp_path / "evaluation"
+    extra = [item.replace("{data}", str(data)) for item in extra]
+    assert cli.main(_arguments(checkpoint, data, out, *extra)) == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert not out.exists() or not any(out.glob("*.json"))
