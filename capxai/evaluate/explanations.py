@@ -8,7 +8,9 @@ caption metrics and CHAIR see them). The words measured are the object mentions 
 mentions of objects the image holds and has boxes for; detection takes every mention, labelled present or
 hallucinated by CHAIR's ground truth; word ablation takes every word with enough preceding words.
 """
+import contextlib
 import dataclasses
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -63,10 +65,19 @@ class ExplanationSettings:
 
 
 class _Records:
-    """Rows of numbers, each tied to an image (the unit the intervals resample)."""
+    """Rows of numbers, each tied to an image (the unit the intervals resample), and where the time went."""
 
     def __init__(self):
         self.rows: Dict[str, List[list]] = {}
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
     def add(self, table: str, image: int, **values) -> None:
         self.rows.setdefault(table, []).append([image, values])
@@ -111,13 +122,15 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     for start in tqdm(batches, desc="evaluating explanations", unit="batch", disable=not progress):
         positions = list(range(start, min(start + settings.batch_size, len(dataset))))
         images = torch.stack([dataset[i]["image"] for i in positions])
-        with torch.no_grad():
+        with torch.no_grad(), records.timed("decode"):
             features = model.encoder(images)
             decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length)
         captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long), decoded.tokens], 1)
         _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
                        data, settings, records, generator)
-    return _tables(records, data, settings, len(dataset))
+    with records.timed("tables and intervals"):
+        tables = _tables(records, data, settings, len(dataset))
+    return {**tables, "seconds": {phase: round(value, 2) for phase, value in records.seconds.items()}}
 
 
 def _measure_batch(model, explainers, images, features, captions, image_ids, positions, data, settings, records,
@@ -126,7 +139,8 @@ def _measure_batch(model, explainers, images, features, captions, image_ids, pos
     mentions = None
     random_patches = None
     for method, explainer in explainers.items():
-        explanation = explainer.explain(images, captions=captions)
+        with records.timed(f"explain:{method}"):
+            explanation = explainer.explain(images, captions=captions)
         heatmaps = explanation.heatmaps().detach()
         if mentions is None:  # the same captions for every method: find the object words once
             mentions = _object_mentions(explanation, image_ids, positions, data, size, settings)
@@ -134,11 +148,16 @@ def _measure_batch(model, explainers, images, features, captions, image_ids, pos
             _model_statistics(explanation, mentions, records)
             _uniform_grounding(mentions, size, records)
             if settings.ablation:
-                _image_ablation(model, images, explanation, mentions, random_patches, "random", settings, records)
-                _word_ablation(model, features, explanation, None, positions, settings, records, generator)
-        _grounding(method, heatmaps, mentions, records)
-        _detection(method, heatmaps, explanation, mentions, records)
-        if settings.ablation:
+                with records.timed("ablation"):
+                    _image_ablation(model, images, explanation, mentions, random_patches, "random", settings,
+                                    records)
+                    _word_ablation(model, features, explanation, None, positions, settings, records, generator)
+        with records.timed("grounding and detection"):
+            _grounding(method, heatmaps, mentions, records)
+            _detection(method, heatmaps, explanation, mentions, records)
+        if not settings.ablation:
+            continue
+        with records.timed("ablation"):
             maps = torch.stack([heatmaps[m["row"], m["t"]] for m in mentions]) if mentions else None
             chosen = (ablation.most_relevant_patches(ablation.patch_relevance(maps, settings.grid), settings.patches,
                                                      generator) if maps is not None else None)
@@ -361,4 +380,6 @@ def tables_markdown(results: dict, title: str = "") -> str:
     for method, best in detection["best"].items():
         lines.append(f"| {method} | {best['statistic']} | {best['higher_means']} | {best['detection_auc']:.3f} | "
                      f"{_fmt(best)} |")
+    if results.get("seconds"):
+        lines += ["", "Seconds: " + ", ".join(f"{phase} {value:.1f}" for phase, value in results["seconds"].items())]
     return "\n".join(lines) + "\n"
