@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from capxai.data.captions import CaptionDataset
+from capxai.data.captions import CaptionDataset, image_id_of
 from capxai.evaluate import ablation
 from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
 from capxai.evaluate.hallucination import HallucinationData
@@ -111,7 +111,7 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     from capxai.report.explain_run import make_explainer
 
     vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None) or dataset.vocabulary
-    ids = [int(dataset.entries[i].get("cocoid", dataset.entries[i].get("imgid", i))) for i in range(len(dataset))]
+    ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]
     data.annotations.check_covers(ids, "the instances file")
     explainers = {method: make_explainer(method, model, vocabulary, settings.composite)
                   for method in settings.methods}
@@ -129,7 +129,7 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
         _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
                        data, settings, records, generator)
     with records.timed("tables and intervals"):
-        tables = _tables(records, data, settings, len(dataset))
+        tables = _tables(records, settings, len(dataset))
     return {**tables, "seconds": {phase: round(value, 2) for phase, value in records.seconds.items()}}
 
 
@@ -264,7 +264,7 @@ def _word_ablation(model, features, explanation, method, positions, settings, re
         records.add(f"word_ablation:{method or 'random'}", positions[row], drop=was - now)
 
 
-def _tables(records: _Records, data: HallucinationData, settings: ExplanationSettings, images: int) -> dict:
+def _tables(records: _Records, settings: ExplanationSettings, images: int) -> dict:
     methods = list(settings.methods)
     grounding = {}
     for method in ["uniform", *methods]:
@@ -274,15 +274,14 @@ def _tables(records: _Records, data: HallucinationData, settings: ExplanationSet
         entry = {"thresholds": {str(threshold): _mean_over_images(*records.column(table, f"t{threshold}"))
                                 for threshold in THRESHOLDS},
                  "pointing_game": _mean_over_images(*records.column(table, "pointing"))}
-        categories = records.labels(table, "category")
+        categories = np.asarray(records.labels(table, "category"))
+        columns = {name: records.column(table, name)[1] for name in ("t0.0", "t0.5", "pointing")}
         per_category = {}
-        for category in sorted(set(categories)):
-            chosen = np.asarray([c == category for c in categories])
-            per_category[category] = {
-                "words": int(chosen.sum()),
-                **{f"t{threshold}": float(records.column(table, f"t{threshold}")[1][chosen].mean())
-                   for threshold in (0.0, 0.5)},
-                "pointing_game": float(records.column(table, "pointing")[1][chosen].mean())}
+        for category in sorted(set(categories.tolist())):
+            chosen = categories == category
+            per_category[category] = {"words": int(chosen.sum()),
+                                      **{name: float(columns[name][chosen].mean()) for name in ("t0.0", "t0.5")},
+                                      "pointing_game": float(columns["pointing"][chosen].mean())}
         entry["per_category"] = per_category
         grounding[method] = entry
     ablations = {"image": {}, "words": {}}
@@ -308,11 +307,7 @@ def _auc_entry(image_index: np.ndarray, labels: np.ndarray, scores: np.ndarray) 
     def statistic(chosen: np.ndarray) -> Optional[float]:
         weights = np.bincount(chosen, minlength=present.size)[index].astype(np.float64)
         keep = weights > 0
-        if len(set(labels[keep].tolist())) < 2:
-            return None
-        from sklearn.metrics import roc_auc_score
-
-        return float(roc_auc_score(labels[keep], scores[keep], sample_weight=weights[keep]))
+        return roc_auc(labels[keep], scores[keep], weights[keep])
 
     entry = statistic_ci(present.size, statistic)
     # which side of the statistic marks a hallucination; the detection AUC is the better of the two readings

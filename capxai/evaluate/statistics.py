@@ -70,11 +70,13 @@ def statistic_ci(images: int, statistic: Callable[[np.ndarray], Optional[float]]
     return {"value": float(value), "ci": [float(low), float(high)], "images": images}
 
 
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> Optional[float]:
-    """scikit-learn's ROC AUC of ``scores`` for telling label 1 from 0; None when only one label occurs."""
+def roc_auc(labels: Sequence[int], scores: Sequence[float],
+            weights: Optional[Sequence[float]] = None) -> Optional[float]:
+    """scikit-learn's ROC AUC of ``scores`` for telling label 1 from 0 (``weights``: how often each counts, e.g.
+    a bootstrap's multiplicities); None when only one label occurs."""
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
     if labels.size == 0 or np.all(labels == labels[0]):
         return None
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64), sample_weight=weights))
