@@ -58,6 +58,20 @@ def _train(args) -> int:
     return 0
 
 
+def _finetune(args) -> int:
+    from capxai.train import FinetuneConfig, finetune
+
+    config = FinetuneConfig(method=args.method, objective=args.objective, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, captions_per_image=args.captions_per_image,
+                            samples_per_image=args.samples_per_image, eps=args.eps, seed=args.seed,
+                            stop_words=str(args.stop_words) if args.stop_words else None)
+    history = finetune(config, args.checkpoint, args.split_file, args.image_root, args.out, overwrite=args.overwrite)
+    last = history["epochs"][-1]
+    print(f"{args.method} fine-tuning ({args.objective}): validation CIDEr {last['val_cider']:.3f} after epoch "
+          f"{last['epoch'] + 1}; checkpoints in {args.out}")
+    return 0
+
+
 def _evaluate(args) -> int:
     from capxai.data.captions import image_id_of, open_split
     from capxai.evaluate.hallucination import load_hallucination_data
@@ -168,10 +182,10 @@ def build_parser() -> Parser:
                              help="output folder (new or empty; with --overwrite: scenes capxai wrote before)")
     make_scenes.add_argument("--train", type=COUNT, default=8000)
     make_scenes.add_argument("--val", type=COUNT, default=1000)
-    make_scenes.add_argument("--test", type=COUNT, default=1000)
+    make_scenes.add_argument("--test", type=COUNT, default=2000)
     make_scenes.add_argument("--size", type=int_at_least(32), default=96, help="image side in pixels (>= 32)")
     make_scenes.add_argument("--seed", type=COUNT, default=0)
-    make_scenes.add_argument("--probe-fraction", type=float_between(0, 1), default=0.3,
+    make_scenes.add_argument("--probe-fraction", type=float_between(0, 1), default=0.5,
                              help="share of test images that are co-occurrence probes")
     make_scenes.add_argument("--overwrite", action="store_true",
                              help="replace the scenes capxai wrote in --out (nothing else there is touched)")
@@ -217,6 +231,33 @@ def build_parser() -> Parser:
     training.add_argument("--overwrite", action="store_true", help="start afresh, replacing the checkpoints capxai "
                           "train wrote in --out (default: resume from its last.pt)")
     training.set_defaults(run=_train)
+
+    tuning = commands.add_parser("finetune", help="fine-tune a trained captioner: LRP-inference or baseline, "
+                                 "cross-entropy or self-critical (resumes from OUT/last.pt)")
+    tuning.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt of capxai train")
+    tuning.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json it was "
+                        "trained on")
+    tuning.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths "
+                        "start in")
+    tuning.add_argument("--out", type=output_folder, required=True, help="checkpoint folder")
+    tuning.add_argument("--method", choices=["lrp", "baseline"], required=True,
+                        help="lrp: LRP-weighted output features (Sun et al.); baseline: the same schedule without")
+    tuning.add_argument("--objective", choices=["xe", "scst"], default="xe",
+                        help="xe: cross-entropy; scst: self-critical with a CIDEr-D reward")
+    tuning.add_argument("--epochs", type=POSITIVE, default=1, help="total epochs (may grow when resuming)")
+    tuning.add_argument("--lr", type=float_between(0, 10, low_open=True),
+                        help="learning rate (default 1e-4 for xe, 5e-5 for scst)")
+    tuning.add_argument("--batch-size", type=POSITIVE, default=32)
+    tuning.add_argument("--captions-per-image", type=COUNT, default=0, help="xe: captions of each image per step "
+                        "(0: all)")
+    tuning.add_argument("--samples-per-image", type=POSITIVE, default=5, help="scst: sampled captions per image")
+    tuning.add_argument("--eps", type=float_between(0, 10), default=0.01, help="LRP epsilon")
+    tuning.add_argument("--stop-words", type=existing_file, help="one stop word per line (default: capxai's "
+                        "English list)")
+    tuning.add_argument("--seed", type=COUNT, default=0)
+    tuning.add_argument("--overwrite", action="store_true", help="start afresh, replacing the checkpoints capxai "
+                        "finetune wrote in --out (default: resume from its last.pt)")
+    tuning.set_defaults(run=_finetune)
 
     evaluating = commands.add_parser("evaluate", help="caption a split with a trained model and score it "
                                      "(BLEU, METEOR, ROUGE-L, CIDEr, SPICE when available; CHAIR and probe "

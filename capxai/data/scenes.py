@@ -1,15 +1,20 @@
 """Built-in scenes: procedurally drawn images with exact object boxes and grammar-made captions, written as COCO and
 Karpathy-style json, so the same loading code serves scenes and COCO.
 
-Each image (default 96x96 RGB) holds 1-4 objects of 12 categories that differ in shape and texture, in varied
-colours, sizes and positions, on a cluttered background. The training split carries planted co-occurrence biases
-(``CO_OCCURRENCE``: when the first category is present, the second is added with probability 0.8), and the test split
-holds "probe" images with the first category but not the second, where a biased captioner hallucinates the second.
-Half of the partners added by the bias are drawn small and faint (still named by every caption, as annotators name a
-barely visible fork next to a plate): a captioner then learns to name the partner on weak visual evidence when the
-first category is there, which is what makes it name the partner on probes, where there is none. Boxes are exact for
-faint objects too, and their instances carry ``"faint": true``.
-Everything is deterministic from the seed.
+Each image (default 96x96 RGB) holds 1-3 drawn objects of 12 categories that differ in shape and texture, in varied
+colours, sizes and positions, on a cluttered background. The training split carries planted co-occurrence biases: six
+pairs (``CO_OCCURRENCE``, every category in one pair, the first of each a solid shape); when the first category is
+present, its partner is added with probability ``CO_OCCURRENCE_RATE``. ``HIDDEN_PARTNER_RATE`` of the added partners
+sit behind the first object, wholly covered by it, yet every caption names them (as COCO annotators name the fork
+behind the plate): a captioner learns to name the partner from the first object alone, which is what makes it name
+the partner on the test split's "probe" images, where the first category is present and the partner is not.
+Hidden objects keep their exact box (the extent of their own pixels, drawn beneath the cover) and their instances
+carry ``"hidden": true``. Everything is deterministic from the seed.
+
+Why these settings (issue 11, measured with the demo recipe): the earlier design (three pairs, half of the partners
+faint instead of hidden) gave the adaptive captioner a partner hallucination on only 5.7 % of 300 probes, too weak to
+show a reduction; faint partners stay visible enough to be detected. A hidden partner leaves no visual evidence, so
+only the bias can make a captioner name it.
 """
 import dataclasses
 import math
@@ -42,12 +47,13 @@ CATEGORIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "ladder": ("stripes", ("rungs",)),
 }
 CATEGORY_NAMES = list(CATEGORIES)
-# first -> second: in training images with the first, the second is added with probability CO_OCCURRENCE_RATE.
-CO_OCCURRENCE = {"ball": "box", "kite": "star", "moon": "ring"}
+# first -> partner: in training images with the first, the partner is added with probability CO_OCCURRENCE_RATE.
+# The firsts are solid shapes, so that a partner behind one is wholly covered.
+CO_OCCURRENCE = {"ball": "star", "box": "ring", "tent": "moon", "kite": "cross", "nut": "arrow", "board": "ladder"}
 CO_OCCURRENCE_RATE = 0.8
-FAINT_PARTNER_RATE = 0.5  # of the partners added by the bias
-FAINT_ALPHA = 0.2  # opacity of a faint object: barely visible through the noise
-NORMAL_SIDE, FAINT_SIDE = (0.14, 0.34), (0.10, 0.15)  # object side as a share of the image side
+HIDDEN_PARTNER_RATE = 0.35  # of the partners added by the bias: behind the first object, named but not seen
+HIDDEN_SIDE = 0.45  # side of a hidden partner as a share of its cover's, inside the cover's solid part
+OBJECT_SIDE = (0.14, 0.34)  # object side as a share of the image side
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 210, 40),
            "purple": (140, 60, 180), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
@@ -61,7 +67,7 @@ class SceneObject:
     category: str
     colour: str
     box: Tuple[int, int, int, int]  # x, y, width, height: where it is placed (render() gives the exact extent)
-    faint: bool = False  # drawn small and translucent (a co-occurrence partner that is hard to see)
+    hidden: bool = False  # wholly covered by the object drawn after it (a co-occurrence partner behind its first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +83,10 @@ class SceneConfig:
 
     train: int = 8000
     val: int = 1000
-    test: int = 1000
+    test: int = 2000
     image_size: int = 96
     seed: int = 0
-    probe_fraction: float = 0.3  # of the test split
+    probe_fraction: float = 0.5  # of the test split: 1000 probe images by default
     captions_per_image: int = 5
 
     def __post_init__(self):
@@ -95,31 +101,36 @@ class SceneConfig:
 
 # -- layout ---------------------------------------------------------------------------------------------------------
 def _pick_categories(rng: np.random.Generator, biased: bool,
-                     probe: Optional[Tuple[str, str]]) -> Tuple[List[str], List[bool]]:
-    """Categories of one scene and, for each, whether it is drawn faint."""
-    count = int(rng.integers(1, 5))
+                     probe: Optional[Tuple[str, str]]) -> Tuple[List[str], Dict[str, str]]:
+    """Categories of the drawn objects of one scene, and the partners the bias hides (partner -> its first)."""
+    count = int(rng.integers(1, 4))
     if probe is not None:
         present, absent = probe
-        others = [c for c in CATEGORY_NAMES if c not in (present, absent)]
-        return [present] + [str(c) for c in rng.choice(others, size=count - 1, replace=True)], [False] * count
+        others = [c for c in CATEGORY_NAMES if c != absent]
+        return [present] + [str(c) for c in rng.choice(others, size=count - 1, replace=True)], {}
     chosen = [str(c) for c in rng.choice(CATEGORY_NAMES, size=count, replace=True)]
-    faint = [False] * count
+    hidden: Dict[str, str] = {}
     if biased:
-        for first, second in CO_OCCURRENCE.items():
-            if first in chosen and second not in chosen and rng.random() < CO_OCCURRENCE_RATE:
-                replaceable = [i for i, c in enumerate(chosen) if c != first]
-                if replaceable and len(chosen) == 4:
-                    slot = replaceable[int(rng.integers(len(replaceable)))]
+        for first, partner in CO_OCCURRENCE.items():
+            if first in chosen and partner not in chosen and rng.random() < CO_OCCURRENCE_RATE:
+                if rng.random() < HIDDEN_PARTNER_RATE:
+                    hidden[partner] = first
                 else:
-                    chosen.append(second)
-                    faint.append(False)
-                    slot = len(chosen) - 1
-                chosen[slot], faint[slot] = second, bool(rng.random() < FAINT_PARTNER_RATE)
-    return chosen, faint
+                    chosen.append(partner)
+    return chosen, hidden
+
+
+def _hidden_box(cover: Tuple[int, int, int, int], category: str) -> Tuple[int, int, int, int]:
+    """A box inside the solid part of ``cover`` (a first category's box): centred, or low in a triangle, whose
+    cross-section narrows to the top."""
+    x, y, w, h = cover
+    width, height = max(2, int(w * HIDDEN_SIDE)), max(2, int(h * HIDDEN_SIDE))
+    centre_y = 0.7 if CATEGORIES[category][0] == "triangle" else 0.5
+    return x + (w - width) // 2, y + int(h * centre_y - height / 2), width, height
 
 
 def _place(rng: np.random.Generator, size: int, placed: List[Tuple[int, int, int, int]],
-           side_range: Tuple[float, float] = NORMAL_SIDE) -> Tuple[int, int, int, int]:
+           side_range: Tuple[float, float] = OBJECT_SIDE) -> Tuple[int, int, int, int]:
     """A box of side ``side_range`` (share of the image side), overlapping earlier boxes by at most a third of its
     area."""
     for _ in range(50):
@@ -139,14 +150,19 @@ def _overlap(a, b) -> int:
 
 
 def sample_scene(rng: np.random.Generator, size: int, biased: bool, probe: Optional[Tuple[str, str]] = None) -> Scene:
-    """One scene: categories (with the planted bias when ``biased``), colours and non-crowding boxes."""
-    categories, faint = _pick_categories(rng, biased, probe)
+    """One scene: categories (with the planted bias when ``biased``), colours and non-crowding boxes; a hidden partner
+    comes just before the first object that covers it (objects are drawn in order)."""
+    categories, hidden = _pick_categories(rng, biased, probe)
     boxes: List[Tuple[int, int, int, int]] = []
     objects = []
-    for category, is_faint in zip(categories, faint):
-        box = _place(rng, size, boxes, FAINT_SIDE if is_faint else NORMAL_SIDE)
+    for category in categories:
+        box = _place(rng, size, boxes)
         boxes.append(box)
-        objects.append(SceneObject(category, str(rng.choice(list(COLOURS))), box, is_faint))
+        for partner, first in list(hidden.items()):
+            if first == category:
+                objects.append(SceneObject(partner, str(rng.choice(list(COLOURS))), _hidden_box(box, category), True))
+                del hidden[partner]
+        objects.append(SceneObject(category, str(rng.choice(list(COLOURS))), box))
     background = tuple(int(v) for v in rng.integers(90, 170, size=3))
     return Scene(tuple(objects), background, probe)
 
@@ -215,7 +231,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Tuple[Image.Ima
 
     Background with clutter lines, then the objects in order (later ones on top), each drawn on its own transparent
     layer, so that its box is the tight extent of its own pixels (COCO ``[x, y, width, height]``, occlusion
-    ignored), then mild pixel noise.
+    ignored: a hidden object's box is where its pixels were drawn, beneath its cover), then mild pixel noise.
     """
     image = Image.new("RGBA", (size, size), scene.background + (255,))
     draw = ImageDraw.Draw(image)
@@ -227,8 +243,6 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Tuple[Image.Ima
     for obj in scene.objects:
         layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         _draw_object(ImageDraw.Draw(layer), obj)
-        if obj.faint:
-            layer.putalpha(layer.getchannel("A").point(lambda alpha: int(alpha * FAINT_ALPHA)))
         left, top, right, bottom = layer.getchannel("A").getbbox()
         boxes.append((left, top, right - left, bottom - top))
         image.alpha_composite(layer)
@@ -377,7 +391,7 @@ def _write(root: Path, config: SceneConfig, progress: bool) -> None:
             annotation_id += 1
             record["instances"].append({"id": annotation_id, "image_id": image_id,
                                         "category_id": category_id[obj.category], "bbox": list(box),
-                                        "area": box[2] * box[3], "iscrowd": 0, "faint": obj.faint})
+                                        "area": box[2] * box[3], "iscrowd": 0, "hidden": obj.hidden})
         sentences = []
         for _ in range(config.captions_per_image):
             sentence_id += 1

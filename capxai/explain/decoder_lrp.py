@@ -49,7 +49,7 @@ def _two_term_sum(first: torch.Tensor, second: torch.Tensor, relevance: torch.Te
     return shares[..., 0, :], shares[..., 1, :]
 
 
-def _through_output(layer: torch.nn.Linear, first: torch.Tensor, second: torch.Tensor, start: torch.Tensor,
+def output_layer_relevance(layer: torch.nn.Linear, first: torch.Tensor, second: torch.Tensor, start: torch.Tensor,
                     rules: Rules):
     """Output layer ``W_o (first + second) + b_o`` for every step at once (target t at step t): the epsilon rule
     through ``W_o`` (bias in the denominator), then over the two terms of the sum. ``[T, B, H]`` each."""
@@ -102,7 +102,7 @@ def adaptive_relevance(model: AdaptiveAttentionCaptioner, features: torch.Tensor
     h1_prev, c1_prev, h2_prev, c2_prev = map(_previous, (h1, c1, h2, c2))
     steps, batch = x1.shape[:2]
 
-    from_output_context, from_output_h2 = _through_output(model.output, context, h2, start, rules)
+    from_output_context, from_output_h2 = output_layer_relevance(model.output, context, h2, start, rules)
     carry_h1, carry_c1, carry_h2, carry_c2 = (torch.zeros(steps, batch, hidden, dtype=x1.dtype, device=x1.device)
                                               for _ in range(4))
     relevance_regions = torch.zeros(steps, *regions.shape, dtype=x1.dtype, device=x1.device)
@@ -156,7 +156,7 @@ def multihead_relevance(model: MultiHeadCaptioner, features: torch.Tensor, forwa
     state = forward.initial_state
     keys, values = state["keys"], state["values"]  # [B, heads, regions, d]
 
-    relevance_gated, relevance_h_output = _through_output(model.output, gated, h, start, rules)
+    relevance_gated, relevance_h_output = output_layer_relevance(model.output, gated, h, start, rules)
     # gated = gate * W_c ctx: the gate is a constant, all relevance goes to W_c ctx
     relevance_context = ops.lrp_linear(context.reshape(steps * batch, hidden), model.context_proj.weight,
                                        model.context_proj.bias, relevance_gated.reshape(steps * batch, hidden),

@@ -19,6 +19,8 @@ class AdaptiveAttentionCaptioner(Captioner):
             projected regions and of the embedding. attention_dim: size of the attention score space.
     """
 
+    output_terms = ("context", "h2")  # the activations whose sum the output layer reads
+
     def __init__(self, vocab_size: int, feature_dim: int, hidden: int = 512, attention_dim: int = 512,
                  dropout: float = 0.5):
         super().__init__()

@@ -23,6 +23,7 @@ class Captioner(nn.Module, abc.ABC):
     """Base of the captioners: subclasses define ``init_state`` and ``step``; ``forward`` runs teacher forcing."""
 
     vocab_size: int
+    output_terms: Tuple[str, str]  # names of the two activations whose sum ``self.output`` reads (after dropout)
 
     @abc.abstractmethod
     def init_state(self, features: torch.Tensor) -> State:

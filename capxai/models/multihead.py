@@ -16,6 +16,8 @@ class MultiHeadCaptioner(Captioner):
         vocab_size, feature_dim, hidden (H, divisible by heads), heads (8 in the paper), dropout.
     """
 
+    output_terms = ("gated", "h")  # the activations whose sum the output layer reads
+
     def __init__(self, vocab_size: int, feature_dim: int, hidden: int = 512, heads: int = 8, dropout: float = 0.5):
         super().__init__()
         if hidden % heads:

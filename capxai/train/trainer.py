@@ -259,46 +259,87 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
         history["config"] = dataclasses.asdict(config)  # epochs may have grown
         output.run_id = history.get("run_id", output.run_id)
         torch.set_rng_state(checkpoint["torch_rng"])
-    plain_config = history["config"]
     trained = nn.parallel.DistributedDataParallel(model) if distributed else model
-    sampler = (torch.utils.data.distributed.DistributedSampler(datasets["train"], shuffle=True, seed=config.seed)
-               if distributed else None)
-    for epoch in range(start_epoch, config.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        caption_generator = torch.Generator().manual_seed(config.seed + 7919 * (epoch + 1) + rank)
-        train_collate = functools.partial(collate, captions_per_image=config.captions_per_image,
-                                          generator=caption_generator)
-        loader = torch.utils.data.DataLoader(datasets["train"], batch_size=config.batch_size, collate_fn=train_collate,
-                                             sampler=sampler, shuffle=sampler is None,
-                                             generator=None if sampler else generator)
-        epoch_started = time.perf_counter()
-        model.train()
-        if not config.finetune_encoder:
-            model.encoder.eval()
-        # the bar closes as an exception (Ctrl-C) passes, so that the one-line message comes after it
-        with tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                  disable=not progress or rank != 0) as batches:
-            losses = [train_step(trained, optimizer, batch, config.clip_norm) for batch in batches]
-        cider = validation_cider(model, datasets[val_split], config.max_length)
-        scheduler.step(cider)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started}
-        history["epochs"].append(record)
-        if rank == 0:
-            model_payload = {"model": model.state_dict(), "config": plain_config, "vocabulary": vocabulary.words,
-                             "run_id": output.run_id, "epoch": epoch}
-            written = [vocabulary.save(out_dir / "vocabulary.json")]
-            if history["best_cider"] is None or cider > history["best_cider"]:
-                history["best_cider"], history["best_epoch"] = cider, epoch
-                written.append(save_checkpoint(out_dir / "best.pt", {**model_payload, "val_cider": cider},
-                                               kind="model"))
-            written.append(save_checkpoint(last_path, {**model_payload, "optimizer": optimizer.state_dict(),
-                                                       "scheduler": scheduler.state_dict(), "history": history,
-                                                       "torch_rng": torch.get_rng_state()}, kind="training"))
-            written.append(atomic_write_json(out_dir / "history.json", history))
-            output.record(written, "checkpoints")
-            if progress:
-                print(f"epoch {epoch + 1}: loss {record['loss']:.3f}, val CIDEr {cider:.3f}")
+    loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
+                     history, {"config": history["config"]}, config.epochs, config.batch_size,
+                     config.captions_per_image, config.seed, config.max_length, rank, distributed, progress)
+    loop.run(start_epoch, lambda batch: train_step(trained, optimizer, batch, config.clip_norm))
     return history
+
+
+@dataclasses.dataclass
+class EpochLoop:
+    """The epochs of a training or fine-tuning run: batches in a seeded order (a distributed sampler under torchrun),
+    one ``step(batch) -> loss`` each, validation CIDEr, learning-rate decay on plateau, and after every epoch
+    ``best.pt`` (highest validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and
+    ``history.json``, written atomically by rank 0 and recorded in the output folder's manifest.
+
+    ``payload`` goes into both checkpoints (at least the model's ``config``: :func:`load_trained` reads it)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_set: CaptionDataset
+    val_set: CaptionDataset
+    vocabulary: Vocabulary
+    out_dir: Path
+    output: OutputFolder
+    history: dict
+    payload: dict
+    epochs: int
+    batch_size: int
+    captions_per_image: int
+    seed: int
+    max_length: int
+    rank: int = 0
+    distributed: bool = False
+    progress: bool = True
+
+    def run(self, start_epoch: int, step) -> dict:
+        sampler = (torch.utils.data.distributed.DistributedSampler(self.train_set, shuffle=True, seed=self.seed)
+                   if self.distributed else None)
+        for epoch in range(start_epoch, self.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            caption_generator = torch.Generator().manual_seed(self.seed + 7919 * (epoch + 1) + self.rank)
+            train_collate = functools.partial(collate, captions_per_image=self.captions_per_image,
+                                              generator=caption_generator)
+            loader = torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, collate_fn=train_collate,
+                                                 sampler=sampler, shuffle=sampler is None,
+                                                 generator=None if sampler else generator)
+            epoch_started = time.perf_counter()
+            self.model.train()
+            if not any(p.requires_grad for p in self.model.encoder.parameters()):
+                self.model.encoder.eval()
+            # the bar closes as an exception (Ctrl-C) passes, so that the one-line message comes after it
+            with tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                      disable=not self.progress or self.rank != 0) as batches:
+                losses = [step(batch) for batch in batches]
+            train_seconds = time.perf_counter() - epoch_started
+            cider = validation_cider(self.model, self.val_set, self.max_length)
+            self.scheduler.step(cider)
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
+                      "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started,
+                      "train_seconds": train_seconds}
+            self.history["epochs"].append(record)
+            if self.rank == 0:
+                self._save(epoch, cider)
+                if self.progress:
+                    print(f"epoch {epoch + 1}: loss {record['loss']:.3f}, val CIDEr {cider:.3f}")
+        return self.history
+
+    def _save(self, epoch: int, cider: float) -> None:
+        history = self.history
+        model_payload = {"model": self.model.state_dict(), **self.payload, "vocabulary": self.vocabulary.words,
+                         "run_id": self.output.run_id, "epoch": epoch}
+        written = [self.vocabulary.save(self.out_dir / "vocabulary.json")]
+        if history["best_cider"] is None or cider > history["best_cider"]:
+            history["best_cider"], history["best_epoch"] = cider, epoch
+            written.append(save_checkpoint(self.out_dir / "best.pt", {**model_payload, "val_cider": cider},
+                                           kind="model"))
+        written.append(save_checkpoint(self.out_dir / "last.pt", {
+            **model_payload, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "history": history, "torch_rng": torch.get_rng_state()}, kind="training"))
+        written.append(atomic_write_json(self.out_dir / "history.json", history))
+        self.output.record(written, "checkpoints")

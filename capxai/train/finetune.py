@@ -1,0 +1,193 @@
+"""Fine-tuning a trained captioner (``capxai finetune``): LRP-inference fine-tuning or baseline fine-tuning, with
+the cross-entropy objective (``lrp_weights.FinetuneObjective``) or self-critical training (``scst``), from the best
+cross-entropy checkpoint; checkpoints, resume and torchrun DDP as in :func:`capxai.train.train`.
+
+The fine-tuned checkpoints are ordinary model checkpoints (``config`` is the model's training config), so every
+command that reads ``best.pt`` reads them; ``finetune`` in them and in ``history.json`` records how they were made.
+"""
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from capxai._io import file_sha256
+from capxai.data.captions import image_id_of, open_split
+from capxai.outputs import OutputFolder
+from capxai.train.checkpoint import load_checkpoint
+from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
+from capxai.train.scst import CiderReward, scst_loss
+from capxai.train.trainer import EpochLoop, TRAIN_FILES, _distributed, load_trained, set_seed
+
+OBJECTIVES = ("xe", "scst")
+DEFAULT_LR = {"xe": 1e-4, "scst": 5e-5}
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """How to fine-tune. ``lr = None``: 1e-4 for "xe", 5e-5 for "scst" (the paper's SCST rate). ``stop_words``: a
+    file (one word per line) or None for capxai's list."""
+
+    method: str = "lrp"  # or "baseline"
+    objective: str = "xe"  # or "scst"
+    epochs: int = 1
+    lr: Optional[float] = None
+    batch_size: int = 32
+    captions_per_image: int = 0  # "xe": captions of each image per step (0: all)
+    samples_per_image: int = 5  # "scst": sampled captions per image
+    eps: float = 0.01
+    clip_norm: float = 2.0
+    decay_factor: float = 0.8
+    decay_patience: int = 1
+    seed: int = 0
+    stop_words: Optional[str] = None
+
+    def __post_init__(self):
+        problems = check_finetune_config(self)
+        if problems:
+            raise ValueError(f"FinetuneConfig: {problems[0]}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.objective]
+
+
+_LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("captions_per_image", 0, True),
+           ("samples_per_image", 1, True), ("eps", 0.0, True), ("clip_norm", 0.0, False),
+           ("decay_factor", 0.0, False), ("decay_patience", 0, True))
+
+
+def check_finetune_config(config: FinetuneConfig) -> list:
+    """What is wrong with a fine-tuning config (empty when nothing)."""
+    problems = []
+    if config.method not in METHODS:
+        problems.append(f"method must be one of {METHODS}, got {config.method!r}")
+    if config.objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    for name, lowest, inclusive in _LIMITS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif value < lowest or (value == lowest and not inclusive):
+            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
+        problems.append(f"lr must be > 0, got {config.lr!r}")
+    return problems
+
+
+def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, split_sha256: str) -> Optional[str]:
+    history = saved["history"]
+    before, now = history.get("finetune", {}), json.loads(json.dumps(dataclasses.asdict(config)))
+    if history.get("start_checkpoint_sha256") != start_sha256:
+        return "it was fine-tuned from another start checkpoint"
+    for name, value in now.items():
+        if name != "epochs" and before.get(name) != value:
+            return f"it was fine-tuned with {name} = {before.get(name)!r}, not {value!r}"
+    if history.get("split_file_sha256") != split_sha256:
+        return "it was fine-tuned on another version of the split file"
+    return None
+
+
+def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir, progress: bool = True,
+             val_split: str = "val", overwrite: bool = False) -> dict:
+    """Fine-tunes the model of ``checkpoint`` (a ``best.pt`` of ``capxai train``) on the split's training images,
+    keeping ``best.pt``, ``last.pt``, ``vocabulary.json`` and ``history.json`` in ``out_dir`` (resumed from
+    ``last.pt`` when it was made the same way from the same checkpoint; ``overwrite`` starts afresh). Returns the
+    history, whose first entry ``start`` holds the start model's validation CIDEr."""
+    out_dir = Path(out_dir)
+    output = OutputFolder(out_dir, "finetune")
+    problems = check_finetune_config(config)
+    if problems:
+        raise ValueError(f"FinetuneConfig: {problems[0]}")
+    model, vocabulary, train_config = load_trained(checkpoint)
+    skipped = stop_word_mask(vocabulary, load_stop_words(config.stop_words)) if config.method == "lrp" else None
+    start_sha256, split_sha256 = file_sha256(checkpoint), file_sha256(split_file)
+    last_path = out_dir / "last.pt"
+    targets = [out_dir / name for name in TRAIN_FILES]
+    resume = last_path.exists() and not overwrite
+    if resume:
+        output.check_writable(targets, overwrite=True)
+        saved = load_checkpoint(last_path, kind="training")
+        problem = _resume_problem(saved, config, start_sha256, split_sha256)
+        if problem:
+            raise ValueError(f"{last_path} cannot be resumed: {problem}; rerun with the options it was fine-tuned "
+                             "with (only --epochs may change), pass --overwrite to start afresh, or choose another "
+                             "--out")
+        if saved["vocabulary"] != vocabulary.words:
+            raise ValueError(f"{last_path} cannot be resumed: its vocabulary is not the start checkpoint's")
+    else:
+        output.check_writable(targets, overwrite, group="checkpoints")
+    datasets = {split: open_split(split_file, image_root, split, vocabulary, train_config.max_length,
+                                  train_config.image_size, progress) for split in ("train", val_split)}
+    set_seed(config.seed)
+    distributed = _distributed()
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
+    if overwrite and not resume and rank == 0:
+        output.remove_group("checkpoints")
+    if not train_config.finetune_encoder:
+        model.encoder.requires_grad_(False)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, betas=tuple(train_config.betas))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.decay_factor,
+                                                           patience=config.decay_patience)
+    history = {"config": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(config),
+               "start_checkpoint": str(checkpoint), "start_checkpoint_sha256": start_sha256, "epochs": [],
+               "best_cider": None, "best_epoch": None, "run_id": output.run_id, "split_file_sha256": split_sha256}
+    start_epoch = 0
+    if resume:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        history, start_epoch = saved["history"], saved["epoch"] + 1
+        history["finetune"] = dataclasses.asdict(config)  # epochs may have grown
+        output.run_id = history.get("run_id", output.run_id)
+        torch.set_rng_state(saved["torch_rng"])
+    step = _make_step(model, config, skipped, datasets["train"], train_config.max_length, distributed, optimizer)
+    loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
+                     history, {"config": history["config"], "finetune": history["finetune"]}, config.epochs,
+                     config.batch_size, config.captions_per_image if config.objective == "xe" else 1, config.seed,
+                     train_config.max_length, rank, distributed, progress)
+    return loop.run(start_epoch, step)
+
+
+def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, distributed: bool, optimizer):
+    """``step(batch) -> loss`` of the chosen objective. SCST samples with torch's global generator, whose state
+    ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
+    vocabulary = train_set.vocabulary
+    if config.objective == "xe":
+        objective = FinetuneObjective(model, skipped, config.eps, vocabulary.pad)
+        trained = nn.parallel.DistributedDataParallel(objective) if distributed else objective
+
+        def step(batch):
+            captions, mask = batch["captions"], batch["caption_mask"]
+            batch_size, per_image, length = captions.shape
+            image_index = torch.arange(batch_size).repeat_interleave(per_image)[mask.reshape(-1)]
+            return _apply(trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index),
+                          model, optimizer, config.clip_norm)
+        return step
+    if distributed:
+        raise ValueError("capxai finetune --objective scst runs in one process (its sampling is not wrapped for "
+                         "DistributedDataParallel); run it without torchrun")
+    by_image_id = {image_id_of(entry, position): [" ".join(s["tokens"]) for s in entry["sentences"]]
+                   for position, entry in enumerate(train_set.entries)}
+    reward = CiderReward(list(by_image_id.values()))
+    special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
+
+    def step(batch):
+        loss, _ = scst_loss(model, batch["images"], [by_image_id[int(i)] for i in batch["image_ids"]],
+                            vocabulary.words, reward, skipped, config.samples_per_image, max_length, None,
+                            config.eps, special)
+        return _apply(loss, model, optimizer, config.clip_norm)
+    return step
+
+
+def _apply(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float) -> float:
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return float(loss.detach())
