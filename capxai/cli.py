@@ -72,6 +72,38 @@ def _finetune(args) -> int:
     return 0
 
 
+def _finetune_table(args) -> int:
+    from capxai._io import atomic_write_json, atomic_write_text
+    from capxai.evaluate.comparison import finetune_table, table_markdown
+    from capxai.evaluate.run import load_evaluation
+    from capxai.outputs import OutputFolder
+
+    rows = []
+    for spec in args.row:
+        label, _, folders = spec.partition("=")
+        captioner, _, variant = label.partition("/")
+        if not (captioner and variant and folders):
+            raise CommandError(f"--row {spec!r} must read CAPTIONER/VARIANT=FOLDER[,FOLDER...] (one evaluation "
+                               "folder per seed), e.g. adaptive/lrp-xe=runs/e1,runs/e2")
+        evaluations = []
+        for folder in folders.split(","):
+            if not Path(folder).is_dir():
+                raise CommandError(f"--row {label}: evaluation folder {folder} does not exist")
+            evaluations.append((folder, load_evaluation(folder, args.split, args.beam_size)))
+        rows.append((captioner, variant, evaluations))
+    table = finetune_table(rows)
+    output = OutputFolder(args.out, "finetune-table")
+    paths = [Path(args.out) / "finetune_table.json", Path(args.out) / "finetune_table.md"]
+    output.check_writable(paths, args.overwrite, group="table")
+    output.remove_group("table")
+    written = [atomic_write_json(paths[0], {**table, "split": args.split, "beam_size": args.beam_size}),
+               atomic_write_text(paths[1], table_markdown(table))]
+    output.record(written, "table")
+    print(table_markdown(table))
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
 def _evaluate(args) -> int:
     from capxai.data.captions import image_id_of, open_split
     from capxai.evaluate.hallucination import load_hallucination_data
@@ -258,6 +290,17 @@ def build_parser() -> Parser:
     tuning.add_argument("--overwrite", action="store_true", help="start afresh, replacing the checkpoints capxai "
                         "finetune wrote in --out (default: resume from its last.pt)")
     tuning.set_defaults(run=_finetune)
+
+    tabling = commands.add_parser("finetune-table", help="the fine-tuning results table (json and markdown) from "
+                                  "evaluations of the cross-entropy, baseline and LRP fine-tuned models")
+    tabling.add_argument("--row", action="append", required=True, metavar="CAPTIONER/VARIANT=FOLDER[,FOLDER...]",
+                         help="one row: the evaluation folders of its seeds (capxai evaluate --explanations lrp); "
+                         "variants lrp-X and baseline-X of a captioner also get a difference row")
+    tabling.add_argument("--split", default="test", help="the evaluated split (default test)")
+    tabling.add_argument("--beam-size", type=POSITIVE, default=3, help="the evaluations' beam size (default 3)")
+    tabling.add_argument("--out", type=output_folder, required=True, help="folder for finetune_table.json/.md")
+    tabling.add_argument("--overwrite", action="store_true", help="replace a table capxai wrote there before")
+    tabling.set_defaults(run=_finetune_table)
 
     evaluating = commands.add_parser("evaluate", help="caption a split with a trained model and score it "
                                      "(BLEU, METEOR, ROUGE-L, CIDEr, SPICE when available; CHAIR and probe "
