@@ -10,10 +10,12 @@ import torch
 from capxai import cli
 from capxai.data.vocabulary import Vocabulary
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
+from capxai.ops import lrp_linear
 from capxai.ops.reference import lrp_linear_reference, stabilize
 from capxai.train import (CiderReward, FinetuneConfig, FinetuneObjective, feature_weights, finetune,
                           load_stop_words, load_trained, stop_word_mask)
 from capxai.train.checkpoint import load_checkpoint, save_checkpoint
+from capxai.train.lrp_weights import _explained_output_relevance
 from capxai.train.scst import sample_captions, self_critical_advantage, sequence_log_probs
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
@@ -122,6 +124,19 @@ def test_one_step_follows_the_two_term_loss(kind):
     for got, start in zip(model.parameters(), Model().parameters()):
         changed += not torch.equal(got, start)
     assert changed > 5
+
+
+def test_output_rule_for_the_explained_word_equals_the_fused_op():
+    torch.manual_seed(1)
+    output = torch.nn.Linear(7, 11).double()
+    total = torch.randn(5, 7, dtype=torch.float64)
+    total[0] = 0.0  # a zero logit up to the bias: the sign(0) case of stab
+    logits = output(total).detach()
+    words = torch.tensor([0, 3, 10, 3, 5])
+    start = torch.zeros_like(logits).scatter_(1, words[:, None], logits.gather(1, words[:, None]))
+    expected = lrp_linear(total, output.weight.detach(), output.bias.detach(), start, 0.01)
+    got = _explained_output_relevance(output, total, logits, words, 0.01)
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_stop_words(tmp_path):

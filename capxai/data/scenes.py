@@ -50,8 +50,8 @@ CATEGORY_NAMES = list(CATEGORIES)
 # first -> partner: in training images with the first, the partner is added with probability CO_OCCURRENCE_RATE.
 # The firsts are solid shapes, so that a partner behind one is wholly covered.
 CO_OCCURRENCE = {"ball": "star", "box": "ring", "tent": "moon", "kite": "cross", "nut": "arrow", "board": "ladder"}
-CO_OCCURRENCE_RATE = 0.8
-HIDDEN_PARTNER_RATE = 0.35  # of the partners added by the bias: behind the first object, named but not seen
+CO_OCCURRENCE_RATE = 0.85
+HIDDEN_PARTNER_RATE = 0.5  # of the partners added by the bias: behind the first object, named but not seen
 HIDDEN_SIDE = 0.45  # side of a hidden partner as a share of its cover's, inside the cover's solid part
 OBJECT_SIDE = (0.14, 0.34)  # object side as a share of the image side
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 210, 40),
@@ -273,7 +273,8 @@ def _article(phrase: str) -> str:
 
 
 def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """One caption: every category is named (with counts), sometimes with colours and one spatial relation."""
+    """One caption: every category is named (with counts), sometimes with colours and one spatial relation (hidden
+    objects: never with a colour or a relation, which cannot be seen)."""
     groups: Dict[str, List[SceneObject]] = {}
     for obj in scene.objects:
         groups.setdefault(obj.category, []).append(obj)
@@ -284,12 +285,12 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         members = groups[category]
         if len(members) > 1:
             phrases.append(f"{NUMBER_WORDS[len(members)]} {_noun(category, rng, plural=True)}")
-        elif rng.random() < 0.6:
+        elif not members[0].hidden and rng.random() < 0.6:  # a hidden object's colour is not seen
             phrases.append(_article(f"{members[0].colour} {_noun(category, rng)}"))
         else:
             phrases.append(_article(_noun(category, rng)))
-    if len(order) >= 2 and rng.random() < 0.5:
-        first, second = groups[order[0]][0], groups[order[1]][0]
+    first, second = (groups[order[0]][0], groups[order[1]][0]) if len(order) >= 2 else (None, None)
+    if first is not None and not (first.hidden or second.hidden) and rng.random() < 0.5:
         relation = str(rng.choice(RELATIONS[_relation(first, second)]))
         sentence = f"{phrases[0]} {relation} {phrases[1]}"
         if len(phrases) > 2:

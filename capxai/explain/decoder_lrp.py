@@ -40,7 +40,7 @@ def start_relevance(forward: ForwardPass, tokens: torch.Tensor, mask: torch.Tens
     return torch.zeros_like(logits).scatter_(2, index, picked)
 
 
-def _two_term_sum(first: torch.Tensor, second: torch.Tensor, relevance: torch.Tensor, rules: Rules):
+def two_term_relevance(first: torch.Tensor, second: torch.Tensor, relevance: torch.Tensor, rules: Rules):
     """The epsilon rule over the two terms of ``first + second`` (``[N, D]`` each; relevance ``[(K,) N, D]``), as
     the attention op with unit weights: same rule, same bias share (LRP_RULES.md, elementwise sum)."""
     values = torch.stack([first, second], dim=1)
@@ -57,7 +57,7 @@ def output_layer_relevance(layer: torch.nn.Linear, first: torch.Tensor, second: 
     total = (first + second).reshape(steps * batch, hidden)
     relevance_total = ops.lrp_linear(total, layer.weight, layer.bias, start.reshape(steps * batch, -1), rules.eps,
                                      rules.bias_factor)
-    relevance_first, relevance_second = _two_term_sum(first.reshape(-1, hidden), second.reshape(-1, hidden),
+    relevance_first, relevance_second = two_term_relevance(first.reshape(-1, hidden), second.reshape(-1, hidden),
                                                       relevance_total, rules)
     return relevance_first.reshape(steps, batch, hidden), relevance_second.reshape(steps, batch, hidden)
 

@@ -22,12 +22,12 @@ from capxai.train.scst import CiderReward, scst_loss
 from capxai.train.trainer import EpochLoop, TRAIN_FILES, _distributed, load_trained, set_seed
 
 OBJECTIVES = ("xe", "scst")
-DEFAULT_LR = {"xe": 1e-4, "scst": 5e-5}
+DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, train_bu.py)
 
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    """How to fine-tune. ``lr = None``: 1e-4 for "xe", 5e-5 for "scst" (the paper's SCST rate). ``stop_words``: a
+    """How to fine-tune. ``lr = None``: 5e-4 for "xe", 5e-5 for "scst" (the paper's rates). ``stop_words``: a
     file (one word per line) or None for capxai's list."""
 
     method: str = "lrp"  # or "baseline"
