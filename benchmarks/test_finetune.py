@@ -4,9 +4,10 @@ sizes: "scenes" (the demo's: hidden 128, a 64-word vocabulary) and "coco" (the p
 10000-word vocabulary, where the output layer is a large share of the decoder). Issue 11's target: an LRP step costs at most 1.3x a baseline
 step (an epoch is steps plus a validation pass that is the same for both).
 
-Where the extra cost is: the LRP weights need the epsilon rule through ``W_o`` for the explained rows (``[N, V] x [V,
-H]``, like the output layer's backward) and the two-term rule, all without gradient, plus a second output-layer
-forward and backward for the weighted logits. Everything else (encoder, LSTMs, attention) is shared.
+Where the extra cost is: the LRP weights (the explained word's row of ``W_o`` and the two-term rule: O(H) a word,
+without gradient) and a second output-layer forward and backward for the weighted logits (``[N, H] x [H, V]`` three
+times), which the method needs by definition. Everything else (encoder, LSTMs, attention) is shared, so the ratio
+grows with the vocabulary's share of the step's work.
 Run: ``make bench`` or ``pytest benchmarks/test_finetune.py --benchmark-only``; the ratio is
 ``mean(lrp) / mean(baseline)`` of one run.
 """

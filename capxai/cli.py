@@ -283,7 +283,8 @@ def build_parser() -> Parser:
     tuning.add_argument("--captions-per-image", type=COUNT, default=0, help="xe: captions of each image per step "
                         "(0: all)")
     tuning.add_argument("--samples-per-image", type=POSITIVE, default=5, help="scst: sampled captions per image")
-    tuning.add_argument("--eps", type=float_between(0, 10), default=0.01, help="LRP epsilon")
+    tuning.add_argument("--eps", type=float_between(0, 10, low_open=True), default=0.01,
+                        help="LRP epsilon (> 0: a logit of exactly 0 would divide by zero)")
     tuning.add_argument("--stop-words", type=existing_file, help="one stop word per line (default: capxai's "
                         "English list)")
     tuning.add_argument("--seed", type=COUNT, default=0)

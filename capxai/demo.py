@@ -250,7 +250,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a result exists")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, nargs=3, default=(8000, 1000, 2000), metavar=("TRAIN", "VAL", "TEST"),
-                        help="built-in scenes per split (default 8000 1000 1000)")
+                        help="built-in scenes per split (default 8000 1000 2000)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of each captioner")
     parser.add_argument("--captioners", nargs="*", choices=["adaptive", "multihead"],
                         default=["adaptive", "multihead"], help="which captioners to train (none: skip captioning)")

@@ -1,7 +1,9 @@
 """LRP-inference fine-tuning and baseline fine-tuning (issue 11): the weights against an independent computation
 from the op references, one step against the two-term loss, LRP == baseline when every word is a stop word, SCST's
 reward and baseline by hand, resume == uninterrupted, bad input."""
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -21,11 +23,11 @@ from capxai.train.scst import sample_captions, self_critical_advantage, sequence
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
 
 
-def _captioner(kind, seed=0):
+def _captioner(kind, seed=0, dropout=0.0):
     torch.manual_seed(seed)
     if kind == "adaptive":
-        return AdaptiveAttentionCaptioner(len(WORDS), 6, hidden=8, attention_dim=5, dropout=0.0).double()
-    return MultiHeadCaptioner(len(WORDS), 6, hidden=8, heads=2, dropout=0.0).double()
+        return AdaptiveAttentionCaptioner(len(WORDS), 6, hidden=8, attention_dim=5, dropout=dropout).double()
+    return MultiHeadCaptioner(len(WORDS), 6, hidden=8, heads=2, dropout=dropout).double()
 
 
 @torch.no_grad()
@@ -79,12 +81,13 @@ def test_weights_equal_the_op_references_and_carry_no_gradient(kind):
 
 @pytest.mark.parametrize("kind", ["adaptive", "multihead"])
 def test_one_step_follows_the_two_term_loss(kind):
-    """SGD step of FinetuneObjective == the step computed from CE(W_o(w_a a + w_b b) + b) + CE(plain) with the
-    reference weights as constants."""
+    """SGD step of FinetuneObjective == the step computed from CE(W_o(m (w_a a + w_b b)) + b) + CE(W_o(m (a + b)) +
+    b) with the reference weights as constants, the top words of the logits without dropout, and one dropout mask
+    m for both terms (drawn from the same seed here)."""
     class Model(torch.nn.Module):  # encoder + captioner, as CaptionModel
         def __init__(self):
             super().__init__()
-            self.encoder, self.captioner = torch.nn.Identity(), _captioner(kind, seed=3)
+            self.encoder, self.captioner = torch.nn.Identity(), _captioner(kind, seed=3, dropout=0.5)
 
         def forward(self, images, captions, image_index):
             return self.captioner(self.encoder(images).index_select(0, image_index), captions)
@@ -101,18 +104,25 @@ def test_one_step_follows_the_two_term_loss(kind):
     objective = FinetuneObjective(model, skipped)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     optimizer.zero_grad()
+    torch.manual_seed(7)
     objective(features, captions, image_index).backward()
     optimizer.step()
 
     captioner = expected.captioner
+    captioner.eval()  # the logits whose top words are explained: no dropout
     trace = captioner(features.index_select(0, image_index), captions)
+    captioner.train()
     first, second = (trace.activations[name] for name in captioner.output_terms)
     weights_first, weights_second = _reference_weights(captioner.output, first.detach(), second.detach(),
                                                        trace.logits.detach(), skipped, 0.01)
+    torch.manual_seed(7)
+    mask = torch.nn.functional.dropout(torch.ones_like(first), 0.5, training=True)
+    assert (mask == 0).any()  # dropout is really on
     targets = captions[:, 1:].reshape(-1)
-    weighted = captioner.output(weights_first * first + weights_second * second)
+    weighted = captioner.output(mask * (weights_first * first + weights_second * second))
+    plain = captioner.output(mask * (first + second))
     loss = (torch.nn.functional.cross_entropy(weighted.reshape(-1, len(WORDS)), targets, ignore_index=0)
-            + torch.nn.functional.cross_entropy(trace.logits.reshape(-1, len(WORDS)), targets, ignore_index=0))
+            + torch.nn.functional.cross_entropy(plain.reshape(-1, len(WORDS)), targets, ignore_index=0))
     loss.backward()
     with torch.no_grad():
         for parameter in expected.parameters():
@@ -121,8 +131,9 @@ def test_one_step_follows_the_two_term_loss(kind):
     changed = 0
     for (name, got), want in zip(model.state_dict().items(), expected.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
-    for got, start in zip(model.parameters(), Model().parameters()):
-        changed += not torch.equal(got, start)
+    start = Model()
+    for got, initial in zip(model.parameters(), start.parameters()):
+        changed += not torch.equal(got, initial)
     assert changed > 5
 
 
@@ -261,6 +272,19 @@ def test_bad_input(tiny_trained, tmp_path):
                  data, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="fine-tuned with method"):
         _run(tiny_trained, tmp_path / "run", method="lrp")
+    # never into the folder of the model it starts from, nor over what capxai train wrote
+    before = (checkpoint.parent / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match="would replace the model it starts from"):
+        finetune(FinetuneConfig(batch_size=8), checkpoint, data / "dataset_scenes.json", data, checkpoint.parent,
+                 progress=False, overwrite=True)
+    shutil.copytree(checkpoint.parent, tmp_path / "trained")  # a copy of a training folder (manifest included)
+    with pytest.raises(FileExistsError, match="written by capxai train"):
+        finetune(FinetuneConfig(batch_size=8), checkpoint, data / "dataset_scenes.json", data, tmp_path / "trained",
+                 progress=False, overwrite=True)
+    assert (checkpoint.parent / "last.pt").read_bytes() == before
+    assert (tmp_path / "trained" / "last.pt").read_bytes() == before
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        FinetuneConfig(eps=0.0)
 
 
 def test_cli(tiny_trained, tmp_path, capsys):
@@ -274,3 +298,22 @@ def test_cli(tiny_trained, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n")
     assert cli.main(arguments + ["--stop-words", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "b")]) != 0
     assert "holds no words" in capsys.readouterr().err
+
+
+def test_table_from_real_evaluations(tiny_trained, tmp_path, capsys):
+    """capxai evaluate --explanations lrp on the start model and a fine-tuned one, then capxai finetune-table."""
+    checkpoint, data = tiny_trained
+    _run(tiny_trained, tmp_path / "lrp", method="lrp")
+    common = ["--split-file", str(data / "dataset_scenes.json"), "--image-root", str(data), "--beam-size", "2",
+              "--explanations", "lrp", "--no-ablation"]
+    for name, model in (("ce", checkpoint), ("lrp", tmp_path / "lrp" / "best.pt")):
+        assert cli.main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / f"eval-{name}"), *common]) == 0
+    arguments = ["finetune-table", "--row", f"tiny/xe={tmp_path / 'eval-ce'}", "--row",
+                 f"tiny/lrp-xe={tmp_path / 'eval-lrp'}", "--beam-size", "2", "--out", str(tmp_path / "table")]
+    assert cli.main(arguments) == 0
+    table = json.loads((tmp_path / "table" / "finetune_table.json").read_text())
+    assert [row["variant"] for row in table["rows"]] == ["xe", "lrp-xe"] and table["differences"] == []
+    assert (tmp_path / "table" / "finetune_table.md").read_text().startswith("| captioner | variant |")
+    assert cli.main(arguments) == 2  # an existing table is kept unless --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(arguments + ["--overwrite"]) == 0

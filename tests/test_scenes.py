@@ -160,3 +160,20 @@ def test_hidden_partners_are_covered_and_named():
                     caption = scenes.describe(scene, rng)
                     assert any(token.startswith(word) for token in scenes.tokenize(caption) for word in words), \
                         caption
+
+
+def test_hidden_instances_are_present_but_have_no_box(tmp_path):
+    from capxai.data.annotations import load_split_annotations
+
+    root = scenes.generate(tmp_path / "s", scenes.SceneConfig(train=0, val=200, test=0, seed=2), progress=False)
+    raw = json.loads((root / "annotations" / "instances_val.json").read_text())
+    hidden = [a for a in raw["annotations"] if a["hidden"]]
+    assert hidden
+    annotations = load_split_annotations(root / "annotations" / "instances_val.json")
+    name_of = {c["id"]: c["name"] for c in raw["categories"]}
+    for annotation in hidden:
+        image_id, name = annotation["image_id"], name_of[annotation["category_id"]]
+        assert name in annotations.hidden[image_id] and name in annotations.annotated(image_id)
+        visible = [a["bbox"] for a in raw["annotations"] if a["image_id"] == image_id and not a["hidden"]
+                   and name_of[a["category_id"]] == name]
+        assert len(annotations.boxes[image_id].get(name, [])) == len(visible)

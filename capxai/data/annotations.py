@@ -14,17 +14,20 @@ BOX_SLACK = 1.0  # pixels a box may pass the image border by (COCO's float boxes
 @dataclasses.dataclass
 class SplitAnnotations:
     """Per image id: its size ``(width, height)``, its boxes per category name, its reference captions (word
-    lists) and, on the built-in scenes' probe images, ``(present, absent partner)``."""
+    lists), on the built-in scenes' probe images ``(present, absent partner)``, and the categories of instances
+    marked ``"hidden": true`` (wholly covered by another object: present, but with no visible box, so they are
+    not in ``boxes`` and grounding never scores relevance against them)."""
 
     sizes: Dict[int, Tuple[int, int]]
     boxes: Dict[int, Dict[str, List[Box]]]
     references: Dict[int, List[List[str]]]
     probes: Dict[int, Tuple[str, str]]
     categories: Set[str]
+    hidden: Dict[int, Set[str]] = dataclasses.field(default_factory=dict)
 
     def annotated(self, image_id: int) -> Set[str]:
-        """The categories the instances file places in the image."""
-        return set(self.boxes.get(image_id, {}))
+        """The categories the instances file places in the image (hidden ones included)."""
+        return set(self.boxes.get(image_id, {})) | self.hidden.get(image_id, set())
 
     def check_covers(self, image_ids: Iterable[int], source: str = "the instances file") -> None:
         """Refuses image ids that the instances file does not list (another split's, or a wrong file)."""
@@ -53,6 +56,7 @@ def load_split_annotations(instances_file, split_file=None, image_ids: Optional[
                              "'height'")
         sizes[image["id"]] = (int(width), int(height))
     boxes: Dict[int, Dict[str, List[Box]]] = {image_id: {} for image_id in sizes}
+    hidden: Dict[int, Set[str]] = {}
     for annotation in coco.anns.values():
         name = names.get(annotation.get("category_id"))
         if name is None:
@@ -63,7 +67,10 @@ def load_split_annotations(instances_file, split_file=None, image_ids: Optional[
             raise ValueError(f"instances file {instances_file}: annotation {annotation.get('id')} is of image "
                              f"{image_id}, which its 'images' do not list")
         box = _checked_box(annotation, sizes[image_id], instances_file)
-        boxes[image_id].setdefault(name, []).append(box)
+        if annotation.get("hidden"):
+            hidden.setdefault(image_id, set()).add(name)
+        else:
+            boxes[image_id].setdefault(name, []).append(box)
     references, probes = {}, {}
     if split_file is not None:
         for position, entry in enumerate(load_karpathy(split_file)):
@@ -71,7 +78,7 @@ def load_split_annotations(instances_file, split_file=None, image_ids: Optional[
             references[image_id] = [sentence["tokens"] for sentence in entry["sentences"]]
             if "probe" in entry:
                 probes[image_id] = (entry["probe"]["present"], entry["probe"]["absent"])
-    annotations = SplitAnnotations(sizes, boxes, references, probes, set(names.values()))
+    annotations = SplitAnnotations(sizes, boxes, references, probes, set(names.values()), hidden)
     if image_ids is not None:
         annotations.check_covers(image_ids, f"instances file {instances_file}")
     return annotations

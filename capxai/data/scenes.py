@@ -1,7 +1,7 @@
 """Built-in scenes: procedurally drawn images with exact object boxes and grammar-made captions, written as COCO and
 Karpathy-style json, so the same loading code serves scenes and COCO.
 
-Each image (default 96x96 RGB) holds 1-3 drawn objects of 12 categories that differ in shape and texture, in varied
+Each image (default 96x96 RGB) holds 1-3 objects (plus the partners the bias adds) of 12 categories that differ in shape and texture, in varied
 colours, sizes and positions, on a cluttered background. The training split carries planted co-occurrence biases: six
 pairs (``CO_OCCURRENCE``, every category in one pair, the first of each a solid shape); when the first category is
 present, its partner is added with probability ``CO_OCCURRENCE_RATE``. ``HIDDEN_PARTNER_RATE`` of the added partners

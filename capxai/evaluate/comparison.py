@@ -59,7 +59,14 @@ def _interval(values) -> Optional[List[float]]:
 
 
 def _value_and_image_ci(evaluation: dict, column: str, path, source: str):
-    value = _get(evaluation, path, source)
+    if path[0] == "explanations":
+        _get(evaluation, path[:2], source)  # evaluated with explanations; LRP may have no grounded word (n/a)
+        try:
+            value = _get(evaluation, path, source)
+        except ValueError:
+            return float("nan"), None
+    else:
+        value = _get(evaluation, path, source)
     if isinstance(value, Mapping):  # {"value", "ci"} (grounding, frequent words)
         return _number(value["value"]), _interval(value.get("ci"))
     if column in _IMAGE_CI:
@@ -67,7 +74,7 @@ def _value_and_image_ci(evaluation: dict, column: str, path, source: str):
     if column in _PER_IMAGE:
         scores = [float(scores[_PER_IMAGE[column]]) for scores in
                   _get(evaluation, ("metrics", "imgToEval"), source).values()]
-        return _number(value), mean_ci(scores)["ci"]
+        return _number(value), _interval(mean_ci(scores)["ci"])
     return _number(value), None
 
 
@@ -95,10 +102,18 @@ def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) 
     interval). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images", "cells": {column:
     {"mean", "seeds", "seed_ci", "image_ci"}}}], "differences": [...]}``."""
     table = {"columns": [name for name, _, _ in COLUMNS], "rows": [], "differences": []}
-    by_key = {}
+    by_key, image_sets = {}, {}
     for captioner, variant, evaluations in rows:
         if not evaluations:
             raise ValueError(f"finetune_table: row {captioner}/{variant} has no evaluation")
+        if (captioner, variant) in by_key:
+            raise ValueError(f"finetune_table: row {captioner}/{variant} is given twice")
+        for source, evaluation in evaluations:
+            images = frozenset(_get(evaluation, ("metrics", "imgToEval"), source))
+            first = image_sets.setdefault("images", (source, images))
+            if images != first[1]:
+                raise ValueError(f"finetune_table: {source} evaluated other images than {first[0]}; every row must "
+                                 "be evaluated on the same split and images")
         cells = {}
         for column, path, _ in COLUMNS:
             pairs = [_value_and_image_ci(evaluation, column, path, source) for source, evaluation in evaluations]

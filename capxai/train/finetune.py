@@ -55,7 +55,7 @@ class FinetuneConfig:
 
 
 _LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("captions_per_image", 0, True),
-           ("samples_per_image", 1, True), ("eps", 0.0, True), ("clip_norm", 0.0, False),
+           ("samples_per_image", 1, True), ("eps", 0.0, False), ("clip_norm", 0.0, False),
            ("decay_factor", 0.0, False), ("decay_patience", 0, True))
 
 
@@ -77,7 +77,18 @@ def check_finetune_config(config: FinetuneConfig) -> list:
     return problems
 
 
-def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, split_sha256: str) -> Optional[str]:
+def _check_not_trained_here(output: OutputFolder) -> None:
+    """Refuses an ``--out`` whose checkpoints another command (``capxai train``) wrote: ``--overwrite`` must never
+    turn a fine-tuning into the loss of a trained model."""
+    for name in TRAIN_FILES:
+        entry = output.entries().get(name)
+        if entry is not None and entry.get("command") != "finetune":
+            raise FileExistsError(f"{output.path / name} was written by capxai {entry.get('command')}, not by capxai "
+                                  "finetune; fine-tune into another --out (the trained model stays as it is)")
+
+
+def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, split_sha256: str,
+                    stop_words: list) -> Optional[str]:
     history = saved["history"]
     before, now = history.get("finetune", {}), json.loads(json.dumps(dataclasses.asdict(config)))
     if history.get("start_checkpoint_sha256") != start_sha256:
@@ -85,6 +96,8 @@ def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, spli
     for name, value in now.items():
         if name != "epochs" and before.get(name) != value:
             return f"it was fine-tuned with {name} = {before.get(name)!r}, not {value!r}"
+    if history.get("stop_words") not in (None, stop_words):
+        return "it was fine-tuned with another stop-word list"
     if history.get("split_file_sha256") != split_sha256:
         return "it was fine-tuned on another version of the split file"
     return None
@@ -94,15 +107,24 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
              val_split: str = "val", overwrite: bool = False) -> dict:
     """Fine-tunes the model of ``checkpoint`` (a ``best.pt`` of ``capxai train``) on the split's training images,
     keeping ``best.pt``, ``last.pt``, ``vocabulary.json`` and ``history.json`` in ``out_dir`` (resumed from
-    ``last.pt`` when it was made the same way from the same checkpoint; ``overwrite`` starts afresh). Returns the
-    history, whose first entry ``start`` holds the start model's validation CIDEr."""
+    ``last.pt`` when it was made the same way from the same checkpoint; ``overwrite`` starts afresh, and never
+    replaces what ``capxai train`` wrote). All parameters share one learning rate (the paper's LRP fine-tuning
+    did the same). Returns the history (one entry per epoch with its validation CIDEr and seconds)."""
     out_dir = Path(out_dir)
     output = OutputFolder(out_dir, "finetune")
     problems = check_finetune_config(config)
     if problems:
         raise ValueError(f"FinetuneConfig: {problems[0]}")
+    if config.objective == "scst" and _distributed():
+        raise ValueError("capxai finetune --objective scst runs in one process (its sampling is not wrapped for "
+                         "DistributedDataParallel); run it without torchrun")
+    if out_dir.resolve() == Path(checkpoint).resolve().parent:
+        raise ValueError(f"--out {out_dir} is the folder of --checkpoint {checkpoint}; fine-tuning writes best.pt "
+                         "and last.pt and would replace the model it starts from: choose another --out")
+    _check_not_trained_here(output)
     model, vocabulary, train_config = load_trained(checkpoint)
-    skipped = stop_word_mask(vocabulary, load_stop_words(config.stop_words)) if config.method == "lrp" else None
+    stop_words = sorted(load_stop_words(config.stop_words)) if config.method == "lrp" else []
+    skipped = stop_word_mask(vocabulary, stop_words) if config.method == "lrp" else None
     start_sha256, split_sha256 = file_sha256(checkpoint), file_sha256(split_file)
     last_path = out_dir / "last.pt"
     targets = [out_dir / name for name in TRAIN_FILES]
@@ -110,7 +132,7 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     if resume:
         output.check_writable(targets, overwrite=True)
         saved = load_checkpoint(last_path, kind="training")
-        problem = _resume_problem(saved, config, start_sha256, split_sha256)
+        problem = _resume_problem(saved, config, start_sha256, split_sha256, stop_words)
         if problem:
             raise ValueError(f"{last_path} cannot be resumed: {problem}; rerun with the options it was fine-tuned "
                              "with (only --epochs may change), pass --overwrite to start afresh, or choose another "
@@ -136,7 +158,8 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
                                                            patience=config.decay_patience)
     history = {"config": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(config),
                "start_checkpoint": str(checkpoint), "start_checkpoint_sha256": start_sha256, "epochs": [],
-               "best_cider": None, "best_epoch": None, "run_id": output.run_id, "split_file_sha256": split_sha256}
+               "best_cider": None, "best_epoch": None, "run_id": output.run_id, "split_file_sha256": split_sha256,
+               "stop_words": stop_words}
     start_epoch = 0
     if resume:
         model.load_state_dict(saved["model"])
@@ -169,9 +192,6 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
             return _apply(trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index),
                           model, optimizer, config.clip_norm)
         return step
-    if distributed:
-        raise ValueError("capxai finetune --objective scst runs in one process (its sampling is not wrapped for "
-                         "DistributedDataParallel); run it without torchrun")
     by_image_id = {image_id_of(entry, position): [" ".join(s["tokens"]) for s in entry["sentences"]]
                    for position, entry in enumerate(train_set.entries)}
     reward = CiderReward(list(by_image_id.values()))

@@ -4,7 +4,8 @@ and raise the log-probability of the samples in proportion.
 
 For ``--method lrp`` the captions are sampled from the LRP-weighted logits (``lrp_weights``) and their
 log-probabilities are those of the weighted logits; the greedy baseline is the plain model's (inference is
-unchanged). Sampling and re-scoring both run with dropout off, so the gradient is that of the policy that sampled.
+unchanged). Sampling and re-scoring both run with the captioner's dropout off and share one encoding of the images,
+so the gradient is that of the policy that sampled.
 Re-scoring is teacher-forced, batched over samples and steps.
 """
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +35,14 @@ class _CorpusCiderScorer(CiderScorer):
         pass
 
 
+class _DocumentFrequency(dict):
+    """n-gram -> document frequency; an unseen n-gram reads 0 without being stored (pycocoevalcap keeps a
+    defaultdict, which would grow with every sampled n-gram over training)."""
+
+    def __missing__(self, ngram):
+        return 0.0
+
+
 class CiderReward:
     """CIDEr-D of captions against references, with n-gram document frequencies from a fixed reference corpus (the
     training split, as self-critical.pytorch), so a caption's reward does not depend on its batch.
@@ -49,7 +58,8 @@ class CiderReward:
         for references in corpus:
             scorer.cook_append(None, list(references))
         scorer.compute_doc_freq()
-        self.document_frequency, self.corpus_size = scorer.document_frequency, len(corpus)
+        self.document_frequency = _DocumentFrequency(scorer.document_frequency)
+        self.corpus_size = len(corpus)
 
     def __call__(self, captions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
         """``[N]`` CIDEr-D of ``captions[i]`` against ``references[i]``."""
@@ -75,8 +85,8 @@ def sample_captions(captioner: Captioner, features: torch.Tensor, max_length: in
                     generator: Optional[torch.Generator] = None, start: int = 1, end: int = 2,
                     pad: int = 0, eps: float = 0.01) -> torch.Tensor:
     """One caption per row of ``features [N, regions, C]``, each word drawn from the softmax of the step's logits
-    (LRP-weighted when ``skipped`` is given, else plain). Returns ``[N, L]`` word indices, ``<end>`` then ``<pad>``
-    after a caption ends."""
+    (LRP-weighted when ``skipped`` is given, else plain; never ``<start>`` or ``<pad>``). Returns ``[N, L]`` word
+    indices, ``<end>`` then ``<pad>`` after a caption ends."""
     state = captioner.init_state(features)
     words = torch.full((features.shape[0],), start, dtype=torch.long, device=features.device)
     finished = torch.zeros_like(words, dtype=torch.bool)
@@ -88,7 +98,8 @@ def sample_captions(captioner: Captioner, features: torch.Tensor, max_length: in
             weights_first, weights_second, _ = feature_weights(captioner.output, first, second, logits, skipped,
                                                                eps=eps)
             logits = captioner.output(weights_first * first + weights_second * second)
-        words = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(1)
+        logits = logits.float().index_fill(-1, torch.tensor([start, pad], device=logits.device), float("-inf"))
+        words = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
         words = torch.where(finished, torch.full_like(words, pad), words)
         sampled.append(words)
         finished |= words == end
@@ -122,7 +133,7 @@ def scst_loss(model: nn.Module, images: torch.Tensor, references: List[List[str]
     maps "start", "end", "pad" to their indices."""
     special = special or {"start": 1, "end": 2, "pad": 0}
     captioner = model.captioner
-    with dropout_off(model):
+    with dropout_off(captioner.dropout):
         features = model.encoder(images)
         greedy = beam_search(captioner, features.detach(), 1, max_length, special["start"], special["end"],
                              special["pad"]).tokens

@@ -1,0 +1,94 @@
+"""The fine-tuning results table: means, t intervals over seeds, image intervals, paired differences, undefined
+values, and refusals (rows on other images, a row given twice, unpaired seed counts)."""
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from capxai import cli
+from capxai.evaluate.comparison import COLUMNS, finetune_table, seed_interval, table_markdown
+
+
+def _evaluation(scale: float, images=("1", "2", "3"), precision=0.5) -> dict:
+    """An evaluation as capxai evaluate writes it, every value derived from ``scale``."""
+    ci = [scale - 0.01, scale + 0.01]
+    return {
+        "metrics": {"overall": {"Bleu_4": scale, "METEOR": scale, "ROUGE_L": scale, "CIDEr": scale},
+                    "imgToEval": {i: {"CIDEr": scale + k * 0.1, "ROUGE_L": scale} for k, i in enumerate(images)},
+                    "run": {"images": len(images)}},
+        "hallucination": {
+            "chair": {"overall": {"CHAIRs": scale, "CHAIRs_ci": ci, "CHAIRi": scale, "CHAIRi_ci": ci}},
+            "chair_probes": {"overall": {"CHAIRs": scale, "CHAIRs_ci": ci, "CHAIRi": scale, "CHAIRi_ci": ci}},
+            "probes": {"rate": scale, "rate_ci": ci, "images": 2},
+            "frequent_words": {"overall": {"precision": {"value": precision, "ci": [None, None]},
+                                           "recall": {"value": scale, "ci": ci}, "f1": {"value": scale, "ci": ci}}}},
+        "explanations": {"grounding": {"lrp": {"thresholds": {"0.0": {"value": scale, "ci": ci}}}}},
+    }
+
+
+def test_seed_interval_is_students_t():
+    values = [0.2, 0.3, 0.7]
+    mean, sem = sum(values) / 3, stats.sem(values)
+    low, high = seed_interval(values)
+    half = stats.t.ppf(0.975, 2) * sem
+    assert low == pytest.approx(mean - half) and high == pytest.approx(mean + half)
+    assert seed_interval([0.5]) is None
+
+
+def test_rows_and_paired_differences():
+    lrp = [("e1", _evaluation(0.2)), ("e2", _evaluation(0.3)), ("e3", _evaluation(0.4))]
+    baseline = [("b1", _evaluation(0.25)), ("b2", _evaluation(0.33)), ("b3", _evaluation(0.5))]
+    table = finetune_table([("adaptive", "xe", [("c", _evaluation(0.6))]), ("adaptive", "baseline-xe", baseline),
+                            ("adaptive", "lrp-xe", lrp)])
+    assert table["columns"] == [name for name, _, _ in COLUMNS]
+    row = table["rows"][2]
+    assert row["cells"]["CHAIR-s"]["mean"] == pytest.approx(0.3)
+    assert row["cells"]["CHAIR-s"]["seed_ci"] == pytest.approx(seed_interval([0.2, 0.3, 0.4]))
+    assert row["cells"]["CHAIR-s"]["image_ci"][0] == pytest.approx([0.19, 0.21])
+    assert row["cells"]["CIDEr"]["image_ci"][0] is not None  # bootstrapped from the per-image scores
+    assert row["cells"]["BLEU-4"]["image_ci"] == [None, None, None]  # a corpus score: no image interval
+    (difference,) = table["differences"]
+    assert difference["variant"] == "lrp-xe - baseline-xe"
+    assert difference["cells"]["CHAIR-s"]["seeds"] == pytest.approx([-0.05, -0.03, -0.1])
+    assert difference["cells"]["CHAIR-s"]["seed_ci"] == pytest.approx(seed_interval([-0.05, -0.03, -0.1]))
+    assert difference["cells"]["CHAIR-s"]["higher_is_better"] is False
+    text = table_markdown(table)
+    assert "| adaptive | lrp-xe | 3 | 0.300 [" in text and "lrp-xe - baseline-xe" in text
+    json.dumps(table, allow_nan=False)  # strict json
+
+
+def test_undefined_values_are_null_and_na():
+    table = finetune_table([("m", "lrp-xe", [("a", _evaluation(0.2, precision=None))]),
+                            ("m", "baseline-xe", [("b", _evaluation(0.2))])])
+    cell = table["rows"][0]["cells"]["freq. precision"]
+    assert cell["mean"] is None and cell["seeds"] == [None] and cell["image_ci"] == [None]
+    assert table["differences"][0]["cells"]["freq. precision"]["mean"] is None
+    assert "n/a" in table_markdown(table)
+    json.dumps(table, allow_nan=False)
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="other images"):
+        finetune_table([("m", "xe", [("a", _evaluation(0.2)), ("b", _evaluation(0.2, images=("1", "2")))])])
+    with pytest.raises(ValueError, match="given twice"):
+        finetune_table([("m", "xe", [("a", _evaluation(0.2))]), ("m", "xe", [("b", _evaluation(0.2))])])
+    with pytest.raises(ValueError, match="pair seed by seed"):
+        finetune_table([("m", "lrp-xe", [("a", _evaluation(0.2)), ("b", _evaluation(0.3))]),
+                        ("m", "baseline-xe", [("c", _evaluation(0.2))])])
+    broken = _evaluation(0.2)
+    del broken["explanations"]
+    with pytest.raises(ValueError, match="explanations/grounding"):
+        finetune_table([("m", "xe", [("a", broken)])])
+    ungrounded = _evaluation(0.2)  # explained, but no object word had a box: n/a, not an error
+    ungrounded["explanations"]["grounding"] = {}
+    assert finetune_table([("m", "xe", [("a", ungrounded)])])["rows"][0]["cells"]["LRP grounding t=0"]["mean"] is None
+    with pytest.raises(ValueError, match="no evaluation"):
+        finetune_table([("m", "xe", [])])
+
+
+def test_cli_refuses_a_bad_row(tmp_path, capsys):
+    assert cli.main(["finetune-table", "--row", "no-label", "--out", str(tmp_path / "t")]) == 2
+    assert "CAPTIONER/VARIANT=FOLDER" in capsys.readouterr().err
+    assert cli.main(["finetune-table", "--row", f"m/xe={tmp_path / 'missing'}", "--out", str(tmp_path / "t")]) == 2
+    assert "does not exist" in capsys.readouterr().err
