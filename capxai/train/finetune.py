@@ -19,7 +19,8 @@ from capxai.outputs import OutputFolder
 from capxai.train.checkpoint import load_checkpoint
 from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
 from capxai.train.scst import CiderReward, scst_loss
-from capxai.train.trainer import EpochLoop, TRAIN_FILES, _distributed, load_trained, set_seed
+from capxai.train.trainer import (EpochLoop, TRAIN_FILES, _distributed, join_processes, limit_problems,
+                                  load_trained, restore, set_seed)
 
 OBJECTIVES = ("xe", "scst")
 DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, train_bu.py)
@@ -66,12 +67,7 @@ def check_finetune_config(config: FinetuneConfig) -> list:
         problems.append(f"method must be one of {METHODS}, got {config.method!r}")
     if config.objective not in OBJECTIVES:
         problems.append(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
-    for name, lowest, inclusive in _LIMITS:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            problems.append(f"{name} must be a number, got {value!r}")
-        elif value < lowest or (value == lowest and not inclusive):
-            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    problems += limit_problems(config, _LIMITS)
     if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
         problems.append(f"lr must be > 0, got {config.lr!r}")
     return problems
@@ -144,10 +140,7 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     datasets = {split: open_split(split_file, image_root, split, vocabulary, train_config.max_length,
                                   train_config.image_size, progress) for split in ("train", val_split)}
     set_seed(config.seed)
-    distributed = _distributed()
-    if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if distributed else 0
+    distributed, rank = join_processes()
     if overwrite and not resume and rank == 0:
         output.remove_group("checkpoints")
     if not train_config.finetune_encoder:
@@ -162,13 +155,8 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
                "stop_words": stop_words}
     start_epoch = 0
     if resume:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        history, start_epoch = saved["history"], saved["epoch"] + 1
+        history, start_epoch = restore(saved, model, optimizer, scheduler, output)
         history["finetune"] = dataclasses.asdict(config)  # epochs may have grown
-        output.run_id = history.get("run_id", output.run_id)
-        torch.set_rng_state(saved["torch_rng"])
     step = _make_step(model, config, skipped, datasets["train"], train_config.max_length, distributed, optimizer)
     loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
                      history, {"config": history["config"], "finetune": history["finetune"]}, config.epochs,

@@ -62,6 +62,18 @@ _LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), 
 MODELS, ENCODERS = ("adaptive", "multihead"), ("scene", "vgg16", "resnet101")
 
 
+def limit_problems(config, limits) -> list:
+    """What breaks ``limits`` (``(field, lowest, is the lowest allowed)``) among a config's numbers."""
+    problems = []
+    for name, lowest, inclusive in limits:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif value < lowest or (value == lowest and not inclusive):
+            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    return problems
+
+
 def check_config(config: "TrainConfig") -> list:
     """What is wrong with a training config, as ``["hidden must be >= 1, got 0", ...]`` (empty when nothing)."""
     problems = []
@@ -69,12 +81,7 @@ def check_config(config: "TrainConfig") -> list:
         problems.append(f"model must be one of {MODELS}, got {config.model!r}")
     if config.encoder not in ENCODERS:
         problems.append(f"encoder must be one of {ENCODERS}, got {config.encoder!r}")
-    for name, lowest, inclusive in _LIMITS:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            problems.append(f"{name} must be a number, got {value!r}")
-        elif value < lowest or (value == lowest and not inclusive):
-            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    problems += limit_problems(config, _LIMITS)
     if isinstance(config.dropout, (int, float)) and config.dropout >= 1:
         problems.append(f"dropout must be < 1, got {config.dropout}")
     if config.encoder_lr is not None and not (isinstance(config.encoder_lr, (int, float)) and config.encoder_lr > 0):
@@ -194,6 +201,25 @@ def _resume_problem(saved: dict, config: TrainConfig, split_sha256: str) -> Opti
     return None
 
 
+def join_processes():
+    """``(distributed, rank)``: under torchrun, the process group is started (nccl on GPUs, gloo on CPU)."""
+    distributed = _distributed()
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return distributed, (torch.distributed.get_rank() if distributed else 0)
+
+
+def restore(saved: dict, model, optimizer, scheduler, output: OutputFolder):
+    """Loads a ``last.pt``'s model, optimizer, scheduler and random state; returns ``(history, next epoch)`` and
+    keeps the run id of the run it continues."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    output.run_id = saved["history"].get("run_id", output.run_id)
+    return saved["history"], saved["epoch"] + 1
+
+
 def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool = True,
           val_split: str = "val", overwrite: bool = False) -> dict:
     """Trains, keeping ``last.pt`` (resumed from when present), ``best.pt`` (highest validation CIDEr),
@@ -234,10 +260,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
                                   progress) for split in ("train", val_split)}
     set_seed(config.seed)
     model = build_model(config, len(vocabulary))  # loads (and so checks) a torchvision encoder's weights file
-    distributed = _distributed()
-    if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if distributed else 0
+    distributed, rank = join_processes()
     if overwrite and not resume and rank == 0:
         output.remove_group("checkpoints")
     if not config.finetune_encoder:
@@ -252,13 +275,8 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
                "run_id": output.run_id, "split_file_sha256": split_sha256}
     start_epoch = 0
     if resume:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        history, start_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        history, start_epoch = restore(checkpoint, model, optimizer, scheduler, output)
         history["config"] = dataclasses.asdict(config)  # epochs may have grown
-        output.run_id = history.get("run_id", output.run_id)
-        torch.set_rng_state(checkpoint["torch_rng"])
     trained = nn.parallel.DistributedDataParallel(model) if distributed else model
     loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
                      history, {"config": history["config"]}, config.epochs, config.batch_size,
