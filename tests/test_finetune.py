@@ -3,11 +3,13 @@ from the op references, one step against the two-term loss, LRP == baseline when
 reward and baseline by hand, resume == uninterrupted, bad input."""
 import json
 import math
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from capxai import cli
 from capxai.data.vocabulary import Vocabulary
@@ -317,3 +319,45 @@ def test_table_from_real_evaluations(tiny_trained, tmp_path, capsys):
     assert cli.main(arguments) == 2  # an existing table is kept unless --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(arguments + ["--overwrite"]) == 0
+
+
+def _ddp_finetune_worker(rank, port, steps, result_path):
+    from test_training import _batch, _model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    model = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(FinetuneObjective(model, _SKIPPED_20))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(steps):
+        batch = _batch(step, 8)
+        images, captions = batch["images"][rank * 4:(rank + 1) * 4], batch["captions"][rank * 4:(rank + 1) * 4]
+        optimizer.zero_grad()
+        ddp(images, captions.reshape(-1, captions.shape[-1]), torch.arange(4).repeat_interleave(2)).backward()
+        optimizer.step()
+    if rank == 0:
+        torch.save(model.state_dict(), result_path)
+    torch.distributed.destroy_process_group()
+
+
+_SKIPPED_20 = torch.tensor([True] * 4 + [False, True] * 8)  # a 20-word vocabulary: every other word a stop word
+
+
+def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path):
+    """LRP fine-tuning under DistributedDataParallel: two processes on half a batch each == one on all of it."""
+    from test_training import _batch, _free_port, _model
+
+    steps = 2
+    mp.spawn(_ddp_finetune_worker, args=(_free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    model = _model()
+    objective = FinetuneObjective(model, _SKIPPED_20)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(steps):
+        batch = _batch(step, 8)
+        optimizer.zero_grad()
+        objective(batch["images"], batch["captions"].reshape(-1, batch["captions"].shape[-1]),
+                  torch.arange(8).repeat_interleave(2)).backward()
+        optimizer.step()
+    ddp_state = torch.load(tmp_path / "ddp.pt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
