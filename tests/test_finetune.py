@@ -243,6 +243,10 @@ def test_resume_equals_an_uninterrupted_run(tiny_trained, tmp_path, objective):
     _run(tiny_trained, tmp_path / "parts", method="lrp", objective=objective, epochs=1)
     parts = _run(tiny_trained, tmp_path / "parts", method="lrp", objective=objective, epochs=2)
     assert [e["loss"] for e in whole["epochs"]] == pytest.approx([e["loss"] for e in parts["epochs"]])
+    statistic = "explained_share" if objective == "xe" else "sample_reward"
+    assert [e[statistic] for e in whole["epochs"]] == pytest.approx([e[statistic] for e in parts["epochs"]])
+    if objective == "xe":
+        assert 0 < whole["epochs"][0]["explained_share"] < 1
     for name, value in _weights(tmp_path / "whole" / "last.pt").items():
         torch.testing.assert_close(value, _weights(tmp_path / "parts" / "last.pt")[name], msg=name)
     # the result is an ordinary model checkpoint

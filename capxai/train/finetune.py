@@ -157,16 +157,17 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     if resume:
         history, start_epoch = restore(saved, model, optimizer, scheduler, output)
         history["finetune"] = dataclasses.asdict(config)  # epochs may have grown
-    step = _make_step(model, config, skipped, datasets["train"], train_config.max_length, distributed, optimizer)
+    step, statistics = _make_step(model, config, skipped, datasets["train"], train_config.max_length, distributed,
+                                  optimizer)
     loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
                      history, {"config": history["config"], "finetune": history["finetune"]}, config.epochs,
                      config.batch_size, config.captions_per_image if config.objective == "xe" else 1, config.seed,
-                     train_config.max_length, rank, distributed, progress)
+                     train_config.max_length, rank, distributed, progress, statistics)
     return loop.run(start_epoch, step)
 
 
 def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, distributed: bool, optimizer):
-    """``step(batch) -> loss`` of the chosen objective. SCST samples with torch's global generator, whose state
+    """``(step(batch) -> loss, epoch statistics)`` of the chosen objective. SCST samples with torch's global generator, whose state
     ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
     vocabulary = train_set.vocabulary
     if config.objective == "xe":
@@ -179,18 +180,25 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
             image_index = torch.arange(batch_size).repeat_interleave(per_image)[mask.reshape(-1)]
             return _apply(trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index),
                           model, optimizer, config.clip_norm)
-        return step
+        return step, objective.take_statistics
     by_image_id = {image_id_of(entry, position): [" ".join(s["tokens"]) for s in entry["sentences"]]
                    for position, entry in enumerate(train_set.entries)}
     reward = CiderReward(list(by_image_id.values()))
     special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
+    rewards = []
 
     def step(batch):
-        loss, _ = scst_loss(model, batch["images"], [by_image_id[int(i)] for i in batch["image_ids"]],
-                            vocabulary.words, reward, skipped, config.samples_per_image, max_length, None,
-                            config.eps, special)
+        loss, statistics = scst_loss(model, batch["images"], [by_image_id[int(i)] for i in batch["image_ids"]],
+                                     vocabulary.words, reward, skipped, config.samples_per_image, max_length, None,
+                                     config.eps, special)
+        rewards.append((statistics["reward"], statistics["greedy_reward"]))
         return _apply(loss, model, optimizer, config.clip_norm)
-    return step
+
+    def statistics():
+        sample, greedy = (float(sum(values) / max(1, len(rewards))) for values in zip(*rewards)) if rewards else (0, 0)
+        rewards.clear()
+        return {"sample_reward": sample, "greedy_reward": greedy}
+    return step, statistics
 
 
 def _apply(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float) -> float:

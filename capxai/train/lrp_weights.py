@@ -135,7 +135,13 @@ class FinetuneObjective(nn.Module):
         super().__init__()
         self.model, self.eps, self.pad = model, eps, pad
         self.register_buffer("skipped", skipped, persistent=False)
-        self.explained_share = 0.0  # of the real words in the last batch, for the progress bar
+        self.explained_words = self.real_words = 0  # since the last ``take_statistics``
+
+    def take_statistics(self) -> dict:
+        """The share of real words whose top word was explained (weighted) since the last call; resets."""
+        share = self.explained_words / max(1, self.real_words)
+        self.explained_words = self.real_words = 0
+        return {"explained_share": share}
 
     def forward(self, images, captions, image_index):
         captioner = self.model.captioner
@@ -144,7 +150,8 @@ class FinetuneObjective(nn.Module):
         targets = captions[:, 1:]
         valid = targets != self.pad
         weighted, plain, explained = training_logits(captioner, trace, self.skipped, valid, self.eps)
-        self.explained_share = float(explained.sum()) / max(1, int(valid.sum()))
+        self.explained_words += int(explained.sum())
+        self.real_words += int(valid.sum())
         vocab = plain.shape[-1]
         loss = nn.functional.cross_entropy(plain.reshape(-1, vocab), targets.reshape(-1), ignore_index=self.pad)
         if weighted is plain:

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -312,6 +312,7 @@ class EpochLoop:
     rank: int = 0
     distributed: bool = False
     progress: bool = True
+    epoch_statistics: Optional[Callable[[], dict]] = None  # more numbers for an epoch's record, read once per epoch
 
     def run(self, start_epoch: int, step) -> dict:
         sampler = (torch.utils.data.distributed.DistributedSampler(self.train_set, shuffle=True, seed=self.seed)
@@ -339,7 +340,7 @@ class EpochLoop:
             self.scheduler.step(cider)
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started,
-                      "train_seconds": train_seconds}
+                      "train_seconds": train_seconds, **(self.epoch_statistics() if self.epoch_statistics else {})}
             self.history["epochs"].append(record)
             if self.rank == 0:
                 self._save(epoch, cider)
