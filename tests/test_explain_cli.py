@@ -10,6 +10,7 @@ import torch
 from capxai import cli
 from capxai.explain import Explanation
 from capxai.report.explain_run import load_shards
+from capxai.train import load_trained
 
 
 def _run(*arguments):
@@ -28,9 +29,10 @@ def test_explain_images_every_method(tiny_trained, tmp_path, capsys):
         assert len(figures) == int(explanation.lengths[0]) and figures[0].stat().st_size > 1000
     assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--out", out) == 2
     assert "pass --overwrite" in capsys.readouterr().err
-    assert _run("explain", "--checkpoint", checkpoint, "--images", images[0], "--captions", "a ball", "--out", out,
+    word = next(w for w in load_trained(checkpoint)[1].words[4:] if w != "a")  # a word the model knows
+    assert _run("explain", "--checkpoint", checkpoint, "--images", images[0], "--captions", f"a {word}", "--out", out,
                 "--overwrite", "--no-figures") == 0
-    assert Explanation.load(out / "lrp" / "explanation.pt").words == [["a", "ball", "<end>"]]
+    assert Explanation.load(out / "lrp" / "explanation.pt").words == [["a", word, "<end>"]]
 
 
 def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
