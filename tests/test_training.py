@@ -136,7 +136,7 @@ def test_cli_evaluate_writes_metrics_and_hallucination_once(tiny_scenes, tmp_pat
     captions = json.loads((tmp_path / "eval" / "captions_test_beam2.json").read_text())
     assert len(captions) == 4 and all(set(c) == {"image_id", "caption", "run_id"} for c in captions)
     found = json.loads((tmp_path / "eval" / "hallucination_test_beam2.json").read_text())
-    assert found["probes"]["images"] == 1 and 0.0 <= found["chair"]["overall"]["CHAIRi"] <= 1.0
+    assert found["probes"]["images"] == 2 and 0.0 <= found["chair"]["overall"]["CHAIRi"] <= 1.0
     before = (tmp_path / "eval" / "metrics_test_beam2.json").stat().st_mtime_ns
     assert cli.main(arguments) == 2  # results exist: not replaced unless asked
     assert "--overwrite" in capsys.readouterr().err
