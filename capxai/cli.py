@@ -78,6 +78,9 @@ def _finetune_table(args) -> int:
     from capxai.evaluate.run import load_evaluation
     from capxai.outputs import OutputFolder
 
+    output = OutputFolder(args.out, "finetune-table")
+    paths = [Path(args.out) / "finetune_table.json", Path(args.out) / "finetune_table.md"]
+    output.check_writable(paths, args.overwrite, group="table")  # before reading and bootstrapping anything
     rows = []
     for spec in args.row:
         label, _, folders = spec.partition("=")
@@ -92,14 +95,12 @@ def _finetune_table(args) -> int:
             evaluations.append((folder, load_evaluation(folder, args.split, args.beam_size)))
         rows.append((captioner, variant, evaluations))
     table = finetune_table(rows)
-    output = OutputFolder(args.out, "finetune-table")
-    paths = [Path(args.out) / "finetune_table.json", Path(args.out) / "finetune_table.md"]
-    output.check_writable(paths, args.overwrite, group="table")
+    markdown = table_markdown(table)
     output.remove_group("table")
     written = [atomic_write_json(paths[0], {**table, "split": args.split, "beam_size": args.beam_size}),
-               atomic_write_text(paths[1], table_markdown(table))]
+               atomic_write_text(paths[1], markdown)]
     output.record(written, "table")
-    print(table_markdown(table))
+    print(markdown)
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 

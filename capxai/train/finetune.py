@@ -76,8 +76,9 @@ def check_finetune_config(config: FinetuneConfig) -> list:
 def _check_not_trained_here(output: OutputFolder) -> None:
     """Refuses an ``--out`` whose checkpoints another command (``capxai train``) wrote: ``--overwrite`` must never
     turn a fine-tuning into the loss of a trained model."""
+    entries = output.entries()
     for name in TRAIN_FILES:
-        entry = output.entries().get(name)
+        entry = entries.get(name)
         if entry is not None and entry.get("command") != "finetune":
             raise FileExistsError(f"{output.path / name} was written by capxai {entry.get('command')}, not by capxai "
                                   "finetune; fine-tune into another --out (the trained model stays as it is)")

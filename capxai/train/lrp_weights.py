@@ -139,7 +139,7 @@ class FinetuneObjective(nn.Module):
 
     def take_statistics(self) -> dict:
         """The share of real words whose top word was explained (weighted) since the last call; resets."""
-        share = self.explained_words / max(1, self.real_words)
+        share = float(self.explained_words) / max(1, int(self.real_words))
         self.explained_words = self.real_words = 0
         return {"explained_share": share}
 
@@ -150,8 +150,9 @@ class FinetuneObjective(nn.Module):
         targets = captions[:, 1:]
         valid = targets != self.pad
         weighted, plain, explained = training_logits(captioner, trace, self.skipped, valid, self.eps)
-        self.explained_words += int(explained.sum())
-        self.real_words += int(valid.sum())
+        # kept as tensors: reading them every step would stall a GPU
+        self.explained_words = self.explained_words + explained.sum()
+        self.real_words = self.real_words + valid.sum()
         vocab = plain.shape[-1]
         loss = nn.functional.cross_entropy(plain.reshape(-1, vocab), targets.reshape(-1), ignore_index=self.pad)
         if weighted is plain:

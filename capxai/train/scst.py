@@ -8,7 +8,7 @@ unchanged). Sampling and re-scoring both run with the captioner's dropout off an
 so the gradient is that of the policy that sampled.
 Re-scoring is teacher-forced, batched over samples and steps.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ def sample_captions(captioner: Captioner, features: torch.Tensor, max_length: in
     state = captioner.init_state(features)
     words = torch.full((features.shape[0],), start, dtype=torch.long, device=features.device)
     finished = torch.zeros_like(words, dtype=torch.bool)
+    never = torch.tensor([start, pad], device=features.device)  # words a sample may not draw
     sampled = []
     for _ in range(max_length):
         logits, state, trace = captioner.step(state, words)
@@ -98,7 +99,7 @@ def sample_captions(captioner: Captioner, features: torch.Tensor, max_length: in
             weights_first, weights_second, _ = feature_weights(captioner.output, first, second, logits, skipped,
                                                                eps=eps)
             logits = captioner.output(weights_first * first + weights_second * second)
-        logits = logits.float().index_fill(-1, torch.tensor([start, pad], device=logits.device), float("-inf"))
+        logits = logits.float().index_fill(-1, never, float("-inf"))
         words = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
         words = torch.where(finished, torch.full_like(words, pad), words)
         sampled.append(words)
@@ -124,7 +125,7 @@ def sequence_log_probs(captioner: Captioner, features: torch.Tensor, tokens: tor
 def scst_loss(model: nn.Module, images: torch.Tensor, references: List[List[str]], words: List[str],
               reward: CiderReward, skipped: Optional[torch.Tensor], samples_per_image: int, max_length: int,
               generator: Optional[torch.Generator] = None, eps: float = 0.01,
-              special: Dict[str, int] = None) -> (torch.Tensor, Dict[str, float]):
+              special: Optional[Dict[str, int]] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The self-critical loss of one batch: ``-sum_n advantage_n * log p(sample_n) / (words of all samples)`` (the
     paper's normalisation, ``<end>`` counted as a word) and statistics
     (mean reward of the samples and of the greedy captions).
