@@ -13,7 +13,7 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-all bench build cuda-check cpp-test clean help
+.PHONY: demo test test-all bench build cuda-check gpu-check cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -21,6 +21,8 @@ help:
 	@echo "make test-all    the test suite including slow tests"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
 	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
+	@echo "make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks;"
+	@echo "                 report in runs/gpu-check/report.md (needs only torch and nvcc there)"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
 
 $(STAMP): requirements.txt
@@ -55,6 +57,10 @@ cuda-check: $(STAMP)
 	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m capxai.info --require-cuda
 	@# the CUDA build's CPU kernels and Python face, through the same tests (CUDA ones run only where a GPU is)
 	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m pytest -q -m "not slow" tests
+
+# Uses .venv when there is one, else the machine's python3: GPU machines often have torch and no network.
+gpu-check:
+	tools/gpu_check.sh
 
 cpp-test: $(STAMP)
 	tools/cuda_toolkit_shim.sh $(PY) $(CUDA_SHIM) >/dev/null

@@ -1,0 +1,113 @@
+"""Writes the markdown report of ``make gpu-check`` from the files its steps left in one folder (stdout).
+
+    python tools/gpu_report.py runs/gpu-check > runs/gpu-check/report.md
+"""
+import collections
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+FUSED = "fused"
+
+
+def card():
+    try:
+        query = "name,driver_version,memory.total,clocks.max.sm"
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30).stdout.strip().splitlines()[0]
+        return f"{line} (nvidia-smi: name, driver, memory, max SM clock)"
+    except (OSError, IndexError, subprocess.SubprocessError) as error:
+        return f"nvidia-smi did not answer ({error})"
+
+
+def software():
+    import torch
+    return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU visible'}")
+
+
+def steps(folder):
+    rows = []
+    path = folder / "steps.txt"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        name, code, seconds = line.split()
+        rows.append(f"| {name} | {'pass' if code == '0' else f'FAIL (exit {code})'} | {seconds} s |")
+    return ["| step | result | time |", "| --- | --- | --- |"] + rows
+
+
+def test_groups(folder):
+    path = folder / "tests.xml"
+    if not path.exists():
+        return ["(no test results: the tests did not run)"]
+    counts = collections.defaultdict(collections.Counter)
+    failures = []
+    for case in ElementTree.parse(path).iter("testcase"):
+        group = case.get("classname", "?").split(".")[0]
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed"
+                failures.append(f"{case.get('classname')}::{case.get('name')}: "
+                                f"{(child.get('message') or '').splitlines()[0][:200] if child.get('message') else ''}")
+            elif child.tag == "skipped":
+                outcome = "skipped"
+        counts[group][outcome] += 1
+    lines = ["| test group | passed | failed | skipped |", "| --- | --- | --- | --- |"]
+    for group, count in sorted(counts.items()):
+        lines.append(f"| {group} | {count['passed']} | {count['failed']} | {count['skipped']} |")
+    if failures:
+        lines += ["", "Failures:", ""] + [f"- {failure}" for failure in failures]
+    return lines
+
+
+def sanitizer(folder, tool):
+    path = folder / f"{tool}.log"
+    if not path.exists():
+        return f"{tool}: did not run"
+    text = path.read_text(errors="replace")
+    summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", text)
+    checked = re.findall(r"gpu_sanitize: .*", text)
+    return f"{tool}: {'; '.join(summary) or 'no summary line'}; {'; '.join(checked) or 'the script printed no result'}"
+
+
+def benchmarks(folder):
+    path = folder / "bench.json"
+    try:
+        results = json.loads(path.read_text())["benchmarks"]
+    except (OSError, ValueError, KeyError):
+        return ["(no benchmark results: the benchmarks did not run or did not finish)"]
+    groups = collections.defaultdict(dict)
+    for bench in results:
+        method = (bench.get("param") or bench["name"]).split("-")[0]
+        groups[bench["group"]][method] = bench["stats"]["median"]
+    lines = ["| benchmark | fused median | other methods, time relative to fused |", "| --- | --- | --- |"]
+    for group, medians in sorted(groups.items()):
+        fused = medians.get(FUSED)
+        if fused is None:
+            continue
+        others = ", ".join(f"{method} {median / fused:.2f}x" for method, median in sorted(medians.items())
+                           if method != FUSED)
+        lines.append(f"| {group} | {fused * 1e3:.3f} ms | {others} |")
+    return lines
+
+
+def main(argv):
+    folder = Path(argv[1] if len(argv) > 1 else "runs/gpu-check")
+    info = folder / "info.log"
+    lines = ["# capxai GPU check", "", f"- card: {card()}", f"- software: {software()}"]
+    if info.exists():
+        lines += [f"- {line.strip()}" for line in info.read_text().splitlines()[:3]]
+    lines += ["", "## Steps", ""] + steps(folder)
+    lines += ["", "## CUDA tests (`pytest -m cuda tests`)", ""] + test_groups(folder)
+    lines += ["", "## compute-sanitizer on `tools/gpu_sanitize.py`", "",
+              f"- {sanitizer(folder, 'memcheck')}", f"- {sanitizer(folder, 'racecheck')}"]
+    lines += ["", "## GPU benchmarks (medians of one run; ratios within that run)", ""] + benchmarks(folder)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
