@@ -45,7 +45,7 @@ def test_groups(folder):
     counts = collections.defaultdict(collections.Counter)
     failures = []
     for case in ElementTree.parse(path).iter("testcase"):
-        group = case.get("classname", "?").split(".")[0]
+        group = case.get("classname", "?").split(".")[-1]  # "tests.test_lrp_linear" -> the module
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error"):
