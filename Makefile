@@ -13,7 +13,7 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-all bench build cuda-check gpu-check cpp-test clean help
+.PHONY: demo test test-all bench build browser cuda-check gpu-check cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -38,13 +38,23 @@ $(EXTENSION): $(STAMP) setup.py pyproject.toml $(CSRC)
 
 build: $(EXTENSION)
 
+# make demo QUICK=1: the same on a small set (runs/demo-quick, under 10 minutes on 2 cores)
 demo: build
-	$(PY) -m capxai.demo --out runs/demo
+	$(PY) -m capxai.demo $(if $(QUICK),--quick)
 
-test: build
+# The report's browser test drives the distribution's Chromium: installed here when absent (as root, or with sudo).
+browser:
+	@if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing Debian's chromium and chromium-driver for the report's browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+	    chromium-driver >/dev/null || echo "warning: could not install chromium; the browser test will fail"; \
+	fi
+
+test: build browser
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: build
+test-all: build browser
 	$(PY) -m pytest -q tests
 
 bench: build

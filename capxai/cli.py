@@ -114,11 +114,13 @@ def _evaluate(args) -> int:
     from capxai._io import file_sha256
 
     explanations = None
+    if args.explain_limit is not None and args.explanations is None:
+        raise CommandError("--explain-limit needs --explanations (it limits the images whose explanations are measured)")
     if args.explanations is not None:  # checked before any work
         explanations = ExplanationSettings(
             methods=methods_of_option(args.explanations), batch_size=args.explain_batch_size,
             composite=args.composite, pointing_tolerance=args.pointing_tolerance, grid=args.ablation_grid,
-            patches=args.ablation_patches, ablation=not args.no_ablation)
+            patches=args.ablation_patches, ablation=not args.no_ablation, limit=args.explain_limit)
     output = check_outputs(args.out, args.split, args.beam_size, args.overwrite)
     model, vocabulary, config = load_trained(args.checkpoint)
     dataset = open_split(args.split_file, args.image_root, args.split, vocabulary, config.max_length,
@@ -330,6 +332,8 @@ def build_parser() -> Parser:
                             "ablation")
     evaluating.add_argument("--ablation-patches", type=POSITIVE, default=20, help="patches blanked per word")
     evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
+    evaluating.add_argument("--explain-limit", type=POSITIVE, help="measure explanations on the first N images of the "
+                            "split only (captions, metrics and CHAIR still use every image)")
     evaluating.add_argument("--out", type=output_folder, required=True, help="folder for captions, metrics, hallucination")
     evaluating.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run "
                             "(all its files; files capxai did not write are never replaced)")
@@ -361,7 +365,21 @@ def build_parser() -> Parser:
     explaining.add_argument("--overwrite", action="store_true", help="replace explanations of an earlier run "
                             "(all its files; files capxai did not write are never replaced)")
     explaining.set_defaults(run=_explain)
+    reporting = commands.add_parser("report", help="the HTML report of a demo folder (RUN_DIR/report.html): per "
+                                    "word heatmaps of every method, metric tables and plots, fine-tuning results")
+    reporting.add_argument("run_dir", type=existing_folder, metavar="RUN_DIR", help="what make demo wrote, e.g. "
+                           "runs/demo")
+    reporting.add_argument("--overwrite", action="store_true", help="replace the report written there before")
+    reporting.set_defaults(run=_report)
     return parser
+
+
+def _report(args) -> int:
+    from capxai.report.html_report import build_report
+
+    path = build_report(args.run_dir, overwrite=args.overwrite)
+    print(f"wrote {path} (open it in a browser; its pictures are in {path.parent / 'report_files'})")
+    return 0
 
 
 RESUMABLE = {"train", "explain"}  # rerunning the same command resumes where it stopped

@@ -1,278 +1,357 @@
-"""``python -m capxai.demo`` (``make demo``): the main job, grown issue by issue toward the full captioning demo.
+"""``python -m capxai.demo`` (``make demo``): the paper end to end on the built-in scenes, and its HTML report.
 
-What exists now is the relevance-op layer and the drop-in modules, so the demo is a small real run of them:
-1. a ReLU MLP on a synthetic task where only a few input features decide the class: every class of every sample is
-   explained at once (all classes as K targets of one ``lrp_linear`` call per layer), and checked: relevance lands
-   on the informative features, it is conserved with ``bias_factor=1``, the fused op equals the reference;
-2. a sequence model built like a captioner's decoder (Linear -> capxai.nn.LSTM -> capxai.nn.AdditiveAttention ->
-   Linear) on sequences whose class is set by one marker step: explained with ONE ``torch.autograd.grad`` under a
-   Zennit Epsilon composite and ``capxai.lrp()``; relevance should land on the marker step.
-3. the captioning pipeline on the built-in scenes: generate them, train the adaptive-attention and the multi-head
-   captioner, caption the test split (greedy and beam 3) and score it: BLEU, METEOR, ROUGE-L, CIDEr, CHAIR and how
-   often the probe images get the planted partner object named (the hallucination later work explains and fixes).
-Results go to ``OUT/lrp_linear_demo.json``, ``OUT/lrp_sequence_demo.json`` and ``OUT/captioning_demo.json`` (with
-``OUT/scenes`` and ``OUT/captioner-*``); an existing result is reused, an interrupted training resumed, unless
-``--overwrite`` is given.
+Stages, each a ``capxai`` command a user could type (the demo prints them), each skipped when its result exists and
+is complete, so an interrupted demo resumes where it stopped:
+
+1. ``capxai data scenes``: the built-in scenes (train / val / test);
+2. per captioner (adaptive attention and multi-head, in two worker processes of one thread each):
+   ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split with every explanation method
+   (captions, CHAIR, probes, grounding, pointing game, ablation, hallucination detection), ``capxai explain`` of a
+   few test images with every method (the report's heatmaps), ``capxai finetune`` with LRP and with the baseline,
+   and ``capxai evaluate`` of both fine-tuned models;
+3. ``capxai finetune-table`` (before / baseline / LRP, with intervals) and ``capxai report`` -> ``OUT/report.html``.
+
+Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
+workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
+refused (``--overwrite`` starts it afresh).
 """
 import argparse
-import functools
+import dataclasses
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
-from zennit.composites import LayerMapComposite
-from zennit.rules import Epsilon
-
-import capxai
 from capxai._io import atomic_write_json
-from capxai.ops import lrp_linear
-from capxai.ops.reference import lrp_linear_reference
+from capxai.data.captions import image_id_of, load_karpathy
 
-RESULT_NAME = "lrp_linear_demo.json"
-SEQUENCE_RESULT_NAME = "lrp_sequence_demo.json"
-
-
-def make_task(n_samples, n_features, n_informative, n_classes, generator):
-    """Inputs and labels where only the first ``n_informative`` features decide the class."""
-    inputs = torch.randn(n_samples, n_features, generator=generator)
-    mixing = torch.randn(n_informative, n_classes, generator=generator)
-    labels = (inputs[:, :n_informative] @ mixing).argmax(dim=1)
-    return inputs, labels
+CAPTIONERS = ("adaptive", "multihead")
+METHODS = ("lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention")
+# The recipe measured to reach test CIDEr >= 1.6 on the scenes in about 15 minutes per captioner on one CPU thread.
+CAPTIONER_RECIPE = ("--hidden", "128", "--attention-dim", "64", "--dropout", "0.3", "--lr", "1e-3",
+                    "--batch-size", "32")
+SPLIT, BEAM = "test", 3
+CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
 
 
-def train_classifier(inputs, labels, n_classes, steps, generator):
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    model = nn.Sequential(nn.Linear(inputs.shape[1], 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, n_classes))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in tqdm(range(steps), desc="train MLP", unit="step"):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
-    return model.eval()
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; ``QUICK`` is the same on a small set (under 10 minutes on 2 cores)."""
+
+    scenes: Sequence[int] = (8000, 1000, 2000)  # train, val, test images
+    epochs: int = 6  # cross-entropy epochs of each captioner
+    finetune_epochs: int = 1
+    explain_limit: int = 300  # test images whose explanations are measured (captions and CHAIR use all)
+    finetuned_explain_limit: int = 300  # the same for the fine-tuned models (LRP grounding only)
+    ablation: bool = True
+    report_images: int = 6  # test images explained with every method for the report
+    seed: int = 0
+    train_arguments: Sequence[str] = CAPTIONER_RECIPE
 
 
-def explain_all_classes(model, inputs, rule, eps=0.01, bias_factor=0.0):
-    """Input relevance ``[C, N, F]`` for every class C at once: start ``onehot(c) * logit_c``, epsilon rule through
-    each Linear (``rule`` is the fused op or the reference), ReLU passes relevance unchanged."""
-    layer_inputs, activation = [], inputs
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                layer_inputs.append(activation)
-            activation = layer(activation)
-        logits = activation
-        n_classes = logits.shape[1]
-        relevance = torch.eye(n_classes)[:, None, :] * logits[None]  # [C, N, C]
-        linears = [layer for layer in model if isinstance(layer, nn.Linear)]
-        for layer, layer_input in zip(reversed(linears), reversed(layer_inputs)):
-            relevance = rule(layer_input, layer.weight, layer.bias, relevance, eps=eps, bias_factor=bias_factor)
-    return relevance, logits
+QUICK = DemoConfig(scenes=(1600, 200, 300), epochs=3, explain_limit=60, finetuned_explain_limit=60,
+                   report_images=4)
 
 
-def _timed(job, repeats=5):
-    """(median seconds of ``repeats`` runs after one warm-up run, the last result)."""
-    result = job()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = job()
-        seconds.append(time.perf_counter() - start)
-    return sorted(seconds)[len(seconds) // 2], result
+@dataclasses.dataclass
+class Stage:
+    """One command of the demo: ``arguments`` for ``capxai``, skipped when ``done()`` says its result is there."""
+
+    name: str
+    arguments: Callable[[], List[str]]  # built when the stage starts (it may read what earlier stages wrote)
+    done: Callable[[], bool]
 
 
-def run(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
-    result_path = out_dir / RESULT_NAME
-    if result_path.exists() and not overwrite:
-        print(f"{result_path} exists; reusing it (pass --overwrite to recompute)")
-        return json.loads(result_path.read_text())
+class Demo:
+    """The stages of one demo folder and how to know each is complete."""
 
-    generator = torch.Generator().manual_seed(seed)
-    n_informative = 4
-    inputs, labels = make_task(4096, 32, n_informative, 3, generator)
-    model = train_classifier(inputs, labels, 3, steps=300, generator=generator)
+    def __init__(self, out: Path, config: DemoConfig):
+        self.out, self.config = out, config
+        self.scenes = out / "scenes"
+        self.data = ["--split-file", str(self.scenes / "dataset_scenes.json"), "--image-root", str(self.scenes)]
 
-    fused_seconds, (relevance, logits) = _timed(lambda: explain_all_classes(model, inputs, lrp_linear))
-    reference_seconds, (reference, _) = _timed(lambda: explain_all_classes(model, inputs, lrp_linear_reference))
-    conserved, _ = explain_all_classes(model, inputs, lrp_linear, bias_factor=1.0)
+    def folder(self, kind: str, captioner: str, variant: str = "") -> Path:
+        """``captioner-adaptive``, ``eval-adaptive``, ``finetune-adaptive-lrp``, ``eval-adaptive-lrp`` ..."""
+        return self.out / "-".join(part for part in (kind, captioner, variant) if part)
 
-    predicted = logits.argmax(dim=1)
-    own_class = relevance[predicted, torch.arange(len(inputs))]  # [N, F] relevance of each predicted class
-    share_informative = own_class[:, :n_informative].abs().sum() / own_class.abs().sum()
-    start_relevance = logits.T  # [C, N]: the start relevance of each class is its logit
-    conservation_error = ((conserved.sum(-1) - start_relevance).abs().max() / start_relevance.abs().max()).item()
-    summary = {
-        "accuracy": (predicted == labels).float().mean().item(),
-        "relevance_share_on_informative_features": share_informative.item(),
-        "informative_feature_fraction": n_informative / inputs.shape[1],
-        "conservation_relative_error_bias_factor_1": conservation_error,
-        "max_abs_difference_fused_vs_reference": (relevance - reference).abs().max().item(),
-        "seconds_fused": fused_seconds,
-        "seconds_reference": reference_seconds,
-        "samples": len(inputs),
-        "targets_per_sample": int(logits.shape[1]),
-    }
-    atomic_write_json(result_path, summary)
-    print(f"wrote {result_path}")
-    return summary
+    def scenes_stage(self) -> Stage:
+        train, val, test = self.config.scenes
+        return Stage("scenes", lambda: ["data", "scenes", "--out", str(self.scenes), "--train", str(train), "--val",
+                                        str(val), "--test", str(test), "--seed", str(self.config.seed), "--overwrite"],
+                     lambda: (self.scenes / "dataset_scenes.json").is_file())
 
+    def captioner_stages(self, captioner: str) -> List[Stage]:
+        trained = self.folder("captioner", captioner)
+        checkpoint = str(trained / "best.pt")
+        stages = [
+            Stage("train", lambda: ["train", *self.data, "--out", str(trained), "--model", captioner, "--epochs",
+                                    str(self.config.epochs), "--seed", str(self.config.seed),
+                                    *self.config.train_arguments],
+                  lambda: _training_done(trained, self.config.epochs)),
+            self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
+                                 self.config.explain_limit, self.config.ablation),
+            Stage("explain", lambda: self._explain_arguments(captioner),
+                  lambda: all((self.folder("explain", captioner) / m / "explanation.pt").is_file() for m in METHODS)),
+        ]
+        for method in ("lrp", "baseline"):
+            tuned = self.folder("finetune", captioner, method)
+            stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
+                "finetune", "--checkpoint", checkpoint, *self.data, "--out", str(tuned), "--method", method,
+                "--epochs", str(self.config.finetune_epochs), "--seed", str(self.config.seed)],
+                lambda tuned=tuned: _training_done(tuned, self.config.finetune_epochs)))
+            stages.append(self._evaluate_stage(f"evaluate {method}", str(tuned / "best.pt"),
+                                               self.folder("eval", captioner, method), "lrp",
+                                               self.config.finetuned_explain_limit, False))
+        return stages
 
-class SequenceClassifier(nn.Module):
-    """Linear -> capxai.nn.LSTM -> capxai.nn.AdditiveAttention over the LSTM outputs -> Linear."""
+    def _evaluate_stage(self, name: str, checkpoint: str, out: Path, methods: str, limit: int, ablation: bool):
+        group = f"{SPLIT}_beam{BEAM}"
+        files = [out / f"{kind}_{group}.json" for kind in ("captions", "metrics", "hallucination", "explanations")]
+        return Stage(name, lambda: ["evaluate", "--checkpoint", checkpoint, *self.data, "--split", SPLIT,
+                                    "--beam-size", str(BEAM), "--explanations", methods, "--explain-limit", str(limit),
+                                    *([] if ablation else ["--no-ablation"]), "--out", str(out), "--overwrite"],
+                     lambda: all(path.is_file() for path in files))
 
-    def __init__(self, n_features, n_classes, hidden=24):
-        super().__init__()
-        self.embed = nn.Linear(n_features, hidden)
-        self.lstm = capxai.nn.LSTM(hidden, hidden, batch_first=True)
-        self.attention = capxai.nn.AdditiveAttention(hidden, hidden, hidden)
-        self.classifier = nn.Linear(hidden, n_classes)
+    def _explain_arguments(self, captioner: str) -> List[str]:
+        """Explain the report's images with the captions the evaluation gave them (so that CHAIR's word positions
+        match the explained words)."""
+        evaluation = self.folder("eval", captioner)
+        chosen = choose_report_images(evaluation, self.scenes, self.config.report_images)
+        atomic_write_json(self.folder("explain", captioner).with_name(f"report-images-{captioner}.json"), chosen)
+        return ["explain", "--checkpoint", str(self.folder("captioner", captioner) / "best.pt"),
+                "--images", *[str(self.scenes / entry["file"]) for entry in chosen],
+                "--captions", *[entry["caption"] for entry in chosen], "--method", "all", "--no-figures",
+                "--out", str(self.folder("explain", captioner)), "--overwrite"]
 
-    def forward(self, sequences):
-        outputs, (h_n, _) = self.lstm(torch.tanh(self.embed(sequences)))
-        context, _, _ = self.attention(outputs, h_n[-1])
-        return self.classifier(context)
+    def table_stage(self) -> Stage:
+        rows = []
+        for captioner in CAPTIONERS:
+            rows += ["--row", f"{captioner}/xe={self.folder('eval', captioner)}"]
+            for method in ("baseline", "lrp"):
+                rows += ["--row", f"{captioner}/{method}-xe={self.folder('eval', captioner, method)}"]
+        return Stage("finetune table", lambda: ["finetune-table", *rows, "--split", SPLIT, "--beam-size", str(BEAM),
+                                                "--out", str(self.out / "finetune"), "--overwrite"],
+                     lambda: False)
 
-
-def make_marker_task(n_samples, steps, n_features, n_classes, generator):
-    """Noise sequences with one marker step whose pattern (one of n_classes) is the label."""
-    sequences = torch.randn(n_samples, steps, n_features, generator=generator) * 0.5
-    patterns = torch.randn(n_classes, n_features, generator=generator) * 2.0
-    labels = torch.randint(0, n_classes, (n_samples,), generator=generator)
-    marker = torch.randint(0, steps, (n_samples,), generator=generator)
-    sequences[torch.arange(n_samples), marker] += patterns[labels]
-    return sequences, labels, marker
-
-
-def run_sequence(out_dir: Path, overwrite: bool, seed: int = 0) -> dict:
-    result_path = out_dir / SEQUENCE_RESULT_NAME
-    if result_path.exists() and not overwrite:
-        print(f"{result_path} exists; reusing it (pass --overwrite to recompute)")
-        return json.loads(result_path.read_text())
-    generator = torch.Generator().manual_seed(seed)
-    steps, n_classes = 12, 4
-    sequences, labels, marker = make_marker_task(2048, steps, 8, n_classes, generator)
-    torch.manual_seed(seed)
-    model = SequenceClassifier(8, n_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in tqdm(range(200), desc="train LSTM + attention", unit="step"):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(sequences), labels).backward()
-        optimizer.step()
-    model.eval()
-
-    composite = LayerMapComposite([(nn.Linear, Epsilon(epsilon=0.01))])
-    inputs = sequences.clone().requires_grad_(True)
-    start = time.perf_counter()
-    with composite.context(model) as hooked, capxai.lrp(eps=0.01):
-        logits = hooked(inputs)
-        predicted = logits.argmax(-1)
-        start_relevance = nn.functional.one_hot(predicted, n_classes) * logits  # onehot(w) * logit_w
-        (relevance,) = torch.autograd.grad(logits, inputs, grad_outputs=start_relevance.detach())
-    seconds = time.perf_counter() - start
-    per_step = relevance.sum(-1)  # [N, T]
-    share_on_marker = (per_step.abs()[torch.arange(len(marker)), marker] / per_step.abs().sum(-1)).mean()
-    summary = {
-        "accuracy": (predicted == labels).float().mean().item(),
-        "relevance_share_on_marker_step": share_on_marker.item(),
-        "marker_step_fraction": 1 / steps,
-        "top_relevance_step_is_marker": (per_step.argmax(-1) == marker).float().mean().item(),
-        "seconds_forward_and_explain": seconds,
-        "samples": len(sequences),
-    }
-    atomic_write_json(result_path, summary)
-    print(f"wrote {result_path}")
-    return summary
+    def report_stage(self) -> Stage:
+        return Stage("report", lambda: ["report", str(self.out), "--overwrite"], lambda: False)
 
 
-# The recipe measured to reach test CIDEr >= 1.0 within 15 minutes per captioner on 2 CPU cores (README, issue 4).
-CAPTIONER_RECIPE = ["--hidden", "128", "--attention-dim", "64", "--dropout", "0.3", "--lr", "1e-3",
-                    "--batch-size", "32"]
-CAPTIONING_RESULT_NAME = "captioning_demo.json"
+def _training_done(folder: Path, epochs: int) -> bool:
+    history = folder / "history.json"
+    if not (history.is_file() and (folder / "best.pt").is_file()):
+        return False
+    try:
+        return len(json.loads(history.read_text())["epochs"]) >= epochs
+    except (ValueError, KeyError):
+        return False
 
 
-def run_captioning(out_dir: Path, overwrite: bool, seed: int = 0, scene_counts=(8000, 1000, 1000),
-                   epochs: int = 6, captioners=("adaptive", "multihead"), extra_train_args=()) -> dict:
-    """Built-in scenes -> train each captioner (resuming an interrupted run, reusing a finished one) -> caption the
-    test split greedily and with beam 3 -> metrics, CHAIR and the probe hallucination rate, through the ``capxai``
-    command line, so the demo runs exactly what a user runs."""
-    from capxai import cli
-
-    result_path = out_dir / CAPTIONING_RESULT_NAME
-    if result_path.exists() and not overwrite:
-        print(f"{result_path} exists; reusing it (pass --overwrite to recompute)")
-        return json.loads(result_path.read_text())
-    scenes_dir = out_dir / "scenes"
-    if overwrite or not (scenes_dir / "dataset_scenes.json").exists():
-        train_count, val_count, test_count = scene_counts
-        _run_cli(cli, ["data", "scenes", "--out", str(scenes_dir), "--train", str(train_count), "--val",
-                       str(val_count), "--test", str(test_count), "--seed", str(seed), "--overwrite"])
-    data = ["--split-file", str(scenes_dir / "dataset_scenes.json"), "--image-root", str(scenes_dir)]
-    summary = {}
-    for captioner in captioners:
-        run_dir = out_dir / f"captioner-{captioner}"
-        started = time.perf_counter()
-        _run_cli(cli, ["train", *data, "--out", str(run_dir), "--model", captioner, "--epochs", str(epochs),
-                       "--seed", str(seed), *CAPTIONER_RECIPE, *extra_train_args, *(["--overwrite"] if overwrite else [])])
-        history = json.loads((run_dir / "history.json").read_text())
-        summary[captioner] = {"train_seconds_this_run": time.perf_counter() - started,
-                              "train_seconds_all_epochs": sum(e.get("seconds", 0.0) for e in history["epochs"]),
-                              "best_val_cider": history["best_cider"], "best_epoch": history["best_epoch"] + 1}
-        for beam in (1, 3):
-            evaluation = run_dir / "evaluation"
-            if not (evaluation / f"metrics_test_beam{beam}.json").exists():
-                _run_cli(cli, ["evaluate", "--checkpoint", str(run_dir / "best.pt"), *data, "--beam-size", str(beam),
-                               "--out", str(evaluation), "--overwrite"])
-            metrics = json.loads((evaluation / f"metrics_test_beam{beam}.json").read_text())["overall"]
-            found = json.loads((evaluation / f"hallucination_test_beam{beam}.json").read_text())
-            summary[captioner][f"test_beam{beam}"] = {
-                **metrics, "CHAIRi": found["chair"]["overall"]["CHAIRi"], "CHAIRs": found["chair"]["overall"]["CHAIRs"],
-                "probe_hallucination_rate": found["probes"]["rate"] if "probes" in found else None}
-    atomic_write_json(result_path, summary)
-    print(f"wrote {result_path}")
-    return summary
+def choose_report_images(evaluation: Path, scenes: Path, count: int) -> List[dict]:
+    """Test images for the report: probe images whose caption names the absent partner first (the hallucination
+    the paper explains), then a probe image captioned correctly, then ordinary images; in split order."""
+    group = f"{SPLIT}_beam{BEAM}"
+    captions = {entry["image_id"]: entry["caption"]
+                for entry in json.loads((evaluation / f"captions_{group}.json").read_text())}
+    chair = json.loads((evaluation / f"hallucination_{group}.json").read_text())["chair"]["imgToEval"]
+    entries = {image_id_of(entry, position): entry
+               for position, entry in enumerate(load_karpathy(scenes / "dataset_scenes.json"))
+               if entry.get("split") == SPLIT}
+    hallucinated, probe_correct, ordinary = [], [], []
+    for image_id, caption in captions.items():
+        entry = entries.get(image_id)
+        if entry is None:
+            continue
+        wrong = chair.get(str(image_id), {}).get("mscoco_hallucinated_words", [])
+        item = {"image_id": image_id, "file": str(Path(entry.get("filepath", "")) / entry["filename"]),
+                "caption": caption, "probe": entry.get("probe"), "hallucinated": [w for w, _ in wrong]}
+        (hallucinated if wrong and entry.get("probe") else probe_correct if entry.get("probe") else ordinary).append(item)
+    first = max(1, count // 2)
+    chosen = hallucinated[:first] + probe_correct[:1]
+    chosen += ordinary[:count - len(chosen)]
+    return chosen[:count]
 
 
-def _run_cli(cli, arguments) -> None:
-    print("$ capxai " + " ".join(arguments))
-    code = cli.main(arguments)
-    if code != 0:
-        raise RuntimeError(f"capxai {arguments[0]} failed (exit {code}); see the message above")
+class Runner:
+    """Runs stages as ``python -m capxai`` processes, logs to ``OUT/logs``, times every stage, stops all on Ctrl-C."""
+
+    def __init__(self, out: Path, threads: int):
+        self.out, self.threads = out, threads
+        self.times: Dict[str, dict] = {}
+        self.children: List[subprocess.Popen] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def run_chain(self, label: str, stages: Sequence[Stage], position: int = 0) -> None:
+        bar = tqdm(total=len(stages), desc=f"{label:>9}", unit="stage", position=position, leave=True,
+                   bar_format="{desc}: {n}/{total} stages |{bar:20}| {elapsed} {postfix}")
+        try:
+            for stage in stages:
+                if self.stopping.is_set():
+                    return
+                key = stage.name if label == "demo" else f"{label} {stage.name}"
+                if stage.done():
+                    self._record(key, None, bar)
+                else:
+                    bar.set_postfix_str(f"{stage.name} (log: {self.out / 'logs' / label}.log)")
+                    started = time.perf_counter()
+                    self._run(label, stage.arguments())
+                    self._record(key, time.perf_counter() - started, bar)
+                bar.update(1)
+        finally:
+            bar.set_postfix_str("")
+            bar.close()
+
+    def _run(self, log_name: str, arguments: List[str]) -> None:
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+                       "PYTHONUNBUFFERED": "1"}
+        log = self.out / "logs" / f"{log_name}.log"
+        with open(log, "a") as handle:
+            handle.write(f"\n$ capxai {' '.join(arguments)}\n")
+            handle.flush()
+            child = subprocess.Popen([sys.executable, "-m", "capxai", *arguments], stdout=handle,
+                                     stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+            with self.lock:
+                self.children.append(child)
+            code = child.wait()
+        if code != 0:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
+            raise RuntimeError(f"capxai {arguments[0]} failed (exit {code}); the end of {log}:\n{tail}")
+
+    def _record(self, key: str, seconds: Optional[float], bar) -> None:
+        with self.lock:
+            if seconds is None:
+                self.times.setdefault(key, {"seconds": None, "note": "reused"})
+                bar.write(f"  {key}: reused (its result exists)")
+            else:
+                self.times[key] = {"seconds": round(seconds, 1)}
+                bar.write(f"  {key}: done in {_duration(seconds)}")
+
+    def stop(self) -> None:
+        """Interrupts every running command (they stop cleanly and resume on the next run)."""
+        self.stopping.set()
+        with self.lock:
+            for child in self.children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+        for child in list(self.children):
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="result folder (default runs/demo)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute even if a result exists")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes", type=int, nargs=3, default=(8000, 1000, 2000), metavar=("TRAIN", "VAL", "TEST"),
-                        help="built-in scenes per split (default 8000 1000 2000)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs of each captioner")
-    parser.add_argument("--captioners", nargs="*", choices=["adaptive", "multihead"],
-                        default=["adaptive", "multihead"], help="which captioners to train (none: skip captioning)")
-    args = parser.parse_args(argv)
-    jobs = [("MLP, lrp_linear", run), ("LSTM + attention, capxai.nn", run_sequence)]
-    if args.captioners:
-        jobs.append(("captioners on the built-in scenes", functools.partial(
-            run_captioning, scene_counts=tuple(args.scenes), epochs=args.epochs, captioners=tuple(args.captioners))))
-    for title, job in jobs:
-        summary = job(args.out, args.overwrite, args.seed)
-        print(title)
-        _print_summary(summary, "  ")
-    return 0
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def _print_summary(summary: dict, indent: str) -> None:
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            print(f"{indent}{key}:")
-            _print_summary(value, indent + "  ")
+def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
+    """Refuse to mix two demos' settings in one folder; ``overwrite`` removes what an earlier demo wrote."""
+    recorded = out / CONFIG_NAME
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    if recorded.is_file():
+        existing = json.loads(recorded.read_text())
+        if existing != wanted and not overwrite:
+            raise SystemExit(f"python -m capxai.demo: {out} holds a demo run with other settings ({existing}); "
+                             "pass --overwrite to start it afresh, or --out another folder")
+        if existing == wanted and not overwrite:
+            return
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        known = {"scenes", "logs"} | {f"captioner-{c}" for c in CAPTIONERS}
+        if not {path.name for path in out.iterdir()} <= known:  # an older demo's files are reused, others refused
+            raise SystemExit(f"python -m capxai.demo: {out} is not empty and was not written by this demo; pass "
+                             "--out an empty or new folder (or --overwrite)")
+    if overwrite and recorded.is_file():
+        import shutil
+        for child in out.iterdir():  # only what the demo writes: its stage folders and files
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recorded, wanted)
+
+
+def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = 2) -> dict:
+    """Runs (or resumes) the demo in ``out``; returns the stage times written to ``OUT/demo.json``."""
+    _check_folder(out, config, overwrite)
+    demo = Demo(out, config)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    runner = Runner(out, threads)
+    started = time.perf_counter()
+    print(f"capxai demo -> {out} ({'quick' if config == QUICK else 'full'}: {config.scenes[0]} training scenes, "
+          f"{config.epochs} epochs; {workers} worker(s) x {threads} thread(s); logs in {out / 'logs'})")
+    errors: List[BaseException] = []
+
+    def chain(label, stages, position):
+        try:
+            runner.run_chain(label, stages, position)
+        except BaseException as error:  # reported by the main thread; the other chain is stopped
+            errors.append(error)
+            runner.stop()
+
+    try:
+        runner.run_chain("demo", [demo.scenes_stage()])
+        if workers > 1:
+            threads_ = [threading.Thread(target=chain, args=(c, demo.captioner_stages(c), i), daemon=True)
+                        for i, c in enumerate(CAPTIONERS)]
+            for thread in threads_:
+                thread.start()
+            while any(thread.is_alive() for thread in threads_):
+                for thread in threads_:
+                    thread.join(timeout=0.5)
         else:
-            print(f"{indent}{key}: {value:.6g}" if isinstance(value, float) else f"{indent}{key}: {value}")
+            for captioner in CAPTIONERS:
+                chain(captioner, demo.captioner_stages(captioner), 0)
+        if errors:
+            raise errors[0]
+        runner.run_chain("demo", [demo.table_stage()])
+        _write_times(out, runner, started, config)  # the report shows them
+        runner.run_chain("demo", [demo.report_stage()])
+    except KeyboardInterrupt:
+        runner.stop()
+        print(f"\ninterrupted: rerun the same command to resume ({out}); finished stages are kept", file=sys.stderr)
+        raise
+    times = _write_times(out, runner, started, config)
+    total = times["total_seconds_this_run"]
+    print(f"demo finished in {_duration(total)}: open {out / 'report.html'}")
+    return times
+
+
+def _write_times(out: Path, runner: Runner, started: float, config: DemoConfig) -> dict:
+    times = {"stages": runner.times, "total_seconds_this_run": round(time.perf_counter() - started, 1),
+             "machine": f"{os.cpu_count()} CPU cores", "config": dataclasses.asdict(config)}
+    atomic_write_json(out / TIMES_NAME, times)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
+    parser.add_argument("--quick", action="store_true", help="the same on a small set (under 10 minutes on 2 cores)")
+    parser.add_argument("--workers", type=int, default=2, choices=[1, 2],
+                        help="captioners trained at once (default 2, one CPU thread each on 2 cores)")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else DemoConfig()
+    out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
+    try:
+        run_demo(out, config, args.overwrite, args.workers)
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as error:
+        print(f"python -m capxai.demo: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -58,3 +58,26 @@ def grounded_model(tmp_path_factory):
                          max_length=12, lr=2e-3, image_size=64)
     train(config, data / "dataset_scenes.json", data, root / "model", progress=False)
     return root / "model" / "best.pt", data
+
+
+TINY_DEMO_TRAINING = ("--hidden", "16", "--attention-dim", "8", "--heads", "2", "--min-count", "1",
+                      "--batch-size", "8")
+
+
+def _tiny_demo_config():
+    from capxai import demo
+    return demo.DemoConfig(scenes=(48, 10, 16), epochs=1, explain_limit=6, finetuned_explain_limit=6,
+                           report_images=2, train_arguments=TINY_DEMO_TRAINING)
+
+
+TINY_DEMO = _tiny_demo_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A finished demo on a tiny configuration (every stage, both captioners, the report): (folder, stage times)."""
+    from capxai import demo
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    times = demo.run_demo(out, TINY_DEMO, workers=2)
+    return out, times

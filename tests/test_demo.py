@@ -1,5 +1,5 @@
-"""The demo (make demo) runs end to end, its explanations pass their checks, and results are reused, not
-overwritten, unless asked."""
+"""The demo (make demo) end to end on a tiny configuration: every stage's result is there, the report is written,
+a second run reuses everything, a missing result is recomputed alone, another configuration is refused."""
 import json
 
 import pytest
@@ -7,38 +7,59 @@ import pytest
 from capxai import demo
 from capxai._io import atomic_write_json
 
-
-def test_demo_runs_and_explanations_make_sense(tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path), "--captioners"]) == 0
-    linear = json.loads((tmp_path / demo.RESULT_NAME).read_text())
-    sequence = json.loads((tmp_path / demo.SEQUENCE_RESULT_NAME).read_text())
-    assert linear["accuracy"] > 0.9
-    assert linear["relevance_share_on_informative_features"] > 3 * linear["informative_feature_fraction"]
-    assert linear["conservation_relative_error_bias_factor_1"] < 1e-4
-    assert sequence["accuracy"] > 0.8
-    assert sequence["relevance_share_on_marker_step"] > 3 * sequence["marker_step_fraction"]
-
-    (tmp_path / demo.RESULT_NAME).write_text(json.dumps({"kept": True}))
-    demo.main(["--out", str(tmp_path), "--captioners"])
-    assert json.loads((tmp_path / demo.RESULT_NAME).read_text()) == {"kept": True}
-    assert "reusing" in capsys.readouterr().out
+from conftest import TINY_DEMO as TINY
 
 
-def test_captioning_demo_trains_evaluates_and_reuses(tmp_path, capsys):
-    tiny = ["--hidden", "16", "--attention-dim", "8", "--heads", "2", "--min-count", "1", "--batch-size", "8"]
-    summary = demo.run_captioning(tmp_path, overwrite=False, scene_counts=(24, 6, 10), epochs=1,
-                                  extra_train_args=tiny)
-    for captioner in ("adaptive", "multihead"):
-        for beam in (1, 3):
-            result = summary[captioner][f"test_beam{beam}"]
-            assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CHAIRi", "CHAIRs"} <= set(result)
-            assert 0.0 <= result["probe_hallucination_rate"] <= 1.0
-        assert (tmp_path / f"captioner-{captioner}" / "best.pt").exists()
-    saved = json.loads((tmp_path / demo.CAPTIONING_RESULT_NAME).read_text())
-    assert saved["adaptive"]["test_beam3"]["CIDEr"] == summary["adaptive"]["test_beam3"]["CIDEr"]
-    capsys.readouterr()
-    assert demo.run_captioning(tmp_path, overwrite=False) == saved  # reused, nothing retrained
-    assert "reusing" in capsys.readouterr().out
+def test_every_stage_ran_and_wrote_its_result(tiny_demo):
+    out, times = tiny_demo
+    for captioner in demo.CAPTIONERS:
+        assert (out / f"captioner-{captioner}" / "best.pt").is_file()
+        for folder in (f"eval-{captioner}", f"eval-{captioner}-baseline", f"eval-{captioner}-lrp"):
+            assert (out / folder / "hallucination_test_beam3.json").is_file()
+            assert (out / folder / "explanations_test_beam3.json").is_file()
+        for method in demo.METHODS:
+            assert (out / f"explain-{captioner}" / method / "explanation.pt").is_file()
+        for stage in ("train", "evaluate", "explain", "finetune lrp", "finetune baseline", "evaluate lrp"):
+            assert times["stages"][f"{captioner} {stage}"]["seconds"] > 0
+    table = json.loads((out / "finetune" / "finetune_table.json").read_text())
+    assert {(row["captioner"], row["variant"]) for row in table["rows"]} == {
+        (c, v) for c in demo.CAPTIONERS for v in ("xe", "baseline-xe", "lrp-xe")}
+    assert (out / "report.html").is_file() and (out / "demo.json").is_file()
+    assert len(list((out / "logs").glob("*.log"))) == 3
+
+
+def test_second_run_reuses_every_stage_and_recomputes_only_what_is_missing(tiny_demo, capsys):
+    out, _ = tiny_demo
+    checkpoint = out / "captioner-adaptive" / "best.pt"
+    before = checkpoint.stat().st_mtime_ns
+    times = demo.run_demo(out, TINY, workers=1)
+    assert all(entry.get("note") == "reused" for name, entry in times["stages"].items()
+               if name not in ("finetune table", "report"))
+    assert checkpoint.stat().st_mtime_ns == before
+    (out / "eval-multihead-lrp" / "metrics_test_beam3.json").unlink()  # as if stopped during that evaluation
+    times = demo.run_demo(out, TINY, workers=1)
+    recomputed = [name for name, entry in times["stages"].items() if entry.get("seconds")]
+    assert recomputed == ["multihead evaluate lrp", "finetune table", "report"]
+    assert "reused" in capsys.readouterr().out
+
+
+def test_a_folder_with_other_settings_is_refused(tiny_demo):
+    out, _ = tiny_demo
+    with pytest.raises(SystemExit, match="other settings"):
+        demo.run_demo(out, demo.QUICK)
+
+
+def test_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not written by this demo"):
+        demo.run_demo(tmp_path, TINY)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_failed_command_names_its_log(tmp_path):
+    broken = demo.DemoConfig(scenes=(48, 10, 16), epochs=1, train_arguments=("--hidden", "0"))
+    with pytest.raises(RuntimeError, match=r"capxai train failed .*adaptive\.log"):
+        demo.run_demo(tmp_path / "run", broken, workers=1)
 
 
 def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):

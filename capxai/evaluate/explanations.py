@@ -14,6 +14,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_curve
 import torch
 from tqdm import tqdm
 
@@ -46,11 +47,14 @@ class ExplanationSettings:
     min_preceding: int = 6
     ablation: bool = True
     seed: int = 0
+    limit: Optional[int] = None  # explain the first N images of the split only (None: all)
 
     def __post_init__(self):
         unknown = [method for method in self.methods if method not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"explanation methods must be some of {list(METHODS)}, got {list(self.methods)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"ExplanationSettings: limit must be >= 1 or None, got {self.limit}")
         for name in ("beam_size", "max_length", "batch_size", "grid", "patches", "deleted_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ExplanationSettings: {name} must be >= 1, got {getattr(self, name)}")
@@ -118,9 +122,10 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     records = _Records()
     generator = torch.Generator().manual_seed(settings.seed)
     model.eval()
-    batches = range(0, len(dataset), settings.batch_size)
+    count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
+    batches = range(0, count, settings.batch_size)
     for start in tqdm(batches, desc="evaluating explanations", unit="batch", disable=not progress):
-        positions = list(range(start, min(start + settings.batch_size, len(dataset))))
+        positions = list(range(start, min(start + settings.batch_size, count)))
         images = torch.stack([dataset[i]["image"] for i in positions])
         with torch.no_grad(), records.timed("decode"):
             features = model.encoder(images)
@@ -129,7 +134,7 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
         _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
                        data, settings, records, generator)
     with records.timed("tables and intervals"):
-        tables = _tables(records, settings, len(dataset))
+        tables = _tables(records, settings, count)
     return {**tables, "seconds": {phase: round(value, 2) for phase, value in records.seconds.items()}}
 
 
@@ -317,6 +322,17 @@ def _auc_entry(image_index: np.ndarray, labels: np.ndarray, scores: np.ndarray) 
     return entry
 
 
+def roc_points(labels: np.ndarray, scores: np.ndarray, higher_means: str, points: int = 101) -> dict:
+    """The ROC curve of detecting hallucinated words (label 1) by ``scores`` read the way ``higher_means`` says,
+    thinned to at most ``points`` points for plotting (sklearn's ``roc_curve`` drops collinear points first)."""
+    oriented = scores if higher_means == "hallucinated" else -scores
+    fpr, tpr, _ = roc_curve(labels, oriented)
+    if fpr.size > points:
+        keep = np.unique(np.linspace(0, fpr.size - 1, points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]}
+
+
 def _detection_tables(records: _Records, methods: Sequence[str]) -> dict:
     result = {"statistics": {}, "best": {}}
     for method, names in [("model", MODEL_STATISTICS)] + [(m, DETECTION_STATISTICS) for m in methods]:
@@ -337,7 +353,9 @@ def _detection_tables(records: _Records, methods: Sequence[str]) -> dict:
         result["statistics"][method] = entries
         if entries:
             best = max(entries, key=lambda name: entries[name]["detection_auc"])
-            result["best"][method] = {"statistic": best, **entries[best]}
+            _, scores = records.column(table, best)
+            result["best"][method] = {"statistic": best, **entries[best],
+                                      "roc": roc_points(labels.astype(np.int64), scores, entries[best]["higher_means"])}
     return result
 
 

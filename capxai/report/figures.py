@@ -21,17 +21,30 @@ def _safe(word: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", word) or "word"
 
 
-def draw_heatmap(axis, image: np.ndarray, heatmap: np.ndarray, title: str) -> None:
-    """``image [H, W, 3]`` in [0, 1] in grey under ``heatmap [H, W]``: diverging and centred at 0 when it has both
-    signs, sequential from 0 when it has none negative; each pixel's opacity grows with its magnitude, so that
-    the image stays visible where the map is near 0."""
-    axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
+def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
+    """``[H, W, 4]`` colours in [0, 1] of ``heatmap [H, W]``: diverging (blue < 0 < red) and centred at 0 when it has
+    both signs, sequential from 0 when it has none negative; the opacity grows with the magnitude, so that an image
+    under it stays visible where the map is near 0."""
     limit = float(np.abs(heatmap).max()) or 1.0
     signed = bool((heatmap < 0).any())
     colours = plt.get_cmap(SIGNED_COLOURS if signed else UNSIGNED_COLOURS)
     rgba = colours(0.5 + 0.5 * heatmap / limit if signed else heatmap / limit)
     rgba[..., 3] = np.clip(np.abs(heatmap) / limit, 0, 1) ** 0.5 * 0.85
-    axis.imshow(rgba)
+    return rgba
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """``heatmap [H, W]`` over ``image [H, W, 3]`` (in [0, 1], drawn in grey) as one ``uint8 [H, W, 3]`` picture."""
+    rgba = heatmap_rgba(heatmap)
+    grey = np.repeat(image.mean(-1, keepdims=True), 3, axis=-1)
+    mixed = grey * (1 - rgba[..., 3:]) + rgba[..., :3] * rgba[..., 3:]
+    return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
+
+
+def draw_heatmap(axis, image: np.ndarray, heatmap: np.ndarray, title: str) -> None:
+    """``image [H, W, 3]`` in [0, 1] in grey under ``heatmap [H, W]`` coloured by :func:`heatmap_rgba`."""
+    axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
+    axis.imshow(heatmap_rgba(heatmap))
     axis.set_title(title, fontsize=9)
     axis.axis("off")
 

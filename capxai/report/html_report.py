@@ -1,0 +1,223 @@
+"""``capxai report RUN_DIR``: one static HTML page (``RUN_DIR/report.html``, its pictures in ``RUN_DIR/report_files``)
+from what the demo's commands wrote in ``RUN_DIR``:
+
+- ``explain-CAPTIONER/METHOD/explanation.pt`` and ``report-images-CAPTIONER.json`` (``capxai explain`` of a few test
+  images; the json names them, their captions and hallucinated words): per word, every method's heatmap side by
+  side, LRP's linguistic explanation and the attention map, chosen by clicking the word;
+- ``eval-CAPTIONER/`` (``capxai evaluate --explanations``): the explanation tables and plots;
+- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp}/``: the fine-tuning
+  table and the same images' captions before and after fine-tuning, hallucinated words marked;
+- ``demo.json``: how long each stage took.
+
+The page reads nothing from the network and needs no server: open it from the disk.
+"""
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from capxai._io import atomic_write_text
+from capxai.explain import METHODS, Explanation
+from capxai.report.figures import overlay
+from capxai.report.page import document, escape, markdown_to_html, table
+from capxai.report.plots import grounding_plot, roc_plot
+
+REPORT_NAME, FILES_NAME = "report.html", "report_files"
+SPLIT_GROUP = "test_beam3"
+METHOD_TITLES = {"lrp": "LRP", "gradcam": "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
+                 "guided-backprop": "Guided Backprop", "gradient-x-input": "Gradient x Input",
+                 "attention": "Attention"}
+VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"capxai report: cannot read {path} ({error})") from None
+
+
+def captioners_of(run_dir: Path) -> List[str]:
+    """The captioners with an explanation evaluation in ``run_dir`` (``eval-NAME/explanations_test_beam3.json``)."""
+    found = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{SPLIT_GROUP}.json")
+                   if path.parent.name.count("-") == 1)
+    if not found:
+        raise FileNotFoundError(f"capxai report: {run_dir} holds no eval-CAPTIONER/explanations_{SPLIT_GROUP}.json; "
+                                "run the demo (make demo) or capxai evaluate --explanations first")
+    return found
+
+
+def _load_explanations(folder: Path) -> Dict[str, Explanation]:
+    return {method: Explanation.load(folder / method / "explanation.pt")
+            for method in METHODS if (folder / method / "explanation.pt").is_file()}
+
+
+def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, Explanation], image: np.ndarray,
+             files: Path, prefix: str) -> dict:
+    """Writes the example's pictures (the image and, per method and word, its heatmap over the image) and returns
+    its data for the page's script."""
+    folder = files / captioner / str(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / "image.png")
+    first = next(iter(explanations.values()))
+    length = int(first.lengths[index])
+    words = first.words[index][:length] if first.words else [str(int(i)) for i in first.tokens[index][:length]]
+    heatmaps = {}
+    for method, explanation in explanations.items():
+        maps = explanation.heatmaps()[index].detach().float().cpu().numpy()
+        heatmaps[method] = []
+        for t in range(length):
+            name = f"{method}_{t:02d}.png"
+            Image.fromarray(overlay(image, maps[t])).save(folder / name)
+            heatmaps[method].append(f"{prefix}/{captioner}/{index}/{name}")
+    lrp = explanations.get("lrp")
+    relevance = None
+    if lrp is not None and lrp.word_relevance is not None:
+        rows = lrp.normalised_word_relevance()[index].detach().float().cpu().numpy()
+        relevance = [[round(float(v), 4) for v in rows[t, :t + 1]] for t in range(length)]
+    hallucinated = [t for t, word in enumerate(words) if word in set(chosen.get("hallucinated", []))]
+    return {"words": words, "fed": ["<start>"] + words[:-1], "heatmaps": heatmaps, "word_relevance": relevance,
+            "probabilities": [round(float(p), 4) for p in first.probabilities[index][:length]],
+            "hallucinated": hallucinated, "initial": hallucinated[0] if hallucinated else 0,
+            "image": f"{prefix}/{captioner}/{index}/image.png"}
+
+
+def _example_html(key: str, example: dict, chosen: dict, methods: List[str]) -> str:
+    probe = chosen.get("probe")
+    about = (f"probe image: shows a {escape(probe['present'])}, its usual partner {escape(probe['absent'])} is absent"
+             if probe else "ordinary image")
+    words = " ".join(
+        f"<span class=\"word{' hallucinated' if t in example['hallucinated'] else ''}\" data-t=\"{t}\">"
+        f"{escape(word)}</span>" for t, word in enumerate(example["words"]))
+    panels = [f"<figure><img src=\"{escape(example['image'])}\" alt=\"the image\"><figcaption>image</figcaption>"
+              "</figure>"]
+    for method in methods:
+        source = example["heatmaps"][method][example["initial"]]
+        panels.append(f"<figure><img class=\"heatmap\" data-method=\"{escape(method)}\" src=\"{escape(source)}\" "
+                      f"alt=\"{escape(method)}\"><figcaption>{escape(METHOD_TITLES.get(method, method))}"
+                      "</figcaption></figure>")
+    return (f"<section class=\"example\" data-example=\"{escape(key)}\">\n"
+            f"<h3>Image {escape(chosen['image_id'])} <span class=\"note\">({about})</span></h3>\n"
+            f"<div class=\"caption\">{words}</div>\n"
+            f"<div>Explaining <b class=\"selected-word\"></b></div>\n"
+            f"<div class=\"panels\">{''.join(panels)}</div>\n<div class=\"linguistic\"></div>\n</section>")
+
+
+def _marked_caption(entry: Optional[dict]) -> str:
+    """A caption with CHAIR's hallucinated words marked (``entry``: CHAIR's imgToEval entry)."""
+    if entry is None:
+        return "(not captioned)"
+    wrong = set(entry.get("hallucination_idxs", []))
+    return " ".join(f"<span class=\"hallucinated\">{escape(word)}</span>" if i in wrong else escape(word)
+                    for i, word in enumerate(entry["words"]))
+
+
+def _before_after(run_dir: Path, captioner: str, limit: int = 8) -> str:
+    chairs = {}
+    for variant, _ in VARIANTS:
+        folder = run_dir / "-".join(part for part in ("eval", captioner, variant) if part)
+        path = folder / f"hallucination_{SPLIT_GROUP}.json"
+        if path.is_file():
+            chairs[variant] = _read_json(path)["chair"]["imgToEval"]
+    if len(chairs) < 2:
+        return "<p class=\"note\">No fine-tuned evaluations yet.</p>"
+    before = chairs[""]
+    # images where some variant hallucinates: where fine-tuning could have changed something
+    chosen = [image_id for image_id, entry in before.items()
+              if any(chairs[v].get(image_id, {}).get("hallucination_idxs") for v in chairs)][:limit]
+    rows = "".join("<tr><td>" + escape(image_id) + "</td>" + "".join(
+        f"<td>{_marked_caption(chairs[v].get(image_id)) if v in chairs else ''}</td>" for v, _ in VARIANTS) + "</tr>"
+        for image_id in chosen)
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in VARIANTS)
+    return (f"<table><thead><tr><th>image</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<p class=\"note\">The first {len(chosen)} test images whose caption names an absent object under some "
+            "model (wavy red: CHAIR's hallucinated words).</p>")
+
+
+def _times_html(run_dir: Path) -> str:
+    path = run_dir / "demo.json"
+    if not path.is_file():
+        return ""
+    times = _read_json(path)
+    rows = [[stage, f"{entry['seconds']:.0f} s" if entry.get("seconds") is not None else entry.get("note", "")]
+            for stage, entry in times.get("stages", {}).items()]
+    return ("<h2>How long it took</h2>" + table(["stage", "time"], rows) +
+            f"<p class=\"note\">Whole run: {times.get('total_seconds_this_run', 0):.0f} s on "
+            f"{escape(times.get('machine', '?'))} (stages reused from an earlier run took no time).</p>")
+
+
+def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Path:
+    """Writes ``RUN_DIR/report.html`` and ``RUN_DIR/report_files``; refuses to replace them without ``overwrite``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"capxai report: {run_dir} is not a folder")
+    target, files = run_dir / REPORT_NAME, run_dir / FILES_NAME
+    if (target.exists() or files.exists()) and not overwrite:
+        raise FileExistsError(f"capxai report: {target} exists; pass --overwrite to replace it")
+    captioners = captioners_of(run_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
+    try:
+        body, examples = _body(run_dir, captioners, staging, progress)
+        if files.exists():
+            shutil.rmtree(files)
+        staging.rename(files)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    atomic_write_text(target, document("capxai report", body, {"examples": examples}))
+    return target
+
+
+def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
+    evaluations = {c: _read_json(run_dir / f"eval-{c}" / f"explanations_{SPLIT_GROUP}.json") for c in captioners}
+    parts = ["<h1>capxai: explaining and improving image captioners</h1>",
+             "<p>Every word a captioner says, explained by LRP, Grad-CAM, Guided Grad-CAM, Guided Backprop, "
+             "Gradient x Input and attention; the explanations measured, used to find hallucinated objects, and "
+             "LRP-inference fine-tuning against baseline fine-tuning (Sun et al., Information Fusion 2022), on the "
+             "built-in scenes.</p>",
+             "<p class=\"note\">Heatmaps: red supports the word, blue speaks against it, each map scaled to its own "
+             "largest magnitude <span class=\"legend\"></span> (Grad-CAM and attention have no sign: dark to "
+             "yellow). Click a word of a caption to see its explanations.</p>"]
+    examples = {}
+    for captioner in captioners:
+        chosen_path = run_dir / f"report-images-{captioner}.json"
+        folder = run_dir / f"explain-{captioner}"
+        if not chosen_path.is_file() or not folder.is_dir():
+            continue
+        chosen = _read_json(chosen_path)
+        explanations = _load_explanations(folder)
+        if not explanations:
+            continue
+        methods = [m for m in METHODS if m in explanations]
+        parts.append(f"<h2>Explanations: {escape(captioner)} captioner</h2>")
+        for index, item in enumerate(tqdm(chosen, desc=f"report: {captioner} examples", disable=not progress)):
+            path = run_dir / "scenes" / item["file"]
+            size = next(iter(explanations.values())).heatmaps().shape[-1]
+            image = np.asarray(Image.open(path).convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
+            key = f"{captioner}-{index}"
+            examples[key] = _example(captioner, index, item, explanations, image, files, FILES_NAME)
+            parts.append(_example_html(key, examples[key], item, methods))
+    parts.append("<h2>Captions and fine-tuning</h2>")
+    table_md = run_dir / "finetune" / "finetune_table.md"
+    if table_md.is_file():
+        parts.append(markdown_to_html(table_md.read_text(), heading_offset=2))
+    for captioner in captioners:
+        parts.append(f"<h3>Captions before and after fine-tuning: {escape(captioner)}</h3>")
+        parts.append(_before_after(run_dir, captioner))
+    parts.append("<h2>Measuring the explanations</h2>")
+    grounding_plot(evaluations, files / "grounding.png")
+    roc_plot(evaluations, files / "roc.png")
+    parts.append(f"<div class=\"plots\"><img src=\"{FILES_NAME}/grounding.png\" alt=\"grounding over thresholds\">"
+                 f"<img src=\"{FILES_NAME}/roc.png\" alt=\"ROC curves of hallucination detection\"></div>")
+    for captioner in captioners:
+        markdown = run_dir / f"eval-{captioner}" / f"explanations_{SPLIT_GROUP}.md"
+        if markdown.is_file():
+            parts.append(f"<h3>{escape(captioner)} captioner</h3>")
+            parts.append(markdown_to_html(markdown.read_text().split("\n", 1)[1], heading_offset=2))
+    parts.append(_times_html(run_dir))
+    return "\n".join(parts), examples

@@ -1,0 +1,106 @@
+"""capxai report: the page of a (tiny) demo run holds what it should, every picture it names exists, it reads
+nothing from the network, and it is not replaced unless asked."""
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from capxai import cli
+from capxai.explain import METHODS
+from capxai.report.html_report import build_report
+from capxai.report.page import markdown_to_html
+
+
+class Page(HTMLParser):
+    """The report's images, example sections, clickable words and embedded data."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.sections, self.words, self.scripts, self.data = [], [], [], [], None
+        self._in_data = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "section" and "example" in attrs.get("class", ""):
+            self.sections.append(attrs["data-example"])
+        if tag == "span" and "word" in attrs.get("class", "").split():
+            self.words.append(attrs)
+        if tag == "script":
+            self.scripts.append(attrs)
+            self._in_data = attrs.get("id") == "report-data"
+
+    def handle_data(self, data):
+        if self._in_data:
+            self.data = json.loads(data)
+            self._in_data = False
+
+
+def read_page(run_dir):
+    page = Page()
+    page.feed((run_dir / "report.html").read_text())
+    return page
+
+
+def test_report_shows_every_method_for_every_word_of_the_chosen_images(tiny_demo):
+    run_dir, _ = tiny_demo
+    page = read_page(run_dir)
+    assert len(page.sections) == 4  # 2 images x 2 captioners
+    for key in page.sections:
+        example = page.data["examples"][key]
+        assert set(example["heatmaps"]) == set(METHODS)
+        for maps in example["heatmaps"].values():
+            assert len(maps) == len(example["words"]) > 0
+            assert all((run_dir / path).is_file() for path in maps)
+        relevance = example["word_relevance"]
+        assert [len(row) for row in relevance] == list(range(1, len(example["words"]) + 1))
+        assert all(abs(value) <= 1.0 + 1e-6 for row in relevance for value in row)
+    assert len(page.words) == sum(len(page.data["examples"][k]["words"]) for k in page.sections)
+
+
+def test_every_picture_exists_and_nothing_comes_from_the_network(tiny_demo):
+    run_dir, _ = tiny_demo
+    page = read_page(run_dir)
+    sources = [image["src"] for image in page.images]
+    assert any(src.endswith("grounding.png") for src in sources) and any(src.endswith("roc.png") for src in sources)
+    for src in sources:
+        assert not re.match(r"[a-z]+://", src), src
+        assert (run_dir / src).is_file(), src
+    assert all("src" not in script for script in page.scripts)  # inline scripts only
+    text = (run_dir / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text
+
+
+def test_report_has_the_tables_and_marks_hallucinated_words(tiny_demo):
+    run_dir, _ = tiny_demo
+    text = (run_dir / "report.html").read_text()
+    for heading in ("Grounding", "Hallucinated-word detection", "Image ablation", "CIDEr", "CHAIR-s",
+                    "lrp-xe - baseline-xe", "How long it took"):
+        assert heading in text, heading
+    hallucinated = json.loads((run_dir / "eval-adaptive" / "hallucination_test_beam3.json").read_text())
+    if any(entry["hallucination_idxs"] for entry in hallucinated["chair"]["imgToEval"].values()):
+        assert 'class="hallucinated"' in text
+
+
+def test_report_is_not_replaced_unless_asked(tiny_demo, capsys):
+    run_dir, _ = tiny_demo
+    before = (run_dir / "report.html").read_text()
+    assert cli.main(["report", str(run_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run_dir / "report.html").read_text() == before
+    assert cli.main(["report", str(run_dir), "--overwrite"]) == 0
+    assert not list(run_dir.glob(".report-*"))  # no staging folder left behind
+
+
+def test_report_of_a_folder_without_evaluations_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="explanations_test_beam3.json"):
+        build_report(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_markdown_tables_become_escaped_html():
+    html = markdown_to_html("# Title\n\ntext <b>\n\n| a | b |\n|---|---|\n| 1 | <x> |\n")
+    assert "<h2>Title</h2>" in html and "&lt;b&gt;" in html
+    assert "<th>a</th><th>b</th>" in html and "<td>&lt;x&gt;</td>" in html and "---" not in html

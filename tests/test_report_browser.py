@@ -1,0 +1,101 @@
+"""The demo's report in a real browser (headless Chromium from the distribution, driven by Selenium through the
+system chromedriver; no browser download): every image loads, clicking a word changes the shown heatmaps and the
+linguistic explanation, the console has no errors. Screenshots go to RUN_DIR/screenshots/ (look at them).
+
+The report is the tiny demo's of the test session, or the one in ``$CAPXAI_REPORT_RUN`` (``.ci/run`` points it at
+the ``make demo QUICK=1`` run)."""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = ("chromium", "chromium-browser")
+
+
+def _find(names):
+    for name in names:
+        found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").is_file() else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def run_dir(request):
+    chosen = os.environ.get("CAPXAI_REPORT_RUN")
+    if chosen:
+        path = Path(chosen)
+        assert (path / "report.html").is_file(), f"CAPXAI_REPORT_RUN={chosen} holds no report.html"
+        return path
+    return request.getfixturevalue("tiny_demo")[0]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is installed by make test")
+    chromium, driver = _find(CHROMIUM), _find(["chromedriver"])
+    if not chromium or not driver:
+        pytest.fail("the report's browser test needs Debian's chromium and chromium-driver; `make test` installs them "
+                    "when it runs as root (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="capxai-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    from selenium.webdriver.chrome.service import Service
+    session = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    session.set_page_load_timeout(60)
+    yield session
+    session.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _broken_images(browser):
+    return browser.execute_script(
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);")
+
+
+def _wait_for_images(browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(
+        "return Array.from(document.images).every(i => i.complete);"))
+
+
+def test_report_in_a_real_browser(browser, run_dir):
+    from selenium.webdriver.common.by import By
+
+    shots = run_dir / "screenshots"
+    shots.mkdir(exist_ok=True)
+    browser.get((run_dir / "report.html").resolve().as_uri())
+    _wait_for_images(browser)
+    assert browser.execute_script("return document.querySelectorAll('img').length") > 10
+    assert _broken_images(browser) == []
+    browser.save_screenshot(str(shots / "1-opened.png"))
+
+    section = browser.find_elements(By.CSS_SELECTOR, "section.example")[0]
+    browser.execute_script("arguments[0].scrollIntoView();", section)
+    words = section.find_elements(By.CSS_SELECTOR, ".word")
+    assert len(words) >= 2
+    shown = [img.get_attribute("src") for img in section.find_elements(By.CSS_SELECTOR, "img.heatmap")]
+    selected = next(i for i, w in enumerate(words) if "selected" in w.get_attribute("class"))
+    other = (selected + 1) % len(words)
+    linguistic_before = section.find_element(By.CSS_SELECTOR, ".linguistic").text
+    words[other].click()
+    _wait_for_images(browser)
+    now = [img.get_attribute("src") for img in section.find_elements(By.CSS_SELECTOR, "img.heatmap")]
+    assert len(now) == len(shown) > 0 and all(a != b for a, b in zip(now, shown))
+    assert all(f"_{other:02d}.png" in src for src in now)
+    assert "selected" in words[other].get_attribute("class")
+    assert "selected" not in words[selected].get_attribute("class")
+    assert section.find_element(By.CSS_SELECTOR, ".linguistic").text != linguistic_before
+    assert _broken_images(browser) == []
+    browser.save_screenshot(str(shots / "2-after-click.png"))
+    section.screenshot(str(shots / "3-example.png"))
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
