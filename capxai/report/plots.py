@@ -12,6 +12,12 @@ def _panels(count: int, title: str):
     return figure, axes[0]
 
 
+def _legend(axis, columns: int) -> None:
+    """Below the panel; none when nothing was drawn (a method without any measured word)."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=columns, frameon=False)
+
+
 def grounding_plot(evaluations: Dict[str, dict], path: Path) -> Path:
     """``evaluations``: ``{captioner: explanations json}``. Share of positive relevance inside the word's box,
     averaged over object words, against the threshold below which relevance is ignored (fraction of the word's
@@ -35,7 +41,7 @@ def grounding_plot(evaluations: Dict[str, dict], path: Path) -> Path:
         axis.set_ylabel("share inside the box")
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+        _legend(axis, columns=3)
     return save_figure(figure, path, dpi=90)
 
 
@@ -55,6 +61,6 @@ def roc_plot(evaluations: Dict[str, dict], path: Path) -> Path:
                        f"{detection.get('words', 0)} object words)", fontsize=10)
         axis.set_xlabel("false positive rate")
         axis.set_ylabel("true positive rate")
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        _legend(axis, columns=2)
         axis.grid(alpha=0.3)
     return save_figure(figure, path, dpi=90)
