@@ -13,13 +13,14 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-all bench build browser cuda-check gpu-check cpp-test clean help
+.PHONY: demo demo-check test test-all bench build browser cuda-check gpu-check cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
 	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
 	@echo "make test-all    the test suite including slow tests"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
+	@echo "make demo-check  the quick demo from scratch and its report in headless Chromium (what CI runs)"
 	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
 	@echo "make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks;"
 	@echo "                 report in runs/gpu-check/report.md (needs only torch and nvcc there)"
@@ -50,6 +51,12 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
 	    chromium-driver >/dev/null || echo "warning: could not install chromium; the browser test will fail"; \
 	fi
+
+# CI: the quick demo from scratch, then its report in headless Chromium (screenshots in runs/demo-quick/screenshots)
+demo-check: build browser
+	rm -rf runs/demo-quick
+	$(PY) -m capxai.demo --quick
+	CAPXAI_REPORT_RUN=runs/demo-quick $(PY) -m pytest -q tests/test_report_browser.py
 
 test: build browser
 	$(PY) -m pytest -q -m "not slow" tests

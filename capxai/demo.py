@@ -254,29 +254,30 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+# What a demo writes in its folder (and all that --overwrite removes).
+DEMO_ENTRIES = ("scenes", "logs", "captioner-*", "eval-*", "explain-*", "finetune", "finetune-*",
+                "report-images-*.json", "report.html", "report_files", "screenshots", TIMES_NAME, CONFIG_NAME)
+
+
 def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
-    """Refuse to mix two demos' settings in one folder; ``overwrite`` removes what an earlier demo wrote."""
+    """A demo folder holds one demo: resume it when the settings match, refuse other settings unless ``overwrite``
+    (which removes what the earlier demo wrote, and nothing else), refuse a non-empty folder no demo wrote."""
     recorded = out / CONFIG_NAME
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))
     if recorded.is_file():
         existing = json.loads(recorded.read_text())
-        if existing != wanted and not overwrite:
-            raise SystemExit(f"python -m capxai.demo: {out} holds a demo run with other settings ({existing}); "
-                             "pass --overwrite to start it afresh, or --out another folder")
         if existing == wanted and not overwrite:
             return
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        known = {"scenes", "logs"} | {f"captioner-{c}" for c in CAPTIONERS}
-        if not {path.name for path in out.iterdir()} <= known:  # an older demo's files are reused, others refused
-            raise SystemExit(f"python -m capxai.demo: {out} is not empty and was not written by this demo; pass "
-                             "--out an empty or new folder (or --overwrite)")
-    if overwrite and recorded.is_file():
+        if not overwrite:
+            raise SystemExit(f"python -m capxai.demo: {out} holds a demo run with other settings ({existing}); "
+                             "pass --overwrite to start it afresh, or --out another folder")
         import shutil
-        for child in out.iterdir():  # only what the demo writes: its stage folders and files
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        for pattern in DEMO_ENTRIES:
+            for path in out.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif out.exists() and any(out.iterdir()):
+        raise SystemExit(f"python -m capxai.demo: {out} is not empty and holds no demo (no {CONFIG_NAME}); pass "
+                         "--out an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(recorded, wanted)
 

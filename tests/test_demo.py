@@ -51,7 +51,7 @@ def test_a_folder_with_other_settings_is_refused(tiny_demo):
 
 def test_a_foreign_folder_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="not written by this demo"):
+    with pytest.raises(SystemExit, match="holds no demo"):
         demo.run_demo(tmp_path, TINY)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -74,3 +74,17 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_overwrite_removes_what_the_earlier_demo_wrote_and_nothing_else(tmp_path):
+    demo._check_folder(tmp_path, demo.QUICK, overwrite=False)
+    (tmp_path / "eval-adaptive").mkdir()
+    (tmp_path / "eval-adaptive" / "metrics_test_beam3.json").write_text("{}")
+    (tmp_path / "report.html").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="other settings"):
+        demo._check_folder(tmp_path, TINY, overwrite=False)
+    assert (tmp_path / "report.html").is_file()
+    demo._check_folder(tmp_path, TINY, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [demo.CONFIG_NAME, "notes.txt"]
+    assert json.loads((tmp_path / demo.CONFIG_NAME).read_text())["scenes"] == list(TINY.scenes)
