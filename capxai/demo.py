@@ -167,7 +167,7 @@ def choose_report_images(evaluation: Path, scenes: Path, count: int) -> List[dic
     hallucinated, probe_correct, ordinary = [], [], []
     for image_id, caption in captions.items():
         entry = entries.get(image_id)
-        if entry is None:
+        if entry is None or not caption.strip():  # an empty caption has no word to explain
             continue
         wrong = chair.get(str(image_id), {}).get("mscoco_hallucinated_words", [])
         item = {"image_id": image_id, "file": str(Path(entry.get("filepath", "")) / entry["filename"]),
@@ -335,6 +335,10 @@ def _write_times(out: Path, runner: Runner, started: float, config: DemoConfig) 
     return times
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
@@ -344,6 +348,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DemoConfig()
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the workers too (they run in sessions of their own)
     out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
     try:
         run_demo(out, config, args.overwrite, args.workers)

@@ -88,3 +88,51 @@ def test_overwrite_removes_what_the_earlier_demo_wrote_and_nothing_else(tmp_path
     demo._check_folder(tmp_path, TINY, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [demo.CONFIG_NAME, "notes.txt"]
     assert json.loads((tmp_path / demo.CONFIG_NAME).read_text())["scenes"] == list(TINY.scenes)
+
+
+def _processes_naming(path) -> list:
+    """Pids of the processes whose command line names ``path`` (read from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(path).encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
+
+
+def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
+    """SIGTERM while the workers evaluate: the demo exits 130 with its workers stopped, nothing half-written is left,
+    and the next run finishes, reusing the trained captioners."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    script = ("import signal, sys\nsys.path.insert(0, sys.argv[1])\nfrom conftest import TINY_DEMO\n"
+              "from capxai import demo\nsignal.signal(signal.SIGTERM, demo._interrupt)\n"
+              "try:\n    demo.run_demo(demo.Path(sys.argv[2]), TINY_DEMO)\nexcept KeyboardInterrupt:\n    sys.exit(130)")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stream:
+        child = subprocess.Popen([sys.executable, "-c", script, tests, str(out)], stdout=subprocess.DEVNULL,
+                                 stderr=stream)
+    log = out / "logs" / "adaptive.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "$ capxai evaluate" in log.read_text()):
+        assert child.poll() is None, errors.read_text()
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 130
+    assert "rerun the same command to resume" in errors.read_text()
+    assert _processes_naming(out) == []
+    assert not (out / "eval-adaptive" / "metrics_test_beam3.json").exists()  # evaluate writes its files at the end
+    times = demo.run_demo(out, TINY, workers=2)
+    assert times["stages"]["adaptive train"]["note"] == "reused"
+    assert times["stages"]["adaptive evaluate"]["seconds"] > 0
+    assert (out / "report.html").is_file()
