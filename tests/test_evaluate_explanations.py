@@ -40,6 +40,34 @@ def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
     assert "frequent_words" in hallucination and hallucination["chair"]["overall"]["CHAIRi_ci"] is not None
 
 
+def test_explain_limit_measures_the_first_images_only_and_roc_points_trace_the_auc(tiny_trained, tmp_path, capsys):
+    checkpoint, data = tiny_trained
+    out = tmp_path / "evaluation"
+    code = cli.main(_arguments(checkpoint, data, out, "--explanations", "lrp,attention", "--explain-limit", "3",
+                               "--no-ablation"))
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "explanations_test_beam1.json").read_text())
+    assert results["images"] == 3
+    assert len(json.loads((out / "captions_test_beam1.json").read_text())) == 7  # captions: every image
+
+
+def test_roc_points_match_sklearn_auc_in_either_orientation():
+    import numpy as np
+    from sklearn.metrics import auc, roc_auc_score
+
+    from capxai.evaluate.explanations import roc_points
+
+    generator = np.random.default_rng(0)
+    labels = generator.integers(0, 2, 500)
+    scores = labels * 0.5 + generator.normal(size=500)
+    for higher_means, oriented in (("hallucinated", scores), ("present", -scores)):
+        points = roc_points(labels, oriented if higher_means == "hallucinated" else scores, higher_means)
+        assert len(points["fpr"]) <= 101 and points["fpr"][0] == 0.0 and points["fpr"][-1] == 1.0
+        assert np.all(np.diff(points["fpr"]) >= 0) and np.all(np.diff(points["tpr"]) >= 0)
+        expected = roc_auc_score(labels, scores if higher_means == "hallucinated" else -scores)
+        assert abs(auc(points["fpr"], points["tpr"]) - expected) < 0.01
+
+
 def test_explanations_of_another_split_are_refused(tiny_trained):
     checkpoint, data = tiny_trained
     model, vocabulary, config = load_trained(checkpoint)
@@ -54,6 +82,7 @@ def test_explanations_of_another_split_are_refused(tiny_trained):
     (["--explanations", "lrp,magic"], "--explanations must be 'all' or some of"),
     (["--explanations", "all", "--ablation-grid", "2", "--ablation-patches", "5"], "patches \\(5\\) must be at most"),
     (["--explanations", "lrp", "--instances", "{data}/missing.json"], "does not exist"),
+    (["--explain-limit", "3"], "--explain-limit needs --explanations"),
 ])
 def test_bad_options_stop_before_any_work(tiny_trained, tmp_path, capsys, extra, message):
     checkpoint, data = tiny_trained
