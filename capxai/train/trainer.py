@@ -1,6 +1,6 @@
 """Cross-entropy training with teacher forcing (the paper's recipe: Adam, lr 5e-4, betas 0.8 / 0.999, clipped
 gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate decay on plateau, resume after an
-interruption, seeds; several processes through torchrun + DistributedDataParallel (nccl on GPUs, gloo on CPU)."""
+interruption, seeds; several processes through torchrun + DistributedDataParallel (gloo: the model stays on the CPU)."""
 import dataclasses
 import functools
 import json
@@ -202,10 +202,11 @@ def _resume_problem(saved: dict, config: TrainConfig, split_sha256: str) -> Opti
 
 
 def join_processes():
-    """``(distributed, rank)``: under torchrun, the process group is started (nccl on GPUs, gloo on CPU)."""
+    """``(distributed, rank)``: under torchrun, the process group is started. gloo even where a GPU is visible: the
+    commands keep the model on the CPU (they have no device option yet), and nccl reduces CUDA tensors only."""
     distributed = _distributed()
     if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group("gloo")
     return distributed, (torch.distributed.get_rank() if distributed else 0)
 
 
