@@ -45,11 +45,12 @@ demo: build
 
 # The report's browser test drives the distribution's Chromium: installed here when absent (as root, or with sudo).
 browser:
-	@if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then \
-	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	@if ! { { command -v chromium || command -v chromium-browser; } >/dev/null && command -v chromedriver >/dev/null; }; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
 	  echo "installing Debian's chromium and chromium-driver for the report's browser test"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
-	    chromium-driver >/dev/null || echo "warning: could not install chromium; the browser test will fail"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    chromium-driver >/dev/null || echo "warning: could not install chromium (needs root or password-less sudo);" \
+	    "the report's browser test will fail until it is installed"; \
 	fi
 
 # CI: the quick demo from scratch, then its report in headless Chromium (screenshots in runs/demo-quick/screenshots)

@@ -332,8 +332,8 @@ def build_parser() -> Parser:
                             "ablation")
     evaluating.add_argument("--ablation-patches", type=POSITIVE, default=20, help="patches blanked per word")
     evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
-    evaluating.add_argument("--explain-limit", type=POSITIVE, help="measure explanations on the first N images of the "
-                            "split only (captions, metrics and CHAIR still use every image)")
+    evaluating.add_argument("--explain-limit", type=POSITIVE, help="measure explanations on N images spread evenly over "
+                            "the split (captions, metrics and CHAIR still use every image)")
     evaluating.add_argument("--out", type=output_folder, required=True, help="folder for captions, metrics, hallucination")
     evaluating.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run "
                             "(all its files; files capxai did not write are never replaced)")

@@ -98,7 +98,8 @@ class Demo:
             self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
                                  self.config.explain_limit, self.config.ablation),
             Stage("explain", lambda: self._explain_arguments(captioner),
-                  lambda: all((self.folder("explain", captioner) / m / "explanation.pt").is_file() for m in METHODS)),
+                  lambda: all((self.folder("explain", captioner) / m / name).is_file()
+                              for m in METHODS for name in ("explanation.pt", "explanation.json"))),
         ]
         for method in ("lrp", "baseline"):
             tuned = self.folder("finetune", captioner, method)
@@ -114,6 +115,7 @@ class Demo:
     def _evaluate_stage(self, name: str, checkpoint: str, out: Path, methods: str, limit: int, ablation: bool):
         group = f"{SPLIT}_beam{BEAM}"
         files = [out / f"{kind}_{group}.json" for kind in ("captions", "metrics", "hallucination", "explanations")]
+        files.append(out / f"explanations_{group}.md")  # written last
         return Stage(name, lambda: ["evaluate", "--checkpoint", checkpoint, *self.data, "--split", SPLIT,
                                     "--beam-size", str(BEAM), "--explanations", methods, "--explain-limit", str(limit),
                                     *([] if ablation else ["--no-ablation"]), "--out", str(out), "--overwrite"],
@@ -124,6 +126,9 @@ class Demo:
         match the explained words)."""
         evaluation = self.folder("eval", captioner)
         chosen = choose_report_images(evaluation, self.scenes, self.config.report_images)
+        if not chosen:
+            raise RuntimeError(f"no test image of {evaluation} has a caption to explain (every caption is empty): the "
+                               f"{captioner} captioner learned too little; train it longer (more epochs or scenes)")
         atomic_write_json(self.folder("explain", captioner).with_name(f"report-images-{captioner}.json"), chosen)
         return ["explain", "--checkpoint", str(self.folder("captioner", captioner) / "best.pt"),
                 "--images", *[str(self.scenes / entry["file"]) for entry in chosen],
@@ -217,9 +222,11 @@ class Runner:
         with open(log, "a") as handle:
             handle.write(f"\n$ capxai {' '.join(arguments)}\n")
             handle.flush()
-            child = subprocess.Popen([sys.executable, "-m", "capxai", *arguments], stdout=handle,
-                                     stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-            with self.lock:
+            with self.lock:  # stop() cannot slip between the check and the registration
+                if self.stopping.is_set():
+                    raise KeyboardInterrupt
+                child = subprocess.Popen([sys.executable, "-m", "capxai", *arguments], stdout=handle,
+                                         stderr=subprocess.STDOUT, env=environment, start_new_session=True)
                 self.children.append(child)
             code = child.wait()
         if code != 0:
@@ -237,8 +244,8 @@ class Runner:
 
     def stop(self) -> None:
         """Interrupts every running command (they stop cleanly and resume on the next run)."""
-        self.stopping.set()
         with self.lock:
+            self.stopping.set()
             for child in self.children:
                 if child.poll() is None:
                     child.send_signal(signal.SIGINT)
@@ -246,7 +253,7 @@ class Runner:
             try:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                child.kill()
+                os.killpg(child.pid, signal.SIGKILL)  # its own session: the whole group
 
 
 def _duration(seconds: float) -> str:
@@ -256,7 +263,8 @@ def _duration(seconds: float) -> str:
 
 # What a demo writes in its folder (and all that --overwrite removes).
 DEMO_ENTRIES = ("scenes", "logs", "captioner-*", "eval-*", "explain-*", "finetune", "finetune-*",
-                "report-images-*.json", "report.html", "report_files", "screenshots", TIMES_NAME, CONFIG_NAME)
+                "report-images-*.json", "report.html", "report_files", ".report-*", "screenshots", TIMES_NAME,
+                CONFIG_NAME)
 
 
 def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
@@ -348,7 +356,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DemoConfig()
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the workers too (they run in sessions of their own)
+    for name in ("SIGTERM", "SIGHUP"):  # stop the workers too: they run in sessions of their own
+        signal.signal(getattr(signal, name), _interrupt)
     out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
     try:
         run_demo(out, config, args.overwrite, args.workers)

@@ -127,6 +127,7 @@ def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     while time.time() < deadline and not (log.is_file() and "$ capxai evaluate" in log.read_text()):
         assert child.poll() is None, errors.read_text()
         time.sleep(0.2)
+    assert "$ capxai evaluate" in log.read_text(), errors.read_text()  # the workers got that far
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=120) == 130
     assert "rerun the same command to resume" in errors.read_text()

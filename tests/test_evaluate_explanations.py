@@ -40,7 +40,7 @@ def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
     assert "frequent_words" in hallucination and hallucination["chair"]["overall"]["CHAIRi_ci"] is not None
 
 
-def test_explain_limit_measures_the_first_images_only_and_roc_points_trace_the_auc(tiny_trained, tmp_path, capsys):
+def test_explain_limit_measures_that_many_images(tiny_trained, tmp_path, capsys):
     checkpoint, data = tiny_trained
     out = tmp_path / "evaluation"
     code = cli.main(_arguments(checkpoint, data, out, "--explanations", "lrp,attention", "--explain-limit", "3",
@@ -49,6 +49,16 @@ def test_explain_limit_measures_the_first_images_only_and_roc_points_trace_the_a
     results = json.loads((out / "explanations_test_beam1.json").read_text())
     assert results["images"] == 3
     assert len(json.loads((out / "captions_test_beam1.json").read_text())) == 7  # captions: every image
+
+
+def test_limited_images_are_spread_over_the_split():
+    from capxai.evaluate.explanations import spread_positions
+
+    assert spread_positions(10, None) == list(range(10)) == spread_positions(10, 20)
+    assert spread_positions(2000, 300)[0] == 0 and spread_positions(2000, 300)[-1] == 1999
+    chosen = spread_positions(2000, 300)
+    assert len(set(chosen)) == 300 and sum(p >= 1000 for p in chosen) == 150  # half from each half of the split
+    assert spread_positions(7, 1) == [0]
 
 
 def test_roc_points_match_sklearn_auc_in_either_orientation():

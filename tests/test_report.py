@@ -84,6 +84,19 @@ def test_report_has_the_tables_and_marks_hallucinated_words(tiny_demo):
         assert 'class="hallucinated"' in text
 
 
+def test_hallucinated_words_are_marked_in_captions_and_in_clickable_words():
+    from capxai.report.html_report import _example_html, _marked_caption
+
+    entry = {"words": ["a", "box", "and", "a", "ring"], "hallucination_idxs": [4]}
+    assert _marked_caption(entry) == 'a box and a <span class="hallucinated">ring</span>'
+    assert _marked_caption(None) == "(not captioned)"
+    example = {"words": ["a", "<ring>"], "hallucinated": [1], "initial": 1, "image": "i.png",
+               "heatmaps": {"lrp": ["a.png", "b.png"]}}
+    html = _example_html("k", example, {"image_id": 7, "probe": {"present": "box", "absent": "ring"}}, ["lrp"])
+    assert '<span class="word hallucinated" data-t="1">&lt;ring&gt;</span>' in html
+    assert 'src="b.png"' in html and "its usual partner ring is absent" in html
+
+
 def test_report_is_not_replaced_unless_asked(tiny_demo, capsys):
     run_dir, _ = tiny_demo
     before = (run_dir / "report.html").read_text()

@@ -12,7 +12,11 @@ OUT_DIR=${GPU_CHECK_OUT:-runs/gpu-check}
 BUILD=build/gpu
 mkdir -p "$OUT_DIR"
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "make gpu-check: $PY cannot import torch; run it with a python that has torch (PY=... make gpu-check)" >&2
+  exit 2
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "make gpu-check: no CUDA GPU is visible to $PY (torch.cuda.is_available() is False); this check runs on a" \
        "machine with an NVIDIA GPU, a CUDA build of torch and nvcc. Nothing was built or run." >&2
   exit 2
@@ -30,7 +34,7 @@ step() {  # step NAME COMMAND...: run, log to $OUT_DIR/NAME.log, record pass/fai
   [ $code -eq 0 ] || { echo "=== $name FAILED (exit $code; log $OUT_DIR/$name.log) ==="; status=1; }
   return $code
 }
-rm -f "$OUT_DIR/steps.txt"
+rm -f "$OUT_DIR"/{steps.txt,tests.xml,bench.json,report.md} "$OUT_DIR"/*.log  # no result of an earlier run
 
 arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
@@ -44,6 +48,9 @@ step info "$PY" -m capxai.info --require-cuda
 # a bare GPU machine may lack, and hold no CUDA test.
 cuda_tests=$(grep -lE "mark\.cuda|def test\w*\([^)]*\bdevice\b" tests/test_*.py)
 cuda_benchmarks=$(grep -l "cuda" benchmarks/test_*.py)
+if [ -z "$cuda_tests" ] || [ -z "$cuda_benchmarks" ]; then
+  echo "make gpu-check: found no CUDA tests or benchmarks under tests/ and benchmarks/" >&2; exit 1
+fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the sanitizer's script imports capxai from this checkout
 step tests "$PY" -m pytest -q -m cuda $cuda_tests -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml"
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
@@ -56,6 +63,7 @@ else
 fi
 step bench "$PY" -m pytest -q $cuda_benchmarks -k cuda -p no:cacheprovider --benchmark-only \
   --benchmark-json="$OUT_DIR/bench.json"
-"$PY" tools/gpu_report.py "$OUT_DIR" > "$OUT_DIR/report.md.tmp" && mv "$OUT_DIR/report.md.tmp" "$OUT_DIR/report.md"
+"$PY" tools/gpu_report.py "$OUT_DIR" > "$OUT_DIR/report.md.tmp" && mv "$OUT_DIR/report.md.tmp" "$OUT_DIR/report.md" \
+  || status=1
 echo "report: $OUT_DIR/report.md"
 exit $status

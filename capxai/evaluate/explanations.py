@@ -47,7 +47,7 @@ class ExplanationSettings:
     min_preceding: int = 6
     ablation: bool = True
     seed: int = 0
-    limit: Optional[int] = None  # explain the first N images of the split only (None: all)
+    limit: Optional[int] = None  # explain N images spread evenly over the split (None: all)
 
     def __post_init__(self):
         unknown = [method for method in self.methods if method not in METHODS]
@@ -122,10 +122,11 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     records = _Records()
     generator = torch.Generator().manual_seed(settings.seed)
     model.eval()
-    count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
+    chosen = spread_positions(len(dataset), settings.limit)
+    count = len(chosen)
     batches = range(0, count, settings.batch_size)
     for start in tqdm(batches, desc="evaluating explanations", unit="batch", disable=not progress):
-        positions = list(range(start, min(start + settings.batch_size, count)))
+        positions = chosen[start:start + settings.batch_size]
         images = torch.stack([dataset[i]["image"] for i in positions])
         with torch.no_grad(), records.timed("decode"):
             features = model.encoder(images)
@@ -136,6 +137,14 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     with records.timed("tables and intervals"):
         tables = _tables(records, settings, count)
     return {**tables, "seconds": {phase: round(value, 2) for phase, value in records.seconds.items()}}
+
+
+def spread_positions(total: int, limit: Optional[int]) -> List[int]:
+    """``limit`` positions spread evenly over ``total`` images (all of them when ``limit`` is None or larger): a
+    split's first images may all be of one kind (the scenes list the probe images last)."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    return np.linspace(0, total - 1, limit).round().astype(int).tolist()  # distinct: the step is >= 1
 
 
 def _measure_batch(model, explainers, images, features, captions, image_ids, positions, data, settings, records,

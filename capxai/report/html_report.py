@@ -12,6 +12,7 @@ from what the demo's commands wrote in ``RUN_DIR``:
 The page reads nothing from the network and needs no server: open it from the disk.
 """
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(f"capxai report: cannot read {path} ({error})") from None
+        raise ValueError(f"cannot read {path} ({error})") from None
 
 
 def captioners_of(run_dir: Path) -> List[str]:
@@ -47,7 +48,7 @@ def captioners_of(run_dir: Path) -> List[str]:
     found = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{SPLIT_GROUP}.json")
                    if path.parent.name.count("-") == 1)
     if not found:
-        raise FileNotFoundError(f"capxai report: {run_dir} holds no eval-CAPTIONER/explanations_{SPLIT_GROUP}.json; "
+        raise FileNotFoundError(f"{run_dir} holds no eval-CAPTIONER/explanations_{SPLIT_GROUP}.json; "
                                 "run the demo (make demo) or capxai evaluate --explanations first")
     return found
 
@@ -155,12 +156,13 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     """Writes ``RUN_DIR/report.html`` and ``RUN_DIR/report_files``; refuses to replace them without ``overwrite``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"capxai report: {run_dir} is not a folder")
+        raise FileNotFoundError(f"{run_dir} is not a folder")
     target, files = run_dir / REPORT_NAME, run_dir / FILES_NAME
     if (target.exists() or files.exists()) and not overwrite:
-        raise FileExistsError(f"capxai report: {target} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     captioners = captioners_of(run_dir)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the pictures from anyone else who opens the page
     try:
         body, examples = _body(run_dir, captioners, staging, progress)
         if files.exists():
@@ -170,6 +172,7 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     atomic_write_text(target, document("capxai report", body, {"examples": examples}))
+    os.chmod(target, 0o644)
     return target
 
 
@@ -218,6 +221,7 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         markdown = run_dir / f"eval-{captioner}" / f"explanations_{SPLIT_GROUP}.md"
         if markdown.is_file():
             parts.append(f"<h3>{escape(captioner)} captioner</h3>")
-            parts.append(markdown_to_html(markdown.read_text().split("\n", 1)[1], heading_offset=2))
+            body = markdown.read_text().partition("\n")[2]  # without its title: the heading above says it
+            parts.append(markdown_to_html(body, heading_offset=2))
     parts.append(_times_html(run_dir))
     return "\n".join(parts), examples

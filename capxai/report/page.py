@@ -115,7 +115,7 @@ def markdown_to_html(markdown: str, heading_offset: int = 1) -> str:
 
 def document(title: str, body: str, data: dict) -> str:
     """The whole page: style, body, the examples' data as json and the script (all inline)."""
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" or "<!--" inside
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{escape(title)}</title>\n"
             f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
             f"<script id=\"report-data\" type=\"application/json\">{payload}</script>\n"
