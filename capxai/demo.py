@@ -48,8 +48,8 @@ class DemoConfig:
     scenes: Sequence[int] = (8000, 1000, 2000)  # train, val, test images
     epochs: int = 6  # cross-entropy epochs of each captioner
     finetune_epochs: int = 1
-    explain_limit: int = 300  # test images whose explanations are measured (captions and CHAIR use all)
-    finetuned_explain_limit: int = 300  # the same for the fine-tuned models (LRP grounding only)
+    explain_limit: int = 200  # test images whose explanations are measured (captions and CHAIR use all)
+    finetuned_explain_limit: int = 200  # the same for the fine-tuned models (LRP grounding only)
     ablation: bool = True
     report_images: int = 6  # test images explained with every method for the report
     seed: int = 0
@@ -247,8 +247,8 @@ class Runner:
         with self.lock:
             self.stopping.set()
             for child in self.children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
+                if child.poll() is None:  # SIGTERM: SIGINT is ignored in programs started in the background
+                    child.send_signal(signal.SIGTERM)
         for child in list(self.children):
             try:
                 child.wait(timeout=60)
