@@ -327,8 +327,9 @@ def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: in
         _write_times(out, runner, started, config)  # the report shows them
         runner.run_chain("demo", [demo.report_stage()])
     except KeyboardInterrupt:
+        print(f"\ninterrupted: stopping the workers; rerun the same command to resume ({out}); finished stages are "
+              "kept", file=sys.stderr, flush=True)
         runner.stop()
-        print(f"\ninterrupted: rerun the same command to resume ({out}); finished stages are kept", file=sys.stderr)
         raise
     times = _write_times(out, runner, started, config)
     total = times["total_seconds_this_run"]
