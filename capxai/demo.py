@@ -272,8 +272,14 @@ def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
     (which removes what the earlier demo wrote, and nothing else), refuse a non-empty folder no demo wrote."""
     recorded = out / CONFIG_NAME
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"python -m capxai.demo: --out {out} is a file; give a folder")
     if recorded.is_file():
-        existing = json.loads(recorded.read_text())
+        try:
+            existing = json.loads(recorded.read_text())
+        except ValueError as error:
+            raise SystemExit(f"python -m capxai.demo: {recorded} is not valid json ({error}); pass --out another "
+                             "folder, or remove that folder") from None
         if existing == wanted and not overwrite:
             return
         if not overwrite:
@@ -364,7 +370,7 @@ def main(argv=None) -> int:
         run_demo(out, config, args.overwrite, args.workers)
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as error:
+    except (RuntimeError, ValueError, OSError) as error:
         print(f"python -m capxai.demo: {error}", file=sys.stderr)
         return 1
     return 0

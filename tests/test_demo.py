@@ -138,3 +138,20 @@ def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     assert times["stages"]["adaptive train"]["note"] == "reused"
     assert times["stages"]["adaptive evaluate"]["seconds"] > 0
     assert (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("kind", ["file", "corrupt config"])
+def test_bad_demo_folders_are_refused_in_one_line(tmp_path, kind):
+    if kind == "file":
+        out = tmp_path / "notes.txt"
+        out.write_text("mine")
+        expected = "is a file"
+    else:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / demo.CONFIG_NAME).write_text("{broken")
+        expected = "is not valid json"
+    with pytest.raises(SystemExit, match=expected):
+        demo.main(["--out", str(out)])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["notes.txt"] if kind == "file" else ["run", demo.CONFIG_NAME])

@@ -113,6 +113,20 @@ def test_report_of_a_folder_without_evaluations_says_what_is_missing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("content, message", [("{broken", "cannot read"), ('{"a": 1}', "list of report images")])
+def test_broken_report_inputs_get_one_line_and_leave_nothing(tiny_demo, tmp_path, capsys, content, message):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_demo[0], run_dir)
+    (run_dir / "report-images-adaptive.json").write_text(content)
+    before = (run_dir / "report.html").read_text()
+    assert cli.main(["report", str(run_dir), "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert (run_dir / "report.html").read_text() == before and not list(run_dir.glob(".report-*"))
+
+
 def test_markdown_tables_become_escaped_html():
     html = markdown_to_html("# Title\n\ntext <b>\n\n| a | b |\n|---|---|\n| 1 | <x> |\n")
     assert "<h2>Title</h2>" in html and "&lt;b&gt;" in html

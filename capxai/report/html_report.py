@@ -193,6 +193,9 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         if not chosen_path.is_file() or not folder.is_dir():
             continue
         chosen = _read_json(chosen_path)
+        if not isinstance(chosen, list) or not all(isinstance(item, dict) and {"file", "image_id"} <= set(item)
+                                                   for item in chosen):
+            raise ValueError(f"{chosen_path} is not the demo's list of report images (each with file and image_id)")
         explanations = _load_explanations(folder)
         if not explanations:
             continue
