@@ -58,8 +58,8 @@ def _load_explanations(folder: Path) -> Dict[str, Explanation]:
             for method in METHODS if (folder / method / "explanation.pt").is_file()}
 
 
-def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, Explanation], image: np.ndarray,
-             files: Path, prefix: str) -> dict:
+def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, Explanation],
+             heatmaps_of: Dict[str, np.ndarray], image: np.ndarray, files: Path, prefix: str) -> dict:
     """Writes the example's pictures (the image and, per method and word, its heatmap over the image) and returns
     its data for the page's script."""
     folder = files / captioner / str(index)
@@ -69,8 +69,8 @@ def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, E
     length = int(first.lengths[index])
     words = first.words[index][:length] if first.words else [str(int(i)) for i in first.tokens[index][:length]]
     heatmaps = {}
-    for method, explanation in explanations.items():
-        maps = explanation.heatmaps()[index].detach().float().cpu().numpy()
+    for method, all_maps in heatmaps_of.items():
+        maps = all_maps[index]
         heatmaps[method] = []
         for t in range(length):
             name = f"{method}_{t:02d}.png"
@@ -200,13 +200,14 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         if not explanations:
             continue
         methods = [m for m in METHODS if m in explanations]
+        heatmaps_of = {m: e.heatmaps().detach().float().cpu().numpy() for m, e in explanations.items()}  # once
+        size = next(iter(heatmaps_of.values())).shape[-1]
         parts.append(f"<h2>Explanations: {escape(captioner)} captioner</h2>")
         for index, item in enumerate(tqdm(chosen, desc=f"report: {captioner} examples", disable=not progress)):
             path = run_dir / "scenes" / item["file"]
-            size = next(iter(explanations.values())).heatmaps().shape[-1]
             image = np.asarray(Image.open(path).convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
             key = f"{captioner}-{index}"
-            examples[key] = _example(captioner, index, item, explanations, image, files, FILES_NAME)
+            examples[key] = _example(captioner, index, item, explanations, heatmaps_of, image, files, FILES_NAME)
             parts.append(_example_html(key, examples[key], item, methods))
     parts.append("<h2>Captions and fine-tuning</h2>")
     table_md = run_dir / "finetune" / "finetune_table.md"
