@@ -1,6 +1,7 @@
 // capxai._C: the op schemas (TORCH_LIBRARY), the Python module with build facts (PYBIND11_MODULE, only in the
 // torch.utils.cpp_extension build), and, in a build without CUDA, CUDA kernels that say how to get real ones.
 // Kernels live one folder per op family: csrc/<family>/cpu/*.cpp and csrc/<family>/cuda/*.cu.
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <array>
@@ -31,6 +32,47 @@ TORCH_LIBRARY(capxai, m) {
         "float bias_factor=0.0, float? scale=None) -> Tensor");
   m.def("lrp_sdpa_attnlrp(Tensor q, Tensor k, Tensor v, Tensor relevance, Tensor? attn_mask=None, "
         "float eps=0.01, float bias_factor=0.0, float? scale=None) -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+// Under torch.autocast the inputs of one op arrive in mixed dtypes (a float16 activation, float32 weights), which the
+// kernels refuse. Autocast's "promote" policy (as for torch.cat): every floating argument is cast to the widest
+// floating dtype among them (float16 with bfloat16 -> float32), bool masks stay, and the op runs below autocast.
+at::ScalarType widest_floating(at::ScalarType a, at::ScalarType b) {
+  if (a == at::ScalarType::Undefined) return b;
+  if (a == b) return a;
+  if (a == at::kDouble || b == at::kDouble) return at::kDouble;
+  return at::kFloat;  // float32 with anything narrower, or float16 with bfloat16
+}
+
+void autocast_promote(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/, torch::jit::Stack* stack) {
+  const size_t n_arguments = op.schema().arguments().size();
+  const auto arguments = torch::jit::last(*stack, n_arguments);
+  at::ScalarType widest = at::ScalarType::Undefined;
+  for (const c10::IValue& value : arguments) {
+    if (value.isTensor() && value.toTensor().defined() && value.toTensor().is_floating_point())
+      widest = widest_floating(widest, value.toTensor().scalar_type());
+  }
+  if (widest != at::ScalarType::Undefined) {
+    for (size_t i = stack->size() - n_arguments; i < stack->size(); ++i) {
+      c10::IValue& value = (*stack)[i];
+      if (value.isTensor() && value.toTensor().defined() && value.toTensor().is_floating_point())
+        value = value.toTensor().to(widest);
+    }
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  op.callBoxed(stack);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(capxai, AutocastCPU, m) {
+  for (const char* name : kBackendOpNames) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_promote>());
+}
+
+TORCH_LIBRARY_IMPL(capxai, AutocastCUDA, m) {
+  for (const char* name : kBackendOpNames) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_promote>());
 }
 
 #ifndef CAPXAI_WITH_CUDA

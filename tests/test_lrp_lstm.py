@@ -164,7 +164,7 @@ def _bad_cases():
         "relevance_h T": (lambda a: {**a, "relevance_h": a["relevance_h"][:, :-1]}, ValueError, "T = x.shape"),
         "relevance_h rank": (lambda a: {**a, "relevance_h": a["relevance_h"][0, 0]}, ValueError, "relevance_h must"),
         "relevance_c shape": (lambda a: {**a, "relevance_c": a["relevance_c"][0]}, ValueError, "relevance_c must"),
-        "int x": (lambda a: {**a, "x": a["x"].int()}, TypeError, "x must be float32 or float64"),
+        "int x": (lambda a: {**a, "x": a["x"].int()}, TypeError, "x must be float16, bfloat16, float32 or float64"),
         "mixed dtype": (lambda a: {**a, "h0": a["h0"].float()}, TypeError, "h0 must have the dtype of x"),
         "NaN relevance_h": (lambda a: {**a, "relevance_h": a["relevance_h"] * math.nan}, ValueError,
                             "relevance_h contains NaN"),

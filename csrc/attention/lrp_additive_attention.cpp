@@ -2,6 +2,7 @@
 #include "lrp_additive_attention.h"
 
 #include "../common/checks.h"
+#include "../common/precision.h"
 
 namespace capxai {
 
@@ -29,10 +30,11 @@ AdditiveAttentionArgs check_lrp_additive_attention_args(const at::Tensor& values
   check_size(relevance, last, values.size(2), kOp, "relevance", "[(K,) B, D]", "D = values.shape[2]");
   AdditiveAttentionArgs args;
   args.eps = eps;
-  args.values = values.contiguous();
-  args.weights = weights.contiguous();
+  args.result_dtype = values.scalar_type();
+  args.values = to_compute(values);
+  args.weights = to_compute(weights);
   args.had_target_dim = relevance.dim() == 3;
-  args.relevance = (args.had_target_dim ? relevance : relevance.unsqueeze(0)).contiguous();
+  args.relevance = to_compute(args.had_target_dim ? relevance : relevance.unsqueeze(0));
   return args;
 }
 
@@ -48,7 +50,7 @@ std::pair<at::Tensor, at::Tensor> additive_attention_ratio(const AdditiveAttenti
 }
 
 void raise_additive_attention_non_finite(const AdditiveAttentionArgs& args) {
-  raise_first_non_finite(kOp, args.eps, {{&args.relevance, "relevance"}, {&args.values, "values"}, {&args.weights, "weights"}});
+  raise_first_non_finite(kOp, args.eps, args.result_dtype, {{&args.relevance, "relevance"}, {&args.values, "values"}, {&args.weights, "weights"}});
 }
 
 }  // namespace capxai

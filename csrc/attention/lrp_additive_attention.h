@@ -13,6 +13,7 @@ struct AdditiveAttentionArgs {
   at::Tensor weights;    // [B, N]
   at::Tensor relevance;  // [K, B, D]
   bool had_target_dim;
+  at::ScalarType result_dtype;  // the caller's dtype; the tensors above are in the compute dtype (precision.h)
   double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 

@@ -3,6 +3,8 @@
 #include "lrp_sdpa.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "../common/checks.h"
 
@@ -36,6 +38,8 @@ SdpaArgs check_lrp_sdpa_args(const at::Tensor& q, const at::Tensor& k, const at:
 
   SdpaArgs args;
   args.eps = eps;
+  args.result_dtype = q.scalar_type();
+  args.flags = at::zeros({2}, q.options().dtype(at::kInt));
   if (attn_mask.has_value() && attn_mask->defined()) {
     const at::Tensor& mask = *attn_mask;
     TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == q.scalar_type(), op,
@@ -51,16 +55,16 @@ SdpaArgs check_lrp_sdpa_args(const at::Tensor& q, const at::Tensor& k, const at:
     }
     TORCH_CHECK_VALUE(broadcastable, op, ": attn_mask must broadcast to [B, h, Lq, Lk] = ", at::IntArrayRef(full),
                       ", got ", mask.sizes());
-    TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool || !at::isnan(mask).any().item<bool>() &&
-                                                             !at::isposinf(mask).any().item<bool>(),
-                      op, ": attn_mask must not contain NaN or +Inf (use -inf to mask a position)");
-    args.mask = mask;
+    args.mask = to_compute(mask);
+    // NaN / +Inf in a float mask: a device flag, read with the result's (sdpa_check_flags), not a sync here.
+    if (mask.scalar_type() != at::kBool && mask.numel() > 0)
+      args.flags.narrow(0, 1, 1).bitwise_or_((at::isnan(args.mask) | at::isposinf(args.mask)).any());
   }
-  args.q = q.contiguous();
-  args.k = k.contiguous();
-  args.v = v.contiguous();
+  args.q = to_compute(q);
+  args.k = to_compute(k);
+  args.v = to_compute(v);
   args.had_target_dim = relevance.dim() == 5;
-  args.relevance = (args.had_target_dim ? relevance : relevance.unsqueeze(0)).contiguous();
+  args.relevance = to_compute(args.had_target_dim ? relevance : relevance.unsqueeze(0));
   if (scale.has_value()) {
     TORCH_CHECK_VALUE(std::isfinite(*scale), op, ": scale must be finite, got ", *scale);
     args.scale = *scale;
@@ -100,17 +104,69 @@ SdpaForward sdpa_forward(const SdpaArgs& args) {
   return fwd;
 }
 
+namespace {
+
+// An empty [K, B, h, Lq, dv] tensor whose memory is [B, h, Lq, K, dv] with `targets_inner`, else contiguous.
+at::Tensor empty_per_target(const at::Tensor& like, bool targets_inner) {
+  if (!targets_inner) return at::empty_like(like, at::MemoryFormat::Contiguous);
+  return at::empty({like.size(1), like.size(2), like.size(3), like.size(0), like.size(4)}, like.options())
+      .permute({3, 0, 1, 2, 4});
+}
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> sdpa_output_ratio(const SdpaArgs& args, const SdpaForward& fwd, double eps,
-                                                     double bias_factor) {
+                                                     double bias_factor, bool targets_inner) {
   const at::Tensor sign = at::where(fwd.output >= 0, 1.0, -1.0).to(fwd.output.scalar_type());
-  const at::Tensor ratio = (args.relevance / (fwd.output + eps * sign)).contiguous();  // [K, B, h, Lq, dv]
+  at::Tensor ratio = empty_per_target(args.relevance, targets_inner);
+  at::div_out(ratio, args.relevance, fwd.output + eps * sign);  // [K, B, h, Lq, dv]
   at::Tensor share;
   if (bias_factor != 0.0) {
     const at::Tensor per_key = at::where(fwd.allowed_keys > 0, bias_factor * eps / fwd.allowed_keys.clamp_min(1.0),
                                          at::zeros_like(fwd.allowed_keys));
-    share = (ratio * (sign * per_key)).contiguous();
+    share = empty_per_target(args.relevance, targets_inner);
+    at::mul_out(share, ratio, sign * per_key);
   }
   return {ratio, share};
+}
+
+bool sdpa_use_gemm(const SdpaArgs& args) {
+  const char* choice = std::getenv("CAPXAI_SDPA_VALUE_PASS");
+  if (choice != nullptr && std::strcmp(choice, "gemm") == 0) return true;
+  if (choice != nullptr && std::strcmp(choice, "fused") == 0) return false;
+  TORCH_CHECK_VALUE(choice == nullptr || *choice == '\0' || std::strcmp(choice, "auto") == 0,
+                    "CAPXAI_SDPA_VALUE_PASS must be auto, gemm or fused, got '", choice, "'");
+  // The fused pass reads each query's ratio row once per key (no reuse); the GEMMs tile it. On the GPU the GEMMs
+  // win at every size measured; on the CPU the fused pass wins while the queries are few (measured in
+  // benchmarks/test_lrp_attention.py, docs/LRP_RULES_ADDENDUM.md).
+  if (args.q.is_cuda()) return true;
+  return args.q.size(2) >= kSdpaCpuGemmMinQueries;
+}
+
+std::pair<at::Tensor, at::Tensor> sdpa_value_gemms(const SdpaArgs& args, const SdpaForward& fwd,
+                                                   const at::Tensor& ratio, const at::Tensor& share) {
+  const int64_t targets = ratio.size(0), batch_heads = args.v.size(0) * args.v.size(1);
+  const int64_t n_queries = args.q.size(2), n_keys = args.k.size(2), dim_v = args.v.size(3);
+  // [K, B, h, Lq, dv] -> [B*h, Lq, K*dv]: a view when the memory is already targets-inner (sdpa_output_ratio).
+  const auto by_head = [&](const at::Tensor& per_target) {
+    return per_target.permute({1, 2, 3, 0, 4}).reshape({batch_heads, n_queries, targets * dim_v});
+  };
+  const at::Tensor weights_by_key = fwd.weights.view({batch_heads, n_queries, n_keys}).transpose(1, 2);
+  const at::Tensor products = at::bmm(weights_by_key, by_head(ratio));  // [B*h, Lk, K*dv]
+  at::Tensor shares;
+  if (share.defined()) {
+    shares = fwd.allowed.defined()
+                 ? at::bmm(fwd.allowed.view({batch_heads, n_queries, n_keys}).transpose(1, 2), by_head(share))
+                 : by_head(share).sum(1, /*keepdim=*/true);  // every key gets every query's share
+  }
+  return {products, shares};
+}
+
+void sdpa_check_flags(const SdpaArgs& args, const char* op) {
+  const at::Tensor host = args.flags.cpu();
+  const int* flags = host.const_data_ptr<int>();
+  TORCH_CHECK_VALUE(flags[1] == 0, op, ": attn_mask must not contain NaN or +Inf (use -inf to mask a position)");
+  if (flags[0] != 0) raise_sdpa_non_finite(args, op);
 }
 
 std::pair<at::Tensor, at::Tensor> sdpa_attnlrp_query_key(const SdpaArgs& args, const SdpaForward& fwd,
@@ -144,7 +200,7 @@ std::pair<at::Tensor, at::Tensor> sdpa_attnlrp_query_key(const SdpaArgs& args, c
 }
 
 void raise_sdpa_non_finite(const SdpaArgs& args, const char* op) {
-  raise_first_non_finite(op, args.eps, {{&args.relevance, "relevance"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}});
+  raise_first_non_finite(op, args.eps, args.result_dtype, {{&args.relevance, "relevance"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}});
 }
 
 }  // namespace capxai

@@ -11,11 +11,12 @@
 
 namespace capxai {
 
-// dtype: float32 or float64 (TypeError in Python).
+// dtype: float16, bfloat16, float32 or float64 (TypeError in Python).
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " must be a tensor, got None");
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-                   " must be float32 or float64, got ", t.scalar_type());
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   ": ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
 }
 
 // rank (ValueError in Python); `layout` spells the expected shape, e.g. "[N, In]".
@@ -49,7 +50,8 @@ inline void check_finite(const at::Tensor& t, const char* op, const char* name) 
 // denominator z (e.g. all-zero inputs) gives 0/0, else a value overflowed the dtype. A slow path: the kernels detect
 // non-finite values on their way and only then call this.
 [[noreturn]] inline void raise_first_non_finite(
-    const char* op, double eps, std::initializer_list<std::pair<const at::Tensor*, const char*>> arguments) {
+    const char* op, double eps, at::ScalarType result_dtype,
+    std::initializer_list<std::pair<const at::Tensor*, const char*>> arguments) {
   for (const auto& [tensor, name] : arguments) {
     if (tensor->defined()) check_finite(*tensor, op, name);
   }
@@ -59,9 +61,9 @@ inline void check_finite(const at::Tensor& t, const char* op, const char* name) 
                                          "is exactly 0 (e.g. all-zero inputs) gives 0/0; use eps > 0 (the paper ",
                                          "uses 0.01)"));
   }
-  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ",
-                                       arguments.begin()->first->scalar_type(),
-                                       "; rescale the inputs or use float64"));
+  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ", result_dtype,
+                                       result_dtype == at::kHalf ? " (largest value 65504)" : "",
+                                       "; rescale the inputs or use a wider dtype (float32, float64)"));
 }
 
 inline void check_hyperparameters(double eps, double bias_factor, const char* op) {

@@ -2,6 +2,7 @@
 #include "lrp_linear.h"
 
 #include "../common/checks.h"
+#include "../common/precision.h"
 
 namespace capxai {
 
@@ -28,22 +29,23 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
 
   LinearArgs args;
   args.eps = eps;
-  args.x = x.contiguous();
-  args.weight = weight.contiguous();
+  args.result_dtype = x.scalar_type();
+  args.x = to_compute(x);
+  args.weight = to_compute(weight);
   if (bias.has_value() && bias->defined()) {
     check_floating(*bias, op, "bias");
     check_like(*bias, x, op, "bias", "x");
     check_dim(*bias, 1, op, "bias", "[Out]");
     check_size(*bias, 0, n_out, op, "bias", "[Out]", "Out = weight.shape[0]");
-    args.bias = bias->contiguous();
+    args.bias = to_compute(*bias);
   }
   args.had_target_dim = relevance.dim() == 3;
-  args.relevance = (args.had_target_dim ? relevance : relevance.unsqueeze(0)).contiguous();
+  args.relevance = to_compute(args.had_target_dim ? relevance : relevance.unsqueeze(0));
   return args;
 }
 
 void raise_non_finite(const LinearArgs& args) {
-  raise_first_non_finite("lrp_linear", args.eps, {{&args.relevance, "relevance"}, {&args.x, "x"}, {&args.weight, "weight"},
+  raise_first_non_finite("lrp_linear", args.eps, args.result_dtype, {{&args.relevance, "relevance"}, {&args.x, "x"}, {&args.weight, "weight"},
                                         {&args.bias, "bias"}});
 }
 

@@ -18,6 +18,7 @@ struct LinearArgs {
   at::Tensor bias;       // [Out] or undefined
   at::Tensor relevance;  // [K, N, Out]
   bool had_target_dim;   // relevance came as [K, N, Out] (else [N, Out])
+  at::ScalarType result_dtype;  // the caller's dtype; the tensors above are in the compute dtype (precision.h)
   double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 
@@ -30,7 +31,7 @@ LinearArgs check_lrp_linear_args(const at::Tensor& x, const at::Tensor& weight,
 // Names the argument holding NaN/Inf (a slow, rare path), or says that the computation overflowed.
 [[noreturn]] void raise_non_finite(const LinearArgs& args);
 
-// Result [K, N, In] back to the caller's rank.
+// Result [K, N, In] back to the caller's rank (rounding to the caller's dtype is the kernels' last step).
 inline at::Tensor restore_target_dim(const at::Tensor& result, const LinearArgs& args) {
   return args.had_target_dim ? result : result.squeeze(0);
 }

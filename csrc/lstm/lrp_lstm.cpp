@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "../common/precision.h"
 
 namespace capxai {
 
@@ -38,7 +39,8 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
 
   LstmArgs args;
   args.eps = eps;
-  args.bias = at::zeros({4 * hidden}, x.options());
+  args.result_dtype = x.scalar_type();
+  args.bias = at::zeros({4 * hidden}, x.options().dtype(compute_dtype(x.scalar_type())));
   for (const auto& [bias, name] : {std::pair{&bias_ih, "bias_ih"}, std::pair{&bias_hh, "bias_hh"}}) {
     if (!bias->has_value() || !(*bias)->defined()) continue;
     const at::Tensor& b = **bias;
@@ -58,25 +60,25 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
   check_size(relevance_h, first, steps, op, "relevance_h", "[(K,) T, B, H]", "T = x.shape[0]");
   check_size(relevance_h, first + 1, batch, op, "relevance_h", "[(K,) T, B, H]", "B = x.shape[1]");
   check_size(relevance_h, first + 2, hidden, op, "relevance_h", "[(K,) T, B, H]", "H = weight_hh.shape[1]");
-  args.relevance_h = (args.had_target_dim ? relevance_h : relevance_h.unsqueeze(0)).contiguous();
+  args.relevance_h = to_compute(args.had_target_dim ? relevance_h : relevance_h.unsqueeze(0));
   if (relevance_c.has_value() && relevance_c->defined()) {
     check_floating(*relevance_c, op, "relevance_c");
     check_like(*relevance_c, x, op, "relevance_c", "x");
     TORCH_CHECK_VALUE(relevance_c->sizes() == relevance_h.sizes(), op,
                       ": relevance_c must have the shape of relevance_h (", relevance_h.sizes(), "), got ",
                       relevance_c->sizes());
-    args.relevance_c = (args.had_target_dim ? *relevance_c : relevance_c->unsqueeze(0)).contiguous();
+    args.relevance_c = to_compute(args.had_target_dim ? *relevance_c : relevance_c->unsqueeze(0));
   }
-  args.x = x.contiguous();
-  args.h0 = h0.contiguous();
-  args.c0 = c0.contiguous();
-  args.weight_ih = weight_ih.contiguous();
-  args.weight_hh = weight_hh.contiguous();
+  args.x = to_compute(x);
+  args.h0 = to_compute(h0);
+  args.c0 = to_compute(c0);
+  args.weight_ih = to_compute(weight_ih);
+  args.weight_hh = to_compute(weight_hh);
   return args;
 }
 
 void raise_lstm_non_finite(const LstmArgs& args, const char* op) {
-  raise_first_non_finite(op, args.eps, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
+  raise_first_non_finite(op, args.eps, args.result_dtype, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
                               {&args.h0, "h0"}, {&args.c0, "c0"}, {&args.weight_ih, "weight_ih"},
                               {&args.weight_hh, "weight_hh"}, {&args.bias, "bias_ih/bias_hh"}});
 }

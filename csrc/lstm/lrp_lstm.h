@@ -22,6 +22,7 @@ struct LstmArgs {
   at::Tensor relevance_h;  // [K, T, B, H]
   at::Tensor relevance_c;  // [K, T, B, H] or undefined
   bool had_target_dim;     // relevance came with a leading K
+  at::ScalarType result_dtype;  // the caller's dtype; the tensors above are in the compute dtype (precision.h)
   double eps = -1.0;     // the stabiliser (named when a denominator is 0)
 };
 

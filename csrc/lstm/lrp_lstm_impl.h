@@ -13,6 +13,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../common/precision.h"
 #include "lrp_lstm.h"
 
 namespace capxai {
@@ -117,9 +118,14 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   if (spread_bias) h0_relevance.add_(absorbed.view({targets, batch, 1}));
   relevance_h0.index_copy_(0, slot_target, h0_relevance);
   relevance_c0.index_copy_(0, slot_target, carry_cell.view({targets, batch, hidden}));
-  finite = non_finite.item<int>() == 0 && at::isfinite(relevance_h0).all().item<bool>() &&
-           at::isfinite(relevance_c0).all().item<bool>();
-  if (!finite) raise_lstm_non_finite(a, op);
+  // Every check of the result folds into the device flag; one host synchronisation reads it (the schedule's read
+  // of the injected relevance, above, is the other).
+  for (const at::Tensor* state : {&relevance_h0, &relevance_c0})
+    if (state->numel() > 0) non_finite.bitwise_or_(at::isfinite(*state).logical_not().any());
+  relevance_x = round_to(relevance_x, a.result_dtype, non_finite);
+  relevance_h0 = round_to(relevance_h0, a.result_dtype, non_finite);
+  relevance_c0 = round_to(relevance_c0, a.result_dtype, non_finite);
+  if (non_finite.item<int>() != 0) raise_lstm_non_finite(a, op);
 
   if (!a.had_target_dim) return {relevance_x.squeeze(0), relevance_h0.squeeze(0), relevance_c0.squeeze(0)};
   return {relevance_x, relevance_h0, relevance_c0};

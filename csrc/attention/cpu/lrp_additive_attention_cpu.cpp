@@ -9,6 +9,7 @@
 #include <atomic>
 
 #include "../../common/finite.h"
+#include "../../common/precision.h"
 #include "../lrp_additive_attention.h"
 
 namespace capxai {
@@ -17,6 +18,7 @@ namespace {
 at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor& weights,
                                       const at::Tensor& relevance, double eps, double bias_factor) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
+  const FullPrecisionGemms no_tf32;
   const AdditiveAttentionArgs args = check_lrp_additive_attention_args(values, weights, relevance, eps, bias_factor);
   const int64_t targets = args.relevance.size(0), batch = args.values.size(0);
   const int64_t n_values = args.values.size(1), dim = args.values.size(2);
@@ -56,7 +58,7 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
       if (non_finite) finite.store(false);
     });
   });
-  if (!finite.load()) raise_additive_attention_non_finite(args);
+  if (!finite.load() || !round_to_finite(out, args.result_dtype)) raise_additive_attention_non_finite(args);
   return args.had_target_dim ? out : out.squeeze(0);
 }
 

@@ -14,6 +14,7 @@
 
 #include "../../common/stabilize.h"
 #include "../../common/finite.h"
+#include "../../common/precision.h"
 #include "../lrp_linear.h"
 
 namespace capxai {
@@ -88,6 +89,7 @@ bool input_pass(const scalar_t* x, const scalar_t* absorbed, scalar_t* out, int6
 at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const at::Tensor& relevance, double eps, double bias_factor) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
+  const FullPrecisionGemms no_tf32;
   const LinearArgs args = check_lrp_linear_args(x, weight, bias, relevance, eps, bias_factor);
   const int64_t n_targets = args.relevance.size(0);
   const int64_t n_rows = args.x.size(0);
@@ -115,7 +117,7 @@ at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const s
                                   spread_bias ? absorbed.const_data_ptr<scalar_t>() : nullptr,
                                   out.mutable_data_ptr<scalar_t>(), rows, n_rows, n_in);
   });
-  if (!finite) raise_non_finite(args);
+  if (!finite || !round_to_finite(out, args.result_dtype)) raise_non_finite(args);
   return restore_target_dim(out, args);
 }
 

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../../common/cuda_launch.cuh"
+#include "../../common/precision.h"
 #include "../../common/stabilize.h"
 #include "../lrp_linear.h"
 
@@ -83,6 +84,7 @@ __global__ void input_kernel(const scalar_t* __restrict__ x, const scalar_t* __r
 at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const at::Tensor& relevance, double eps, double bias_factor) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
+  const FullPrecisionGemms no_tf32;
   const LinearArgs args = check_lrp_linear_args(x, weight, bias, relevance, eps, bias_factor);
   const c10::cuda::CUDAGuard device_guard(args.x.device());
   const int64_t n_targets = args.relevance.size(0);
@@ -96,7 +98,7 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   const bool spread_bias = bias_factor != 0.0 && n_in > 0;
   at::Tensor absorbed = spread_bias ? at::empty({rows}, args.x.options()) : at::Tensor();
   at::Tensor out = at::empty({n_targets, n_rows, n_in}, args.x.options());
-  if (out.numel() == 0 && ratio.numel() == 0) return restore_target_dim(out, args);
+  if (out.numel() == 0 && ratio.numel() == 0) return restore_target_dim(out.to(args.result_dtype), args);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor non_finite = at::zeros({1}, args.x.options().dtype(at::kInt));
   int* flag = non_finite.mutable_data_ptr<int>();
@@ -125,7 +127,8 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  if (non_finite.item<int>() != 0) raise_non_finite(args);
+  out = round_to(out, args.result_dtype, non_finite);
+  if (non_finite.item<int>() != 0) raise_non_finite(args);  // the call's one host synchronisation
   return restore_target_dim(out, args);
 }
 

@@ -190,6 +190,7 @@ LstmRelevance lrp_lstm_cpu(const at::Tensor& x, const at::Tensor& h0, const at::
                            const at::Tensor& relevance_h, const std::optional<at::Tensor>& relevance_c, double eps,
                            double bias_factor) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
+  const FullPrecisionGemms no_tf32;
   const LstmArgs args = check_lrp_lstm_args(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h,
                                             relevance_c, eps, bias_factor, "lrp_lstm");
   return lrp_lstm_impl<CpuPasses>(args, eps, bias_factor, "lrp_lstm");

@@ -147,8 +147,10 @@ struct CudaPasses {
     const int64_t targets = relevance_h.size(0), steps = relevance_h.size(1);
     const int64_t step_size = relevance_h.size(2) * relevance_h.size(3);
     const auto int_options = relevance_h.options().dtype(at::kInt);
-    at::Tensor active = at::zeros({targets * steps}, int_options);
-    at::Tensor non_finite = at::zeros({1}, int_options);
+    // The active flags and, last, the non-finite flag: one device-to-host copy (one synchronisation) reads both.
+    at::Tensor flags = at::zeros({targets * steps + 1}, int_options);
+    at::Tensor active = flags.narrow(0, 0, targets * steps);
+    at::Tensor non_finite = flags.narrow(0, targets * steps, 1);
     if (targets * steps > 0 && step_size > 0) {
       AT_DISPATCH_FLOATING_TYPES(relevance_h.scalar_type(), "lrp_lstm_active_cuda", [&] {
         const int64_t grid = blocks_for_rows(targets * steps);
@@ -159,13 +161,13 @@ struct CudaPasses {
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
-    finite = non_finite.item<int>() == 0;
-    const at::Tensor host = active.cpu();
-    const int* flags = host.const_data_ptr<int>();
+    const at::Tensor host = flags.cpu();
+    const int* host_flags = host.const_data_ptr<int>();
+    finite = host_flags[targets * steps] == 0;
     std::vector<int64_t> last(targets, -1);
     for (int64_t k = 0; k < targets; ++k)
       for (int64_t t = 0; t < steps; ++t)
-        if (flags[k * steps + t]) last[k] = t;
+        if (host_flags[k * steps + t]) last[k] = t;
     return last;
   }
 
@@ -217,6 +219,7 @@ LstmRelevance lrp_lstm_cuda(const at::Tensor& x, const at::Tensor& h0, const at:
                             const at::Tensor& relevance_h, const std::optional<at::Tensor>& relevance_c, double eps,
                             double bias_factor) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
+  const FullPrecisionGemms no_tf32;
   const LstmArgs args = check_lrp_lstm_args(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h,
                                             relevance_c, eps, bias_factor, "lrp_lstm");
   const c10::cuda::CUDAGuard device_guard(args.x.device());

@@ -1,0 +1,49 @@
+// Precision policy shared by every op and backend (docs/LRP_RULES_ADDENDUM.md, "Precision").
+// - float16 / bfloat16 inputs are computed in float32 -- forward values, stabilised denominators, every sum and every
+//   GEMM -- and rounded to the input dtype once, at the end: LRP divides by forward values near zero, where the
+//   8 (bfloat16) or 11 (float16) bits of a half-precision intermediate would decide the sign of the stabiliser.
+// - GEMMs inside the ops run in full float32 even when the user enabled TF32 (torch.backends.cuda.matmul.allow_tf32,
+//   set_float32_matmul_precision("high")): TF32 keeps 10 mantissa bits, so a forward value z near 0 recomputed with
+//   TF32 can change sign or size by more than eps and R / stab(z) by orders of magnitude. at::NoTF32Guard is
+//   thread-local: other threads keep the user's setting.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+
+namespace capxai {
+
+using FullPrecisionGemms = at::NoTF32Guard;
+
+inline bool is_half_precision(at::ScalarType dtype) {
+  return dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+// The dtype the kernels compute in: float32 for half-precision inputs, else the input's own.
+inline at::ScalarType compute_dtype(at::ScalarType dtype) {
+  return is_half_precision(dtype) ? at::kFloat : dtype;
+}
+
+// A contiguous copy (or the tensor itself) in the compute dtype; bool masks stay bool.
+inline at::Tensor to_compute(const at::Tensor& t) {
+  if (!t.defined()) return t;
+  return t.scalar_type() == at::kBool ? t.contiguous() : t.to(compute_dtype(t.scalar_type())).contiguous();
+}
+
+// The result rounded to the caller's dtype. Rounding float32 to float16 overflows beyond 65504 (bfloat16 only at
+// float32's own edge): then `non_finite` (an int tensor on the result's device) is raised, without a host sync.
+inline at::Tensor round_to(const at::Tensor& result, at::ScalarType dtype, const at::Tensor& non_finite) {
+  if (result.scalar_type() == dtype) return result;
+  at::Tensor rounded = result.to(dtype);
+  if (rounded.numel() > 0) non_finite.bitwise_or_(at::isfinite(rounded).logical_not().any());
+  return rounded;
+}
+
+// CPU kernels keep their flags on the host: round and say whether the result stayed finite.
+inline bool round_to_finite(at::Tensor& result, at::ScalarType dtype) {
+  if (result.scalar_type() == dtype) return true;
+  result = result.to(dtype);
+  return result.numel() == 0 || at::isfinite(result).all().item<bool>();
+}
+
+}  // namespace capxai
