@@ -4,16 +4,46 @@
 //   8 (bfloat16) or 11 (float16) bits of a half-precision intermediate would decide the sign of the stabiliser.
 // - GEMMs inside the ops run in full float32 even when the user enabled TF32 (torch.backends.cuda.matmul.allow_tf32,
 //   set_float32_matmul_precision("high")): TF32 keeps 10 mantissa bits, so a forward value z near 0 recomputed with
-//   TF32 can change sign or size by more than eps and R / stab(z) by orders of magnitude. at::NoTF32Guard is
-//   thread-local: other threads keep the user's setting.
+//   TF32 can change sign or size by more than eps and R / stab(z) by orders of magnitude. The same holds on the CPU,
+//   where set_float32_matmul_precision("medium") makes oneDNN compute float32 GEMMs in bfloat16 (seen on this
+//   project's AVX512-BF16 machine: lrp_linear's result changed before this guard).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
+#include <mutex>
+
 namespace capxai {
 
-using FullPrecisionGemms = at::NoTF32Guard;
+// Full float32 GEMMs for the lifetime of an op call. cuBLAS: at::NoTF32Guard, thread-local (other threads keep the
+// user's setting). oneDNN has no thread-local override, so its process-wide matmul precision is set to IEEE while
+// any capxai op runs and restored when the last one returns (a count under a mutex: concurrent and nested calls
+// restore the user's value exactly once).
+class FullPrecisionGemms {
+ public:
+  FullPrecisionGemms() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (depth_++ > 0) return;
+    saved_ = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+    if (saved_ != at::Float32Precision::IEEE)
+      at::globalContext().setFloat32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL,
+                                              at::Float32Precision::IEEE);
+  }
+  ~FullPrecisionGemms() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (--depth_ > 0 || saved_ == at::Float32Precision::IEEE) return;
+    at::globalContext().setFloat32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL, saved_);
+  }
+  FullPrecisionGemms(const FullPrecisionGemms&) = delete;
+  FullPrecisionGemms& operator=(const FullPrecisionGemms&) = delete;
+
+ private:
+  at::NoTF32Guard no_tf32_;
+  inline static std::mutex mutex_;
+  inline static int depth_ = 0;
+  inline static at::Float32Precision saved_ = at::Float32Precision::IEEE;
+};
 
 inline bool is_half_precision(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
