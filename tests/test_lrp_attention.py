@@ -104,11 +104,18 @@ SDPA_SHAPES = [  # (B, h, Lq, Lk, d, dv, K)
 ]
 
 
+@pytest.fixture(params=["fused", "gemm"])
+def value_pass(request, monkeypatch):
+    """Both formulations of relevance_v (lrp_sdpa.h): the fused pass and the GEMM formulation."""
+    monkeypatch.setenv("CAPXAI_SDPA_VALUE_PASS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SDPA_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("mask", [None, "bool", "float", "causal"])
 @pytest.mark.parametrize("mode", ["constant", "attnlrp"])
 @pytest.mark.parametrize("bias_factor", [0.0, 1.0], ids=["bf0", "bf1"])
-def test_sdpa_kernel_matches_reference(shape, mask, mode, bias_factor, device, dtype):
+def test_sdpa_kernel_matches_reference(shape, mask, mode, bias_factor, device, dtype, value_pass):
     batch, heads, n_queries, n_keys, dim, dim_v, n_targets = shape
     inputs = make_sdpa_inputs(*shape, dtype, device)
     attn_mask = make_mask(mask, batch, heads, n_queries, n_keys, dtype, device)
@@ -128,7 +135,7 @@ def test_sdpa_reference_forward_is_torch_sdpa():
 
 
 @pytest.mark.parametrize("mask", [None, "bool", "float"])
-def test_sdpa_masked_keys_get_zero(mask, device):
+def test_sdpa_masked_keys_get_zero(mask, device, value_pass):
     inputs = make_sdpa_inputs(2, 2, 4, 6, 3, 5, 2, torch.float64, device, seed=6)
     attn_mask = make_mask(mask or "bool", 2, 2, 4, 6, torch.float64, device)
     key_never_allowed = torch.zeros(2, 1, 4, 6, dtype=torch.bool, device=device)
@@ -145,7 +152,7 @@ def test_sdpa_masked_keys_get_zero(mask, device):
             assert torch.all(result[1][:, :, :, 3] == 0)  # relevance_k of the masked key
 
 
-def test_sdpa_query_without_keys_is_absorbed(device):
+def test_sdpa_query_without_keys_is_absorbed(device, value_pass):
     inputs = make_sdpa_inputs(1, 1, 3, 4, 2, 2, None, torch.float64, device, seed=7)
     attn_mask = torch.ones(3, 4, dtype=torch.bool, device=device)
     attn_mask[1] = False  # query 1 sees nothing
@@ -157,7 +164,7 @@ def test_sdpa_query_without_keys_is_absorbed(device):
 
 
 @pytest.mark.parametrize("mask", [None, "bool", "float"])
-def test_sdpa_constant_conservation(mask, device):
+def test_sdpa_constant_conservation(mask, device, value_pass):
     inputs = make_sdpa_inputs(2, 3, 4, 6, 5, 7, 3, torch.float64, device, seed=8)
     attn_mask = make_mask(mask, 2, 3, 4, 6, torch.float64, device)
     relevance_v = lrp_sdpa(**inputs, attn_mask=attn_mask, bias_factor=1.0)
@@ -196,7 +203,7 @@ def test_sdpa_constant_gradient_times_input_identity(device):
 
 
 @pytest.mark.parametrize("mode", ["constant", "attnlrp"])
-def test_sdpa_many_targets_equal_one_at_a_time(mode, device, dtype):
+def test_sdpa_many_targets_equal_one_at_a_time(mode, device, dtype, value_pass):
     inputs = make_sdpa_inputs(2, 2, 5, 6, 3, 4, 4, dtype, device, seed=11)
     attn_mask = make_mask("float", 2, 2, 5, 6, dtype, device)
     together = lrp_sdpa(**inputs, attn_mask=attn_mask, mode=mode, bias_factor=0.5)
