@@ -96,3 +96,26 @@ def test_per_word_loop_equals_lrp():
         expected = explain.LRP(captioner, encoder).explain(images, captions=captions).pixel_relevance
         actual = per_word_loop(encoder, captioner, images, captions)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+CUDA = [pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("method", ["fused", "gradient_x_input"])
+def test_explain_all_words_gpu(benchmark, method, device):
+    """The explanations issue's GPU benchmark: all words of B = 32 captions (fewer if
+    CAPXAI_BENCH_VGG_BATCH says so), VGG16 on 224x224, LRP (fused ops, encoder fast path) against one batched Gradient x Input pass, float32."""
+    encoder, captioner, images, captions = _setup("vgg16")
+    encoder, captioner = encoder.to(device), captioner.to(device)
+    images, captions = images[:32].to(device), captions[:32].to(device)
+    benchmark.group = f"explain vgg16 adaptive {device} B={images.shape[0]} T={STEPS} 224px H=512"
+    with torch.no_grad():
+        run = _runner(method, encoder, captioner, images, captions)
+
+    def synchronized():
+        result = run()
+        torch.cuda.synchronize()
+        return result
+    result = benchmark.pedantic(synchronized, rounds=3, warmup_rounds=1)
+    assert result.shape[:2] == (images.shape[0], STEPS) and torch.isfinite(result).all()

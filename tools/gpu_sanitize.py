@@ -4,11 +4,15 @@ Shapes are odd on purpose (not multiples of a warp, a block or a vector width), 
 and both SDPA modes, so that out-of-bounds reads, writes and races at the edges of the launch grids show. Every CUDA
 result is also checked against the op's CPU kernel (verified against the references): in float64 they agree to
 1e-9 of the result's scale; in float32 the CUDA result's error against the float64 CPU result is at most
-``FLOAT32_SLACK`` times the float32 CPU kernel's own error (summation order differs, the accuracy must not). The
-script exits 1 if any call disagrees, so a run under the sanitizer checks values too.
+``FLOAT32_SLACK`` times the float32 CPU kernel's own error (summation order differs, the accuracy must not); in
+float16 / bfloat16 (computed in float32 on both devices, rounded once) at most twice the larger of the CPU kernel's
+error and one rounding. Both formulations of lrp_sdpa's relevance_v run (fused pass, GEMMs). The script exits 1 if any call disagrees, so a run under the sanitizer checks values too.
 
     compute-sanitizer --tool memcheck python tools/gpu_sanitize.py
 """
+import functools
+import itertools
+import os
 import sys
 
 import torch
@@ -19,6 +23,7 @@ from capxai.ops.attention import SDPA_MODES
 
 FLOAT64_TOLERANCE = 1e-9
 FLOAT32_SLACK = 4.0
+HALF_ROUNDING = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # one rounding, relative to the scale
 
 
 def _tuple(result):
@@ -39,6 +44,9 @@ def agrees(name, cuda_result, cpu_result, exact_result):
             return False
         if cuda.dtype == torch.float64:
             error, allowed = _max_error(cuda, cpu), FLOAT64_TOLERANCE * scale
+        elif cuda.dtype in HALF_ROUNDING:  # float32 inside on both devices, rounded once: a rounding may differ
+            error = _max_error(cuda, exact)
+            allowed = 2 * max(_max_error(cpu, exact), HALF_ROUNDING[cuda.dtype] * scale)
         else:
             error, allowed = _max_error(cuda, exact), FLOAT32_SLACK * _max_error(cpu, exact) + 1e-6 * scale
         if error > allowed:
@@ -88,11 +96,15 @@ def cases(dtype, generator):
         bool_mask = torch.rand(lq, lk, generator=generator) > 0.3
         bool_mask[:, 0] = True  # every query attends somewhere
         float_mask = torch.where(bool_mask, 0.0, -1e4).to(dtype).expand(batch, 1, lq, lk)
-        for mode in SDPA_MODES:
+        for mode, value_pass in itertools.product(SDPA_MODES, ("fused", "gemm")):
             for mask_name, mask in (("none", None), ("bool", bool_mask), ("float", float_mask)):
-                yield (f"lrp_sdpa[{mode}] B={batch} h={heads} Lq={lq} Lk={lk} d={d} dv={dv} K={k} mask={mask_name}",
-                       lambda *a, m=mode: ops.lrp_sdpa(*a, mode=m, eps=0.01, bias_factor=1.0),
-                       (q, key, v, relevance, mask))
+                yield (f"lrp_sdpa[{mode}, {value_pass}] B={batch} h={heads} Lq={lq} Lk={lk} d={d} dv={dv} K={k} "
+                       f"mask={mask_name}", functools.partial(_sdpa, mode, value_pass), (q, key, v, relevance, mask))
+
+
+def _sdpa(mode, value_pass, *arguments):
+    os.environ["CAPXAI_SDPA_VALUE_PASS"] = value_pass  # both formulations of relevance_v (lrp_sdpa.h)
+    return ops.lrp_sdpa(*arguments, mode=mode, eps=0.01, bias_factor=1.0)
 
 
 def main():
@@ -104,7 +116,7 @@ def main():
         return 2
     generator = torch.Generator().manual_seed(0)
     count, failed = 0, 0
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         for name, function, inputs in cases(dtype, generator):
             results = run_everywhere(function, *inputs)
             torch.cuda.synchronize()
