@@ -11,6 +11,8 @@
 
 #include <optional>
 
+#include <c10/macros/Macros.h>
+
 #include "../common/precision.h"
 
 namespace capxai {
@@ -75,6 +77,22 @@ void sdpa_check_flags(const SdpaArgs& args, const char* op);
 
 inline at::Tensor with_target_dim(const at::Tensor& result, const SdpaArgs& args) {
   return args.had_target_dim ? result : result.squeeze(0);
+}
+
+// Where one row (k, bh, j) of the GEMM epilogue reads and writes, in elements (shared by the CPU and CUDA passes):
+// v[bh, j, :], products[bh, j, k, :], shares[bh, j or 0, k, :] (share_rows = Lk, or 1 without a mask; -1 without
+// shares), out[k, bh, j, :].
+struct EpilogueRow {
+  int64_t value, product, share, out;
+};
+
+C10_HOST_DEVICE inline EpilogueRow epilogue_row(int64_t row, int64_t targets, int64_t batch_heads, int64_t n_keys,
+                                                int64_t dim_v, int64_t share_rows) {
+  const int64_t k = row / (batch_heads * n_keys), bhj = row - k * batch_heads * n_keys;
+  const int64_t bh = bhj / n_keys, j = bhj - bh * n_keys;
+  const int64_t share =
+      share_rows > 0 ? ((bh * share_rows + (share_rows == 1 ? 0 : j)) * targets + k) * dim_v : int64_t(-1);
+  return {bhj * dim_v, (bhj * targets + k) * dim_v, share, row * dim_v};
 }
 
 // relevance_v [K, B, h, Lk, dv] on one backend, which supplies

@@ -118,13 +118,11 @@ struct CpuSdpa {
                        [&](int64_t begin, int64_t end) {
         int non_finite = 0;
         for (int64_t row = begin; row < end; ++row) {  // row = (k, bh, j)
-          const int64_t k = row / (batch_heads * n_keys), bhj = row - k * batch_heads * n_keys;
-          const int64_t bh = bhj / n_keys, j = bhj - bh * n_keys;
-          const scalar_t* v_row = v + bhj * dim_v;
-          const scalar_t* p_row = p + (bhj * targets + k) * dim_v;
-          const scalar_t* s_row =
-              s != nullptr ? s + ((bh * share_rows + (share_rows == 1 ? 0 : j)) * targets + k) * dim_v : nullptr;
-          scalar_t* o_row = o + row * dim_v;
+          const EpilogueRow at = epilogue_row(row, targets, batch_heads, n_keys, dim_v, share_rows);
+          const scalar_t* v_row = v + at.value;
+          const scalar_t* p_row = p + at.product;
+          const scalar_t* s_row = s != nullptr ? s + at.share : nullptr;
+          scalar_t* o_row = o + at.out;
           for (int64_t e = 0; e < dim_v; ++e) {
             const scalar_t value = scale * (v_row[e] * p_row[e] + (s_row != nullptr ? s_row[e] : scalar_t(0)));
             o_row[e] = value;

@@ -52,13 +52,11 @@ __global__ void gemm_epilogue_kernel(const scalar_t* __restrict__ v, const scala
                                      int64_t targets, int64_t batch_heads, int64_t n_keys, int64_t dim_v,
                                      int64_t share_rows, scalar_t scale, int* __restrict__ non_finite) {
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const int64_t k = row / (batch_heads * n_keys), bhj = row - k * batch_heads * n_keys;
-    const int64_t bh = bhj / n_keys, j = bhj - bh * n_keys;
-    const scalar_t* v_row = v + bhj * dim_v;
-    const scalar_t* p_row = products + (bhj * targets + k) * dim_v;
-    const scalar_t* s_row =
-        shares != nullptr ? shares + ((bh * share_rows + (share_rows == 1 ? 0 : j)) * targets + k) * dim_v : nullptr;
-    scalar_t* o_row = out + row * dim_v;
+    const EpilogueRow at = epilogue_row(row, targets, batch_heads, n_keys, dim_v, share_rows);
+    const scalar_t* v_row = v + at.value;
+    const scalar_t* p_row = products + at.product;
+    const scalar_t* s_row = shares != nullptr ? shares + at.share : nullptr;
+    scalar_t* o_row = out + at.out;
     int bad = 0;
     for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < dim_v;
          e += int64_t(gridDim.x) * blockDim.x) {
