@@ -66,15 +66,6 @@ inline at::Tensor to_compute(const at::Tensor& t) {
   return t.scalar_type() == at::kBool ? t.contiguous() : t.to(compute_dtype(t.scalar_type())).contiguous();
 }
 
-// The result rounded to the caller's dtype. Rounding float32 to float16 overflows beyond 65504 (bfloat16 only at
-// float32's own edge): then `non_finite` (an int tensor on the result's device) is raised, without a host sync.
-inline at::Tensor round_to(const at::Tensor& result, at::ScalarType dtype, const at::Tensor& non_finite) {
-  if (result.scalar_type() == dtype) return result;
-  at::Tensor rounded = result.to(dtype);
-  if (rounded.numel() > 0) non_finite.bitwise_or_(at::isfinite(rounded).logical_not().any());
-  return rounded;
-}
-
 // CPU kernels keep their flags on the host: round (one parallel pass, the check on the way; a separate
 // isfinite().all() pass cost four times the rounding) and say whether the result stayed finite.
 inline bool round_to_finite(at::Tensor& result, at::ScalarType dtype) {
@@ -98,6 +89,20 @@ inline bool round_to_finite(at::Tensor& result, at::ScalarType dtype) {
   });
   result = rounded;
   return finite.load();
+}
+
+// The result rounded to the caller's dtype. Rounding float32 to float16 overflows beyond 65504 (bfloat16 only at
+// float32's own edge): then `non_finite` (an int tensor on the result's device) is raised, without a host sync.
+inline at::Tensor round_to(const at::Tensor& result, at::ScalarType dtype, const at::Tensor& non_finite) {
+  if (result.scalar_type() == dtype) return result;
+  if (result.is_cpu()) {  // one pass with the check on the way (see round_to_finite)
+    at::Tensor rounded = result;
+    if (!round_to_finite(rounded, dtype)) non_finite.fill_(1);
+    return rounded;
+  }
+  at::Tensor rounded = result.to(dtype);
+  if (rounded.numel() > 0) non_finite.bitwise_or_(at::isfinite(rounded).logical_not().any());
+  return rounded;
 }
 
 }  // namespace capxai
