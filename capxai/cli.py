@@ -1,16 +1,40 @@
-"""``capxai``: the command line. Subcommands grow with the product (caption, explain, evaluate, finetune, report,
-bench follow); for now: ``capxai data scenes --out DIR``, ``capxai train --split-file F --image-root D --out D``
-(several processes: ``torchrun --nproc_per_node N -m capxai.cli train ...``), ``capxai evaluate --checkpoint C
---split-file F --image-root D --out D`` and ``capxai explain --checkpoint C --images I... --out D`` (or a whole split
-in shards with ``--split-file F``)."""
+"""``capxai``: the command line: ``capxai data scenes|coco``, ``train``, ``finetune``, ``finetune-table``,
+``evaluate``, ``explain``, ``report``. The commands that compute (train, finetune, evaluate, explain) share one group
+of run options (``--device``, ``--workers``, ``--dist-backend``; ``--precision`` for training), turned once into a
+:class:`capxai.runtime.RunSettings` and handed down. Several processes: ``torchrun --nproc_per_node N -m capxai
+train|finetune|evaluate|explain ...`` (one GPU each with NCCL, or gloo on the CPU)."""
 import sys
 from pathlib import Path
 
 from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between, int_at_least,
                                output_file, output_folder, run_command)
 from capxai.data import scenes
+from capxai.runtime import BACKENDS, DEVICES_HELP, PRECISIONS, default_workers, run_settings
 
 POSITIVE, COUNT = int_at_least(1), int_at_least(0)
+
+
+def run_options(precision: bool) -> Parser:
+    """The run options every computing command takes (argparse parent); ``precision``: training's autocast too."""
+    parent = Parser(add_help=False)
+    group = parent.add_argument_group("run options")
+    group.add_argument("--device", default="auto", help=f"where to run: {DEVICES_HELP}; under torchrun each process "
+                       "takes the GPU of its LOCAL_RANK (default auto)")
+    if precision:
+        group.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                           help="training arithmetic: fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler, "
+                           "GPU only); explanations stay float32 (default fp32)")
+    group.add_argument("--workers", type=COUNT, default=None, help="processes decoding images (0: in this process; "
+                       f"default {default_workers()} here: the cores less one, at most 8); results do not depend on it")
+    group.add_argument("--dist-backend", choices=list(BACKENDS), default="auto", help="torchrun's process group: "
+                       "auto (nccl on CUDA, gloo on the CPU), nccl or gloo")
+    return parent
+
+
+def _run_of(args):
+    """The checked run settings of a command's options (a bad value stops it before any work)."""
+    workers = args.workers if args.workers is not None else default_workers()
+    return run_settings(args.device, getattr(args, "precision", "fp32"), workers, args.dist_backend)
 
 
 def _data_scenes(args) -> int:
@@ -41,6 +65,7 @@ def _data_coco(args) -> int:
 def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
+    run = _run_of(args)
     if args.model == "multihead" and args.hidden % args.heads:
         raise CommandError(f"--hidden {args.hidden} must be divisible by --heads {args.heads} (each head takes "
                            "hidden / heads dimensions)")
@@ -52,7 +77,9 @@ def _train(args) -> int:
                          epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                          lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
                          min_count=args.min_count)
-    history = train(config, args.split_file, args.image_root, args.out, overwrite=args.overwrite)
+    history = train(config, args.split_file, args.image_root, args.out, overwrite=args.overwrite, run=run)
+    if run.rank != 0:
+        return 0
     print(f"best validation CIDEr {history['best_cider']:.3f} at epoch {history['best_epoch'] + 1}; "
           f"checkpoints in {args.out}")
     return 0
@@ -61,11 +88,15 @@ def _train(args) -> int:
 def _finetune(args) -> int:
     from capxai.train import FinetuneConfig, finetune
 
+    run = _run_of(args)
     config = FinetuneConfig(method=args.method, objective=args.objective, epochs=args.epochs, lr=args.lr,
                             batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                             samples_per_image=args.samples_per_image, eps=args.eps, seed=args.seed,
                             stop_words=str(args.stop_words) if args.stop_words else None)
-    history = finetune(config, args.checkpoint, args.split_file, args.image_root, args.out, overwrite=args.overwrite)
+    history = finetune(config, args.checkpoint, args.split_file, args.image_root, args.out, overwrite=args.overwrite,
+                       run=run)
+    if run.rank != 0:
+        return 0
     last = history["epochs"][-1]
     print(f"{args.method} fine-tuning ({args.objective}): validation CIDEr {last['val_cider']:.3f} after epoch "
           f"{last['epoch'] + 1}; checkpoints in {args.out}")
@@ -113,6 +144,7 @@ def _evaluate(args) -> int:
     from capxai.train import load_trained
     from capxai._io import file_sha256
 
+    run = _run_of(args)
     explanations = None
     if args.explain_limit is not None and args.explanations is None:
         raise CommandError("--explain-limit needs --explanations (it limits the images whose explanations are measured)")
@@ -122,7 +154,8 @@ def _evaluate(args) -> int:
             composite=args.composite, pointing_tolerance=args.pointing_tolerance, grid=args.ablation_grid,
             patches=args.ablation_patches, ablation=not args.no_ablation, limit=args.explain_limit)
     output = check_outputs(args.out, args.split, args.beam_size, args.overwrite)
-    model, vocabulary, config = load_trained(args.checkpoint)
+    model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
+    run.join()
     dataset = open_split(args.split_file, args.image_root, args.split, vocabulary, config.max_length,
                          config.image_size, progress=True)
     instances = args.instances or args.split_file.parent / "annotations" / f"instances_{args.split}.json"
@@ -135,9 +168,11 @@ def _evaluate(args) -> int:
                                "split's COCO instances json)")
         ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]
         hallucination = load_hallucination_data(instances, synonyms, args.split_file, ids)
-    run = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
+    stamp = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint), **run.describe()}
     report = evaluate_split(model, dataset, output, args.beam_size, args.max_length or config.max_length,
-                            hallucination, run, explanations=explanations)
+                            hallucination, stamp, explanations=explanations, run=run)
+    if run.rank != 0:
+        return 0
     summary = ", ".join(f"{name} {value:.3f}" for name, value in report["overall"].items())
     print(f"{args.split} (beam {args.beam_size}, {len(dataset)} images): {summary}")
     if "chair" in report:
@@ -181,6 +216,7 @@ def _explain(args) -> int:
     from capxai.report.explain_run import explain_images, explain_split, methods_of
     from capxai.train import load_trained
 
+    run = _run_of(args)
     methods = methods_of(args.method)
     if (args.images is None) == (args.split_file is None):
         raise CommandError("give either --images or --split-file")
@@ -189,7 +225,9 @@ def _explain(args) -> int:
     if args.captions is not None and len(args.captions) != len(args.images):
         raise CommandError(f"{len(args.captions)} --captions for {len(args.images)} --images; give one caption per "
                            "image")
-    model, vocabulary, config = load_trained(args.checkpoint)
+    if args.images is not None and run.distributed:
+        raise CommandError("--images runs in one process; explain a whole split (--split-file) under torchrun")
+    model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
     max_length = args.max_length if args.max_length is not None else config.max_length
     if args.images is not None:
         written = explain_images(model, vocabulary, config.image_size, args.images, args.out, methods, args.captions,
@@ -200,7 +238,7 @@ def _explain(args) -> int:
     image_root = args.image_root or args.split_file.parent
     written = explain_split(model, vocabulary, args.split_file, image_root, args.split, args.out, methods,
                             config.image_size, args.limit, args.shard_size, args.beam_size, max_length,
-                            args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint)
+                            args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run)
     print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
     return 0
 
@@ -237,7 +275,8 @@ def build_parser() -> Parser:
     make_coco.add_argument("--overwrite", action="store_true", help="replace a split json capxai wrote")
     make_coco.set_defaults(run=_data_coco)
 
-    training = commands.add_parser("train", help="train a captioner with cross-entropy (resumes from OUT/last.pt)")
+    training = commands.add_parser("train", parents=[run_options(precision=True)],
+                                   help="train a captioner with cross-entropy (resumes from OUT/last.pt)")
     training.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json, e.g. "
                           "dataset_scenes.json or dataset_coco.json")
     training.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths start in")
@@ -267,7 +306,7 @@ def build_parser() -> Parser:
                           "train wrote in --out (default: resume from its last.pt)")
     training.set_defaults(run=_train)
 
-    tuning = commands.add_parser("finetune", help="fine-tune a trained captioner: LRP-inference or baseline, "
+    tuning = commands.add_parser("finetune", parents=[run_options(precision=True)], help="fine-tune a trained captioner: LRP-inference or baseline, "
                                  "cross-entropy or self-critical (resumes from OUT/last.pt)")
     tuning.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt of capxai train")
     tuning.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json it was "
@@ -306,7 +345,7 @@ def build_parser() -> Parser:
     tabling.add_argument("--overwrite", action="store_true", help="replace a table capxai wrote there before")
     tabling.set_defaults(run=_finetune_table)
 
-    evaluating = commands.add_parser("evaluate", help="caption a split with a trained model and score it "
+    evaluating = commands.add_parser("evaluate", parents=[run_options(precision=False)], help="caption a split with a trained model and score it "
                                      "(BLEU, METEOR, ROUGE-L, CIDEr, SPICE when available; CHAIR and probe "
                                      "hallucination when instances and synonyms are found)")
     evaluating.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt or last.pt of capxai train")
@@ -339,7 +378,7 @@ def build_parser() -> Parser:
                             "(all its files; files capxai did not write are never replaced)")
     evaluating.set_defaults(run=_evaluate)
 
-    explaining = commands.add_parser("explain", help="explain every word of captions: LRP, Grad-CAM, Guided "
+    explaining = commands.add_parser("explain", parents=[run_options(precision=False)], help="explain every word of captions: LRP, Grad-CAM, Guided "
                                      "Grad-CAM, Guided Backprop, Gradient x Input, attention")
     explaining.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt or last.pt of capxai train")
     explaining.add_argument("--images", type=existing_file, nargs="+", help="image files to explain")

@@ -178,31 +178,82 @@ def open_split(split_file, image_root, split: str, vocabulary: Vocabulary, max_l
     return dataset
 
 
+def stack_images(items: Sequence[Dict[str, object]]) -> torch.Tensor:
+    """``[B, 3, S, S]``: the images of a batch of items, without their captions (a DataLoader's collate)."""
+    return torch.stack([item["image"] for item in items])
+
+
 def collate(batch: Sequence[Dict[str, object]], captions_per_image: int = 0,
             generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
     """Images ``[B, 3, S, S]``; captions ``[B, C, L]`` padded with ``<pad>`` (0) to the longest caption and to the
     most captions per image in the batch; ``caption_mask [B, C]`` marks real captions; ``image_ids [B]``.
 
     ``captions_per_image > 0`` keeps that many captions of each image, drawn at random with ``generator`` (training
-    sees every caption over the epochs while each step pays for fewer decoder sequences per encoded image).
+    sees every caption over the epochs while each step pays for fewer decoder sequences per encoded image); see
+    :func:`choose_captions`.
     """
     if captions_per_image < 0:
         raise ValueError(f"collate: captions_per_image must be >= 0 (0 keeps all), got {captions_per_image}")
-    chosen = []
-    for item in batch:
-        captions = item["captions"]
-        if 0 < captions_per_image < len(captions):
-            picks = torch.randperm(len(captions), generator=generator)[:captions_per_image].tolist()
-            captions = [captions[pick] for pick in picks]
-        chosen.append(captions)
     images = torch.stack([item["image"] for item in batch])
-    most_captions = max(len(captions) for captions in chosen)
-    longest = max(len(caption) for captions in chosen for caption in captions)
+    most_captions = max(len(item["captions"]) for item in batch)
+    longest = max(len(caption) for item in batch for caption in item["captions"])
     captions_tensor = torch.zeros(len(batch), most_captions, longest, dtype=torch.long)
     caption_mask = torch.zeros(len(batch), most_captions, dtype=torch.bool)
-    for b, captions in enumerate(chosen):
-        for c, caption in enumerate(captions):
+    for b, item in enumerate(batch):
+        for c, caption in enumerate(item["captions"]):
             captions_tensor[b, c, :len(caption)] = caption
             caption_mask[b, c] = True
-    return {"images": images, "captions": captions_tensor, "caption_mask": caption_mask,
-            "image_ids": torch.tensor([item["image_id"] for item in batch])}
+    collated = {"images": images, "captions": captions_tensor, "caption_mask": caption_mask,
+                "image_ids": torch.tensor([item["image_id"] for item in batch])}
+    return choose_captions(collated, captions_per_image, generator)
+
+
+def choose_captions(batch: Dict[str, torch.Tensor], captions_per_image: int,
+                    generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """A collated batch with at most ``captions_per_image`` captions of each image (0: all), drawn with
+    ``generator`` image by image, padded to the longest caption and the most captions kept.
+
+    Training draws here, in its own process, after DataLoader workers collated every caption: draws made in the
+    workers would depend on how many there are."""
+    if captions_per_image <= 0:
+        return batch
+    captions, mask = batch["captions"], batch["caption_mask"]
+    counts = mask.sum(1).tolist()
+    if all(count <= captions_per_image for count in counts):
+        return batch
+    chosen = []
+    for b, count in enumerate(counts):
+        real = captions[b, :count]  # a batch's real captions come first (collate)
+        if count > captions_per_image:
+            real = real[torch.randperm(count, generator=generator)[:captions_per_image]]
+        chosen.append(real)
+    most = max(len(kept) for kept in chosen)
+    longest = max(int((kept != 0).sum(1).max()) for kept in chosen)
+    picked = torch.zeros(len(chosen), most, longest, dtype=captions.dtype)
+    picked_mask = torch.zeros(len(chosen), most, dtype=torch.bool)
+    for b, kept in enumerate(chosen):
+        picked[b, :len(kept)] = kept[:, :longest]
+        picked_mask[b, :len(kept)] = True
+    return {**batch, "captions": picked, "caption_mask": picked_mask}
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """The order of a split's images in each epoch: a permutation drawn from ``seed + epoch`` (set with
+    :meth:`set_epoch`, as ``DistributedSampler`` does), so one DataLoader serves every epoch and its workers persist.
+
+    It draws exactly what ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed + epoch))`` drew (that
+    loader first took one number from the generator for its workers' seeds), so trainings reproduce earlier ones."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return iter(torch.randperm(self.size, generator=generator).tolist())

@@ -40,8 +40,8 @@ def random_patches(count: int, patches: int, k: int, generator: torch.Generator)
 
 def blank_patches(images: torch.Tensor, patches: torch.Tensor, grid: int = 8) -> torch.Tensor:
     """``images [N, 3, H, W]`` with the listed patches (``[N, k]`` indices of the ``grid x grid``) set to 0."""
-    keep = torch.ones(images.shape[0], grid * grid, dtype=images.dtype)
-    keep.scatter_(1, patches, 0.0)
+    keep = torch.ones(images.shape[0], grid * grid, dtype=images.dtype, device=images.device)
+    keep.scatter_(1, patches.to(images.device), 0.0)
     mask = F.interpolate(keep.view(-1, 1, grid, grid), size=images.shape[-2:], mode="nearest")
     return images * mask
 
@@ -73,11 +73,13 @@ def word_deletions(relevance: torch.Tensor, position: int, k: int) -> torch.Tens
 def teacher_forced_probability(captioner, features: torch.Tensor, prefixes: Sequence[torch.Tensor],
                                words: torch.Tensor) -> torch.Tensor:
     """``[N]``: the probability of ``words[n]`` after feeding ``prefixes[n]`` (``<start>`` first) on
-    ``features[n]``; prefixes of different lengths run as one padded batch."""
+    ``features[n]``; prefixes of different lengths run as one padded batch on ``features``' device. The result is
+    on the CPU."""
     lengths = torch.tensor([len(prefix) for prefix in prefixes])
     batch = torch.zeros(len(prefixes), int(lengths.max()), dtype=torch.long)
     for row, prefix in enumerate(prefixes):
         batch[row, :len(prefix)] = prefix
+    batch, words = batch.to(features.device), words.to(features.device)
     result = torch.zeros(len(prefixes), dtype=torch.float64)
     with torch.no_grad():
         state = captioner.init_state(features)
@@ -85,6 +87,7 @@ def teacher_forced_probability(captioner, features: torch.Tensor, prefixes: Sequ
             logits, state, _ = captioner.step(state, batch[:, t])
             last = lengths == t + 1
             if bool(last.any()):
-                probabilities = torch.softmax(logits[last].double(), -1)
-                result[last] = probabilities.gather(1, words[last][:, None]).squeeze(1)
+                rows = last.nonzero().squeeze(1).to(features.device)
+                probabilities = torch.softmax(logits[rows].double(), -1)
+                result[last] = probabilities.gather(1, words[rows][:, None]).squeeze(1).cpu()
     return result

@@ -7,6 +7,10 @@ caption metrics and CHAIR see them). The words measured are the object mentions 
 (:class:`~capxai.evaluate.objects.ObjectWords`, the head noun of a phrase): grounding and image ablation take the
 mentions of objects the image holds and has boxes for; detection takes every mention, labelled present or
 hallucinated by CHAIR's ground truth; word ablation takes every word with enough preceding words.
+
+Explaining, decoding and ablation run on the model's device; the measurements on the CPU. Under torchrun the batches
+are shared out (batch b to process b mod W) and the rows merged in batch order, and the random baselines of batch b
+are drawn from a generator seeded by ``seed`` and b, so that W processes give the result of one.
 """
 import contextlib
 import dataclasses
@@ -18,13 +22,14 @@ from sklearn.metrics import roc_curve
 import torch
 from tqdm import tqdm
 
-from capxai.data.captions import CaptionDataset, image_id_of
+from capxai.data.captions import CaptionDataset, image_id_of, stack_images
 from capxai.evaluate import ablation
 from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
 from capxai.evaluate.hallucination import HallucinationData
 from capxai.evaluate.statistics import ratio_ci, roc_auc, statistic_ci
 from capxai.explain import METHODS
 from capxai.models import beam_search
+from capxai.runtime import RunSettings
 
 START = 1
 DETECTION_STATISTICS = ("mean", "max", "positive_mass", "inside_share", "word_relevance")
@@ -93,6 +98,12 @@ class _Records:
     def labels(self, table: str, name: str):
         return [values[name] for _, values in self.rows.get(table, [])]
 
+    def extend(self, other: "_Records") -> None:
+        for table, rows in other.rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+        for phase, seconds in other.seconds.items():
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
 
 def _mean_over_images(images: np.ndarray, values: np.ndarray) -> dict:
     """Mean of word-level ``values``, resampled by image (a ratio of per-image sums); NaNs are left out."""
@@ -108,10 +119,12 @@ def _mean_over_images(images: np.ndarray, values: np.ndarray) -> dict:
 
 def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationData,
                           settings: ExplanationSettings = ExplanationSettings(), vocabulary=None,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, run: Optional[RunSettings] = None) -> dict:
     """Explains the model's captions of ``dataset`` with every method of ``settings`` and measures them against
     ``data`` (boxes, CHAIR's ground truth). Returns ``{"settings", "images", "grounding", "ablation",
-    "detection"}`` (see :func:`tables_markdown` for what each holds)."""
+    "detection"}`` (see :func:`tables_markdown` for what each holds). ``run``: image-decoding workers and, under
+    torchrun, the share of the batches this process explains (every process must call; all get the result)."""
+    run = run if run is not None else RunSettings()
     from capxai.report.explain_run import make_explainer
 
     vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None) or dataset.vocabulary
@@ -119,24 +132,37 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     data.annotations.check_covers(ids, "the instances file")
     explainers = {method: make_explainer(method, model, vocabulary, settings.composite)
                   for method in settings.methods}
-    records = _Records()
-    generator = torch.Generator().manual_seed(settings.seed)
     model.eval()
+    device = next(model.parameters()).device
     chosen = spread_positions(len(dataset), settings.limit)
     count = len(chosen)
-    batches = range(0, count, settings.batch_size)
-    for start in tqdm(batches, desc="evaluating explanations", unit="batch", disable=not progress):
-        positions = chosen[start:start + settings.batch_size]
-        images = torch.stack([dataset[i]["image"] for i in positions])
+    batches = [chosen[start:start + settings.batch_size] for start in range(0, count, settings.batch_size)]
+    mine = list(range(run.rank, len(batches), run.world_size))
+    loader = run.loader(torch.utils.data.Subset(dataset, [i for b in mine for i in batches[b]]), settings.batch_size,
+                        stack_images)
+    by_batch = {}
+    for number, images in zip(mine, tqdm(loader, desc="evaluating explanations", unit="batch",
+                                         disable=not progress)):
+        positions = batches[number]
+        records = by_batch[number] = _Records()
+        generator = torch.Generator().manual_seed(settings.seed + 1_000_003 * number)
+        images = images.to(device, non_blocking=True)
         with torch.no_grad(), records.timed("decode"):
             features = model.encoder(images)
             decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length)
-        captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long), decoded.tokens], 1)
+        captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long, device=device),
+                              decoded.tokens], 1)
         _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
                        data, settings, records, generator)
+    records = _Records()
+    for part in run.gather(by_batch):
+        by_batch.update(part)
+    for number in range(len(batches)):
+        records.extend(by_batch[number])
     with records.timed("tables and intervals"):
         tables = _tables(records, settings, count)
     return {**tables, "seconds": {phase: round(value, 2) for phase, value in records.seconds.items()}}
+
 
 
 def spread_positions(total: int, limit: Optional[int]) -> List[int]:
@@ -154,7 +180,7 @@ def _measure_batch(model, explainers, images, features, captions, image_ids, pos
     random_patches = None
     for method, explainer in explainers.items():
         with records.timed(f"explain:{method}"):
-            explanation = explainer.explain(images, captions=captions)
+            explanation = explainer.explain(images, captions=captions).to("cpu")  # measured on the CPU
         heatmaps = explanation.heatmaps().detach()
         if mentions is None:  # the same captions for every method: find the object words once
             mentions = _object_mentions(explanation, image_ids, positions, data, size, settings)
@@ -247,8 +273,8 @@ def _image_ablation(model, images, explanation, mentions, patches, method, setti
         return
     chosen = [mentions[i] for i in rows]
     blanked = ablation.blank_patches(images[[m["row"] for m in chosen]], patches[rows], settings.grid)
-    words = torch.tensor([m["word"] for m in chosen])
-    before = torch.stack([explanation.probabilities[m["row"], m["t"]] for m in chosen])
+    words = torch.tensor([m["word"] for m in chosen], device=images.device)
+    before = torch.stack([explanation.probabilities[m["row"], m["t"]] for m in chosen]).to(images.device)
     disappeared, drop = ablation.image_ablation(model.encoder, model.captioner, blanked, words, before,
                                                 settings.beam_size, settings.max_length)
     for m, gone, fall in zip(chosen, disappeared.tolist(), drop.tolist()):

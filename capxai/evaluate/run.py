@@ -14,10 +14,12 @@ import torch
 
 from capxai._io import atomic_write_json, atomic_write_text
 from capxai.data.captions import CaptionDataset
-from capxai.evaluate.captioning import score_dataset
+from capxai.evaluate.captioning import caption_dataset, references_of
+from capxai.evaluate.metrics import caption_metrics
 from capxai.evaluate.explanations import ExplanationSettings, evaluate_explanations, tables_markdown
 from capxai.evaluate.hallucination import HallucinationData, hallucination_report
 from capxai.outputs import OutputFolder
+from capxai.runtime import RunSettings
 
 RESULTS = ("captions", "metrics", "hallucination", "chair", "explanations")
 SUFFIXES = {"explanations_tables": ".md"}
@@ -46,30 +48,38 @@ def check_outputs(out_dir, split: str, beam_size: int, overwrite: bool) -> Outpu
 
 def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: OutputFolder, beam_size: int,
                    max_length: int, hallucination: Optional[HallucinationData] = None,
-                   run: Optional[dict] = None, progress: bool = True,
-                   explanations: Optional[ExplanationSettings] = None) -> dict:
+                   stamp: Optional[dict] = None, progress: bool = True,
+                   explanations: Optional[ExplanationSettings] = None, run: Optional[RunSettings] = None) -> dict:
     """Captions ``dataset`` with ``model`` (beam search), scores it and writes the results into ``output`` (see
-    :func:`check_outputs`). ``run`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
+    :func:`check_outputs`). ``stamp`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
     id. With ``hallucination``: CHAIR (also alone as ``chair_*.json``, ``{overall, imgToEval}`` as CHAIR's tools
     write it), frequent-word P/R/F1, probe rate; with ``explanations`` too: grounding, ablation and detection of
     every method (``explanations_*.json`` and ``.md``). Returns ``{"overall", "chair"?, "probes"?,
     "explanations"?, "paths"}``. The earlier run's files are removed only once the new results are computed, so an
-    interrupted evaluation keeps them."""
+    interrupted evaluation keeps them.
+
+    ``run``: its workers decode the images (the model stays where it is). Under torchrun every process captions and
+    explains its share of the images; process 0 scores, writes and returns the results, the others return
+    ``{"paths": []}``; the files equal those of one process (the run stamp records how many there were)."""
+    run = run if run is not None else RunSettings()
     if explanations is not None and hallucination is None:
         raise ValueError("evaluating explanations needs the split's boxes: give the instances (and synonyms) file")
     split = dataset.split
-    scores = score_dataset(model, dataset, beam_size, max_length,
-                           metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"), progress=progress)
-    captions = scores.pop("captions")
-    report = {"overall": scores["overall"]}
-    if hallucination is not None:
-        report.update(hallucination_report(captions, hallucination))
+    captions = caption_dataset(model, dataset, beam_size, max_length, progress=progress, run=run)
+    report = {}
     if explanations is not None:
         explanations = dataclasses.replace(explanations, beam_size=beam_size, max_length=max_length)
         report["explanations"] = evaluate_explanations(model, dataset, hallucination, explanations,
-                                                       progress=progress)
+                                                       progress=progress, run=run)
+    if run.rank != 0:
+        return {"paths": []}
+    scores = caption_metrics(references_of(dataset), captions, spice=True,
+                             metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"))
+    report["overall"] = scores["overall"]
+    if hallucination is not None:
+        report.update(hallucination_report(captions, hallucination))
     stamp = {"run_id": output.run_id, "split": split, "beam_size": beam_size, "images": len(captions),
-             **(run or {})}
+             **(stamp or {})}
     paths = result_paths(output.path, split, beam_size)
     group = result_group(split, beam_size)
     output.remove_group(group)

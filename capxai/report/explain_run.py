@@ -1,20 +1,21 @@
 """Explanations written to files: a few images (an ``explanation.pt`` per method and a figure per image and word),
 or a whole split in shards (one ``.pt`` + ``.json`` per shard of images, resumable, each process of ``torchrun``
-taking its own shards). What ``capxai explain`` runs."""
+taking its own shards). What ``capxai explain`` runs: explanations are computed on the model's device, the split's
+images decoded in the run's DataLoader workers, the files hold CPU tensors."""
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from capxai._io import atomic_write_json, file_sha256
-from capxai.data.captions import default_transform, image_id_of, open_image, open_split
+from capxai.data.captions import default_transform, image_id_of, open_image, open_split, stack_images
 from capxai.explain import METHODS, Explanation
 from capxai.outputs import OutputFolder
+from capxai.runtime import RunSettings
 from capxai.report.figures import word_figures
 
 ALL_METHODS = tuple(METHODS)
@@ -54,7 +55,7 @@ def explain_images(model, vocabulary, image_size: int, image_paths: Sequence[Pat
         output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
     pictures = [open_image(Path(path)).resize((image_size, image_size)) for path in image_paths]
     transform = default_transform(image_size)
-    images = torch.stack([transform(picture) for picture in pictures])
+    images = torch.stack([transform(picture) for picture in pictures]).to(next(model.parameters()).device)
     display = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in pictures]) / 255.0
     names = _unique_names(image_paths)
     run = _run_stamp(output, checkpoint)
@@ -90,22 +91,19 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
     return names
 
 
-def process_rank() -> Tuple[int, int]:
-    """(rank, world size) of this process under ``torchrun`` (its RANK / WORLD_SIZE), else (0, 1)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir, methods: Sequence[str],
                   image_size: int, limit: Optional[int] = None, shard_size: int = 32, beam_size: int = 1,
                   max_length: int = 16, composite: str = "paper", progress: bool = True, overwrite: bool = False,
-                  checkpoint=None) -> List[Path]:
+                  checkpoint=None, run: Optional[RunSettings] = None) -> List[Path]:
     """Explains the model's own captions of a split, ``shard_size`` images at a time: ``OUT/METHOD/shard-NNNNN.pt``
     (+ ``.json`` with the explanation's settings, ``.images.json`` with the image ids and captions), and
     ``OUT/METHOD/run.json`` with what the run is (checkpoint and split file sha256, split, settings, run id).
 
     A shard whose files exist is complete (written atomically) and skipped, so an interrupted run resumes; process
     r of W (torchrun) takes shards r, r + W, ... A folder holding shards of another run (another checkpoint, split
-    or setting) is refused, or with ``overwrite`` emptied of them first: shards of two runs are never mixed."""
+    or setting) is refused, or with ``overwrite`` emptied of them first: shards of two runs are never mixed.
+    ``run``: its workers decode the images; its rank and world size (torchrun) choose the shards."""
+    run = run if run is not None else RunSettings()
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     output = OutputFolder(out_dir, "explain")
@@ -114,21 +112,28 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
     identity = {"split_file_sha256": file_sha256(split_file), "split": split, "images": count,
                 "shard_size": shard_size, "beam_size": beam_size, "max_length": max_length, "composite": composite,
                 "checkpoint_sha256": file_sha256(checkpoint) if checkpoint is not None else None}
-    rank, world = process_rank()
+    rank, world = run.rank, run.world_size
     runs = {method: _start_split_run(output, method, identity, overwrite, rank) for method in methods}
+    run.barrier()  # process 0 has removed an earlier run's shards before any process writes
     explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
-    shards = list(range(rank, (count + shard_size - 1) // shard_size, world))
+    device = next(model.parameters()).device
+
+    def positions_of(shard: int) -> range:
+        return range(shard * shard_size, min((shard + 1) * shard_size, count))
+
+    def pending_of(shard: int) -> List[str]:
+        return [method for method in methods if not _shard_done(Path(out_dir) / method / f"shard-{shard:05d}.pt")]
+
+    # the shards left to do are known before any image is decoded: the loader decodes only theirs, a shard a batch
+    shards = [shard for shard in range(rank, (count + shard_size - 1) // shard_size, world) if pending_of(shard)]
+    loader = run.loader(torch.utils.data.Subset(dataset, [i for shard in shards for i in positions_of(shard)]),
+                        shard_size, stack_images)
     written = []
-    with tqdm(shards, desc=f"explaining {split} (process {rank + 1}/{world})", unit="shard",
-              disable=not progress) as bar:
-        for shard in bar:
-            positions = range(shard * shard_size, min((shard + 1) * shard_size, count))
-            pending = [method for method in methods
-                       if not _shard_done(Path(out_dir) / method / f"shard-{shard:05d}.pt")]
-            if not pending:
-                continue
-            items = [dataset[i] for i in positions]
-            images = torch.stack([item["image"] for item in items])
+    with tqdm(zip(shards, loader), total=len(shards), desc=f"explaining {split} (process {rank + 1}/{world})",
+              unit="shard", disable=not progress) as bar:
+        for shard, images in bar:
+            positions, pending = positions_of(shard), pending_of(shard)
+            images = images.to(device, non_blocking=True)
             ids = [image_id_of(dataset.entries[i], i) for i in positions]
             for method in pending:
                 explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)

@@ -17,8 +17,21 @@ FORMAT, VERSION = "capxai-checkpoint", 1
 KINDS = ("model", "training")
 
 
+def on_cpu(value):
+    """``value`` (tensors, nested in dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(path, payload: dict, kind: Optional[str] = None) -> Path:
-    """Writes ``payload`` to ``path`` atomically; with ``kind`` it is stamped as a capxai checkpoint of that kind."""
+    """Writes ``payload`` to ``path`` atomically, every tensor on the CPU (a checkpoint saved from a GPU opens on a
+    machine without one); with ``kind`` it is stamped as a capxai checkpoint of that kind."""
+    payload = on_cpu(payload)
     if kind is not None:
         if kind not in KINDS:
             raise ValueError(f"save_checkpoint: kind must be one of {KINDS}, got {kind!r}")

@@ -1,6 +1,7 @@
 """Fine-tuning a trained captioner (``capxai finetune``): LRP-inference fine-tuning or baseline fine-tuning, with
 the cross-entropy objective (``lrp_weights.FinetuneObjective``) or self-critical training (``scst``), from the best
-cross-entropy checkpoint; checkpoints, resume and torchrun DDP as in :func:`capxai.train.train`.
+cross-entropy checkpoint; checkpoints, resume, run settings (device, precision, workers) and torchrun DDP as in
+:func:`capxai.train.train`.
 
 The fine-tuned checkpoints are ordinary model checkpoints (``config`` is the model's training config), so every
 command that reads ``best.pt`` reads them; ``finetune`` in them and in ``history.json`` records how they were made.
@@ -11,16 +12,16 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
 
 from capxai._io import file_sha256
 from capxai.data.captions import image_id_of, open_split
 from capxai.outputs import OutputFolder
+from capxai.runtime import RunSettings, default_run
 from capxai.train.checkpoint import load_checkpoint
 from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
 from capxai.train.scst import CiderReward, scst_loss
-from capxai.train.trainer import (EpochLoop, TRAIN_FILES, _distributed, join_processes, limit_problems,
-                                  load_trained, restore, set_seed)
+from capxai.train.trainer import (EpochLoop, TRAIN_FILES, limit_problems, load_trained, optimizer_step, restore,
+                                  set_seed, wrap_distributed)
 
 OBJECTIVES = ("xe", "scst")
 DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, train_bu.py)
@@ -101,18 +102,21 @@ def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, spli
 
 
 def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir, progress: bool = True,
-             val_split: str = "val", overwrite: bool = False) -> dict:
+             val_split: str = "val", overwrite: bool = False, run: Optional[RunSettings] = None) -> dict:
     """Fine-tunes the model of ``checkpoint`` (a ``best.pt`` of ``capxai train``) on the split's training images,
     keeping ``best.pt``, ``last.pt``, ``vocabulary.json`` and ``history.json`` in ``out_dir`` (resumed from
     ``last.pt`` when it was made the same way from the same checkpoint; ``overwrite`` starts afresh, and never
     replaces what ``capxai train`` wrote). All parameters share one learning rate (the paper's LRP fine-tuning
-    did the same). Returns the history (one entry per epoch with its validation CIDEr and seconds)."""
+    did the same). Returns the history (one entry per epoch with its validation CIDEr and seconds). ``run``: device,
+    precision, workers and process group, as for :func:`capxai.train.train`; the LRP weights are computed on the
+    run's device, in float32 even under autocast (they carry no gradient; LRP_RULES_ADDENDUM.md, "Precision")."""
+    run = default_run(run)
     out_dir = Path(out_dir)
     output = OutputFolder(out_dir, "finetune")
     problems = check_finetune_config(config)
     if problems:
         raise ValueError(f"FinetuneConfig: {problems[0]}")
-    if config.objective == "scst" and _distributed():
+    if config.objective == "scst" and run.distributed:
         raise ValueError("capxai finetune --objective scst runs in one process (its sampling is not wrapped for "
                          "DistributedDataParallel); run it without torchrun")
     if out_dir.resolve() == Path(checkpoint).resolve().parent:
@@ -141,9 +145,11 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     datasets = {split: open_split(split_file, image_root, split, vocabulary, train_config.max_length,
                                   train_config.image_size, progress) for split in ("train", val_split)}
     set_seed(config.seed)
-    distributed, rank = join_processes()
-    if overwrite and not resume and rank == 0:
+    model.to(run.device)
+    run.join()
+    if overwrite and not resume and run.rank == 0:
         output.remove_group("checkpoints")
+    run.barrier()  # the earlier run's files are gone before any process writes
     if not train_config.finetune_encoder:
         model.encoder.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -154,33 +160,41 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
                "start_checkpoint": str(checkpoint), "start_checkpoint_sha256": start_sha256, "epochs": [],
                "best_cider": None, "best_epoch": None, "run_id": output.run_id, "split_file_sha256": split_sha256,
                "stop_words": stop_words}
+    scaler = run.grad_scaler()
     start_epoch = 0
     if resume:
-        history, start_epoch = restore(saved, model, optimizer, scheduler, output)
+        history, start_epoch = restore(saved, model, optimizer, scheduler, output, scaler)
         history["finetune"] = dataclasses.asdict(config)  # epochs may have grown
-    step, statistics = _make_step(model, config, skipped, datasets["train"], train_config.max_length, distributed,
-                                  optimizer)
-    loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
-                     history, {"config": history["config"], "finetune": history["finetune"]}, config.epochs,
-                     config.batch_size, config.captions_per_image if config.objective == "xe" else 1, config.seed,
-                     train_config.max_length, rank, distributed, progress, statistics)
-    return loop.run(start_epoch, step)
+    step, statistics = _make_step(model, config, skipped, datasets["train"], train_config.max_length, run,
+                                  optimizer, scaler)
+    loop = EpochLoop(model=model, optimizer=optimizer, scheduler=scheduler, train_set=datasets["train"],
+                     val_set=datasets[val_split], vocabulary=vocabulary, out_dir=out_dir, output=output,
+                     history=history, payload={"config": history["config"], "finetune": history["finetune"]},
+                     epochs=config.epochs, batch_size=config.batch_size,
+                     captions_per_image=config.captions_per_image if config.objective == "xe" else 1,
+                     seed=config.seed, max_length=train_config.max_length, run=run, progress=progress,
+                     epoch_statistics=statistics, scaler=scaler)
+    return loop.run_epochs(start_epoch, step)
 
 
-def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, distributed: bool, optimizer):
+def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, run: RunSettings, optimizer,
+               scaler):
     """``(step(batch) -> loss, epoch statistics)`` of the chosen objective. SCST samples with torch's global generator, whose state
     ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
     vocabulary = train_set.vocabulary
     if config.objective == "xe":
-        objective = FinetuneObjective(model, skipped, config.eps, vocabulary.pad)
-        trained = nn.parallel.DistributedDataParallel(objective) if distributed else objective
+        objective = FinetuneObjective(model, skipped, config.eps, vocabulary.pad).to(run.device)
+        trained = wrap_distributed(objective, run)
 
         def step(batch):
             captions, mask = batch["captions"], batch["caption_mask"]
             batch_size, per_image, length = captions.shape
-            image_index = torch.arange(batch_size).repeat_interleave(per_image)[mask.reshape(-1)]
-            return _apply(trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index),
-                          model, optimizer, config.clip_norm)
+            image_index = torch.arange(batch_size, device=captions.device).repeat_interleave(per_image)
+            image_index = image_index[mask.reshape(-1)]
+            optimizer.zero_grad()
+            with run.autocast():
+                loss = trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index)
+            return optimizer_step(loss, model, optimizer, config.clip_norm, scaler)
         return step, objective.take_statistics
     by_image_id = {image_id_of(entry, position): [" ".join(s["tokens"]) for s in entry["sentences"]]
                    for position, entry in enumerate(train_set.entries)}
@@ -189,11 +203,13 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
     rewards = []
 
     def step(batch):
-        loss, statistics = scst_loss(model, batch["images"], [by_image_id[int(i)] for i in batch["image_ids"]],
-                                     vocabulary.words, reward, skipped, config.samples_per_image, max_length, None,
-                                     config.eps, special)
+        optimizer.zero_grad()
+        with run.autocast():
+            loss, statistics = scst_loss(model, batch["images"], [by_image_id[i] for i in batch["image_ids"].tolist()],
+                                         vocabulary.words, reward, skipped, config.samples_per_image, max_length,
+                                         None, config.eps, special)
         rewards.append((statistics["reward"], statistics["greedy_reward"]))
-        return _apply(loss, model, optimizer, config.clip_norm)
+        return optimizer_step(loss, model, optimizer, config.clip_norm, scaler)
 
     def statistics():
         sample, greedy = (float(sum(values) / max(1, len(rewards))) for values in zip(*rewards)) if rewards else (0, 0)
@@ -201,10 +217,3 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
         return {"sample_reward": sample, "greedy_reward": greedy}
     return step, statistics
 
-
-def _apply(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float) -> float:
-    optimizer.zero_grad()
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
-    return float(loss.detach())

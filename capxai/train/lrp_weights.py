@@ -119,8 +119,10 @@ def training_logits(captioner: Captioner, trace: DecoderTrace, skipped: Optional
     plain = captioner.output(mask * (first + second))
     if skipped is None:
         return plain, plain, torch.zeros(first.shape[:-1], dtype=torch.bool, device=first.device)
-    weights_first, weights_second, explained = feature_weights(captioner.output, first, second, trace.logits,
-                                                               skipped, valid, eps)
+    # in the output layer's precision (float32) under autocast too: the epsilon rule divides by the logit
+    dtype = captioner.output.weight.dtype
+    weights_first, weights_second, explained = feature_weights(captioner.output, first.to(dtype), second.to(dtype),
+                                                               trace.logits.to(dtype), skipped, valid, eps)
     weighted = captioner.output(mask * (weights_first * first + weights_second * second))
     return weighted, plain, explained
 

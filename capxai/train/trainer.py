@@ -1,10 +1,11 @@
 """Cross-entropy training with teacher forcing (the paper's recipe: Adam, lr 5e-4, betas 0.8 / 0.999, clipped
 gradients), validation by CIDEr each epoch, best checkpoint kept, learning-rate decay on plateau, resume after an
-interruption, seeds; several processes through torchrun + DistributedDataParallel (gloo: the model stays on the CPU)."""
+interruption, seeds; on the device of the run settings (``capxai.runtime``), in float32 or bf16 / fp16 autocast,
+images decoded in DataLoader workers; several processes through torchrun + DistributedDataParallel (NCCL on CUDA,
+gloo on the CPU). Checkpoints hold CPU tensors: they open on any device, and a run resumes on another device."""
+import contextlib
 import dataclasses
-import functools
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ from torch import nn
 from tqdm import tqdm
 
 from capxai._io import atomic_write_json, file_sha256
-from capxai.data.captions import CaptionDataset, collate, load_karpathy, open_split
+from capxai.data.captions import CaptionDataset, EpochOrder, choose_captions, collate, load_karpathy, open_split
 from capxai.data.vocabulary import SPECIALS, Vocabulary
 from capxai.evaluate.captioning import score_dataset
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder
 from capxai.outputs import OutputFolder
+from capxai.runtime import RunSettings, default_run
 from capxai.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -130,10 +132,11 @@ def config_from_dict(values, source) -> TrainConfig:
         raise ValueError(f"{source}: its training config is invalid ({error})") from None
 
 
-def load_trained(checkpoint, vocabulary_file=None):
-    """A trained ``CaptionModel`` (in eval mode), its ``Vocabulary`` and ``TrainConfig`` from a checkpoint written by
-    :func:`train` (``best.pt`` or ``last.pt``), read without running code from it. The vocabulary is the one stored
-    in the checkpoint, or ``vocabulary_file`` when given (it must have as many words)."""
+def load_trained(checkpoint, vocabulary_file=None, device="cpu"):
+    """A trained ``CaptionModel`` (in eval mode, on ``device``), its ``Vocabulary`` and ``TrainConfig`` from a
+    checkpoint written by :func:`train` (``best.pt`` or ``last.pt``; saved on any device), read without running
+    code from it. The vocabulary is the one stored in the checkpoint, or ``vocabulary_file`` when given (it must
+    have as many words)."""
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint, kind="model")
     config = config_from_dict(payload["config"], f"checkpoint {checkpoint}")
@@ -147,7 +150,7 @@ def load_trained(checkpoint, vocabulary_file=None):
     except (RuntimeError, TypeError, AttributeError) as error:
         raise ValueError(f"checkpoint {checkpoint} does not fit its own config and vocabulary "
                          f"({str(error).splitlines()[0]})") from None
-    return model.eval(), vocabulary, config
+    return model.to(device).eval(), vocabulary, config
 
 
 def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
@@ -161,12 +164,28 @@ def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
                                        ignore_index=0)
 
 
-def train_step(model, optimizer, batch: Dict[str, torch.Tensor], clip_norm: float) -> float:
+def train_step(model, optimizer, batch: Dict[str, torch.Tensor], clip_norm: float,
+               run: Optional[RunSettings] = None, scaler=None) -> float:
+    """One cross-entropy step on ``batch`` (on the model's device), in ``run``'s training precision."""
     optimizer.zero_grad()
-    loss = caption_loss(model, batch["images"], batch["captions"], batch["caption_mask"])
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
+    with (run.autocast() if run is not None else contextlib.nullcontext()):
+        loss = caption_loss(model, batch["images"], batch["captions"], batch["caption_mask"])
+    return optimizer_step(loss, model, optimizer, clip_norm, scaler)
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float, scaler=None) -> float:
+    """Backward, gradient-norm clipping and the optimizer step; with an (enabled) fp16 gradient scaler, the loss is
+    scaled and the gradients unscaled before clipping. Returns the loss."""
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
     return float(loss.detach())
 
 
@@ -176,13 +195,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validation_cider(model: CaptionModel, dataset: CaptionDataset, max_length: int) -> float:
+def validation_cider(model: CaptionModel, dataset: CaptionDataset, max_length: int,
+                     run: Optional[RunSettings] = None) -> float:
     """Greedy captions of the split, scored by CIDEr against its references."""
-    return score_dataset(model, dataset, beam_size=1, max_length=max_length, metrics=("CIDEr",))["overall"]["CIDEr"]
-
-
-def _distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return score_dataset(model, dataset, beam_size=1, max_length=max_length, metrics=("CIDEr",),
+                         run=run)["overall"]["CIDEr"]
 
 
 TRAIN_FILES = ("last.pt", "best.pt", "vocabulary.json", "history.json")
@@ -201,28 +218,31 @@ def _resume_problem(saved: dict, config: TrainConfig, split_sha256: str) -> Opti
     return None
 
 
-def join_processes():
-    """``(distributed, rank)``: under torchrun, the process group is started. gloo even where a GPU is visible: the
-    commands keep the model on the CPU (they have no device option yet), and nccl reduces CUDA tensors only."""
-    distributed = _distributed()
-    if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return distributed, (torch.distributed.get_rank() if distributed else 0)
+def wrap_distributed(module: nn.Module, run: RunSettings) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun (on the process's GPU with NCCL), else itself."""
+    if not run.distributed:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[run.device.index] if run.on_cuda else None)
 
 
-def restore(saved: dict, model, optimizer, scheduler, output: OutputFolder):
-    """Loads a ``last.pt``'s model, optimizer, scheduler and random state; returns ``(history, next epoch)`` and
-    keeps the run id of the run it continues."""
+def restore(saved: dict, model, optimizer, scheduler, output: OutputFolder, scaler=None):
+    """Loads a ``last.pt``'s model, optimizer, scheduler and random state onto the model's device (which may not be
+    the one it was saved from); returns ``(history, next epoch)`` and keeps the run id of the run it continues."""
     model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    optimizer.load_state_dict(saved["optimizer"])  # Adam's state follows its parameters' device
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    if scaler is not None and scaler.is_enabled() and saved.get("grad_scaler"):
+        scaler.load_state_dict(saved["grad_scaler"])
     output.run_id = saved["history"].get("run_id", output.run_id)
     return saved["history"], saved["epoch"] + 1
 
 
 def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool = True,
-          val_split: str = "val", overwrite: bool = False) -> dict:
+          val_split: str = "val", overwrite: bool = False, run: Optional[RunSettings] = None) -> dict:
     """Trains, keeping ``last.pt`` (resumed from when present), ``best.pt`` (highest validation CIDEr),
     ``vocabulary.json`` and ``history.json`` in ``out_dir``. Returns the history.
 
@@ -231,7 +251,12 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     weights. A ``last.pt`` is resumed only when it was trained with the same options (``epochs`` may grow) on the
     same split file; ``overwrite`` starts afresh, replacing the files an earlier ``capxai train`` wrote there (never
     others), once every check has passed. Checkpoints hold the config and vocabulary as plain data;
-    ``vocabulary.json`` beside them is a copy for people and other tools."""
+    ``vocabulary.json`` beside them is a copy for people and other tools.
+
+    ``run`` (:mod:`capxai.runtime`): device, training precision, image-decoding workers, torchrun's process group
+    (default: the GPU when one is visible, float32, no workers). None of it is a training option: a run may resume
+    on another device or precision."""
+    run = default_run(run)
     out_dir = Path(out_dir)
     output = OutputFolder(out_dir, "train")
     problems = check_config(config)
@@ -260,10 +285,11 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     datasets = {split: open_split(split_file, image_root, split, vocabulary, config.max_length, config.image_size,
                                   progress) for split in ("train", val_split)}
     set_seed(config.seed)
-    model = build_model(config, len(vocabulary))  # loads (and so checks) a torchvision encoder's weights file
-    distributed, rank = join_processes()
-    if overwrite and not resume and rank == 0:
+    model = build_model(config, len(vocabulary)).to(run.device)  # loads (checks) a torchvision encoder's weights
+    run.join()
+    if overwrite and not resume and run.rank == 0:
         output.remove_group("checkpoints")
+    run.barrier()  # the earlier run's files are gone before any process writes
     if not config.finetune_encoder:
         model.encoder.requires_grad_(False)
     groups = [{"params": [p for p in model.captioner.parameters() if p.requires_grad]}]
@@ -274,24 +300,29 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
                                                            patience=config.decay_patience)
     history = {"config": dataclasses.asdict(config), "epochs": [], "best_cider": None, "best_epoch": None,
                "run_id": output.run_id, "split_file_sha256": split_sha256}
+    scaler = run.grad_scaler()
     start_epoch = 0
     if resume:
-        history, start_epoch = restore(checkpoint, model, optimizer, scheduler, output)
+        history, start_epoch = restore(checkpoint, model, optimizer, scheduler, output, scaler)
         history["config"] = dataclasses.asdict(config)  # epochs may have grown
-    trained = nn.parallel.DistributedDataParallel(model) if distributed else model
-    loop = EpochLoop(model, optimizer, scheduler, datasets["train"], datasets[val_split], vocabulary, out_dir, output,
-                     history, {"config": history["config"]}, config.epochs, config.batch_size,
-                     config.captions_per_image, config.seed, config.max_length, rank, distributed, progress)
-    loop.run(start_epoch, lambda batch: train_step(trained, optimizer, batch, config.clip_norm))
+    trained = wrap_distributed(model, run)
+    loop = EpochLoop(model=model, optimizer=optimizer, scheduler=scheduler, train_set=datasets["train"],
+                     val_set=datasets[val_split], vocabulary=vocabulary, out_dir=out_dir, output=output,
+                     history=history, payload={"config": history["config"]}, epochs=config.epochs,
+                     batch_size=config.batch_size, captions_per_image=config.captions_per_image, seed=config.seed,
+                     max_length=config.max_length, run=run, progress=progress, scaler=scaler)
+    loop.run_epochs(start_epoch, lambda batch: train_step(trained, optimizer, batch, config.clip_norm, run, scaler))
     return history
 
 
 @dataclasses.dataclass
 class EpochLoop:
     """The epochs of a training or fine-tuning run: batches in a seeded order (a distributed sampler under torchrun),
-    one ``step(batch) -> loss`` each, validation CIDEr, learning-rate decay on plateau, and after every epoch
-    ``best.pt`` (highest validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and
-    ``history.json``, written atomically by rank 0 and recorded in the output folder's manifest.
+    decoded by the run's DataLoader workers (kept between epochs) and moved to its device, one ``step(batch) ->
+    loss`` each, validation CIDEr, learning-rate decay on plateau, and after every epoch ``best.pt`` (highest
+    validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and ``history.json``, written
+    atomically by rank 0 and recorded in the output folder's manifest. The captions of a step are drawn in this
+    process (:func:`~capxai.data.captions.choose_captions`), so a run's result does not depend on the workers.
 
     ``payload`` goes into both checkpoints (at least the model's ``config``: :func:`load_trained` reads it)."""
 
@@ -310,40 +341,47 @@ class EpochLoop:
     captions_per_image: int
     seed: int
     max_length: int
-    rank: int = 0
-    distributed: bool = False
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
     progress: bool = True
     epoch_statistics: Optional[Callable[[], dict]] = None  # more numbers for an epoch's record, read once per epoch
+    scaler: object = None  # the fp16 gradient scaler, whose state last.pt keeps
 
-    def run(self, start_epoch: int, step) -> dict:
+    def run_epochs(self, start_epoch: int, step) -> dict:
+        run = self.run
         sampler = (torch.utils.data.distributed.DistributedSampler(self.train_set, shuffle=True, seed=self.seed)
-                   if self.distributed else None)
+                   if run.distributed else EpochOrder(len(self.train_set), self.seed))
+        loader = run.loader(self.train_set, self.batch_size, collate, sampler=sampler,
+                            generator=torch.Generator().manual_seed(self.seed), persistent=True)
         for epoch in range(start_epoch, self.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            caption_generator = torch.Generator().manual_seed(self.seed + 7919 * (epoch + 1) + self.rank)
-            train_collate = functools.partial(collate, captions_per_image=self.captions_per_image,
-                                              generator=caption_generator)
-            loader = torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, collate_fn=train_collate,
-                                                 sampler=sampler, shuffle=sampler is None,
-                                                 generator=None if sampler else generator)
+            sampler.set_epoch(epoch)
+            caption_generator = torch.Generator().manual_seed(self.seed + 7919 * (epoch + 1) + run.rank)
             epoch_started = time.perf_counter()
             self.model.train()
             if not any(p.requires_grad for p in self.model.encoder.parameters()):
                 self.model.encoder.eval()
+            losses, waited = [], 0.0
             # the bar closes as an exception (Ctrl-C) passes, so that the one-line message comes after it
-            with tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                      disable=not self.progress or self.rank != 0) as batches:
-                losses = [step(batch) for batch in batches]
+            with tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                      disable=not self.progress or run.rank != 0) as bar:
+                batches = iter(loader)
+                while True:
+                    asked = time.perf_counter()
+                    batch = next(batches, None)
+                    waited += time.perf_counter() - asked
+                    if batch is None:
+                        break
+                    batch = run.to_device(choose_captions(batch, self.captions_per_image, caption_generator))
+                    losses.append(step(batch))
+                    bar.update(1)
             train_seconds = time.perf_counter() - epoch_started
-            cider = validation_cider(self.model, self.val_set, self.max_length)
+            cider = validation_cider(self.model, self.val_set, self.max_length, run)
             self.scheduler.step(cider)
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started,
-                      "train_seconds": train_seconds, **(self.epoch_statistics() if self.epoch_statistics else {})}
+                      "train_seconds": train_seconds, "data_seconds": round(waited, 3), **run.describe(),
+                      **(self.epoch_statistics() if self.epoch_statistics else {})}
             self.history["epochs"].append(record)
-            if self.rank == 0:
+            if run.rank == 0:
                 self._save(epoch, cider)
                 if self.progress:
                     print(f"epoch {epoch + 1}: loss {record['loss']:.3f}, val CIDEr {cider:.3f}")
@@ -360,6 +398,15 @@ class EpochLoop:
                                            kind="model"))
         written.append(save_checkpoint(self.out_dir / "last.pt", {
             **model_payload, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": history, "torch_rng": torch.get_rng_state()}, kind="training"))
+            "history": history, "torch_rng": torch.get_rng_state(), **self._device_state()}, kind="training"))
         written.append(atomic_write_json(self.out_dir / "history.json", history))
         self.output.record(written, "checkpoints")
+
+    def _device_state(self) -> dict:
+        """What resuming on the same GPU needs beyond the CPU's random state (dropout draws there)."""
+        state = {}
+        if self.run.on_cuda:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.run.device)
+        if self.scaler is not None and self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state

@@ -1,0 +1,186 @@
+"""Run settings shared by every command (train, finetune, evaluate, explain, the demo): where the work runs
+(``--device``), in what precision training runs (``--precision``), how many processes decode images
+(``--workers``), and the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on the CPU).
+
+One small object, :class:`RunSettings`, is made once from the options (:func:`run_settings`) and handed down; the
+library functions take it as ``run=`` (default: :func:`run_settings` with its defaults, i.e. the GPU when one is
+visible, float32, images decoded in the calling process). Imported by any layer of capxai; imports none.
+
+Why explanations stay float32: every LRP rule divides by a forward value (``R * x w / stab(z)``); in bfloat16 a
+pre-activation keeps 8 bits of mantissa, so a ``z`` that is a small difference of large terms loses most of its
+digits and the ratio can change sign. Training tolerates that noise; relevance does not (LRP_RULES_ADDENDUM.md,
+"Precision").
+"""
+import contextlib
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import torch
+
+DEVICES_HELP = "auto (the GPU when one is visible, else the CPU), cpu, cuda or cuda:N"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+def torchrun_rank() -> tuple:
+    """``(rank, local rank, world size)`` of this process under ``torchrun`` (its environment), else ``(0, 0, 1)``."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def default_workers() -> int:
+    """Image-decoding processes a command starts by default: the cores this process may use (shared with the other
+    processes of a torchrun launch on this machine), less one for the process itself, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cores // max(1, local_world) - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Where and how a command runs. Make it with :func:`run_settings` (which checks everything).
+
+    Attributes:
+        device: where the model, images, captions and every tensor of the work live.
+        precision: "fp32", "bf16" or "fp16": autocast of training and fine-tuning (fp16 with a gradient scaler).
+        workers: DataLoader processes that decode and resize images (0: in this process).
+        backend: the process group's backend under torchrun ("nccl" or "gloo").
+        rank, world_size: this process and how many there are (torchrun; 0 and 1 otherwise).
+    """
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    workers: int = 0
+    backend: str = "gloo"
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self) -> dict:
+        """Plain data for histories and result files (what ran where; never a reason to refuse a resume)."""
+        return {"device": str(self.device), "precision": self.precision, "workers": self.workers,
+                "processes": self.world_size}
+
+    # -- training precision ------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the training precision on the run's device (nothing for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> "torch.amp.GradScaler":
+        """A gradient scaler, active for fp16 only (bf16 has float32's range and needs none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def loader(self, dataset, batch_size: int, collate_fn: Callable, *, sampler=None, generator=None,
+               persistent: bool = False) -> torch.utils.data.DataLoader:
+        """A DataLoader in the run's image-decoding processes: pinned memory on CUDA; ``persistent`` keeps the
+        workers between epochs. ``generator`` (always given by capxai) keeps the loader from drawing on torch's
+        global generator, which dropout uses, so the result does not depend on ``workers``."""
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, sampler=sampler,
+                                           num_workers=self.workers, pin_memory=self.on_cuda,
+                                           persistent_workers=persistent and self.workers > 0,
+                                           generator=generator)
+
+    def to_device(self, batch):
+        """A batch (tensors, or dicts / lists of them) on the run's device; copies from pinned memory overlap."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=self.on_cuda)
+        if isinstance(batch, dict):
+            return {name: self.to_device(value) for name, value in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(value) for value in batch)
+        return batch
+
+    # -- several processes -------------------------------------------------------------------------------------
+    def join(self) -> None:
+        """Starts this process's part of the torchrun process group (once; nothing when not distributed)."""
+        if not self.distributed or torch.distributed.is_initialized():
+            return
+        if self.on_cuda:
+            torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(self.backend, device_id=self.device)
+        else:
+            torch.distributed.init_process_group(self.backend)
+
+    def barrier(self) -> None:
+        """Waits for every process of the group (joining it first); nothing when not distributed."""
+        if self.distributed:
+            self.join()
+            torch.distributed.barrier()
+
+    def gather(self, value) -> list:
+        """Every process's ``value`` (any picklable object), in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        self.join()
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+
+
+def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:
+    visible = torch.cuda.is_available()
+    count = torch.cuda.device_count() if visible else 0
+    if text == "auto":
+        return torch.device("cuda", local_rank) if visible else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type != "cuda":
+        raise ValueError(f"--device must be {DEVICES_HELP}, got {text!r}")
+    if not visible:
+        raise ValueError(f"--device {text}: no GPU is visible here (torch.cuda.is_available() is False); use "
+                         "--device cpu or auto")
+    if device.index is None:
+        device = torch.device("cuda", local_rank)
+    elif distributed:
+        raise ValueError(f"--device {text}: under torchrun each process takes the GPU of its LOCAL_RANK; give "
+                         "--device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if device.index >= count:
+        raise ValueError(f"--device {device}: this machine shows {count} GPU{'s' if count != 1 else ''} "
+                         f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})")
+    return device
+
+
+def run_settings(device: str = "auto", precision: str = "fp32", workers: int = 0,
+                 backend: str = "auto") -> RunSettings:
+    """Checked run settings. Errors (``ValueError``) name the option: a GPU asked for where none is visible or
+    that does not exist, fp16 on the CPU (float16 autocast with a gradient scaler is a GPU recipe; bf16 runs on
+    both), bf16 on a GPU without bfloat16, negative workers, NCCL with the CPU (NCCL reduces CUDA tensors only)."""
+    rank, local_rank, world = torchrun_rank()
+    chosen = _device_of(str(device), local_rank, world > 1)
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and chosen.type != "cuda":
+        raise ValueError("--precision fp16 needs a GPU (--device cuda): float16 training with a gradient scaler is "
+                         "a GPU recipe; on the CPU use --precision bf16 or fp32")
+    if precision == "bf16" and chosen.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(chosen)} has no bfloat16; use fp16 or fp32")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"--workers must be an integer >= 0 (0 decodes images in this process), got {workers!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--dist-backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "nccl" and chosen.type != "cuda":
+        raise ValueError(f"--dist-backend nccl needs --device cuda (NCCL reduces CUDA tensors only; the device is "
+                         f"{chosen}); use gloo on the CPU")
+    resolved = backend if backend != "auto" else ("nccl" if chosen.type == "cuda" else "gloo")
+    return RunSettings(chosen, precision, workers, resolved, rank, world)
+
+
+def default_run(run: Optional[RunSettings]) -> RunSettings:
+    """``run``, or the library default: :func:`run_settings` with its defaults."""
+    return run if run is not None else run_settings()
