@@ -14,6 +14,12 @@ is complete, so an interrupted demo resumes where it stopped:
 Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
 workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
 refused (``--overwrite`` starts it afresh).
+
+``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the two captioners
+train at once, one thread each; on one GPU one after the other, with several GPUs one per GPU. The recipe is the same
+on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
+the last digits, and a caption that differs in one word changes its image's scores). Where the work runs is not a
+setting of the demo folder: a demo started on the CPU may be resumed on a GPU.
 """
 import argparse
 import dataclasses
@@ -27,10 +33,12 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
 from capxai._io import atomic_write_json
 from capxai.data.captions import image_id_of, load_karpathy
+from capxai.runtime import DEVICES_HELP, run_settings
 
 CAPTIONERS = ("adaptive", "multihead")
 METHODS = ("lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention")
@@ -72,8 +80,9 @@ class Stage:
 class Demo:
     """The stages of one demo folder and how to know each is complete."""
 
-    def __init__(self, out: Path, config: DemoConfig):
+    def __init__(self, out: Path, config: DemoConfig, devices: Optional[Dict[str, str]] = None):
         self.out, self.config = out, config
+        self.devices = devices or {}  # captioner -> the --device its commands take (default: the CPU)
         self.scenes = out / "scenes"
         self.data = ["--split-file", str(self.scenes / "dataset_scenes.json"), "--image-root", str(self.scenes)]
 
@@ -87,16 +96,23 @@ class Demo:
                                         str(val), "--test", str(test), "--seed", str(self.config.seed), "--overwrite"],
                      lambda: (self.scenes / "dataset_scenes.json").is_file())
 
+    def run_arguments(self, captioner: str) -> List[str]:
+        """The run options of a captioner's commands: its device; on the CPU images are decoded in the command's
+        own process (96-pixel scenes decode in microseconds, and the two workers already share the cores)."""
+        device = self.devices.get(captioner, "cpu")
+        return ["--device", device] + (["--workers", "0"] if device == "cpu" else [])
+
     def captioner_stages(self, captioner: str) -> List[Stage]:
         trained = self.folder("captioner", captioner)
         checkpoint = str(trained / "best.pt")
+        on = self.run_arguments(captioner)
         stages = [
             Stage("train", lambda: ["train", *self.data, "--out", str(trained), "--model", captioner, "--epochs",
                                     str(self.config.epochs), "--seed", str(self.config.seed),
-                                    *self.config.train_arguments],
+                                    *self.config.train_arguments, *on],
                   lambda: _training_done(trained, self.config.epochs)),
             self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
-                                 self.config.explain_limit, self.config.ablation),
+                                 self.config.explain_limit, self.config.ablation, on),
             Stage("explain", lambda: self._explain_arguments(captioner),
                   lambda: all((self.folder("explain", captioner) / m / name).is_file()
                               for m in METHODS for name in ("explanation.pt", "explanation.json"))),
@@ -105,20 +121,21 @@ class Demo:
             tuned = self.folder("finetune", captioner, method)
             stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
                 "finetune", "--checkpoint", checkpoint, *self.data, "--out", str(tuned), "--method", method,
-                "--epochs", str(self.config.finetune_epochs), "--seed", str(self.config.seed)],
+                "--epochs", str(self.config.finetune_epochs), "--seed", str(self.config.seed), *on],
                 lambda tuned=tuned: _training_done(tuned, self.config.finetune_epochs)))
             stages.append(self._evaluate_stage(f"evaluate {method}", str(tuned / "best.pt"),
                                                self.folder("eval", captioner, method), "lrp",
-                                               self.config.finetuned_explain_limit, False))
+                                               self.config.finetuned_explain_limit, False, on))
         return stages
 
-    def _evaluate_stage(self, name: str, checkpoint: str, out: Path, methods: str, limit: int, ablation: bool):
+    def _evaluate_stage(self, name: str, checkpoint: str, out: Path, methods: str, limit: int, ablation: bool,
+                        on: Sequence[str]):
         group = f"{SPLIT}_beam{BEAM}"
         files = [out / f"{kind}_{group}.json" for kind in ("captions", "metrics", "hallucination", "explanations")]
         files.append(out / f"explanations_{group}.md")  # written last
         return Stage(name, lambda: ["evaluate", "--checkpoint", checkpoint, *self.data, "--split", SPLIT,
                                     "--beam-size", str(BEAM), "--explanations", methods, "--explain-limit", str(limit),
-                                    *([] if ablation else ["--no-ablation"]), "--out", str(out), "--overwrite"],
+                                    *([] if ablation else ["--no-ablation"]), "--out", str(out), "--overwrite", *on],
                      lambda: all(path.is_file() for path in files))
 
     def _explain_arguments(self, captioner: str) -> List[str]:
@@ -133,7 +150,7 @@ class Demo:
         return ["explain", "--checkpoint", str(self.folder("captioner", captioner) / "best.pt"),
                 "--images", *[str(self.scenes / entry["file"]) for entry in chosen],
                 "--captions", *[entry["caption"] for entry in chosen], "--method", "all", "--no-figures",
-                "--out", str(self.folder("explain", captioner)), "--overwrite"]
+                "--out", str(self.folder("explain", captioner)), "--overwrite", *self.run_arguments(captioner)]
 
     def table_stage(self) -> Stage:
         rows = []
@@ -296,15 +313,33 @@ def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
     atomic_write_json(recorded, wanted)
 
 
-def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = 2) -> dict:
-    """Runs (or resumes) the demo in ``out``; returns the stage times written to ``OUT/demo.json``."""
+def captioner_devices(device: str, workers: int) -> Dict[str, str]:
+    """The ``--device`` of each captioner's commands, checked (``ValueError`` naming ``--device``): the CPU, or
+    one GPU each while there are enough (else the one asked for, or cuda:0, for both)."""
+    chosen = run_settings(device).device
+    if chosen.type == "cpu":
+        return {captioner: "cpu" for captioner in CAPTIONERS}
+    count = torch.cuda.device_count()
+    if device in ("auto", "cuda") and workers > 1 and count >= len(CAPTIONERS):
+        return {captioner: f"cuda:{index}" for index, captioner in enumerate(CAPTIONERS)}
+    return {captioner: str(chosen) for captioner in CAPTIONERS}
+
+
+def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = 2,
+             device: str = "cpu") -> dict:
+    """Runs (or resumes) the demo in ``out`` on ``device`` (see the module's docstring); returns the stage times
+    written to ``OUT/demo.json``."""
+    devices = captioner_devices(device, workers)  # checked before anything is written
+    if len(set(devices.values())) == 1 and devices[CAPTIONERS[0]] != "cpu":
+        workers = 1  # one GPU: the captioners one after the other, each with the whole GPU
     _check_folder(out, config, overwrite)
-    demo = Demo(out, config)
+    demo = Demo(out, config, devices)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     runner = Runner(out, threads)
     started = time.perf_counter()
     print(f"capxai demo -> {out} ({'quick' if config == QUICK else 'full'}: {config.scenes[0]} training scenes, "
-          f"{config.epochs} epochs; {workers} worker(s) x {threads} thread(s); logs in {out / 'logs'})")
+          f"{config.epochs} epochs; {workers} worker(s) x {threads} thread(s) on "
+          f"{', '.join(sorted(set(devices.values())))}; logs in {out / 'logs'})")
     errors: List[BaseException] = []
 
     def chain(label, stages, position):
@@ -330,22 +365,24 @@ def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: in
         if errors:
             raise errors[0]
         runner.run_chain("demo", [demo.table_stage()])
-        _write_times(out, runner, started, config)  # the report shows them
+        _write_times(out, runner, started, config, devices)  # the report shows them
         runner.run_chain("demo", [demo.report_stage()])
     except KeyboardInterrupt:
         print(f"\ninterrupted: stopping the workers; rerun the same command to resume ({out}); finished stages are "
               "kept", file=sys.stderr, flush=True)
         runner.stop()
         raise
-    times = _write_times(out, runner, started, config)
+    times = _write_times(out, runner, started, config, devices)
     total = times["total_seconds_this_run"]
     print(f"demo finished in {_duration(total)}: open {out / 'report.html'}")
     return times
 
 
-def _write_times(out: Path, runner: Runner, started: float, config: DemoConfig) -> dict:
+def _write_times(out: Path, runner: Runner, started: float, config: DemoConfig, devices: Dict[str, str]) -> dict:
+    gpus = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices.values() if d != "cpu"})
     times = {"stages": runner.times, "total_seconds_this_run": round(time.perf_counter() - started, 1),
-             "machine": f"{os.cpu_count()} CPU cores", "config": dataclasses.asdict(config)}
+             "machine": f"{os.cpu_count()} CPU cores" + (f", {', '.join(gpus)}" if gpus else ""),
+             "devices": devices, "config": dataclasses.asdict(config)}
     atomic_write_json(out / TIMES_NAME, times)
     return times
 
@@ -359,7 +396,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="the same on a small set (under 10 minutes on 2 cores)")
     parser.add_argument("--workers", type=int, default=2, choices=[1, 2],
-                        help="captioners trained at once (default 2, one CPU thread each on 2 cores)")
+                        help="captioners trained at once (default 2: on the CPU one thread each on 2 cores; on "
+                        "GPUs one GPU each when there are two, else one after the other)")
+    parser.add_argument("--device", default="auto", help=f"where every command runs: {DEVICES_HELP} (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DemoConfig()
@@ -367,7 +406,7 @@ def main(argv=None) -> int:
         signal.signal(getattr(signal, name), _interrupt)
     out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
     try:
-        run_demo(out, config, args.overwrite, args.workers)
+        run_demo(out, config, args.overwrite, args.workers, args.device)
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, ValueError, OSError) as error:

@@ -162,6 +162,8 @@ def _base(command: str, s: dict, out: Path) -> list:
                   "--batch-size", "4", "--max-length", "8", "--dropout", "0", "--heads", "2"],
         "evaluate": ["evaluate", "--checkpoint", s["best"], "--split-file", split, "--image-root", data,
                      "--beam-size", "1", "--out", out],
+        "finetune": ["finetune", "--checkpoint", s["best"], "--split-file", split, "--image-root", data, "--out", out,
+                     "--method", "baseline"],
         "explain": ["explain", "--checkpoint", s["best"], "--images", s["image"], "--out", out],
         "explain-split": ["explain", "--checkpoint", s["best"], "--split-file", split, "--shard-size", "2",
                           "--limit", "2", "--out", out],
@@ -351,6 +353,22 @@ def _cases():
     add("explain-captions-count", lambda s, out: (_base("explain", s, out) + ["--captions", "a", "b"], "--captions"))
     add("explain-captions-without-images", lambda s, out: (
         _base("explain-split", s, out) + ["--captions", "a ball"], "--captions"))
+    # run options (capxai.runtime): every computing command checks them before any work
+    no_gpu = not torch.cuda.is_available()
+    for command in ("train", "finetune", "evaluate", "explain", "explain-split"):
+        bad_run = [("--workers", "-1", "--workers"), ("--workers", "two", "--workers"), ("--device", "tpu", "--device"),
+                   ("--device", "cuda:x", "--device"), ("--device", "", "--device"),
+                   ("--dist-backend", "mpi", "--dist-backend"), ("--device", "cuda:64", "--device")]
+        if no_gpu:
+            bad_run += [("--device", "cuda", "--device"), ("--dist-backend", "nccl", "--dist-backend")]
+        if command in ("train", "finetune"):
+            bad_run += [("--precision", "fp8", "--precision")] + ([("--precision", "fp16", "--precision")]
+                                                                  if no_gpu else [])
+        else:
+            bad_run += [("--precision", "bf16", "--precision")]  # explanations and evaluation take no precision
+        for option, value, culprit in bad_run:
+            add(f"{command}{option}={value or 'empty'}", lambda s, out, c=command, o=option, v=value, u=culprit: (
+                _set(_base(c, s, out), o, v), u))
     return cases
 
 
