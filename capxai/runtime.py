@@ -14,6 +14,7 @@ digits and the ratio can change sign. Training tolerates that noise; relevance d
 import contextlib
 import dataclasses
 import os
+import signal
 from typing import Callable, Optional
 
 import torch
@@ -90,7 +91,7 @@ class RunSettings:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, sampler=sampler,
                                            num_workers=self.workers, pin_memory=self.on_cuda,
                                            persistent_workers=persistent and self.workers > 0,
-                                           generator=generator)
+                                           generator=generator, worker_init_fn=_ignore_interrupts)
 
     def to_device(self, batch):
         """A batch (tensors, or dicts / lists of them) on the run's device; copies from pinned memory overlap."""
@@ -127,6 +128,12 @@ class RunSettings:
         gathered = [None] * self.world_size
         torch.distributed.all_gather_object(gathered, value)
         return gathered
+
+
+def _ignore_interrupts(worker: int) -> None:
+    """A decoding worker leaves Ctrl-C to the command (which stops it): Ctrl-C reaches the whole process group, and
+    a worker's own traceback would bury the command's one-line message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:

@@ -181,3 +181,21 @@ def test_load_trained_model_is_explained_directly(tiny_trained):
         explain.LRP(model).explain(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="holds no word"):
         explain.LRP(model, vocabulary=vocabulary).explain(images, captions=["a ball", "  ,  "])
+
+
+def test_the_gradient_family_shares_its_passes_and_equals_each_method(setup):
+    """explain_gradient_family (what evaluate runs when all three methods are asked for) == each explainer alone."""
+    model, encoder, images, captions = setup
+    explainers = {method: explain.METHODS[method](model, encoder) for method in explain.GRADIENT_FAMILY}
+    shared = explain.explain_gradient_family(explainers, images, captions)
+    for method, explainer in explainers.items():
+        alone = explainer.explain(images, captions=captions)
+        assert shared[method].method == method and shared[method].settings == alone.settings
+        for name in ("pixel_map", "pixel_relevance", "logits", "probabilities", "tokens"):
+            mine, theirs = getattr(shared[method], name), getattr(alone, name)
+            assert (mine is None) == (theirs is None), (method, name)
+            if mine is not None:
+                assert torch.equal(mine, theirs), (method, name)
+    other_layer = explain.GradCAM(model, encoder, layer=[m for m in encoder.modules() if isinstance(m, nn.Conv2d)][0])
+    with pytest.raises(ValueError, match="one encoder and Grad-CAM layer"):
+        explain.explain_gradient_family({**explainers, "gradcam": other_layer}, images, captions)

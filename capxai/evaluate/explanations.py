@@ -28,6 +28,7 @@ from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, p
 from capxai.evaluate.hallucination import HallucinationData
 from capxai.evaluate.statistics import ratio_ci, roc_auc, statistic_ci
 from capxai.explain import METHODS
+from capxai.explain.explainers import GRADIENT_FAMILY, explain_gradient_family
 from capxai.models import beam_search
 from capxai.runtime import RunSettings
 
@@ -178,9 +179,14 @@ def _measure_batch(model, explainers, images, features, captions, image_ids, pos
     size = images.shape[-2:]
     mentions = None
     random_patches = None
+    shared = {}
+    if all(method in explainers for method in GRADIENT_FAMILY):  # their backward passes computed once for the three
+        with records.timed("explain:gradcam+guided-backprop+guided-gradcam"):
+            shared = explain_gradient_family(explainers, images, captions)
     for method, explainer in explainers.items():
         with records.timed(f"explain:{method}"):
-            explanation = explainer.explain(images, captions=captions).to("cpu")  # measured on the CPU
+            explanation = (shared[method] if method in shared else
+                           explainer.explain(images, captions=captions)).to("cpu")  # measured on the CPU
         heatmaps = explanation.heatmaps().detach()
         if mentions is None:  # the same captions for every method: find the object words once
             mentions = _object_mentions(explanation, image_ids, positions, data, size, settings)

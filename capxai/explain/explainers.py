@@ -10,7 +10,7 @@ the model's own caption (greedy or beam search) is explained; captions given as 
 or strings (with ``vocabulary=``) are teacher-forced. Every word of every caption is explained in one pass.
 """
 import abc
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -290,6 +290,33 @@ class Attention(Explainer):
             grid = explanation.attention.unflatten(-1, tuple(prepared.grid_size))
             explanation.pixel_map = upsample(grid, prepared.images.shape[-2:], self.upsample_mode)
         return explanation
+
+
+GRADIENT_FAMILY = ("gradcam", "guided-backprop", "guided-gradcam")
+
+
+def explain_gradient_family(explainers: Dict[str, Explainer], images: torch.Tensor, captions) -> Dict[str,
+                                                                                                     Explanation]:
+    """Grad-CAM, Guided Backprop and Guided Grad-CAM of the same captions, sharing their backward passes: Guided
+    Grad-CAM is the product of the other two methods' intermediate results, so with all three asked for it costs
+    nothing more (what ``capxai evaluate --explanations all`` runs). ``explainers``: the three methods' explainers
+    (``GRADIENT_FAMILY`` keys) on one model and layer; ``captions`` as for :meth:`Explainer.explain`. Returns each
+    method's :class:`Explanation`, equal to its own explainer's ``explain(images, captions=captions)`` (tested)."""
+    gradcam, guided, combined = (explainers[method] for method in GRADIENT_FAMILY)
+    if gradcam.layer is not combined.layer or gradcam.encoder is not guided.encoder:
+        raise ValueError("explain_gradient_family: the explainers must share one encoder and Grad-CAM layer")
+    with evaluation_mode(combined.captioner, combined.encoder):
+        prepared = prepare(combined.captioner, combined.encoder, images, None, captions, 1, 20, combined.vocabulary,
+                           combined.image_size)
+        forward, maps = gradcam._layer_maps(prepared)
+        _, gradient = guided._guided_gradient(prepared)
+    size = prepared.images.shape[-2:]
+    combined_map = upsample(maps, size, combined.upsample_mode).unsqueeze(2)
+    return {"gradcam": gradcam._result(prepared, forward,
+                                       pixel_map=upsample(maps, size, gradcam.upsample_mode).transpose(0, 1)),
+            "guided-backprop": guided._result(prepared, forward, pixel_relevance=gradient.transpose(0, 1)),
+            "guided-gradcam": combined._result(prepared, forward,
+                                               pixel_relevance=(gradient * combined_map).transpose(0, 1))}
 
 
 METHODS = {"lrp": LRP, "gradcam": GradCAM, "guided-gradcam": GuidedGradCAM, "guided-backprop": GuidedBackprop,
