@@ -431,7 +431,19 @@ def main(argv=None) -> int:
     except SystemExit as stop:  # argparse: --help (0) or a bad argument (2, already reported)
         return stop.code if isinstance(stop.code, int) else 2
     name = args.command + (f" {args.data_command}" if args.command == "data" else "")
-    return run_command(name, lambda: args.run(args), args.debug, resumable=args.command in RESUMABLE)
+    return run_command(name, lambda: _in_process_group(args), args.debug, resumable=args.command in RESUMABLE)
+
+
+def _in_process_group(args) -> int:
+    """Runs the command; under torchrun, leaves the process group it joined once the command is done (torch warns
+    at exit of a group never destroyed)."""
+    import torch.distributed
+
+    try:
+        return args.run(args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ opens on the CPU; a run resumes on another device; DDP over NCCL."""
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -261,6 +263,27 @@ def test_evaluate_in_two_gloo_processes_equals_one_process(tiny_trained, tmp_pat
                         "chair_test_beam2.json", "explanations_test_beam2.json"}
     assert one == two
     assert json.loads((tmp_path / "one" / "explanations_test_beam2.json").read_text())["images"] == 7
+
+
+def test_torchrun_evaluate_writes_one_result_equal_to_one_process(tiny_trained, tmp_path):
+    """The command as a user runs it: ``torchrun --nproc_per_node 2 -m capxai evaluate`` (gloo on the CPU) writes
+    one set of result files, equal to one process's, and prints its summary once."""
+    from capxai import cli
+
+    best, data = tiny_trained
+    common = ["evaluate", "--checkpoint", best, "--split-file", data / "dataset_scenes.json", "--image-root", data,
+              "--beam-size", "2", "--explanations", "lrp,attention", "--explain-batch-size", "2",
+              "--ablation-grid", "4", "--ablation-patches", "4", "--device", "cpu", "--workers", "0"]
+    assert cli.main([str(a) for a in common] + ["--out", str(tmp_path / "one")]) == 0
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "capxai", *map(str, common), "--out", str(tmp_path / "two")],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("wrote ") == 1  # process 0 reports; the other is silent
+    assert _results(tmp_path / "one") == _results(tmp_path / "two")
+    stamp = json.loads((tmp_path / "two" / "metrics_test_beam2.json").read_text())["run"]
+    assert stamp["processes"] == 2 and stamp["device"] == "cpu"
 
 
 # -- CUDA (make gpu-check) -----------------------------------------------------------------------------------------

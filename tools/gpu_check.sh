@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make gpu-check`: build the CUDA variant for the visible GPU, run the CUDA tests, compute-sanitizer (memcheck,
-# racecheck) on tools/gpu_sanitize.py, the GPU benchmarks, and write one report: runs/gpu-check/report.md.
+# racecheck) on tools/gpu_sanitize.py, the GPU benchmarks, then end to end: the quick demo on the GPU, the scale
+# benchmark at GPU sizes (benchmarks/test_scale.py) and LRP of a whole 5,000-image test split at 224 px
+# (tools/gpu_scale.py), and write one report: runs/gpu-check/report.md.
 # Needs only what a GPU machine with torch and nvcc has (no network, no .venv): python is .venv's when there is one,
 # else $PYTHON or python3. Every step runs even when an earlier one fails; the exit status says whether any failed.
 set -uo pipefail
@@ -34,7 +36,9 @@ step() {  # step NAME COMMAND...: run, log to $OUT_DIR/NAME.log, record pass/fai
   [ $code -eq 0 ] || { echo "=== $name FAILED (exit $code; log $OUT_DIR/$name.log) ==="; status=1; }
   return $code
 }
-rm -f "$OUT_DIR"/{steps.txt,tests.xml,bench.json,report.md} "$OUT_DIR"/*.log  # no result of an earlier run
+# no result of an earlier run
+rm -f "$OUT_DIR"/{steps.txt,tests.xml,bench.json,scale.json,explain5k.json,report.md} "$OUT_DIR"/*.log \
+  "$OUT_DIR/demo-quick/demo.json"
 
 arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
@@ -47,7 +51,8 @@ step info "$PY" -m capxai.info --require-cuda
 # Only the modules that hold CUDA tests are collected: the others import packages (zennit, captum, pycocotools) that
 # a bare GPU machine may lack, and hold no CUDA test.
 cuda_tests=$(grep -lE "mark\.cuda|def test\w*\([^)]*\bdevice\b" tests/test_*.py)
-cuda_benchmarks=$(grep -l "cuda" benchmarks/test_*.py)
+# test_scale.py runs in its own step, at its GPU sizes
+cuda_benchmarks=$(grep -l "cuda" benchmarks/test_*.py | grep -v "/test_scale\.py$")
 if [ -z "$cuda_tests" ] || [ -z "$cuda_benchmarks" ]; then
   echo "make gpu-check: found no CUDA tests or benchmarks under tests/ and benchmarks/" >&2; exit 1
 fi
@@ -63,6 +68,12 @@ else
 fi
 step bench "$PY" -m pytest -q $cuda_benchmarks -k cuda -p no:cacheprovider --benchmark-only \
   --benchmark-json="$OUT_DIR/bench.json"
+# End to end (these need the full requirements: zennit, captum, pycocotools, pycocoevalcap).
+step demo "$PY" -m capxai.demo --quick --device cuda --out "$OUT_DIR/demo-quick" --overwrite
+step scale env CAPXAI_SCALE=gpu "$PY" -m pytest -q benchmarks/test_scale.py -p no:cacheprovider --benchmark-only \
+  --benchmark-json="$OUT_DIR/scale.json"
+# the 5,000 test scenes stay in $OUT_DIR/explain5k/scenes for the next run; each shard's tensors are deleted when done
+step explain5k "$PY" tools/gpu_scale.py --out "$OUT_DIR/explain5k" --result "$OUT_DIR/explain5k.json" --device cuda
 "$PY" tools/gpu_report.py "$OUT_DIR" > "$OUT_DIR/report.md.tmp" && mv "$OUT_DIR/report.md.tmp" "$OUT_DIR/report.md" \
   || status=1
 echo "report: $OUT_DIR/report.md"

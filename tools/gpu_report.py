@@ -94,6 +94,61 @@ def benchmarks(folder):
     return lines
 
 
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def demo_time(folder):
+    times = read_json(folder / "demo-quick" / "demo.json")
+    if not isinstance(times, dict) or "total_seconds_this_run" not in times:
+        return "quick demo (`--device cuda`): no time (the demo did not run or did not finish)"
+    return (f"quick demo (`--device cuda`): {times['total_seconds_this_run']:.0f} s this run on "
+            f"{times.get('machine', '?')} (stages in {folder / 'demo-quick' / 'demo.json'})")
+
+
+def scale_benchmark(folder):
+    """The scale benchmark's results (benchmarks/test_scale.py, ``CAPXAI_SCALE=gpu``) from its ``extra_info``."""
+    payload = read_json(folder / "scale.json")
+    if not isinstance(payload, dict) or not payload.get("benchmarks"):
+        return ["(no scale benchmark results: it did not run or did not finish)"]
+    explain, train, loader = [], [], []
+    for bench in payload["benchmarks"]:
+        info, median = bench.get("extra_info", {}), bench["stats"]["median"]
+        name = f"{info.get('kind', '')} {info.get('device', '?')}".strip()
+        if "lrp_over_gxi" in info:
+            explain.append(f"| {name} | B={info['batch']} T={info['words_per_caption']} | "
+                           f"{info['lrp_seconds'] * 1e3:.1f} ms ({info['lrp_images_per_second']:.1f} images/s) | "
+                           f"{info['gxi_seconds'] * 1e3:.1f} ms ({info['gxi_images_per_second']:.1f} images/s) | "
+                           f"{info['lrp_over_gxi']:.2f}x (target <= {info['target']}x) |")
+        elif "precision" in info:
+            train.append(f"| {name} {info['precision']} | B={info['batch']} ({info['captions']} captions) | "
+                         f"{median * 1e3:.1f} ms | {info['images_per_second']:.1f} images/s |")
+        elif "workers" in info:
+            loader.append(f"| loader {info['device']}, {info['workers']} worker{'s' if info['workers'] != 1 else ''} | {info['images']} images | "
+                          f"{median * 1e3:.1f} ms | {info['images_per_second']:.1f} images/s |")
+    lines = []
+    if explain:
+        lines += ["| explain every word | batch | LRP | Gradient x Input | LRP / GxI |",
+                  "| --- | --- | --- | --- | --- |"] + explain + [""]
+    if train or loader:
+        lines += ["| training step / data loader | batch | median | throughput |", "| --- | --- | --- | --- |"]
+        lines += train + loader
+    return lines
+
+
+def explain5k(folder):
+    result = read_json(folder / "explain5k.json")
+    if not isinstance(result, dict) or "seconds" not in result:
+        return "`capxai explain` over the test split: no result (tools/gpu_scale.py did not run or did not finish)"
+    return (f"`capxai explain --method lrp` over {result['images']} test images ({result['image_size']} px, "
+            f"{result['model']} + {result['encoder']}, {result['words']} words): {result['seconds']:.1f} s, "
+            f"{result['images_per_second']:.1f} images/s, {result['words_per_second']:.0f} words/s on "
+            f"{result['device_name']}; {result['megabytes_per_image']:.1f} MB of explanations an image")
+
+
 def main(argv):
     folder = Path(argv[1] if len(argv) > 1 else "runs/gpu-check")
     info = folder / "info.log"
@@ -105,6 +160,9 @@ def main(argv):
     lines += ["", "## compute-sanitizer on `tools/gpu_sanitize.py`", "",
               f"- {sanitizer(folder, 'memcheck')}", f"- {sanitizer(folder, 'racecheck')}"]
     lines += ["", "## GPU benchmarks (medians of one run; ratios within that run)", ""] + benchmarks(folder)
+    lines += ["", "## End to end on the GPU", "", f"- {demo_time(folder)}", f"- {explain5k(folder)}", "",
+              "Scale benchmark (`CAPXAI_SCALE=gpu pytest benchmarks/test_scale.py`: VGG16 at 224 px, hidden 512; "
+              "medians of one run):", ""] + scale_benchmark(folder)
     print("\n".join(lines))
     return 0
 

@@ -114,7 +114,8 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
                 "checkpoint_sha256": file_sha256(checkpoint) if checkpoint is not None else None}
     rank, world = run.rank, run.world_size
     runs = {method: _start_split_run(output, method, identity, overwrite, rank) for method in methods}
-    run.barrier()  # process 0 has removed an earlier run's shards before any process writes
+    if overwrite:
+        run.barrier()  # process 0 has removed an earlier run's shards before any process writes
     explainers = {method: make_explainer(method, model, vocabulary, composite) for method in methods}
     device = next(model.parameters()).device
 
