@@ -133,3 +133,38 @@ def test_ratio_and_statistic_intervals():
     values = np.arange(10.0)
     entry = statistic_ci(10, lambda chosen: float(values[chosen].mean()))
     assert entry["value"] == pytest.approx(4.5) and entry["ci"][0] < 4.5 < entry["ci"][1]
+
+
+def test_weighted_roc_auc_equals_scikit_learn_row_by_row():
+    from capxai.evaluate.statistics import weighted_roc_auc
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 60)
+    scores = rng.integers(0, 12, 60) / 4.0  # many ties
+    weights = rng.integers(0, 3, (40, 60)).astype(float)
+    weights[0] = 1.0
+    weights[1] = labels  # only one label weighed: undefined
+    result = weighted_roc_auc(labels, scores, weights)
+    assert np.isnan(result[1])
+    for row in [0] + list(range(2, 40)):
+        keep = weights[row] > 0
+        assert result[row] == pytest.approx(roc_auc(labels[keep], scores[keep], weights[row][keep]), abs=1e-12)
+
+
+def test_the_vectorised_bootstrap_draws_what_the_looped_one_draws():
+    from capxai.evaluate.statistics import multiplicity_ci, weighted_roc_auc
+
+    rng = np.random.default_rng(5)
+    image_of_word = rng.integers(0, 25, 90)
+    labels, scores = rng.integers(0, 2, 90), rng.normal(size=90)
+
+    def looped(chosen):
+        weights = np.bincount(chosen, minlength=25)[image_of_word].astype(float)
+        keep = weights > 0
+        return roc_auc(labels[keep], scores[keep], weights[keep])
+
+    expected = statistic_ci(25, looped, resamples=300, seed=2)
+    entry = multiplicity_ci(25, lambda counts: weighted_roc_auc(labels, scores, counts[:, image_of_word]),
+                            resamples=300, seed=2)
+    assert entry["value"] == pytest.approx(expected["value"], abs=1e-12)
+    assert entry["ci"] == pytest.approx(expected["ci"], abs=1e-12) and entry["images"] == 25

@@ -26,7 +26,7 @@ from capxai.data.captions import CaptionDataset, image_id_of, stack_images
 from capxai.evaluate import ablation
 from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
 from capxai.evaluate.hallucination import HallucinationData
-from capxai.evaluate.statistics import ratio_ci, roc_auc, statistic_ci
+from capxai.evaluate.statistics import multiplicity_ci, ratio_ci, roc_auc, weighted_roc_auc
 from capxai.explain import METHODS
 from capxai.explain.explainers import GRADIENT_FAMILY, explain_gradient_family
 from capxai.models import beam_search
@@ -349,13 +349,9 @@ def _auc_entry(image_index: np.ndarray, labels: np.ndarray, scores: np.ndarray) 
     if value is None:
         return None
     present, index = np.unique(image_index, return_inverse=True)
-
-    def statistic(chosen: np.ndarray) -> Optional[float]:
-        weights = np.bincount(chosen, minlength=present.size)[index].astype(np.float64)
-        keep = weights > 0
-        return roc_auc(labels[keep], scores[keep], weights[keep])
-
-    entry = statistic_ci(present.size, statistic)
+    # the bootstrap over images, every resample in one pass: a word counts as often as its image is drawn
+    entry = multiplicity_ci(present.size, lambda counts: weighted_roc_auc(labels, scores, counts[:, index]))
+    entry["value"] = value
     # which side of the statistic marks a hallucination; the detection AUC is the better of the two readings
     entry["higher_means"] = "hallucinated" if value >= 0.5 else "present"
     entry["detection_auc"] = max(value, 1 - value)

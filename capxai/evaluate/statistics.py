@@ -53,6 +53,12 @@ def mean_ci(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0) 
     return ratio_ci(values, np.ones_like(values), resamples, seed)
 
 
+def _resampled_images(images: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, images]``: the image indices of each bootstrap resample (drawn with replacement)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, images, images) for _ in range(resamples)])
+
+
 def statistic_ci(images: int, statistic: Callable[[np.ndarray], Optional[float]], resamples: int = RESAMPLES,
                  seed: int = 0) -> Dict[str, object]:
     """Any statistic of a set of images (``statistic(image_indices) -> float or None``) with a 95 % bootstrap
@@ -60,9 +66,27 @@ def statistic_ci(images: int, statistic: Callable[[np.ndarray], Optional[float]]
     value = statistic(np.arange(images))
     if value is None or images < 2:
         return {"value": value, "ci": [None, None], "images": images}
-    rng = np.random.default_rng(seed)
-    draws = [statistic(rng.integers(0, images, images)) for _ in range(resamples)]
-    draws = np.asarray([d for d in draws if d is not None], dtype=np.float64)
+    draws = [statistic(chosen) for chosen in _resampled_images(images, resamples, seed)]
+    return _percentile_entry(value, [d for d in draws if d is not None], images, resamples)
+
+
+def multiplicity_ci(images: int, statistic: Callable[[np.ndarray], np.ndarray], resamples: int = RESAMPLES,
+                    seed: int = 0) -> Dict[str, object]:
+    """:func:`statistic_ci` for a statistic computed on all resamples at once: ``statistic(counts [R, images])``
+    (how often each image is drawn in each resample; one row of ones is the data itself) returns ``[R]`` values,
+    NaN where undefined. The same resamples as :func:`statistic_ci` draws."""
+    value = float(statistic(np.ones((1, images)))[0])
+    if np.isnan(value) or images < 2:
+        return {"value": None if np.isnan(value) else value, "ci": [None, None], "images": images}
+    chosen = _resampled_images(images, resamples, seed)
+    counts = np.zeros((resamples, images))
+    np.add.at(counts, (np.arange(resamples)[:, None], chosen), 1.0)
+    draws = statistic(counts)
+    return _percentile_entry(value, draws[~np.isnan(draws)], images, resamples)
+
+
+def _percentile_entry(value: float, draws, images: int, resamples: int) -> Dict[str, object]:
+    draws = np.asarray(draws, dtype=np.float64)
     if draws.size < resamples // 2:
         return {"value": value, "ci": [None, None], "images": images}
     tail = (1 - CONFIDENCE) / 2 * 100
@@ -80,3 +104,23 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float],
     if labels.size == 0 or np.all(labels == labels[0]):
         return None
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64), sample_weight=weights))
+
+
+def weighted_roc_auc(labels: Sequence[int], scores: Sequence[float], weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``scores`` for telling label 1 from 0 under each row of ``weights [R, N]`` (how often each item
+    counts), all rows in one vectorised pass: the Mann-Whitney form, ties counted half, which is what
+    scikit-learn's trapezoids give (tested equal to :func:`roc_auc` row by row). ``[R]``; NaN where a row weighs
+    only one label. A bootstrap of 1000 resamples costs one call instead of 1000 calls of scikit-learn's."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    _, group = np.unique(scores, return_inverse=True)  # groups of tied scores, in increasing order
+    order = np.argsort(group, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]
+    ordered = weights[:, order]
+    positive = np.add.reduceat(ordered * labels[order], starts, axis=1)
+    negative = np.add.reduceat(ordered * ~labels[order], starts, axis=1)
+    below = np.cumsum(negative, axis=1) - negative  # negative weight of strictly lower scores
+    pairs = positive.sum(1) * negative.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(1) / pairs, np.nan)
