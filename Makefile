@@ -13,7 +13,7 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo demo-check test test-all bench build browser cuda-check gpu-check cpp-test clean help
+.PHONY: demo demo-check test test-all bench build browser cuda-check gpu-check gpu-wheels cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -23,7 +23,9 @@ help:
 	@echo "make demo-check  the quick demo from scratch and its report in headless Chromium (what CI runs)"
 	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
 	@echo "make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks;"
+	@echo "                 then the quick demo, the scale benchmark and LRP of 5,000 images on the GPU;"
 	@echo "                 report in runs/gpu-check/report.md (needs only torch and nvcc there)"
+	@echo "make gpu-wheels  wheels of zennit, captum, pycocotools for a GPU machine without network (.whl/)"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
 
 $(STAMP): requirements.txt
@@ -79,6 +81,15 @@ cuda-check: $(STAMP)
 # Uses .venv when there is one, else the machine's python3: GPU machines often have torch and no network.
 gpu-check:
 	tools/gpu_check.sh
+
+# Wheels of what a bare GPU machine (torch, no network) lacks for make gpu-check's explainer tests and end-to-end
+# part, for its Python (GPU_PYTHON, default 3.12), into .whl/ (ignored by git; carry it with the tree).
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		zennit==0.5.1 captum==0.9.0 pycocotools==2.0.11
+	@ls -la .whl
 
 cpp-test: $(STAMP)
 	tools/cuda_toolkit_shim.sh $(PY) $(CUDA_SHIM) >/dev/null
