@@ -239,6 +239,7 @@ def _explain(args) -> int:
     written = explain_split(model, vocabulary, args.split_file, image_root, args.split, args.out, methods,
                             config.image_size, args.limit, args.shard_size, args.beam_size, max_length,
                             args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run)
+    print(f"process {run.rank + 1}/{run.world_size}: " if run.distributed else "", end="")
     print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
     return 0
 

@@ -3,8 +3,10 @@
 (``--workers``), and the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on the CPU).
 
 One small object, :class:`RunSettings`, is made once from the options (:func:`run_settings`) and handed down; the
-library functions take it as ``run=`` (default: :func:`run_settings` with its defaults, i.e. the GPU when one is
-visible, float32, images decoded in the calling process). Imported by any layer of capxai; imports none.
+library functions take it as ``run=``. Training and fine-tuning build their model, so their default is
+:func:`run_settings` with its defaults (the GPU when one is visible, float32, images decoded in the calling
+process); the functions that are handed a model (captioning, evaluation, explaining a split) keep it where it is
+and default to ``RunSettings()`` (no workers, one process). Imported by any layer of capxai; imports none.
 
 Why explanations stay float32: every LRP rule divides by a forward value (``R * x w / stab(z)``); in bfloat16 a
 pre-activation keeps 8 bits of mantissa, so a ``z`` that is a small difference of large terms loses most of its
@@ -139,12 +141,10 @@ def _ignore_interrupts(worker: int) -> None:
 def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:
     visible = torch.cuda.is_available()
     count = torch.cuda.device_count() if visible else 0
-    if text == "auto":
-        return torch.device("cuda", local_rank) if visible else torch.device("cpu")
-    if text == "cpu":
+    if text == "cpu" or (text == "auto" and not visible):
         return torch.device("cpu")
     try:
-        device = torch.device(text)
+        device = torch.device("cuda" if text == "auto" else text)
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type != "cuda":
@@ -152,12 +152,15 @@ def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:
     if not visible:
         raise ValueError(f"--device {text}: no GPU is visible here (torch.cuda.is_available() is False); use "
                          "--device cpu or auto")
-    if device.index is None:
+    if device.index is None:  # "cuda", "auto": under torchrun, the GPU of the process's LOCAL_RANK
         device = torch.device("cuda", local_rank)
     elif distributed:
         raise ValueError(f"--device {text}: under torchrun each process takes the GPU of its LOCAL_RANK; give "
                          "--device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES")
     if device.index >= count:
+        if distributed and text in ("auto", "cuda"):
+            raise ValueError(f"--device {text}: process LOCAL_RANK {local_rank} has no GPU of its own (this machine "
+                             f"shows {count}); start at most {count} processes per machine (--nproc_per_node)")
         raise ValueError(f"--device {device}: this machine shows {count} GPU{'s' if count != 1 else ''} "
                          f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})")
     return device
@@ -165,8 +168,9 @@ def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:
 
 def run_settings(device: str = "auto", precision: str = "fp32", workers: int = 0,
                  backend: str = "auto") -> RunSettings:
-    """Checked run settings. Errors (``ValueError``) name the option: a GPU asked for where none is visible or
-    that does not exist, fp16 on the CPU (float16 autocast with a gradient scaler is a GPU recipe; bf16 runs on
+    """Checked run settings; a GPU chosen becomes the current CUDA device. Errors (``ValueError``) name the option:
+    a GPU asked for where none is visible or that does not exist (also: more torchrun processes than GPUs), fp16 on
+    the CPU (float16 autocast with a gradient scaler is a GPU recipe; bf16 runs on
     both), bf16 on a GPU without bfloat16, negative workers, NCCL with the CPU (NCCL reduces CUDA tensors only)."""
     rank, local_rank, world = torchrun_rank()
     chosen = _device_of(str(device), local_rank, world > 1)
@@ -175,8 +179,9 @@ def run_settings(device: str = "auto", precision: str = "fp32", workers: int = 0
     if precision == "fp16" and chosen.type != "cuda":
         raise ValueError("--precision fp16 needs a GPU (--device cuda): float16 training with a gradient scaler is "
                          "a GPU recipe; on the CPU use --precision bf16 or fp32")
-    if precision == "bf16" and chosen.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(chosen)} has no bfloat16; use fp16 or fp32")
+    if precision == "bf16" and chosen.type == "cuda" and torch.cuda.get_device_properties(chosen).major < 8:
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(chosen)} has no bfloat16 arithmetic (it "
+                         "came with compute capability 8.0); use fp16 or fp32")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"--workers must be an integer >= 0 (0 decodes images in this process), got {workers!r}")
     if backend not in BACKENDS:
@@ -185,6 +190,9 @@ def run_settings(device: str = "auto", precision: str = "fp32", workers: int = 0
         raise ValueError(f"--dist-backend nccl needs --device cuda (NCCL reduces CUDA tensors only; the device is "
                          f"{chosen}); use gloo on the CPU")
     resolved = backend if backend != "auto" else ("nccl" if chosen.type == "cuda" else "gloo")
+    if chosen.type == "cuda":
+        # the current device: where the DataLoader's pinning thread and torch's default CUDA context go
+        torch.cuda.set_device(chosen)
     return RunSettings(chosen, precision, workers, resolved, rank, world)
 
 

@@ -31,22 +31,30 @@ def data(tmp_path_factory):
 
 
 # -- the options ---------------------------------------------------------------------------------------------------
-def _one_gpu(monkeypatch):
+def _one_gpu(monkeypatch) -> list:
+    """A machine that shows one GPU (to the checks); returns the devices made current."""
+    current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
 
 
 def test_auto_is_the_cpu_without_a_gpu_and_the_local_rank_gpu_with_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run_settings().device == torch.device("cpu")
     assert run_settings().backend == "gloo"
-    _one_gpu(monkeypatch)
+    current = _one_gpu(monkeypatch)
     assert run_settings("auto").device == torch.device("cuda", 0)
     assert run_settings("cuda").backend == "nccl"
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert run_settings("cuda").device == torch.device("cuda", 3)  # torchrun: each process its own GPU
+    assert current[-1] == torch.device("cuda", 3)  # and makes it the current device (pinning, contexts)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="LOCAL_RANK 3 has no GPU of its own"):
+        run_settings("auto")
 
 
 @pytest.mark.parametrize("options, message", [
@@ -195,6 +203,9 @@ def test_bf16_training_and_finetuning_commands_run(data, tmp_path):
     tuned = finetune(FinetuneConfig(method="lrp", epochs=1, batch_size=8), tmp_path / "model" / "best.pt", split,
                      data, tmp_path / "tuned", progress=False, run=run)
     assert tuned["epochs"][0]["explained_share"] > 0
+    scst = finetune(FinetuneConfig(method="lrp", objective="scst", epochs=1, batch_size=8, samples_per_image=2),
+                    tmp_path / "model" / "best.pt", split, data, tmp_path / "scst", progress=False, run=run)
+    assert scst["epochs"][0]["loss"] == scst["epochs"][0]["loss"]  # the LRP weights of sampled words under bf16
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

@@ -75,11 +75,14 @@ class ExplanationSettings:
 
 
 class _Records:
-    """Rows of numbers, each tied to an image (the unit the intervals resample), and where the time went."""
+    """Rows of numbers, each tied to an image (the unit the intervals resample), and where the time went (seconds
+    summed over the processes of a torchrun launch; ``synchronize``: waits for a GPU so that its work is counted in
+    the phase that launched it)."""
 
-    def __init__(self):
+    def __init__(self, synchronize=None):
         self.rows: Dict[str, List[list]] = {}
         self.seconds: Dict[str, float] = {}
+        self.synchronize = synchronize
 
     @contextlib.contextmanager
     def timed(self, phase: str):
@@ -87,6 +90,8 @@ class _Records:
         try:
             yield
         finally:
+            if self.synchronize is not None:
+                self.synchronize()
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
     def add(self, table: str, image: int, **values) -> None:
@@ -124,7 +129,8 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     """Explains the model's captions of ``dataset`` with every method of ``settings`` and measures them against
     ``data`` (boxes, CHAIR's ground truth). Returns ``{"settings", "images", "grounding", "ablation",
     "detection"}`` (see :func:`tables_markdown` for what each holds). ``run``: image-decoding workers and, under
-    torchrun, the share of the batches this process explains (every process must call; all get the result)."""
+    torchrun, the share of the batches this process explains (every process must call; process 0 gets the result,
+    the others None)."""
     run = run if run is not None else RunSettings()
     from capxai.report.explain_run import make_explainer
 
@@ -145,7 +151,7 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     for number, images in zip(mine, tqdm(loader, desc="evaluating explanations", unit="batch",
                                          disable=not progress)):
         positions = batches[number]
-        records = by_batch[number] = _Records()
+        records = by_batch[number] = _Records(torch.cuda.synchronize if device.type == "cuda" else None)
         generator = torch.Generator().manual_seed(settings.seed + 1_000_003 * number)
         images = images.to(device, non_blocking=True)
         with torch.no_grad(), records.timed("decode"):
@@ -158,6 +164,8 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     records = _Records()
     for part in run.gather(by_batch):
         by_batch.update(part)
+    if run.rank != 0:
+        return None
     for number in range(len(batches)):
         records.extend(by_batch[number])
     with records.timed("tables and intervals"):

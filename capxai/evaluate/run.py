@@ -62,6 +62,7 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     explains its share of the images; process 0 scores, writes and returns the results, the others return
     ``{"paths": []}``; the files equal those of one process (the run stamp records how many there were)."""
     run = run if run is not None else RunSettings()
+    progress = progress and run.rank == 0
     if explanations is not None and hallucination is None:
         raise ValueError("evaluating explanations needs the split's boxes: give the instances (and synonyms) file")
     split = dataset.split

@@ -11,6 +11,7 @@ import numpy as np
 
 CONFIDENCE = 0.95
 RESAMPLES = 1000
+CHUNK = 100  # resamples computed at once by multiplicity_ci
 
 
 def _interval(data, statistic, vectorized: bool, resamples: int, seed: int):
@@ -79,9 +80,13 @@ def multiplicity_ci(images: int, statistic: Callable[[np.ndarray], np.ndarray], 
     if np.isnan(value) or images < 2:
         return {"value": None if np.isnan(value) else value, "ci": [None, None], "images": images}
     chosen = _resampled_images(images, resamples, seed)
-    counts = np.zeros((resamples, images))
-    np.add.at(counts, (np.arange(resamples)[:, None], chosen), 1.0)
-    draws = statistic(counts)
+    draws = []
+    for start in range(0, resamples, CHUNK):  # a chunk's [R, words] arrays stay small on large splits
+        block = chosen[start:start + CHUNK]
+        counts = np.zeros((block.shape[0], images))
+        np.add.at(counts, (np.arange(block.shape[0])[:, None], block), 1.0)
+        draws.append(statistic(counts))
+    draws = np.concatenate(draws)
     return _percentile_entry(value, draws[~np.isnan(draws)], images, resamples)
 
 

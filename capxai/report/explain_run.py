@@ -149,7 +149,7 @@ def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir
 def _start_split_run(output: OutputFolder, method: str, identity: dict, overwrite: bool, rank: int) -> dict:
     """The run of ``method``'s folder. Its id follows from what the run is (checkpoint, split, settings), so every
     torchrun process and a resumed run stamp the same one, and files of another id are another run's: refused, or
-    with ``overwrite`` removed (by process 0; under torchrun, start an --overwrite run with one process)."""
+    with ``overwrite`` removed (by process 0, which the others wait for in :func:`explain_split`)."""
     fingerprint = json.dumps({**identity, "method": method}, sort_keys=True).encode()
     run_id = "split-" + hashlib.sha256(fingerprint).hexdigest()[:16]
     run = {**identity, "run_id": run_id, "method": method}

@@ -93,6 +93,9 @@ def feature_weights(output: nn.Linear, first: torch.Tensor, second: torch.Tensor
         ``(weights_first, weights_second, explained)``: ``[..., H]`` each, in ``[0, 2]``, no gradient; ``explained
         [...]`` marks the steps whose top word was explained.
     """
+    # in the output layer's precision (float32) under autocast too: the epsilon rule divides by the logit
+    dtype = output.weight.dtype
+    first, second, logits = first.to(dtype), second.to(dtype), logits.to(dtype)
     top = logits.argmax(-1)
     explained = ~skipped.to(top.device)[top]
     if valid is not None:
@@ -119,10 +122,8 @@ def training_logits(captioner: Captioner, trace: DecoderTrace, skipped: Optional
     plain = captioner.output(mask * (first + second))
     if skipped is None:
         return plain, plain, torch.zeros(first.shape[:-1], dtype=torch.bool, device=first.device)
-    # in the output layer's precision (float32) under autocast too: the epsilon rule divides by the logit
-    dtype = captioner.output.weight.dtype
-    weights_first, weights_second, explained = feature_weights(captioner.output, first.to(dtype), second.to(dtype),
-                                                               trace.logits.to(dtype), skipped, valid, eps)
+    weights_first, weights_second, explained = feature_weights(captioner.output, first, second, trace.logits,
+                                                               skipped, valid, eps)
     weighted = captioner.output(mask * (weights_first * first + weights_second * second))
     return weighted, plain, explained
 

@@ -166,16 +166,21 @@ def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
 
 def train_step(model, optimizer, batch: Dict[str, torch.Tensor], clip_norm: float,
                run: Optional[RunSettings] = None, scaler=None) -> float:
-    """One cross-entropy step on ``batch`` (on the model's device), in ``run``'s training precision."""
+    """One cross-entropy step on ``batch`` (on the model's device), in ``run``'s training precision; the loss."""
+    return float(_train_step(model, optimizer, batch, clip_norm, run, scaler))
+
+
+def _train_step(model, optimizer, batch, clip_norm, run, scaler) -> torch.Tensor:
     optimizer.zero_grad()
     with (run.autocast() if run is not None else contextlib.nullcontext()):
         loss = caption_loss(model, batch["images"], batch["captions"], batch["caption_mask"])
     return optimizer_step(loss, model, optimizer, clip_norm, scaler)
 
 
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float, scaler=None) -> float:
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float, scaler=None) -> torch.Tensor:
     """Backward, gradient-norm clipping and the optimizer step; with an (enabled) fp16 gradient scaler, the loss is
-    scaled and the gradients unscaled before clipping. Returns the loss."""
+    scaled and the gradients unscaled before clipping. Returns the loss, detached (reading it would wait for the
+    GPU: the epoch loop reads its losses once, at the end of the epoch)."""
     if scaler is None or not scaler.is_enabled():
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -186,7 +191,7 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: f
         nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         scaler.step(optimizer)
         scaler.update()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def set_seed(seed: int) -> None:
@@ -311,7 +316,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
                      history=history, payload={"config": history["config"]}, epochs=config.epochs,
                      batch_size=config.batch_size, captions_per_image=config.captions_per_image, seed=config.seed,
                      max_length=config.max_length, run=run, progress=progress, scaler=scaler)
-    loop.run_epochs(start_epoch, lambda batch: train_step(trained, optimizer, batch, config.clip_norm, run, scaler))
+    loop.run_epochs(start_epoch, lambda batch: _train_step(trained, optimizer, batch, config.clip_norm, run, scaler))
     return history
 
 
@@ -319,7 +324,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
 class EpochLoop:
     """The epochs of a training or fine-tuning run: batches in a seeded order (a distributed sampler under torchrun),
     decoded by the run's DataLoader workers (kept between epochs) and moved to its device, one ``step(batch) ->
-    loss`` each, validation CIDEr, learning-rate decay on plateau, and after every epoch ``best.pt`` (highest
+    loss`` each (a tensor, read at the end of the epoch), validation CIDEr, learning-rate decay on plateau, and after every epoch ``best.pt`` (highest
     validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and ``history.json``, written
     atomically by rank 0 and recorded in the output folder's manifest. The captions of a step are drawn in this
     process (:func:`~capxai.data.captions.choose_captions`), so a run's result does not depend on the workers.
@@ -373,7 +378,10 @@ class EpochLoop:
                     batch = run.to_device(choose_captions(batch, self.captions_per_image, caption_generator))
                     losses.append(step(batch))
                     bar.update(1)
+            losses = [float(loss) for loss in losses]  # read once the epoch's steps are done
             train_seconds = time.perf_counter() - epoch_started
+            if run.distributed:  # every process validates (and process 0 saves) process 0's BatchNorm statistics
+                self._broadcast_buffers()
             cider = validation_cider(self.model, self.val_set, self.max_length, run)
             self.scheduler.step(cider)
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_cider": cider,
@@ -401,6 +409,13 @@ class EpochLoop:
             "history": history, "torch_rng": torch.get_rng_state(), **self._device_state()}, kind="training"))
         written.append(atomic_write_json(self.out_dir / "history.json", history))
         self.output.record(written, "checkpoints")
+
+    def _broadcast_buffers(self) -> None:
+        """DDP sends process 0's buffers before each training forward, and each process then updates its own
+        BatchNorm statistics: after the last step they differ until made equal here."""
+        self.run.join()
+        for buffer in self.model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
     def _device_state(self) -> dict:
         """What resuming on the same GPU needs beyond the CPU's random state (dropout draws there)."""
