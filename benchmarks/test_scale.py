@@ -23,7 +23,7 @@ the measured call, ``gmac_per_second`` what was reached.
 
 Sizes (``CAPXAI_SCALE``): ``cpu`` (default; the whole file in a few minutes on 2 cores): batch 2, captions of 4
 words, 8 training scenes; ``gpu``: batch 32, 16 words, 64 training scenes, and only the CUDA cases run (the CPU
-would take an hour). CUDA cases are marked ``cuda`` and skipped without a GPU.
+would take an hour). CUDA cases (marked ``cuda``) exist only where a GPU is visible.
 Run: ``pytest benchmarks/test_scale.py --benchmark-only`` (add ``--benchmark-json=runs/bench/scale-cpu.json``);
 on a GPU ``CAPXAI_SCALE=gpu pytest benchmarks/test_scale.py --benchmark-only`` (``make gpu-check`` does).
 """
@@ -55,11 +55,7 @@ VGG16_GMAC = 15.5  # per 224x224 image, the conv stack without its last max pool
 LRP_TARGET = 1.5  # issue 21: LRP of every word at most 1.5x one batched Gradient x Input pass
 KINDS = ["adaptive", "multihead"]
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")]),
-]
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(params=DEVICES)
