@@ -8,7 +8,8 @@ from zennit.rules import Epsilon, Pass
 from zennit.types import Activation, Convolution
 
 import capxai.explain as explain
-from capxai.explain.decoder_lrp import Rules, decoder_relevance
+from capxai.explain.decoder_lrp import Rules
+from capxai.explain.lrp_paths import decoder_relevance
 from capxai.explain.encoder_lrp import ExactMergeBatchNorm, fast_relevance, plain_layers, zennit_relevance
 from capxai.explain.forward import teacher_force
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder
@@ -112,7 +113,7 @@ def test_all_words_at_once_equal_each_word_alone(kind, mode, head):
         alone = torch.zeros_like(explanation.mask)
         alone[:, k] = explanation.mask[:, k]
         with torch.no_grad():
-            relevance = decoder_relevance(model, features, forward, tokens, alone, Rules(), mode, head)
+            relevance = decoder_relevance(model, features, forward, captions, alone, Rules(), mode, head)
         assert_matches(explanation.feature_relevance[:, k], relevance.features[k])
         assert_matches(explanation.word_relevance[:, k], relevance.words[k])
         pixels = fast_relevance(layers, images, relevance.features[k:k + 1], explanation.grid_size, "paper")[0]

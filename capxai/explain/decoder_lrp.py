@@ -199,16 +199,3 @@ def multihead_relevance(model: MultiHeadCaptioner, features: torch.Tensor, forwa
                                                             relevance_x[..., hidden:].sum(1), rules)
     relevance_words = relevance_x[..., :hidden].sum(-1).transpose(1, 2)  # [K, B, T]
     return DecoderRelevance(relevance_features, relevance_words, relevance_h0.sum(-1) + relevance_c0.sum(-1))
-
-
-def decoder_relevance(model, features: torch.Tensor, forward: ForwardPass, tokens: torch.Tensor,
-                      mask: torch.Tensor, rules: Rules, mode: str = "constant",
-                      head: Optional[int] = None) -> DecoderRelevance:
-    """LRP of every explained word (``tokens [B, T]``, ``mask [B, T]``) through the decoder, onto the feature grid,
-    the fed words and the initial states. ``forward`` is :func:`capxai.explain.forward.teacher_force`'s result."""
-    start = start_relevance(forward, tokens, mask)
-    if isinstance(model, AdaptiveAttentionCaptioner):
-        return adaptive_relevance(model, features, forward, start, rules)
-    if isinstance(model, MultiHeadCaptioner):
-        return multihead_relevance(model, features, forward, start, rules, mode, head)
-    raise TypeError(f"capxai.explain.LRP: no decoder rule for {type(model).__name__}")

@@ -16,14 +16,15 @@ import torch
 from torch import nn
 from zennit.core import Composite
 
-from capxai.explain.decoder_lrp import Rules, decoder_relevance
+from capxai.explain.decoder_lrp import Rules
 from capxai.explain.encoder_lrp import COMPOSITES, pixel_relevance
 from capxai.explain.explanation import Explanation
 from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
 from capxai.explain.gradients import (all_word_gradients, captured_output, grad_cam, guided_relus, last_conv,
                                       upsample)
 from capxai.explain.inputs import Prepared, feature_dim, model_parts, prepare
-from capxai.models import MultiHeadCaptioner
+from capxai.explain.lrp_paths import PATHS, decoder_relevance, has_fast_path
+from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.nn.context import LRPSettings
 
 
@@ -113,6 +114,9 @@ class LRP(Explainer):
         attention_mode: "constant" (the paper) or "attnlrp" (multi-head model only: AttnLRP through the scores).
         head: explain the multi-head model through this head only.
         fast_encoder: use the batched encoder fast path where it applies (it equals Zennit's result).
+        path: the decoder's LRP path: "auto" (the fused fast path registered for the captioner's class, else the
+            generic path), "fused" or "generic" (one autograd backward through any captioner built from capxai.nn
+            modules and ordinary layers; docs/LRP_RULES.md, "The generic path").
     """
 
     method = "lrp"
@@ -120,34 +124,39 @@ class LRP(Explainer):
     def __init__(self, model, encoder: Optional[nn.Module] = None, composite: Union[str, Composite] = "paper",
                  eps: float = 0.01, bias_factor: float = 0.0, attention_mode: str = "constant",
                  head: Optional[int] = None, *, vocabulary=None, image_size: Optional[int] = None,
-                 fast_encoder: bool = True):
+                 fast_encoder: bool = True, path: str = "auto"):
         super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
         LRPSettings(eps, bias_factor, attention_mode)  # validates eps, bias_factor and the mode
         if not (isinstance(composite, Composite) or composite in COMPOSITES):
             raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES} or a zennit Composite, "
                              f"got {composite!r}")
+        if path not in PATHS:
+            raise ValueError(f"capxai.explain.LRP: path must be one of {PATHS}, got {path!r}")
+        if path == "fused" and not has_fast_path(self.captioner):
+            raise ValueError(f"capxai.explain.LRP: no fused path is registered for {type(self.captioner).__name__}; "
+                             "use path='auto' or 'generic'")
         is_multihead = isinstance(self.captioner, MultiHeadCaptioner)
-        if attention_mode != "constant" and not is_multihead:
-            raise ValueError("capxai.explain.LRP: attention_mode='attnlrp' needs the multi-head captioner (the "
-                             "adaptive model's additive attention keeps its weights constant)")
-        if head is not None and not (is_multihead and 0 <= head < self.captioner.heads):
+        if attention_mode != "constant" and isinstance(self.captioner, AdaptiveAttentionCaptioner):
+            raise ValueError("capxai.explain.LRP: attention_mode='attnlrp' does not apply to the adaptive captioner "
+                             "(its additive attention keeps its weights constant)")
+        if head is not None and not (is_multihead and path != "generic" and 0 <= head < self.captioner.heads):
             heads = self.captioner.heads if is_multihead else 0
             raise ValueError(f"capxai.explain.LRP: head must be None or in [0, {heads}) for this captioner, got {head}")
         self.composite, self.eps, self.bias_factor = composite, eps, bias_factor
-        self.attention_mode, self.head, self.fast_encoder = attention_mode, head, fast_encoder
+        self.attention_mode, self.head, self.fast_encoder, self.path = attention_mode, head, fast_encoder, path
 
     @property
     def settings(self) -> dict:
         composite = self.composite if isinstance(self.composite, str) else type(self.composite).__name__
         return {"composite": composite, "eps": self.eps, "bias_factor": self.bias_factor,
-                "attention_mode": self.attention_mode, "head": self.head}
+                "attention_mode": self.attention_mode, "head": self.head, "path": self.path}
 
     def _explain(self, prepared: Prepared) -> Explanation:
-        tokens = prepared.captions[:, 1:]
         with torch.no_grad():
             forward = teacher_force(self.captioner, prepared.features, prepared.captions)
-            relevance = decoder_relevance(self.captioner, prepared.features, forward, tokens, _word_mask(prepared),
-                                          Rules(self.eps, self.bias_factor), self.attention_mode, self.head)
+            relevance = decoder_relevance(self.captioner, prepared.features, forward, prepared.captions,
+                                          _word_mask(prepared), Rules(self.eps, self.bias_factor),
+                                          self.attention_mode, self.head, self.path)
         pixels = None
         if prepared.images is not None:
             pixels = pixel_relevance(self.encoder, prepared.images, relevance.features, prepared.grid_size,

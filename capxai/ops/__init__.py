@@ -3,7 +3,7 @@
 This package imports nothing else of capxai, so it can be used on its own as a relevance-op library.
 """
 from capxai._extension import cuda_built, op_names
-from capxai.ops import autograd, fake  # noqa: F401  (register the autograd and fake kernels)
+from capxai.ops import autograd, batching, fake  # noqa: F401  (register the autograd, vmap and fake kernels)
 from capxai.ops import reference
 from capxai.ops.attention import lrp_additive_attention, lrp_sdpa
 from capxai.ops.linear import lrp_linear
