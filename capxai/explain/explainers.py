@@ -22,9 +22,10 @@ from capxai.explain.explanation import Explanation
 from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
 from capxai.explain.gradients import (all_word_gradients, captured_output, grad_cam, guided_relus, last_conv,
                                       upsample)
-from capxai.explain.inputs import Prepared, feature_dim, model_parts, prepare
+from capxai.explain.inputs import Prepared, model_parts, prepare
 from capxai.explain.lrp_paths import PATHS, decoder_relevance, has_fast_path
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
+from capxai.models.contract import attention_of, check_captioner
 from capxai.nn.context import LRPSettings
 
 
@@ -45,7 +46,7 @@ class Explainer(abc.ABC):
     def __init__(self, model, encoder: Optional[nn.Module] = None, *, vocabulary=None,
                  image_size: Optional[int] = None):
         self.captioner, self.encoder = model_parts(model, encoder)
-        feature_dim(self.captioner)  # refuses captioners no explainer knows
+        check_captioner(self.captioner, "explain")  # names what a captioner of the user's own lacks
         self.vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None)
         self.image_size = image_size if image_size is not None else getattr(model, "image_size", None)
 
@@ -294,6 +295,7 @@ class Attention(Explainer):
     def _explain(self, prepared: Prepared) -> Explanation:
         with torch.no_grad():
             forward = teacher_force(self.captioner, prepared.features, prepared.captions)
+        attention_of(forward.steps[0], type(self.captioner).__name__)
         explanation = self._result(prepared, forward)
         if prepared.images is not None and prepared.grid_size is not None:
             grid = explanation.attention.unflatten(-1, tuple(prepared.grid_size))

@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from capxai.models import AdaptiveAttentionCaptioner, Captioner, MultiHeadCaptioner, beam_search
+from capxai.models import Captioner, beam_search
+from capxai.models.contract import feature_width
 
 PAD, START, END = 0, 1, 2  # capxai's vocabulary: <pad>, <start>, <end> (then <unk>, words)
 
@@ -37,18 +38,9 @@ def model_parts(model, encoder: Optional[nn.Module]) -> Tuple[Captioner, Optiona
         return model, encoder
     captioner = getattr(model, "captioner", None)
     if not isinstance(captioner, Captioner):
-        raise TypeError(f"capxai.explain: expected a capxai captioner (AdaptiveAttentionCaptioner, "
-                        f"MultiHeadCaptioner) or a model with .captioner and .encoder, got {type(model).__name__}")
+        raise TypeError(f"capxai.explain: expected a capxai.models.Captioner (a built-in one or a subclass of your "
+                        f"own) or a model with .captioner and .encoder, got {type(model).__name__}")
     return captioner, encoder if encoder is not None else getattr(model, "encoder", None)
-
-
-def feature_dim(captioner: Captioner) -> int:
-    """C, the width of the feature grid the captioner reads."""
-    if isinstance(captioner, AdaptiveAttentionCaptioner):
-        return captioner.region_proj.in_features
-    if isinstance(captioner, MultiHeadCaptioner):
-        return captioner.key.in_features
-    raise TypeError(f"capxai.explain: no explainer knows the captioner {type(captioner).__name__}")
 
 
 def _check_images(images, image_size: Optional[int]) -> torch.Tensor:
@@ -68,10 +60,12 @@ def _check_images(images, image_size: Optional[int]) -> torch.Tensor:
 
 
 def _check_features(features, captioner: Captioner) -> torch.Tensor:
-    width = feature_dim(captioner)
-    if not isinstance(features, torch.Tensor) or features.dim() != 3 or features.shape[2] != width:
+    width = feature_width(captioner)
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or (width is not None and
+                                                                         features.shape[2] != width):
         shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise ValueError(f"capxai.explain: features must be [B, regions, {width}] for this captioner, got {shape}")
+        raise ValueError(f"capxai.explain: features must be [B, regions, {width or 'C'}] for this captioner, got "
+                         f"{shape}")
     if features.shape[0] == 0 or features.shape[1] == 0:
         raise ValueError(f"capxai.explain: features hold no image or no region, got {list(features.shape)}")
     if not bool(torch.isfinite(features).all()):

@@ -1,9 +1,11 @@
-"""capxai.models: image encoders, the paper's two captioners, and the decoding they share."""
+"""capxai.models: image encoders, the captioners (the paper's two and a transformer decoder), the captioner contract
+and the decoding they share."""
 from capxai.models.adaptive import AdaptiveAttentionCaptioner
 from capxai.models.captioner import Captioner, DecoderTrace
 from capxai.models.decoding import Decoded, beam_search, greedy
 from capxai.models.encoders import SceneCNN, TorchvisionEncoder
 from capxai.models.multihead import MultiHeadCaptioner
+from capxai.models.transformer import TransformerCaptioner
 
-__all__ = ["AdaptiveAttentionCaptioner", "MultiHeadCaptioner", "Captioner", "DecoderTrace", "SceneCNN",
-           "TorchvisionEncoder", "beam_search", "greedy", "Decoded"]
+__all__ = ["AdaptiveAttentionCaptioner", "MultiHeadCaptioner", "TransformerCaptioner", "Captioner", "DecoderTrace",
+           "SceneCNN", "TorchvisionEncoder", "beam_search", "greedy", "Decoded"]

@@ -24,7 +24,7 @@ class AdaptiveAttentionCaptioner(Captioner):
     def __init__(self, vocab_size: int, feature_dim: int, hidden: int = 512, attention_dim: int = 512,
                  dropout: float = 0.5):
         super().__init__()
-        self.vocab_size, self.hidden = vocab_size, hidden
+        self.vocab_size, self.feature_dim, self.hidden = vocab_size, feature_dim, hidden
         self.region_proj = nn.Linear(feature_dim, hidden)
         self.global_proj = nn.Linear(feature_dim, hidden)
         self.embedding = nn.Embedding(vocab_size, hidden)

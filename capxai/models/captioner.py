@@ -2,7 +2,7 @@
 decoding step, and teacher-forced decoding that returns every step's activations in one typed structure."""
 import abc
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,10 +20,13 @@ class DecoderTrace:
 
 
 class Captioner(nn.Module, abc.ABC):
-    """Base of the captioners: subclasses define ``init_state`` and ``step``; ``forward`` runs teacher forcing."""
+    """Base of the captioners: subclasses define ``init_state`` and ``step``; ``forward`` runs teacher forcing.
+    What each use needs beyond that (an ``embedding`` for the explainers...): ``capxai.models.contract``."""
 
     vocab_size: int
-    output_terms: Tuple[str, str]  # names of the two activations whose sum ``self.output`` reads (after dropout)
+    feature_dim: int  # C of the feature grid it reads (optional: checked against features when set)
+    output_terms: Optional[Tuple[str, str]] = None  # the two activations whose sum ``self.output`` reads (after
+    # dropout): needed by LRP-inference fine-tuning only (capxai.models.contract)
 
     @abc.abstractmethod
     def init_state(self, features: torch.Tensor) -> State:

@@ -22,7 +22,7 @@ class MultiHeadCaptioner(Captioner):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"MultiHeadCaptioner: hidden ({hidden}) must be divisible by heads ({heads})")
-        self.vocab_size, self.hidden, self.heads = vocab_size, hidden, heads
+        self.vocab_size, self.feature_dim, self.hidden, self.heads = vocab_size, feature_dim, hidden, heads
         self.embedding = nn.Embedding(vocab_size, hidden)
         self.mean_proj = nn.Linear(feature_dim, hidden)
         self.lstm = cnn.LSTMCell(2 * hidden, hidden)
