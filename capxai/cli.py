@@ -3,6 +3,7 @@
 of run options (``--device``, ``--workers``, ``--dist-backend``; ``--precision`` for training), turned once into a
 :class:`capxai.runtime.RunSettings` and handed down. Several processes: ``torchrun --nproc_per_node N -m capxai
 train|finetune|evaluate|explain ...`` (one GPU each with NCCL, or gloo on the CPU)."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -66,13 +67,16 @@ def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
     run = _run_of(args)
-    if args.model == "multihead" and args.hidden % args.heads:
-        raise CommandError(f"--hidden {args.hidden} must be divisible by --heads {args.heads} (each head takes "
-                           "hidden / heads dimensions)")
+    from capxai.models import CAPTIONERS
+
+    problems = CAPTIONERS.get(args.model).check(argparse.Namespace(model=args.model, hidden=args.hidden,
+                                                                   heads=args.heads, layers=args.layers))
+    if problems:
+        raise CommandError(f"--model {args.model}: {problems[0]}")
     config = TrainConfig(model=args.model, encoder=args.encoder,
                          encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                          finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
-                         hidden=args.hidden,
+                         hidden=args.hidden, layers=args.layers,
                          attention_dim=args.attention_dim or args.hidden, heads=args.heads, dropout=args.dropout,
                          epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                          lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
@@ -141,7 +145,7 @@ def _evaluate(args) -> int:
     from capxai.evaluate.hallucination import load_hallucination_data
     from capxai.evaluate.explanations import ExplanationSettings, tables_markdown
     from capxai.evaluate.run import check_outputs, evaluate_split
-    from capxai.train import load_trained
+    from capxai.models import load_trained
     from capxai._io import file_sha256
 
     run = _run_of(args)
@@ -202,19 +206,20 @@ def _interval(ci) -> str:
 
 def methods_of_option(text: str):
     """``--explanations``: "all" or methods separated by commas."""
-    from capxai.report.explain_run import ALL_METHODS
+    from capxai.explain import METHODS
 
-    methods = list(ALL_METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [method for method in methods if method not in ALL_METHODS]
+    methods = METHODS.names() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
-        raise CommandError(f"--explanations must be 'all' or some of {', '.join(ALL_METHODS)} separated by commas, "
+        raise CommandError(f"--explanations must be 'all' or some of {', '.join(METHODS.names())} separated by commas, "
                            f"got {text!r}")
     return methods
 
 
 def _explain(args) -> int:
-    from capxai.report.explain_run import explain_images, explain_split, methods_of
-    from capxai.train import load_trained
+    from capxai.commands.explain_run import explain_images, explain_split
+    from capxai.explain import methods_of
+    from capxai.models import load_trained
 
     run = _run_of(args)
     methods = methods_of(args.method)
@@ -245,6 +250,11 @@ def _explain(args) -> int:
 
 
 def build_parser() -> Parser:
+    """The ``capxai`` parser; its choices and help read the registries (methods, composites, encoders, captioner
+    kinds), so an entry registered by a user's package (``capxai.registry``) appears here."""
+    from capxai.explain import COMPOSITES, METHODS
+    from capxai.models import CAPTIONERS, ENCODERS
+
     parser = Parser(prog="capxai", description="Explain and improve image-captioning models. Bad input stops a "
                     "command before any work with one line naming the problem (exit status 2).")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -282,15 +292,18 @@ def build_parser() -> Parser:
                           "dataset_scenes.json or dataset_coco.json")
     training.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths start in")
     training.add_argument("--out", type=output_folder, required=True, help="checkpoint folder")
-    training.add_argument("--model", choices=["adaptive", "multihead"], default="adaptive")
-    training.add_argument("--encoder", choices=["scene", "vgg16", "resnet101"], default="scene")
+    training.add_argument("--model", choices=CAPTIONERS.names(), default="adaptive",
+                          help="captioner kind: " + CAPTIONERS.describe())
+    training.add_argument("--encoder", choices=ENCODERS.names(), default="scene",
+                          help="image encoder: " + ENCODERS.describe())
     training.add_argument("--encoder-weights", type=existing_file, help="local state_dict file for a torchvision encoder")
     training.add_argument("--freeze-encoder", action="store_true",
                           help="keep the encoder's weights fixed (default: fine-tune it with the captioner)")
     training.add_argument("--hidden", type=POSITIVE, default=512)
     training.add_argument("--attention-dim", type=POSITIVE, help="additive attention's score space (default: "
                           "--hidden)")
-    training.add_argument("--heads", type=POSITIVE, default=8, help="heads of the multi-head captioner")
+    training.add_argument("--heads", type=POSITIVE, default=8, help="attention heads (multihead, transformer)")
+    training.add_argument("--layers", type=POSITIVE, default=2, help="decoder layers of the transformer")
     training.add_argument("--dropout", type=float_between(0, 1, high_open=True), default=0.5)
     training.add_argument("--epochs", type=POSITIVE, default=10, help="total epochs (may grow when resuming)")
     training.add_argument("--batch-size", type=POSITIVE, default=32)
@@ -360,11 +373,10 @@ def build_parser() -> Parser:
     evaluating.add_argument("--synonyms", type=existing_file, help="CHAIR-style synonyms file (default: synonyms.txt beside "
                             "the split file, when present, else CHAIR's own table for the 80 COCO categories)")
     evaluating.add_argument("--explanations", metavar="METHODS", help="also measure explanations of the captions: "
-                            "'all' or some of lrp, gradcam, guided-gradcam, guided-backprop, gradient-x-input, "
-                            "attention (comma-separated): grounding, pointing game, ablation, hallucination detection")
-    evaluating.add_argument("--composite", default="paper", choices=["paper", "epsilon_plus_flat",
-                                                                      "epsilon_alpha2_beta1"],
-                            help="LRP rules of the encoder (with --explanations)")
+                            f"'all' or some of {', '.join(METHODS.names())} (comma-separated): grounding, pointing "
+                            "game, ablation, hallucination detection")
+    evaluating.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
+                            help="LRP rules of the encoder (with --explanations): " + COMPOSITES.describe())
     evaluating.add_argument("--explain-batch-size", type=POSITIVE, default=50, help="images explained at once")
     evaluating.add_argument("--pointing-tolerance", type=float_between(0, 1000), default=0.0,
                             help="pixels a box is grown by in the pointing game")
@@ -379,8 +391,8 @@ def build_parser() -> Parser:
                             "(all its files; files capxai did not write are never replaced)")
     evaluating.set_defaults(run=_evaluate)
 
-    explaining = commands.add_parser("explain", parents=[run_options(precision=False)], help="explain every word of captions: LRP, Grad-CAM, Guided "
-                                     "Grad-CAM, Guided Backprop, Gradient x Input, attention")
+    explaining = commands.add_parser("explain", parents=[run_options(precision=False)],
+                                     help="explain every word of captions: " + ", ".join(METHODS.names()))
     explaining.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt or last.pt of capxai train")
     explaining.add_argument("--images", type=existing_file, nargs="+", help="image files to explain")
     explaining.add_argument("--captions", nargs="+", help="one caption per image to explain (default: the model's "
@@ -392,11 +404,10 @@ def build_parser() -> Parser:
     explaining.add_argument("--split", choices=["train", "val", "test"], default="test")
     explaining.add_argument("--limit", type=POSITIVE, help="explain the first N images of the split only")
     explaining.add_argument("--shard-size", type=POSITIVE, default=32, help="images per shard file")
-    explaining.add_argument("--method", default="lrp", help="lrp, gradcam, guided-gradcam, guided-backprop, "
-                            "gradient-x-input, attention or all")
-    explaining.add_argument("--composite", default="paper", choices=["paper", "epsilon_plus_flat",
-                                                                      "epsilon_alpha2_beta1"],
-                            help="LRP rules of the encoder")
+    explaining.add_argument("--method", default="lrp", choices=METHODS.names() + ["all"],
+                            help="the method (or all): " + METHODS.describe())
+    explaining.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
+                            help="LRP rules of the encoder: " + COMPOSITES.describe())
     explaining.add_argument("--beam-size", type=POSITIVE, default=1, help="beams when decoding the model's "
                             "captions")
     explaining.add_argument("--max-length", type=POSITIVE, help="words per caption at most (default: the training's)")

@@ -165,7 +165,7 @@ def test_explain_overwrite_drops_figures_of_the_earlier_images(small_scenes, tmp
 
 
 def test_shards_of_two_runs_are_never_loaded_together(small_scenes, tmp_path, capsys):
-    from capxai.report.explain_run import load_shards
+    from capxai.commands.explain_run import load_shards
 
     out = tmp_path / "run"
     train(TINY, small_scenes / "dataset_scenes.json", small_scenes, out, progress=False)

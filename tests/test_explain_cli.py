@@ -9,7 +9,7 @@ import torch
 
 from capxai import cli
 from capxai.explain import Explanation
-from capxai.report.explain_run import load_shards
+from capxai.commands.explain_run import load_shards
 from capxai.train import load_trained
 
 

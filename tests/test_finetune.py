@@ -18,7 +18,7 @@ from capxai.ops import lrp_linear
 from capxai.ops.reference import lrp_linear_reference, stabilize
 from capxai.train import (CiderReward, FinetuneConfig, FinetuneObjective, feature_weights, finetune,
                           load_stop_words, load_trained, stop_word_mask)
-from capxai.train.checkpoint import load_checkpoint, save_checkpoint
+from capxai.models.checkpoint import load_checkpoint, save_checkpoint
 from capxai.train.lrp_weights import _explained_output_relevance
 from capxai.train.scst import sample_captions, self_critical_advantage, sequence_log_probs
 

@@ -20,7 +20,7 @@ from capxai.data.captions import CaptionDataset, EpochOrder, choose_captions, co
 from capxai.data.vocabulary import Vocabulary
 from capxai.runtime import RunSettings, run_settings
 from capxai.train import TrainConfig, build_model, load_trained, save_checkpoint, train, train_step
-from capxai.train.checkpoint import on_cpu
+from capxai.models.checkpoint import on_cpu
 
 TINY = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.3, epochs=1, batch_size=8, min_count=1,
                    max_length=12, lr=3e-3, captions_per_image=2)
@@ -355,7 +355,7 @@ def test_fp16_training_with_a_gradient_scaler_runs_on_cuda(data, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 def test_evaluate_and_explain_on_cuda_equal_the_cpu(tiny_trained, tmp_path):
-    from capxai.report.explain_run import explain_split
+    from capxai.commands.explain_run import explain_split
 
     best, data = tiny_trained
     for device in ("cpu", "cuda"):

@@ -14,7 +14,7 @@ from capxai.data.captions import CaptionDataset, collate, open_image
 from capxai.evaluate.hallucination import ObjectWords
 from capxai.explain import METHODS
 from capxai.report.figures import overview_figure
-from capxai.train import load_trained
+from capxai.models import load_trained
 
 
 def main():

@@ -27,7 +27,7 @@ from capxai.evaluate import ablation
 from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
 from capxai.evaluate.hallucination import HallucinationData
 from capxai.evaluate.statistics import multiplicity_ci, ratio_ci, roc_auc, weighted_roc_auc
-from capxai.explain import METHODS
+from capxai.explain import METHODS, make_explainer
 from capxai.explain.explainers import GRADIENT_FAMILY, explain_gradient_family
 from capxai.models import beam_search
 from capxai.runtime import RunSettings
@@ -41,7 +41,7 @@ MODEL_STATISTICS = ("probability", "sentinel_share")
 class ExplanationSettings:
     """What :func:`evaluate_explanations` measures and how (defaults: the paper's)."""
 
-    methods: Sequence[str] = tuple(METHODS)
+    methods: Sequence[str] = dataclasses.field(default_factory=lambda: tuple(METHODS.names()))
     beam_size: int = 3
     max_length: int = 16
     batch_size: int = 50
@@ -58,7 +58,7 @@ class ExplanationSettings:
     def __post_init__(self):
         unknown = [method for method in self.methods if method not in METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"explanation methods must be some of {list(METHODS)}, got {list(self.methods)}")
+            raise ValueError(f"explanation methods must be some of {METHODS.names()}, got {list(self.methods)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"ExplanationSettings: limit must be >= 1 or None, got {self.limit}")
         for name in ("beam_size", "max_length", "batch_size", "grid", "patches", "deleted_words"):
@@ -132,7 +132,6 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     torchrun, the share of the batches this process explains (every process must call; process 0 gets the result,
     the others None)."""
     run = run if run is not None else RunSettings()
-    from capxai.report.explain_run import make_explainer
 
     vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None) or dataset.vocabulary
     ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]

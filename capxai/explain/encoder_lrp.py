@@ -20,7 +20,8 @@ from zennit.core import Composite
 from zennit.rules import AlphaBeta, Epsilon, Pass
 from zennit.types import Activation, Convolution
 
-COMPOSITES = ("paper", "epsilon_plus_flat", "epsilon_alpha2_beta1")
+from capxai.registry import Registry
+
 ZENNIT_STABILIZER = 1e-6  # Zennit's default for the z+ / flat rules, which the fast path reproduces
 FAST_PATH_BYTES = 1 << 30  # relevance of this many bytes per layer at most in one batched pass (targets chunked)
 
@@ -39,23 +40,34 @@ class ExactMergeBatchNorm(SequentialMergeBatchNorm):
         self.batch_norm.eps = self.batch_norm_eps
 
 
+COMPOSITES: Registry = Registry("composites")  # name -> (eps) -> a zennit Composite
+
+
+@COMPOSITES.register("paper", help="alpha=1, beta=0 on every conv, bias ignored; epsilon on linear layers (Sun et "
+                     "al.)")
+def _paper(eps: float) -> Composite:
+    return LayerMapComposite([(Activation, Pass()),
+                              (Convolution, AlphaBeta(alpha=1.0, beta=0.0, zero_params="bias")),
+                              (nn.Linear, Epsilon(epsilon=eps))], canonizers=[ExactMergeBatchNorm()])
+
+
+COMPOSITES.register("epsilon_plus_flat", lambda eps: EpsilonPlusFlat(epsilon=eps, canonizers=[ExactMergeBatchNorm()]),
+                    help="Zennit's EpsilonPlusFlat")
+COMPOSITES.register("epsilon_alpha2_beta1",
+                    lambda eps: EpsilonAlpha2Beta1(epsilon=eps, canonizers=[ExactMergeBatchNorm()]),
+                    help="Zennit's EpsilonAlpha2Beta1")
+
+
 def make_composite(composite: Union[str, Composite], eps: float = 0.01) -> Composite:
     """A Zennit composite by name (``COMPOSITES``) or the one given. "paper": alpha=1, beta=0 on every conv with
     the bias ignored, ReLU passes relevance, max pooling by the gradient, epsilon on linear layers, BatchNorm merged
     into the conv before it (Zennit's canonizer, made exact: :class:`ExactMergeBatchNorm`)."""
     if isinstance(composite, Composite):
         return composite
-    canonizers = [ExactMergeBatchNorm()]
-    if composite == "paper":
-        return LayerMapComposite([(Activation, Pass()),
-                                  (Convolution, AlphaBeta(alpha=1.0, beta=0.0, zero_params="bias")),
-                                  (nn.Linear, Epsilon(epsilon=eps))], canonizers=canonizers)
-    if composite == "epsilon_plus_flat":
-        return EpsilonPlusFlat(epsilon=eps, canonizers=canonizers)
-    if composite == "epsilon_alpha2_beta1":
-        return EpsilonAlpha2Beta1(epsilon=eps, canonizers=canonizers)
-    raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES} or a zennit Composite, got "
-                     f"{composite!r}")
+    if composite not in COMPOSITES:
+        raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES.names()} or a zennit Composite, "
+                         f"got {composite!r}")
+    return COMPOSITES.get(composite)(eps)
 
 
 def grid_relevance(feature_relevance: torch.Tensor, grid_size) -> torch.Tensor:

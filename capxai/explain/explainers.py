@@ -4,13 +4,14 @@
     explainer = LRP(model)                  # or GradCAM, GuidedGradCAM, GuidedBackprop, GradientXInput, Attention
     explanation = explainer.explain(images, captions=None, beam_size=1, max_length=20)
 
-``model`` is a captioner with its encoder (what ``capxai.train.load_trained`` returns first) or a captioner alone
+``model`` is a captioner with its encoder (what ``capxai.models.load_trained`` returns first) or a captioner alone
 (then ``encoder=`` for images, or ``features=`` to explain the decoder on the feature grid). With ``captions=None``
 the model's own caption (greedy or beam search) is explained; captions given as ``[B, L]`` ids (``<start>`` first)
 or strings (with ``vocabulary=``) are teacher-forced. Every word of every caption is explained in one pass.
 """
 import abc
-from typing import Dict, Optional, Union
+import inspect
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from capxai.explain.lrp_paths import PATHS, decoder_relevance, has_fast_path
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.models.contract import attention_of, check_captioner
 from capxai.nn.context import LRPSettings
+from capxai.registry import Registry
 
 
 class Explainer(abc.ABC):
@@ -129,7 +131,7 @@ class LRP(Explainer):
         super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
         LRPSettings(eps, bias_factor, attention_mode)  # validates eps, bias_factor and the mode
         if not (isinstance(composite, Composite) or composite in COMPOSITES):
-            raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES} or a zennit Composite, "
+            raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES.names()} or a zennit Composite, "
                              f"got {composite!r}")
         if path not in PATHS:
             raise ValueError(f"capxai.explain.LRP: path must be one of {PATHS}, got {path!r}")
@@ -330,5 +332,27 @@ def explain_gradient_family(explainers: Dict[str, Explainer], images: torch.Tens
                                                pixel_relevance=(gradient * combined_map).transpose(0, 1))}
 
 
-METHODS = {"lrp": LRP, "gradcam": GradCAM, "guided-gradcam": GuidedGradCAM, "guided-backprop": GuidedBackprop,
-           "gradient-x-input": GradientXInput, "attention": Attention}
+METHODS: Registry = Registry("methods")
+METHODS.register("lrp", LRP, help="layer-wise relevance propagation (the paper's rules; pixels, regions, words)")
+METHODS.register("gradcam", GradCAM, help="Grad-CAM on the encoder's last conv")
+METHODS.register("guided-gradcam", GuidedGradCAM, help="Guided Backprop times Grad-CAM")
+METHODS.register("guided-backprop", GuidedBackprop, help="gradients through positive-only ReLUs")
+METHODS.register("gradient-x-input", GradientXInput, help="gradient times input (pixels, regions, words)")
+METHODS.register("attention", Attention, help="the captioner's own attention weights")
+
+
+def methods_of(method: str) -> List[str]:
+    """``"all"`` (every registered method) or one registered method's name, as a list."""
+    if method == "all":
+        return METHODS.names()
+    if method not in METHODS:
+        raise ValueError(f"--method must be 'all' or one of {METHODS.names()}, got {method!r}")
+    return [method]
+
+
+def make_explainer(method: str, model, vocabulary, composite: Union[str, Composite] = "paper") -> Explainer:
+    """The registered explainer ``method`` on ``model``; ``composite`` goes to the methods that take one (LRP)."""
+    explainer = METHODS.get(method)
+    if "composite" in inspect.signature(explainer).parameters:
+        return explainer(model, composite=composite, vocabulary=vocabulary)
+    return explainer(model, vocabulary=vocabulary)

@@ -30,7 +30,7 @@ class Prepared:
 
 def model_parts(model, encoder: Optional[nn.Module]) -> Tuple[Captioner, Optional[nn.Module]]:
     """The captioner and encoder of what a user passed: a captioner (with ``encoder`` given or not) or a model with
-    ``.captioner`` and ``.encoder`` (what ``capxai.train.load_trained`` returns first)."""
+    ``.captioner`` and ``.encoder`` (what ``capxai.models.load_trained`` returns first)."""
     if isinstance(model, tuple) and model and hasattr(model[0], "captioner"):
         raise TypeError("capxai.explain: got the (model, vocabulary, config) tuple of load_trained; pass its model "
                         "(and vocabulary=...)")

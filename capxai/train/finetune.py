@@ -17,11 +17,11 @@ from capxai._io import file_sha256
 from capxai.data.captions import image_id_of, open_split
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
-from capxai.train.checkpoint import load_checkpoint
+from capxai.models.checkpoint import load_checkpoint
 from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
 from capxai.train.scst import CiderReward, scst_loss
-from capxai.train.trainer import (EpochLoop, TRAIN_FILES, limit_problems, load_trained, optimizer_step, restore,
-                                  set_seed, wrap_distributed)
+from capxai.models.factory import limit_problems, load_trained
+from capxai.train.trainer import EpochLoop, TRAIN_FILES, optimizer_step, restore, set_seed, wrap_distributed
 
 OBJECTIVES = ("xe", "scst")
 DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, train_bu.py)

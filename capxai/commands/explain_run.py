@@ -13,28 +13,10 @@ from tqdm import tqdm
 
 from capxai._io import atomic_write_json, file_sha256
 from capxai.data.captions import default_transform, image_id_of, open_image, open_split, stack_images
-from capxai.explain import METHODS, Explanation
+from capxai.explain import Explanation, make_explainer
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings
 from capxai.report.figures import word_figures
-
-ALL_METHODS = tuple(METHODS)
-
-
-def methods_of(method: str) -> List[str]:
-    """``"all"`` or one of ``ALL_METHODS``."""
-    if method == "all":
-        return list(ALL_METHODS)
-    if method not in METHODS:
-        raise ValueError(f"--method must be 'all' or one of {list(ALL_METHODS)}, got {method!r}")
-    return [method]
-
-
-def make_explainer(method: str, model, vocabulary, composite: str = "paper"):
-    if method == "lrp":
-        return METHODS[method](model, composite=composite, vocabulary=vocabulary)
-    return METHODS[method](model, vocabulary=vocabulary)
-
 
 def explain_images(model, vocabulary, image_size: int, image_paths: Sequence[Path], out_dir, methods: Sequence[str],
                    captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,

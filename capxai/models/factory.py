@@ -1,0 +1,170 @@
+"""Building and loading a trained model: the config a model is built from, the registries of captioner kinds and
+encoders it names, and ``load_trained`` (a checkpoint written by ``capxai train`` back into a model). Explaining and
+evaluating load models through here, never through ``capxai.train``."""
+import dataclasses
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from torch import nn
+
+from capxai.data.vocabulary import Vocabulary
+from capxai.models.adaptive import AdaptiveAttentionCaptioner
+from capxai.models.captioner import Captioner
+from capxai.models.checkpoint import load_checkpoint
+from capxai.models.encoders import SceneCNN, TorchvisionEncoder
+from capxai.models.multihead import MultiHeadCaptioner
+from capxai.models.transformer import TransformerCaptioner
+from capxai.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerKind:
+    """A captioner kind of ``capxai train --model``: ``build(config, vocab_size, feature_dim)`` and ``check(config)``
+    (what in the config this kind cannot take, as messages)."""
+
+    build: Callable[..., Captioner]
+    check: Callable[..., List[str]] = lambda config: []
+
+
+CAPTIONERS: Registry = Registry("captioners")
+ENCODERS: Registry = Registry("encoders")
+
+
+def _heads_divide_hidden(config) -> List[str]:
+    if config.hidden % config.heads:
+        return [f"hidden ({config.hidden}) must be divisible by heads ({config.heads}) for the {config.model} model"]
+    return []
+
+
+CAPTIONERS.register("adaptive", CaptionerKind(lambda config, vocab_size, feature_dim: AdaptiveAttentionCaptioner(
+    vocab_size, feature_dim, config.hidden, config.attention_dim, config.dropout)),
+    help="the paper's adaptive attention with a visual sentinel (two LSTMs)")
+CAPTIONERS.register("multihead", CaptionerKind(lambda config, vocab_size, feature_dim: MultiHeadCaptioner(
+    vocab_size, feature_dim, config.hidden, config.heads, config.dropout), _heads_divide_hidden),
+    help="the paper's LSTM with multi-head attention")
+CAPTIONERS.register("transformer", CaptionerKind(lambda config, vocab_size, feature_dim: TransformerCaptioner(
+    vocab_size, feature_dim, config.hidden, config.layers, config.heads, dropout=config.dropout,
+    max_positions=config.max_length + 2), _heads_divide_hidden),
+    help="a pre-LayerNorm transformer decoder (--layers, --heads), explained by the generic LRP path")
+ENCODERS.register("scene", lambda config: SceneCNN(), help="a small CNN for the built-in scenes")
+ENCODERS.register("vgg16", lambda config: TorchvisionEncoder("vgg16", config.encoder_weights),
+                  help="torchvision VGG16 (the paper's), weights from --encoder-weights")
+ENCODERS.register("resnet101", lambda config: TorchvisionEncoder("resnet101", config.encoder_weights),
+                  help="torchvision ResNet-101, weights from --encoder-weights")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "adaptive"  # a captioner kind of CAPTIONERS: "adaptive", "multihead", "transformer"...
+    encoder: str = "scene"  # an encoder of ENCODERS: "scene", "vgg16", "resnet101"...
+    encoder_weights: Optional[str] = None
+    finetune_encoder: bool = True
+    encoder_lr: Optional[float] = None  # None: lr; a CNN trained from scratch may learn faster with more
+    hidden: int = 512
+    attention_dim: int = 512
+    heads: int = 8
+    layers: int = 2  # transformer decoder layers
+    dropout: float = 0.5
+    image_size: int = 96
+    max_length: int = 16
+    min_count: int = 5
+    epochs: int = 10
+    batch_size: int = 32
+    captions_per_image: int = 0  # > 0: that many of each image's captions, drawn anew each step; 0: all
+    lr: float = 5e-4
+    betas: tuple = (0.8, 0.999)
+    clip_norm: float = 2.0
+    decay_factor: float = 0.8
+    decay_patience: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = check_config(self)
+        if problems:
+            raise ValueError(f"TrainConfig: {problems[0]}")
+
+
+# (field, lowest allowed, is the lowest itself allowed) for the numbers of a TrainConfig
+_LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), ("layers", 1, True), ("image_size", 32, True),
+           ("max_length", 1, True), ("min_count", 1, True), ("epochs", 1, True), ("batch_size", 1, True),
+           ("captions_per_image", 0, True), ("lr", 0.0, False), ("clip_norm", 0.0, False),
+           ("decay_factor", 0.0, False), ("decay_patience", 0, True), ("dropout", 0.0, True))
+
+
+def limit_problems(config, limits) -> list:
+    """What breaks ``limits`` (``(field, lowest, is the lowest allowed)``) among a config's numbers."""
+    problems = []
+    for name, lowest, inclusive in limits:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif value < lowest or (value == lowest and not inclusive):
+            problems.append(f"{name} must be {'>=' if inclusive else '>'} {lowest}, got {value}")
+    return problems
+
+
+def check_config(config: "TrainConfig") -> list:
+    """What is wrong with a training config, as ``["hidden must be >= 1, got 0", ...]`` (empty when nothing)."""
+    problems = []
+    if config.model not in CAPTIONERS:
+        problems.append(f"model must be one of {CAPTIONERS.names()}, got {config.model!r}")
+    if config.encoder not in ENCODERS:
+        problems.append(f"encoder must be one of {ENCODERS.names()}, got {config.encoder!r}")
+    problems += limit_problems(config, _LIMITS)
+    if isinstance(config.dropout, (int, float)) and config.dropout >= 1:
+        problems.append(f"dropout must be < 1, got {config.dropout}")
+    if config.encoder_lr is not None and not (isinstance(config.encoder_lr, (int, float)) and config.encoder_lr > 0):
+        problems.append(f"encoder_lr must be > 0, got {config.encoder_lr!r}")
+    if not problems and config.model in CAPTIONERS:
+        problems += CAPTIONERS.get(config.model).check(config)
+    return problems
+
+
+class CaptionModel(nn.Module):
+    """Encoder + captioner: ``forward(images [B, 3, S, S], captions [N, L], image_index [N])`` encodes each image
+    once and returns the captioner's teacher-forced trace of caption n on image ``image_index[n]``. ``image_size``
+    (S, when known) lets explainers refuse images of another size."""
+
+    def __init__(self, encoder: nn.Module, captioner: nn.Module, image_size: Optional[int] = None):
+        super().__init__()
+        self.encoder, self.captioner, self.image_size = encoder, captioner, image_size
+
+    def forward(self, images, captions, image_index):
+        return self.captioner(self.encoder(images).index_select(0, image_index), captions)
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
+    """The encoder and captioner a config names (``ENCODERS``, ``CAPTIONERS``), freshly initialised."""
+    encoder = ENCODERS.get(config.encoder)(config)
+    captioner = CAPTIONERS.get(config.model).build(config, vocab_size, encoder.channels)
+    return CaptionModel(encoder, captioner, config.image_size)
+
+
+def config_from_dict(values, source) -> TrainConfig:
+    """A ``TrainConfig`` from a checkpoint's plain-data config (unknown keys ignored, bad values named)."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{key: value for key, value in values.items() if key in fields})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: its training config is invalid ({error})") from None
+
+
+def load_trained(checkpoint, vocabulary_file=None, device="cpu"):
+    """A trained ``CaptionModel`` (in eval mode, on ``device``), its ``Vocabulary`` and ``TrainConfig`` from a
+    checkpoint written by :func:`train` (``best.pt`` or ``last.pt``; saved on any device), read without running
+    code from it. The vocabulary is the one stored in the checkpoint, or ``vocabulary_file`` when given (it must
+    have as many words)."""
+    checkpoint = Path(checkpoint)
+    payload = load_checkpoint(checkpoint, kind="model")
+    config = config_from_dict(payload["config"], f"checkpoint {checkpoint}")
+    try:
+        vocabulary = Vocabulary.load(vocabulary_file) if vocabulary_file else Vocabulary(payload["vocabulary"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {checkpoint}: {error}") from None
+    model = build_model(config, len(vocabulary))
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(f"checkpoint {checkpoint} does not fit its own config and vocabulary "
+                         f"({str(error).splitlines()[0]})") from None
+    return model.to(device).eval(), vocabulary, config
