@@ -72,7 +72,7 @@ def _train(args) -> int:
     problems = CAPTIONERS.get(args.model).check(argparse.Namespace(model=args.model, hidden=args.hidden,
                                                                    heads=args.heads, layers=args.layers))
     if problems:
-        raise CommandError(f"--model {args.model}: {problems[0]}")
+        raise CommandError(f"--model {args.model} with --hidden {args.hidden} --heads {args.heads}: {problems[0]}")
     config = TrainConfig(model=args.model, encoder=args.encoder,
                          encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                          finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,

@@ -22,7 +22,7 @@ def tiny_scenes(tmp_path_factory):
                            scenes.SceneConfig(train=24, val=6, test=4, seed=1), progress=False)
 
 
-@pytest.mark.parametrize("model", ["adaptive", "multihead"])
+@pytest.mark.parametrize("model", ["adaptive", "multihead", "transformer"])
 def test_train_resume_and_best_checkpoint(tiny_scenes, tmp_path, model):
     config = TrainConfig(**{**TINY.__dict__, "model": model})
     out = tmp_path / model

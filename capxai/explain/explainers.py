@@ -90,7 +90,8 @@ class Explainer(abc.ABC):
                                   words=prepared.words)
         if "alpha" in forward.steps[0]:
             explanation.attention = forward.stacked("alpha").detach().transpose(0, 1) * real.unsqueeze(-1)
-            explanation.beta = forward.stacked("beta").detach().t() * real
+            if "beta" in forward.steps[0]:  # the sentinel's share (optional in the contract)
+                explanation.beta = forward.stacked("beta").detach().t() * real
         elif "attention" in forward.steps[0]:
             heads = forward.stacked("attention").detach().transpose(0, 1) * real[..., None, None]
             explanation.attention_heads, explanation.attention = heads, heads.mean(2)

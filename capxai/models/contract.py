@@ -24,9 +24,10 @@ from typing import Optional
 from torch import nn
 
 from capxai.models.captioner import Captioner
+from capxai.models.decoding import ATTENTION_KEYS
 
 USES = ("decoding", "explain", "finetune")
-ATTENTION_ACTIVATIONS = ("alpha", "attention")
+ATTENTION_ACTIVATIONS = ATTENTION_KEYS  # what the decoding and the attention baseline read
 
 
 def check_captioner(captioner, use: str = "explain") -> Captioner:

@@ -4,7 +4,7 @@ Embedding, sums and products, LayerNorm, GELU/ReLU/tanh, softmax, means) returns
 
 A ``TorchFunctionMode`` sees every torch function the model calls while it records the graph and puts the function's
 rule (``capxai.nn.rules``, docs/LRP_RULES.md "The generic path") in its place: the epsilon rule for linear maps and
-sums, the identity rule for elementwise nonlinearities, signal-take-all for gates, AttnLRP's uniform rule for the
+sums, the LSTM rule for ``torch.nn.LSTMCell``, the identity rule for elementwise nonlinearities, signal-take-all for gates, AttnLRP's uniform rule for the
 product of two signals and its identity rule for LayerNorm; softmax weights are constants (mode "constant") or get
 AttnLRP's softmax rule (mode "attnlrp"). Functions that only move values (views, concatenation, indexing) keep their
 gradient, which routes relevance exactly. Any other function on a relevance-carrying tensor raises an error naming
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from capxai.nn.context import LRPSettings, active_settings
-from capxai.nn.functions import LinearRelevance, SDPARelevance
+from capxai.nn.functions import LinearRelevance, LSTMCellRelevance, SDPARelevance
 from capxai.nn.rules import (LayerNormRule, LinearMapRule, MeanRule, PassRule, ProductRule, SoftmaxRule, StopRule,
                              SumRule)
 
@@ -59,6 +59,13 @@ class RelevanceRules(TorchFunctionMode):
         reference = self._weights.get(id(value)) if isinstance(value, Tensor) else None
         return reference is not None and reference() is value
 
+    def _keep_weight_mark(self, args, result):
+        """A view or copy of weights (``alpha.unsqueeze(-1)``) is weights too."""
+        carried = [x for x in args if isinstance(x, Tensor) and x.requires_grad]
+        if isinstance(result, Tensor) and carried and all(self.is_weight(x) for x in carried):
+            self.mark_weight(result)
+        return result
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not torch.is_grad_enabled() or not (_carries(args) or _carries(tuple(kwargs.values()))):
@@ -67,7 +74,9 @@ class RelevanceRules(TorchFunctionMode):
         if handler is not None:
             return handler(self, func, args, kwargs)
         result = func(*args, **kwargs)
-        if func in _ROUTING or not _carries(result):
+        if func in _ROUTING:
+            return self._keep_weight_mark(args, result)
+        if not _carries(result):
             return result
         raise NotImplementedError(
             f"capxai.nn.relevance_rules: no relevance rule for {_name(func)} on a relevance-carrying tensor; "
@@ -203,6 +212,18 @@ def _sdpa(mode, func, args, kwargs):
     return SDPARelevance.apply(q, k, v, mask, mode.settings)
 
 
+def _lstm_cell(mode, func, args, kwargs):
+    """``torch.nn.LSTMCell``'s kernel: the fused LSTM rule, as capxai.nn.LSTMCell's."""
+    names = ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")
+    values = dict(zip(names, args), **kwargs)
+    weights = [values.get(name) for name in names[2:]]
+    if _carries(weights):
+        raise NotImplementedError("capxai.nn.relevance_rules: an LSTM cell with relevance-carrying weights "
+                                  "(freeze them)")
+    (h, c) = values["hx"]
+    return LSTMCellRelevance.apply(values["input"], h, c, *weights, mode.settings)
+
+
 def _functions(*names):
     """The torch callables named, those this torch has."""
     found = []
@@ -236,6 +257,7 @@ _HANDLER_NAMES = {
     _softmax: ("torch.softmax", "Tensor.softmax", "F.softmax"),
     _layer_norm: ("F.layer_norm",),
     _sdpa: ("F.scaled_dot_product_attention",),
+    _lstm_cell: ("torch.lstm_cell",),
 }
 _HANDLERS = {function: handler for handler, names in _HANDLER_NAMES.items() for function in _functions(*names)}
 

@@ -20,6 +20,7 @@ from capxai.runtime import RunSettings, default_run
 from capxai.models.checkpoint import load_checkpoint
 from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
 from capxai.train.scst import CiderReward, scst_loss
+from capxai.models.contract import check_captioner
 from capxai.models.factory import limit_problems, load_trained
 from capxai.train.trainer import EpochLoop, TRAIN_FILES, optimizer_step, restore, set_seed, wrap_distributed
 
@@ -124,6 +125,10 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
                          "and last.pt and would replace the model it starts from: choose another --out")
     _check_not_trained_here(output)
     model, vocabulary, train_config = load_trained(checkpoint)
+    try:
+        check_captioner(model.captioner, "finetune")
+    except TypeError as error:
+        raise ValueError(f"--checkpoint {checkpoint} ({train_config.model}): {error}") from None
     stop_words = sorted(load_stop_words(config.stop_words)) if config.method == "lrp" else []
     skipped = stop_word_mask(vocabulary, stop_words) if config.method == "lrp" else None
     start_sha256, split_sha256 = file_sha256(checkpoint), file_sha256(split_file)
