@@ -7,7 +7,7 @@ copy's time over the op's >= 0.6). GEMM-bound ops are compared with their own GE
 ``bound`` time relative to ``fused``: that ratio *is* the fraction of the bound reached.
 
 Bounds are taken in the input dtype: what a native half-precision kernel could reach. The ops compute float16 /
-bfloat16 inputs in float32 (docs/LRP_RULES_ADDENDUM.md, "Precision"), so in half precision the gap to the bound is the
+bfloat16 inputs in float32 (docs/LRP_RULES.md (Part 2), "Precision"), so in half precision the gap to the bound is the
 price of that choice (casts, float32 GEMMs without tensor cores), measured, not hidden.
 Run: ``pytest benchmarks/test_bounds.py --benchmark-only`` (on a GPU also ``-k cuda``; ``make gpu-check`` does).
 """

@@ -10,7 +10,7 @@ and default to ``RunSettings()`` (no workers, one process). Imported by any laye
 
 Why explanations stay float32: every LRP rule divides by a forward value (``R * x w / stab(z)``); in bfloat16 a
 pre-activation keeps 8 bits of mantissa, so a ``z`` that is a small difference of large terms loses most of its
-digits and the ratio can change sign. Training tolerates that noise; relevance does not (LRP_RULES_ADDENDUM.md,
+digits and the ratio can change sign. Training tolerates that noise; relevance does not (docs/LRP_RULES.md (Part 2),
 "Precision").
 """
 import contextlib

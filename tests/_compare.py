@@ -1,7 +1,7 @@
 """Comparison helpers shared by the op tests."""
 import torch
 
-# LRP_RULES.md, property 2: fused kernel == reference.
+# docs/LRP_RULES.md, property 2: fused kernel == reference.
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 

@@ -4,7 +4,7 @@ import torch
 
 import capxai
 
-# LRP_RULES.md, property 2: fused kernel == reference.
+# docs/LRP_RULES.md, property 2: fused kernel == reference.
 TOLERANCES = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 DEVICES = [

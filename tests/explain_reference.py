@@ -1,5 +1,5 @@
 """A slow, obviously-correct LRP of the two captioners' decoders: one word at a time, one step at a time, written
-from the ops' pure-PyTorch references only (LRP_RULES.md). The explainers' fused, all-words-at-once sweep is tested
+from the ops' pure-PyTorch references only (docs/LRP_RULES.md). The explainers' fused, all-words-at-once sweep is tested
 against it, and the benchmarks use it as the per-word loop the paper's code runs."""
 import torch
 

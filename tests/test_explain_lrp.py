@@ -1,6 +1,6 @@
 """LRP of whole captions (capxai.explain.LRP): against a slow per-word reference built from the op references,
 conservation end to end, all words at once == one at a time, the encoder fast path == Zennit, the Gradient x Input
-identity, and none of the paper code's bugs (LRP_RULES.md)."""
+identity, and none of the paper code's bugs (docs/LRP_RULES.md)."""
 import pytest
 import torch
 from zennit.composites import LayerMapComposite
@@ -166,7 +166,7 @@ def test_encoder_fast_path_chunks_targets(monkeypatch):
 
 def _linearised(kind):
     """A captioner whose words depend on the feature grid only through ReLUs, linear maps and attention with
-    constant weights (LRP_RULES.md property 4): all biases zero; for the adaptive model the attention scores, the
+    constant weights (docs/LRP_RULES.md property 4): all biases zero; for the adaptive model the attention scores, the
     global feature and LSTM-2's input weights are zero; for the multi-head model the query and the mean feature."""
     model = make_captioner(kind)
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_gradient_x_input_identity(kind):
     assert_matches(lrp.pixel_relevance, gradient.pixel_relevance, rtol=1e-7)
 
 
-# -- the paper code's bugs (LRP_RULES.md, "LSTM cell") must not come back -------------------------------------------
+# -- the paper code's bugs (docs/LRP_RULES.md, "LSTM cell") must not come back -------------------------------------------
 @pytest.mark.parametrize("kind", ["adaptive", "multihead"])
 def test_lstm_rule_uses_b_ih_plus_b_hh(kind):
     """The paper's explainer built the pre-activation with ``b_ih + b_ih``. With b_hh large and b_ih zero, that

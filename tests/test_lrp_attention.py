@@ -1,4 +1,4 @@
-"""lrp_additive_attention and lrp_sdpa (both modes): kernels vs reference, LRP_RULES.md properties, masks, opcheck,
+"""lrp_additive_attention and lrp_sdpa (both modes): kernels vs reference, docs/LRP_RULES.md properties, masks, opcheck,
 torch.compile, bad input."""
 import math
 
@@ -192,7 +192,7 @@ def test_sdpa_attnlrp_stages_conserve(mask, device):
 
 
 def test_sdpa_constant_gradient_times_input_identity(device):
-    # LRP_RULES.md property 4: weights detached, eps -> 0, start relevance = output: R_V = V * dO/dV.
+    # docs/LRP_RULES.md property 4: weights detached, eps -> 0, start relevance = output: R_V = V * dO/dV.
     inputs = make_sdpa_inputs(2, 3, 4, 5, 6, 7, None, torch.float64, device, seed=10)
     _, weights, _, _, _ = sdpa_forward_reference(inputs["q"], inputs["k"], inputs["v"])
     v = inputs["v"].clone().requires_grad_(True)

@@ -1,4 +1,4 @@
-"""lrp_linear: fused kernel vs reference, LRP_RULES.md properties, opcheck, torch.compile, bad input."""
+"""lrp_linear: fused kernel vs reference, docs/LRP_RULES.md properties, opcheck, torch.compile, bad input."""
 import math
 
 import pytest
@@ -86,7 +86,7 @@ def test_many_targets_equal_one_at_a_time(bias_factor, device, dtype, tolerance)
 
 
 def test_gradient_times_input_identity(device):
-    # LRP_RULES.md property 4: eps -> 0, zero bias, start relevance = output => LRP equals x * d(sum z)/dx,
+    # docs/LRP_RULES.md property 4: eps -> 0, zero bias, start relevance = output => LRP equals x * d(sum z)/dx,
     # computed here by autograd, independent of either implementation.
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(12, 9, generator=generator, dtype=torch.float64).to(device).requires_grad_(True)

@@ -1,4 +1,4 @@
-"""lrp_lstm / lrp_lstm_cell: fused kernels vs reference, LRP_RULES.md properties, opcheck, compile, bad input."""
+"""lrp_lstm / lrp_lstm_cell: fused kernels vs reference, docs/LRP_RULES.md properties, opcheck, compile, bad input."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Precision of the ops (docs/LRP_RULES_ADDENDUM.md, "Precision"): float16 / bfloat16 inputs against the float64
+"""Precision of the ops (docs/LRP_RULES.md (Part 2), "Precision"): float16 / bfloat16 inputs against the float64
 reference of the same (rounded) inputs within the stated tolerance, on the CPU and (marked) CUDA; torch.autocast
 through the ops and the capxai.nn modules; immunity to TF32 / reduced-precision float32 GEMMs; bad mixes of dtypes."""
 import math

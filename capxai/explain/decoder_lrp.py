@@ -1,9 +1,9 @@
 """LRP through the decoders of the paper's two captioners, for all words of all captions in one reverse-time sweep
-(LRP_RULES.md). Each explained word is one target of the fused ops (their leading K dimension), so a caption costs
+(docs/LRP_RULES.md). Each explained word is one target of the fused ops (their leading K dimension), so a caption costs
 about one sweep over its steps, not one sweep per word: target k (the word predicted at step k) only carries
 relevance at steps <= k, so step t runs on the targets k >= t alone.
 
-Start (LRP_RULES.md, Notation): ``R_logits[t] = onehot(w) * logits[t, w]`` for the word w at step t.
+Start (docs/LRP_RULES.md, Notation): ``R_logits[t] = onehot(w) * logits[t, w]`` for the word w at step t.
 """
 import dataclasses
 from typing import Optional
@@ -42,7 +42,7 @@ def start_relevance(forward: ForwardPass, tokens: torch.Tensor, mask: torch.Tens
 
 def two_term_relevance(first: torch.Tensor, second: torch.Tensor, relevance: torch.Tensor, rules: Rules):
     """The epsilon rule over the two terms of ``first + second`` (``[N, D]`` each; relevance ``[(K,) N, D]``), as
-    the attention op with unit weights: same rule, same bias share (LRP_RULES.md, elementwise sum)."""
+    the attention op with unit weights: same rule, same bias share (docs/LRP_RULES.md, elementwise sum)."""
     values = torch.stack([first, second], dim=1)
     shares = ops.lrp_additive_attention(values, values.new_ones(values.shape[:2]), relevance, rules.eps,
                                         rules.bias_factor)
@@ -91,7 +91,7 @@ def _lstm_weights(cell):
 
 def adaptive_relevance(model: AdaptiveAttentionCaptioner, features: torch.Tensor, forward: ForwardPass,
                        start: torch.Tensor, rules: Rules) -> DecoderRelevance:
-    """The adaptive-attention decoder (LRP_RULES.md: LSTM, additive attention with the sentinel's two stages,
+    """The adaptive-attention decoder (docs/LRP_RULES.md: LSTM, additive attention with the sentinel's two stages,
     the global feature). The two LSTMs feed each other (``h2_{t-1}`` enters LSTM-1, ``h1_t`` LSTM-2), so the sweep
     goes step by step, each op called once per step for all active targets."""
     hidden = model.hidden
@@ -145,7 +145,7 @@ def adaptive_relevance(model: AdaptiveAttentionCaptioner, features: torch.Tensor
 def multihead_relevance(model: MultiHeadCaptioner, features: torch.Tensor, forward: ForwardPass,
                         start: torch.Tensor, rules: Rules, mode: str = "constant",
                         head: Optional[int] = None) -> DecoderRelevance:
-    """The multi-head decoder (LRP_RULES.md: the output sum, the gate ``sigmoid(W h) * y`` as a constant, scaled
+    """The multi-head decoder (docs/LRP_RULES.md: the output sum, the gate ``sigmoid(W h) * y`` as a constant, scaled
     dot-product attention in ``mode``, the LSTM, the mean feature). Nothing feeds back from attention into the
     LSTM, so every step's injected relevance is known up front: the output layer, the gate and the attention run
     for all steps at once and the LSTM is one ``lrp_lstm`` call for all targets. ``head``: explain through that

@@ -1,5 +1,5 @@
 """LRP through the CNN encoder, from the feature-grid relevance of every explained word to the pixels
-(LRP_RULES.md, "CNN encoder").
+(docs/LRP_RULES.md, "CNN encoder").
 
 Zennit is the general path: its composites hook the encoder, and one ``autograd.grad`` per word through the hooked
 encoder gives that word's pixel relevance (the forward is shared). The fast path serves plain encoders (a sequence

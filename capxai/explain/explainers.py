@@ -101,7 +101,7 @@ class Explainer(abc.ABC):
 
 
 class LRP(Explainer):
-    """Layer-wise relevance propagation (Sun et al. 2022; LRP_RULES.md) of every word, to the pixels, the feature
+    """Layer-wise relevance propagation (Sun et al. 2022; docs/LRP_RULES.md) of every word, to the pixels, the feature
     grid and the preceding words.
 
     The decoder: from the raw logit of each word through the output layer, the two-term sum, attention (weights

@@ -74,7 +74,7 @@ class Explanation:
 
     def normalised_word_relevance(self) -> torch.Tensor:
         """``word_relevance`` with each row divided by its largest absolute value (the paper's linguistic
-        explanation, LRP_RULES.md "Linguistic explanation"); an all-zero row stays zero."""
+        explanation, docs/LRP_RULES.md "Linguistic explanation"); an all-zero row stays zero."""
         if self.word_relevance is None:
             raise ValueError(f"Explanation ({self.method}): this method gives no word relevance")
         scale = self.word_relevance.abs().amax(-1, keepdim=True)

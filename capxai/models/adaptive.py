@@ -46,7 +46,7 @@ class AdaptiveAttentionCaptioner(Captioner):
     def step(self, state, words):
         x1 = torch.cat([state["h2"], state["global_feature"], self.embedding(words)], dim=-1)
         h1, c1 = self.lstm1(x1, (state["h1"], state["c1"]))
-        # the gate uses h1_{t-1}, as in training (the paper's fine-tuning code used h1_t: LRP_RULES.md)
+        # the gate uses h1_{t-1}, as in training (the paper's fine-tuning code used h1_t: docs/LRP_RULES.md)
         sentinel_gate = torch.sigmoid(self.sentinel_input(x1) + self.sentinel_hidden(state["h1"]))
         sentinel = sentinel_gate * torch.tanh(c1)
         context, alpha, beta = self.attention(state["regions"], h1, sentinel, state["projected_regions"])

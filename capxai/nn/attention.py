@@ -1,4 +1,4 @@
-"""Drop-in attention modules whose backward, inside ``capxai.lrp()``, is the attention rule of LRP_RULES.md
+"""Drop-in attention modules whose backward, inside ``capxai.lrp()``, is the attention rule of docs/LRP_RULES.md
 computed by the fused ops: ``AdditiveAttention`` (Bahdanau-style, with Lu et al.'s optional visual sentinel) and
 ``MultiheadAttention`` (``torch.nn.MultiheadAttention``'s parameters and forward, attention by SDPA)."""
 import torch
@@ -22,7 +22,7 @@ class AdditiveAttention(nn.Module):
     visual sentinel (Lu et al. 2017, "Knowing when to look"): ``beta`` from the same scores over the sentinel,
     ``c_hat = beta s + (1 - beta) ctx``.
 
-    Inside ``capxai.lrp()`` relevance follows the paper's two stages (LRP_RULES.md, "Additive (adaptive)
+    Inside ``capxai.lrp()`` relevance follows the paper's two stages (docs/LRP_RULES.md, "Additive (adaptive)
     attention"): the epsilon rule over the two terms of ``c_hat``, then over the N values of ``ctx``; the attention
     weights, the query and the projections get none.
 

@@ -16,7 +16,7 @@ MODES = ("constant", "attnlrp")
 
 @dataclasses.dataclass(frozen=True)
 class LRPSettings:
-    """Rule settings of LRP_RULES.md: ``eps`` (stabiliser), ``bias_factor`` (share of absorbed relevance given back;
+    """Rule settings of docs/LRP_RULES.md: ``eps`` (stabiliser), ``bias_factor`` (share of absorbed relevance given back;
     1 makes every rule conservative) and ``mode`` of attention ("constant": weights are constants, the paper;
     "attnlrp": AttnLRP's rules through the attention scores)."""
 
@@ -44,7 +44,7 @@ def active_settings() -> Optional[LRPSettings]:
 
 @contextlib.contextmanager
 def lrp(eps: float = 0.01, bias_factor: float = 0.0, mode: str = "constant") -> Iterator[LRPSettings]:
-    """Within this context, the backward of capxai.nn modules returns relevance (LRP_RULES.md) computed by the
+    """Within this context, the backward of capxai.nn modules returns relevance (docs/LRP_RULES.md) computed by the
     fused capxai ops instead of the gradient. Contexts nest; the innermost wins.
 
     Example:

@@ -1,5 +1,5 @@
 """Drop-in LSTMs: ``torch.nn.LSTMCell`` / ``torch.nn.LSTM`` (same parameters, state_dict keys and forward) whose
-backward, inside ``capxai.lrp()``, is the LSTM rule of LRP_RULES.md computed by the fused ``lrp_lstm`` ops."""
+backward, inside ``capxai.lrp()``, is the LSTM rule of docs/LRP_RULES.md computed by the fused ``lrp_lstm`` ops."""
 import torch
 from torch import nn
 

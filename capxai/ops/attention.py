@@ -11,7 +11,7 @@ def lrp_additive_attention(values: Tensor, weights: Tensor, relevance: Tensor, e
                            bias_factor: float = 0.0) -> Tensor:
     """Relevance of the values of ``ctx = sum_n weights[n] * values[n]``, attention weights constant.
 
-    LRP_RULES.md, "Additive (adaptive) attention": ``R_V[n, d] = alpha_n V_nd / stab(ctx_d) * R_ctx_d``; with
+    docs/LRP_RULES.md, "Additive (adaptive) attention": ``R_V[n, d] = alpha_n V_nd / stab(ctx_d) * R_ctx_d``; with
     ``bias_factor`` each value also gets ``bias_factor * eps * sign(ctx_d) / N`` of it. No relevance reaches the
     scores or the query. A visual sentinel (Lu et al. 2017) is simply one more value.
 
@@ -29,7 +29,7 @@ def lrp_sdpa(q: Tensor, k: Tensor, v: Tensor, relevance: Tensor, attn_mask: Opti
              scale: Optional[float] = None) -> Union[Tensor, Tuple[Tensor, Tensor, Tensor]]:
     """Relevance through multi-head scaled dot-product attention ``softmax(q k^T * scale + mask) v``.
 
-    LRP_RULES.md, "Scaled dot-product attention". Mode ``"constant"`` (the paper): attention weights are constants,
+    docs/LRP_RULES.md, "Scaled dot-product attention". Mode ``"constant"`` (the paper): attention weights are constants,
     ``R_V[j, e] = sum_i A_ij V_je / stab(O_ie) R_ie`` for every head. Mode ``"attnlrp"`` (Achtibat et al. 2024):
     ``A V`` and ``q k^T`` by the uniform bilinear rule, the softmax by AttnLRP's rule. Masked pairs get nothing.
 

@@ -6,7 +6,7 @@ import torch
 
 def lrp_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], relevance: torch.Tensor,
                eps: float = 0.01, bias_factor: float = 0.0) -> torch.Tensor:
-    """Relevance of the inputs of ``z = x @ weight.T + bias`` by the epsilon rule (LRP_RULES.md, "Linear").
+    """Relevance of the inputs of ``z = x @ weight.T + bias`` by the epsilon rule (docs/LRP_RULES.md, "Linear").
 
     ``R_x[k, n, i] = sum_j x[n, i] * weight[j, i] * R[k, n, j] / stab(z[n, j])``, with
     ``stab(z) = z + eps * sign(z)`` and ``sign(0) = +1``. The bias and the stabiliser absorb relevance; with

@@ -11,7 +11,7 @@ def lrp_lstm(x: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Te
              eps: float = 0.01, bias_factor: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
     """Relevance of an LSTM's inputs and initial state, the whole reverse-time loop in one call.
 
-    LRP_RULES.md, "LSTM cell": for t = T..1, ``Rh = Rh_in[t] + carry``; ``Rc = Rc_in[t] + carry + Rh`` (gate ``o``
+    docs/LRP_RULES.md, "LSTM cell": for t = T..1, ``Rh = Rh_in[t] + carry``; ``Rc = Rc_in[t] + carry + Rh`` (gate ``o``
     is a constant); ``Rc_prev = f c_{t-1} / stab(c_t) Rc`` and ``Rg = i g / stab(c_t) Rc`` (gates ``i, f`` get
     nothing); ``[Rx_t; Rh_{t-1}]`` by the epsilon rule through the g-rows of ``[W_ih W_hh]`` (pre-activation with
     both biases). The forward is recomputed once inside the op and shared by all K targets; a target carries no work

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every capxai op: the plain, vectorised statement of LRP_RULES.md.
+"""Pure-PyTorch reference of every capxai op: the plain, vectorised statement of docs/LRP_RULES.md.
 
 The fused C++/CUDA kernels are tested against these functions. They are written for clarity, not speed, but are
 vectorised over targets and batch so that they also serve as the "eager reference" in the benchmarks.
@@ -10,17 +10,17 @@ import torch.nn.functional as F
 
 
 def sign_nonneg_as_plus(z: torch.Tensor) -> torch.Tensor:
-    """sign(z) with sign(0) = +1 (LRP_RULES.md, Notation)."""
+    """sign(z) with sign(0) = +1 (docs/LRP_RULES.md, Notation)."""
     return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """stab(z) = z + eps * sign(z), sign(0) = +1 (LRP_RULES.md, Notation)."""
+    """stab(z) = z + eps * sign(z), sign(0) = +1 (docs/LRP_RULES.md, Notation)."""
     return z + eps * sign_nonneg_as_plus(z)
 
 
 def lrp_linear_reference(x, weight, bias, relevance, eps=0.01, bias_factor=0.0):
-    """Epsilon rule through ``z = x W^T + b`` (LRP_RULES.md, "Linear / elementwise sum").
+    """Epsilon rule through ``z = x W^T + b`` (docs/LRP_RULES.md, "Linear / elementwise sum").
 
     Shapes: x [N, In], weight [Out, In], bias [Out] or None, relevance [N, Out] or [K, N, Out] -> [(K,) N, In].
     ``R_i = sum_j x_i W_ji R_j / stab(z_j)``; with ``bias_factor`` each input also gets
@@ -86,7 +86,7 @@ def lstm_backward_step(step, x_t, rel_h, rel_c, carry_h, carry_c, weight_g, bias
 
 def lrp_lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_h, relevance_c=None,
                        eps=0.01, bias_factor=0.0):
-    """Signal-take-all LRP through a whole LSTM sequence (LRP_RULES.md, "LSTM cell", Arras et al.).
+    """Signal-take-all LRP through a whole LSTM sequence (docs/LRP_RULES.md, "LSTM cell", Arras et al.).
 
     Shapes: x [T, B, D], h0 / c0 [B, H], weight_ih [4H, D], weight_hh [4H, H], biases [4H] or None (torch
     ``nn.LSTM`` layout, gates i, f, g, o); relevance_h / relevance_c [(K,) T, B, H], injected at each step's hidden
@@ -126,7 +126,7 @@ def lrp_lstm_cell_reference(x, h_prev, c_prev, weight_ih, weight_hh, bias_ih, bi
 
 
 def lrp_additive_attention_reference(values, weights, relevance, eps=0.01, bias_factor=0.0):
-    """Epsilon rule over the N values of ``ctx = sum_n alpha_n V_n``, weights constant (LRP_RULES.md, "Additive
+    """Epsilon rule over the N values of ``ctx = sum_n alpha_n V_n``, weights constant (docs/LRP_RULES.md, "Additive
     (adaptive) attention"). values [B, N, D], weights [B, N], relevance [(K,) B, D] -> [(K,) B, N, D]."""
     weighted = weights.unsqueeze(-1) * values  # [B, N, D]: the N terms of each context
     context = weighted.sum(1)
@@ -197,7 +197,7 @@ def bilinear_score_rule(q, k, scores, relevance_scores, mask_bias, allowed, eps,
 
 
 def lrp_sdpa_reference(q, k, v, relevance, attn_mask=None, mode="constant", eps=0.01, bias_factor=0.0, scale=None):
-    """LRP through multi-head scaled dot-product attention (LRP_RULES.md, "Scaled dot-product attention").
+    """LRP through multi-head scaled dot-product attention (docs/LRP_RULES.md, "Scaled dot-product attention").
 
     q [B, h, Lq, d], k [B, h, Lk, d], v [B, h, Lk, dv], relevance [(K,) B, h, Lq, dv], attn_mask as in
     ``torch.nn.functional.scaled_dot_product_attention``. Mode "constant" returns relevance_v; mode "attnlrp"

@@ -110,7 +110,7 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     replaces what ``capxai train`` wrote). All parameters share one learning rate (the paper's LRP fine-tuning
     did the same). Returns the history (one entry per epoch with its validation CIDEr and seconds). ``run``: device,
     precision, workers and process group, as for :func:`capxai.train.train`; the LRP weights are computed on the
-    run's device, in float32 even under autocast (they carry no gradient; LRP_RULES_ADDENDUM.md, "Precision")."""
+    run's device, in float32 even under autocast (they carry no gradient; docs/LRP_RULES.md (Part 2), "Precision")."""
     run = default_run(run)
     out_dir = Path(out_dir)
     output = OutputFolder(out_dir, "finetune")

@@ -1,4 +1,4 @@
-"""LRP-inference fine-tuning's feature weights and training logits (LRP_RULES.md, "LRP-inference fine-tuning
+"""LRP-inference fine-tuning's feature weights and training logits (docs/LRP_RULES.md, "LRP-inference fine-tuning
 weights"; Sun et al. 2022, section 4).
 
 At every step, under teacher forcing, the model's own top word ``w = argmax logits[t]`` is explained on the output
@@ -70,7 +70,7 @@ def _normalised(relevance: torch.Tensor) -> torch.Tensor:
 
 def _explained_output_relevance(output: nn.Linear, total: torch.Tensor, logits: torch.Tensor, words: torch.Tensor,
                                 eps: float) -> torch.Tensor:
-    """The epsilon rule through ``W_o`` for a start relevance ``onehot(w) * logit_w`` (LRP_RULES.md, linear): only
+    """The epsilon rule through ``W_o`` for a start relevance ``onehot(w) * logit_w`` (docs/LRP_RULES.md, linear): only
     output ``w`` carries relevance, so ``R_i = x_i W_wi / stab(z_w) * z_w`` with ``z_w`` the logit (bias included) --
     what ``ops.lrp_linear`` gives for that start (tested), in O(H) per row instead of O(V H)."""
     picked = logits.gather(-1, words.unsqueeze(-1))  # [N, 1]

@@ -1,5 +1,5 @@
 // lrp_additive_attention: the epsilon rule over the N values of ctx_d = sum_k alpha_k V_kd, with the attention
-// weights treated as constants (LRP_RULES.md, "Additive (adaptive) attention"). A visual sentinel is one more value.
+// weights treated as constants (docs/LRP_RULES.md, "Additive (adaptive) attention"). A visual sentinel is one more value.
 //   values [B, N, D], weights [B, N], relevance [(K,) B, D]  ->  relevance_values [(K,) B, N, D]
 //   R_V[k, b, n, d] = (alpha[b, n] V[b, n, d] + bias_factor * eps * sign(ctx[b, d]) / N) * R[k, b, d] / stab(ctx)
 #pragma once

@@ -138,7 +138,7 @@ bool sdpa_use_gemm(const SdpaArgs& args) {
                     "CAPXAI_SDPA_VALUE_PASS must be auto, gemm or fused, got '", choice, "'");
   // The fused pass reads each query's ratio row once per key (no reuse); the GEMMs tile it. On the GPU the GEMMs
   // win at every size measured; on the CPU the fused pass wins while the queries are few (measured in
-  // benchmarks/test_lrp_attention.py, docs/LRP_RULES_ADDENDUM.md).
+  // benchmarks/test_lrp_attention.py, docs/LRP_RULES.md (Part 2)).
   if (args.q.is_cuda()) return true;
   return args.q.size(2) >= kSdpaCpuGemmMinQueries;
 }

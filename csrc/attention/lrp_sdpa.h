@@ -1,4 +1,4 @@
-// lrp_sdpa / lrp_sdpa_attnlrp: LRP through multi-head scaled dot-product attention (LRP_RULES.md, "Scaled
+// lrp_sdpa / lrp_sdpa_attnlrp: LRP through multi-head scaled dot-product attention (docs/LRP_RULES.md, "Scaled
 // dot-product attention, multi-head").
 //   q [B, h, Lq, d], k [B, h, Lk, d], v [B, h, Lk, dv], relevance [(K,) B, h, Lq, dv], attn_mask as in
 //   torch.nn.functional.scaled_dot_product_attention (bool, True = attend, or additive float; broadcastable to
@@ -60,7 +60,7 @@ std::pair<at::Tensor, at::Tensor> sdpa_attnlrp_query_key(const SdpaArgs& args, c
 
 // How relevance_v is computed: "fused" (one pass, a loop over the queries per output element), "gemm" (batched
 // GEMMs A^T @ ratio with the K targets folded into the columns, then one fused elementwise pass), or "auto" (the
-// faster for the backend and shape; docs/LRP_RULES_ADDENDUM.md, "Scaled dot-product attention"). The environment
+// faster for the backend and shape; docs/LRP_RULES.md (Part 2), "Scaled dot-product attention"). The environment
 // variable CAPXAI_SDPA_VALUE_PASS overrides "auto" (tests and benchmarks run both).
 bool sdpa_use_gemm(const SdpaArgs& args);
 constexpr int64_t kSdpaCpuGemmMinQueries = 64;

@@ -1,4 +1,4 @@
-// Precision policy shared by every op and backend (docs/LRP_RULES_ADDENDUM.md, "Precision").
+// Precision policy shared by every op and backend (docs/LRP_RULES.md (Part 2), "Precision").
 // - float16 / bfloat16 inputs are computed in float32 -- forward values, stabilised denominators, every sum and every
 //   GEMM -- and rounded to the input dtype once, at the end: LRP divides by forward values near zero, where the
 //   8 (bfloat16) or 11 (float16) bits of a half-precision intermediate would decide the sign of the stabiliser.

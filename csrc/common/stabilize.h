@@ -1,4 +1,4 @@
-// The stabiliser of LRP_RULES.md ("Notation"): stab(z) = z + eps * sign(z), with sign(0) = +1.
+// The stabiliser of docs/LRP_RULES.md ("Notation"): stab(z) = z + eps * sign(z), with sign(0) = +1.
 // Shared by every CPU and CUDA kernel so that all of them divide by exactly the same number.
 #pragma once
 

@@ -1,4 +1,4 @@
-// lrp_linear: the epsilon rule of LRP_RULES.md ("Linear / elementwise sum") for z = x W^T + b.
+// lrp_linear: the epsilon rule of docs/LRP_RULES.md ("Linear / elementwise sum") for z = x W^T + b.
 //   x [N, In], weight [Out, In], bias [Out] or None, relevance [N, Out] or [K, N, Out]  ->  [N, In] or [K, N, In]
 //   R_x[k, n, i] = x[n, i] * sum_j W[j, i] * R[k, n, j] / stab(z[n, j])
 //                + bias_factor / In * sum_j (b_j + eps * sign(z[n, j])) * R[k, n, j] / stab(z[n, j])

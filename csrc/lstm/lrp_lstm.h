@@ -1,4 +1,4 @@
-// lrp_lstm: signal-take-all LRP through a whole LSTM sequence (LRP_RULES.md, "LSTM cell", Arras et al. 2017).
+// lrp_lstm: signal-take-all LRP through a whole LSTM sequence (docs/LRP_RULES.md, "LSTM cell", Arras et al. 2017).
 //   x [T, B, D], h0 / c0 [B, H], weight_ih [4H, D], weight_hh [4H, H], bias_ih / bias_hh [4H] or None (torch's gate
 //   order i, f, g, o), relevance_h / relevance_c [(K,) T, B, H]  ->  relevance_x [(K,) T, B, D],
 //   relevance_h0 [(K,) B, H], relevance_c0 [(K,) B, H].

@@ -1,4 +1,4 @@
-// CPU kernels of lrp_sdpa and lrp_sdpa_attnlrp (LRP_RULES.md, "Scaled dot-product attention"): the forward and the
+// CPU kernels of lrp_sdpa and lrp_sdpa_attnlrp (docs/LRP_RULES.md, "Scaled dot-product attention"): the forward and the
 // small factors by ATen (lrp_sdpa.cpp); relevance_v, the output-sized part, either in one fused pass that writes
 // each element once, out[k, b, h, j, :] = v[j, :] * sum_i A[i, j] ratio[k, i, :] (+ absorbed share), or after the
 // GEMMs of the GEMM formulation by a fused elementwise epilogue (lrp_sdpa.h, sdpa_use_gemm picks).

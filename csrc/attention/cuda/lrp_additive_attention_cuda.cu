@@ -1,4 +1,4 @@
-// CUDA kernel of lrp_additive_attention (LRP_RULES.md, "Additive (adaptive) attention"): the context and the small
+// CUDA kernel of lrp_additive_attention (docs/LRP_RULES.md, "Additive (adaptive) attention"): the context and the small
 // per-context factors by ATen/cuBLAS, then one grid-stride pass writing every output element once.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>

@@ -1,4 +1,4 @@
-// CUDA kernels of lrp_sdpa and lrp_sdpa_attnlrp (LRP_RULES.md, "Scaled dot-product attention"): the forward and the
+// CUDA kernels of lrp_sdpa and lrp_sdpa_attnlrp (docs/LRP_RULES.md, "Scaled dot-product attention"): the forward and the
 // small factors by ATen/cuBLAS (lrp_sdpa.cpp); relevance_v either by the GEMM formulation (cuBLAS batched GEMMs,
 // then gemm_epilogue_kernel; the default on CUDA) or by the fused value_kernel, one thread per output element,
 // threads of a warp along dv (coalesced reads of ratio and v, one broadcast read of A), which loops over every

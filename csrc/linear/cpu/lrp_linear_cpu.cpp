@@ -1,4 +1,4 @@
-// CPU kernel of lrp_linear (LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
+// CPU kernel of lrp_linear (docs/LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
 // Passes: the forward z = x W^T + b once (BLAS); one fused pass computing R / stab(z) for all K targets (plus each
 // row's absorbed share when bias_factor != 0); one GEMM (BLAS) back to the inputs; one fused pass multiplying by x
 // and adding the absorbed share, in place in the output. The two fused passes also detect NaN/Inf on the way (a

@@ -1,4 +1,4 @@
-// CUDA kernel of lrp_linear (LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
+// CUDA kernel of lrp_linear (docs/LRP_RULES.md, "Linear / elementwise sum — epsilon rule").
 // Same passes as the CPU kernel: z by cuBLAS once, a fused ratio pass (one block per row when the absorbed share is
 // needed, for its row sum), the GEMM back by cuBLAS, and a fused elementwise pass into the output. The fused passes
 // raise a device flag on NaN/Inf, read once at the end (one synchronisation per call).

@@ -1,4 +1,4 @@
-// CPU passes of lrp_lstm (LRP_RULES.md, "LSTM cell"); the driver is lrp_lstm_impl.h. Each pass is one sweep over
+// CPU passes of lrp_lstm (docs/LRP_RULES.md, "LSTM cell"); the driver is lrp_lstm_impl.h. Each pass is one sweep over
 // memory, parallel over rows with at::parallel_for, inner loops over H or D left to the compiler's vectoriser.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>

@@ -1,4 +1,4 @@
-// CUDA passes of lrp_lstm (LRP_RULES.md, "LSTM cell"); the driver (GEMMs by cuBLAS, the reverse-time loop, the
+// CUDA passes of lrp_lstm (docs/LRP_RULES.md, "LSTM cell"); the driver (GEMMs by cuBLAS, the reverse-time loop, the
 // skipping of inactive targets) is lrp_lstm_impl.h, shared with the CPU kernels. Any size: grid-stride loops,
 // 64-bit indices; rows needing a sum over H use one block per row.
 #include <ATen/ATen.h>
