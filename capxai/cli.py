@@ -235,15 +235,17 @@ def _explain(args) -> int:
     model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
     max_length = args.max_length if args.max_length is not None else config.max_length
     if args.images is not None:
-        written = explain_images(model, vocabulary, config.image_size, args.images, args.out, methods, args.captions,
-                                 args.beam_size, max_length, args.composite, args.overwrite, not args.no_figures,
-                                 checkpoint=args.checkpoint)
+        written = explain_images(model, vocabulary, image_size=config.image_size, image_paths=args.images,
+                                 out_dir=args.out, methods=methods, captions=args.captions,
+                                 beam_size=args.beam_size, max_length=max_length, composite=args.composite,
+                                 overwrite=args.overwrite, figures=not args.no_figures, checkpoint=args.checkpoint)
         print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
         return 0
     image_root = args.image_root or args.split_file.parent
-    written = explain_split(model, vocabulary, args.split_file, image_root, args.split, args.out, methods,
-                            config.image_size, args.limit, args.shard_size, args.beam_size, max_length,
-                            args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run)
+    written = explain_split(model, vocabulary, split_file=args.split_file, image_root=image_root, split=args.split,
+                            out_dir=args.out, methods=methods, image_size=config.image_size, limit=args.limit,
+                            shard_size=args.shard_size, beam_size=args.beam_size, max_length=max_length,
+                            composite=args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run)
     print(f"process {run.rank + 1}/{run.world_size}: " if run.distributed else "", end="")
     print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
     return 0

@@ -4,19 +4,20 @@ Stages, each a ``capxai`` command a user could type (the demo prints them), each
 is complete, so an interrupted demo resumes where it stopped:
 
 1. ``capxai data scenes``: the built-in scenes (train / val / test);
-2. per captioner (adaptive attention and multi-head, in two worker processes of one thread each):
-   ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split with every explanation method
-   (captions, CHAIR, probes, grounding, pointing game, ablation, hallucination detection), ``capxai explain`` of a
-   few test images with every method (the report's heatmaps), ``capxai finetune`` with LRP and with the baseline,
-   and ``capxai evaluate`` of both fine-tuned models;
+2. per captioner (the paper's adaptive attention and multi-head captioners, and a transformer decoder, in three
+   worker processes of one thread each): ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split
+   with every explanation method (captions, CHAIR, probes, grounding, pointing game, ablation, hallucination
+   detection), ``capxai explain`` of a few test images with every method (the report's heatmaps); for the paper's
+   two, ``capxai finetune`` with LRP and with the baseline, and ``capxai evaluate`` of both fine-tuned models (the
+   paper's method weights the two terms its output layer sums, which the transformer does not have);
 3. ``capxai finetune-table`` (before / baseline / LRP, with intervals) and ``capxai report`` -> ``OUT/report.html``.
 
 Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
 workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
 refused (``--overwrite`` starts it afresh).
 
-``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the two captioners
-train at once, one thread each; on one GPU one after the other, with several GPUs one per GPU. The recipe is the same
+``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the three captioners
+train at once, one thread each; on one GPU one after the other, with several GPUs spread over them. The recipe is the same
 on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
 the last digits, and a caption that differs in one word changes its image's scores). Where the work runs is not a
 setting of the demo folder: a demo started on the CPU may be resumed on a GPU.
@@ -38,13 +39,20 @@ from tqdm import tqdm
 
 from capxai._io import atomic_write_json
 from capxai.data.captions import image_id_of, load_karpathy
+from capxai.explain import METHODS as METHOD_REGISTRY
+from capxai.models import CAPTIONERS as CAPTIONER_REGISTRY
 from capxai.runtime import DEVICES_HELP, run_settings
 
-CAPTIONERS = ("adaptive", "multihead")
-METHODS = ("lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention")
+CAPTIONERS = ("adaptive", "multihead", "transformer")  # kinds of capxai.models.CAPTIONERS
+FINETUNED = ("adaptive", "multihead")  # LRP-inference fine-tuning weights the two terms their output layer sums
+METHODS = tuple(METHOD_REGISTRY.names())  # every registered method (what `--method all` explains)
 # The recipe measured to reach test CIDEr >= 1.6 on the scenes in about 15 minutes per captioner on one CPU thread.
 CAPTIONER_RECIPE = ("--hidden", "128", "--attention-dim", "64", "--dropout", "0.3", "--lr", "1e-3",
                     "--batch-size", "32")
+# The transformer, sized to train in about three quarters of the LSTM captioners' time on one thread.
+TRANSFORMER_RECIPE = ("--hidden", "96", "--heads", "4", "--layers", "2", "--dropout", "0.1", "--lr", "1e-3",
+                      "--batch-size", "32")
+assert all(kind in CAPTIONER_REGISTRY for kind in CAPTIONERS)
 SPLIT, BEAM = "test", 3
 CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
 
@@ -61,7 +69,8 @@ class DemoConfig:
     ablation: bool = True
     report_images: int = 6  # test images explained with every method for the report
     seed: int = 0
-    train_arguments: Sequence[str] = CAPTIONER_RECIPE
+    train_arguments: Sequence[str] = CAPTIONER_RECIPE  # the paper's two captioners
+    transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
 
 
 QUICK = DemoConfig(scenes=(1600, 200, 300), epochs=3, explain_limit=60, finetuned_explain_limit=60,
@@ -98,9 +107,13 @@ class Demo:
 
     def run_arguments(self, captioner: str) -> List[str]:
         """The run options of a captioner's commands: its device; on the CPU images are decoded in the command's
-        own process (96-pixel scenes decode in microseconds, and the two workers already share the cores)."""
+        own process (96-pixel scenes decode in microseconds, and the workers already share the cores)."""
         device = self.devices.get(captioner, "cpu")
         return ["--device", device] + (["--workers", "0"] if device == "cpu" else [])
+
+    def recipe(self, captioner: str) -> Sequence[str]:
+        """The training options of a captioner (its size, dropout, learning rate)."""
+        return self.config.transformer_arguments if captioner == "transformer" else self.config.train_arguments
 
     def captioner_stages(self, captioner: str) -> List[Stage]:
         trained = self.folder("captioner", captioner)
@@ -109,7 +122,7 @@ class Demo:
         stages = [
             Stage("train", lambda: ["train", *self.data, "--out", str(trained), "--model", captioner, "--epochs",
                                     str(self.config.epochs), "--seed", str(self.config.seed),
-                                    *self.config.train_arguments, *on],
+                                    *self.recipe(captioner), *on],
                   lambda: _training_done(trained, self.config.epochs)),
             self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
                                  self.config.explain_limit, self.config.ablation, on),
@@ -117,7 +130,7 @@ class Demo:
                   lambda: all((self.folder("explain", captioner) / m / name).is_file()
                               for m in METHODS for name in ("explanation.pt", "explanation.json"))),
         ]
-        for method in ("lrp", "baseline"):
+        for method in (("lrp", "baseline") if captioner in FINETUNED else ()):
             tuned = self.folder("finetune", captioner, method)
             stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
                 "finetune", "--checkpoint", checkpoint, *self.data, "--out", str(tuned), "--method", method,
@@ -154,7 +167,7 @@ class Demo:
 
     def table_stage(self) -> Stage:
         rows = []
-        for captioner in CAPTIONERS:
+        for captioner in FINETUNED:
             rows += ["--row", f"{captioner}/xe={self.folder('eval', captioner)}"]
             for method in ("baseline", "lrp"):
                 rows += ["--row", f"{captioner}/{method}-xe={self.folder('eval', captioner, method)}"]
@@ -315,17 +328,17 @@ def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
 
 def captioner_devices(device: str, workers: int) -> Dict[str, str]:
     """The ``--device`` of each captioner's commands, checked (``ValueError`` naming ``--device``): the CPU, or
-    one GPU each while there are enough (else the one asked for, or cuda:0, for both)."""
+    the visible GPUs in turn when there are several (else the one asked for, or cuda:0, for all)."""
     chosen = run_settings(device).device
     if chosen.type == "cpu":
         return {captioner: "cpu" for captioner in CAPTIONERS}
     count = torch.cuda.device_count()
-    if device in ("auto", "cuda") and workers > 1 and count >= len(CAPTIONERS):
-        return {captioner: f"cuda:{index}" for index, captioner in enumerate(CAPTIONERS)}
+    if device in ("auto", "cuda") and workers > 1 and count > 1:
+        return {captioner: f"cuda:{index % count}" for index, captioner in enumerate(CAPTIONERS)}
     return {captioner: str(chosen) for captioner in CAPTIONERS}
 
 
-def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = 2,
+def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = len(CAPTIONERS),
              device: str = "cpu") -> dict:
     """Runs (or resumes) the demo in ``out`` on ``device`` (see the module's docstring); returns the stage times
     written to ``OUT/demo.json``."""
@@ -351,17 +364,26 @@ def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: in
 
     try:
         runner.run_chain("demo", [demo.scenes_stage()])
+        waiting = list(enumerate(CAPTIONERS))  # taken by `workers` threads in turn
+        lock = threading.Lock()
+
+        def worker():
+            while not errors:
+                with lock:
+                    if not waiting:
+                        return
+                    position, captioner = waiting.pop(0)
+                chain(captioner, demo.captioner_stages(captioner), position)
+
         if workers > 1:
-            threads_ = [threading.Thread(target=chain, args=(c, demo.captioner_stages(c), i), daemon=True)
-                        for i, c in enumerate(CAPTIONERS)]
+            threads_ = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(CAPTIONERS)))]
             for thread in threads_:
                 thread.start()
             while any(thread.is_alive() for thread in threads_):
                 for thread in threads_:
                     thread.join(timeout=0.5)
         else:
-            for captioner in CAPTIONERS:
-                chain(captioner, demo.captioner_stages(captioner), 0)
+            worker()
         if errors:
             raise errors[0]
         runner.run_chain("demo", [demo.table_stage()])
@@ -395,9 +417,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="the same on a small set (under 10 minutes on 2 cores)")
-    parser.add_argument("--workers", type=int, default=2, choices=[1, 2],
-                        help="captioners trained at once (default 2: on the CPU one thread each on 2 cores; on "
-                        "GPUs one GPU each when there are two, else one after the other)")
+    parser.add_argument("--workers", type=int, default=len(CAPTIONERS), choices=range(1, len(CAPTIONERS) + 1),
+                        help=f"captioners worked on at once (default {len(CAPTIONERS)}: on the CPU one thread each, "
+                        "sharing the cores; on GPUs spread over them when there are several, else one after the "
+                        "other)")
     parser.add_argument("--device", default="auto", help=f"where every command runs: {DEVICES_HELP} (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
     args = parser.parse_args(argv)

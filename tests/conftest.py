@@ -67,7 +67,8 @@ TINY_DEMO_TRAINING = ("--hidden", "16", "--attention-dim", "8", "--heads", "2", 
 def _tiny_demo_config():
     from capxai import demo
     return demo.DemoConfig(scenes=(48, 10, 16), epochs=1, explain_limit=6, finetuned_explain_limit=6,
-                           report_images=2, train_arguments=TINY_DEMO_TRAINING)
+                           report_images=2, train_arguments=TINY_DEMO_TRAINING,
+                           transformer_arguments=TINY_DEMO_TRAINING + ("--layers", "1"))
 
 
 TINY_DEMO = _tiny_demo_config()
@@ -75,7 +76,8 @@ TINY_DEMO = _tiny_demo_config()
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
-    """A finished demo on a tiny configuration (every stage, both captioners, the report): (folder, stage times)."""
+    """A finished demo on a tiny configuration (every stage, the three captioners, the report): (folder, stage
+    times)."""
     from capxai import demo
 
     out = tmp_path_factory.mktemp("demo") / "run"

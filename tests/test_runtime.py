@@ -361,8 +361,9 @@ def test_evaluate_and_explain_on_cuda_equal_the_cpu(tiny_trained, tmp_path):
     for device in ("cpu", "cuda"):
         run = run_settings(device)
         model, vocabulary, config = load_trained(best, device=run.device)
-        explain_split(model, vocabulary, data / "dataset_scenes.json", data, "test", tmp_path / f"explain-{device}",
-                      ["lrp", "gradcam"], config.image_size, shard_size=4, max_length=config.max_length,
+        explain_split(model, vocabulary, split_file=data / "dataset_scenes.json", image_root=data, split="test",
+                      out_dir=tmp_path / f"explain-{device}", methods=["lrp", "gradcam"],
+                      image_size=config.image_size, shard_size=4, max_length=config.max_length,
                       progress=False, run=run)
     for method in ("lrp", "gradcam"):
         for shard in sorted((tmp_path / "explain-cpu" / method).glob("shard-*.pt")):

@@ -18,8 +18,8 @@ from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings
 from capxai.report.figures import word_figures
 
-def explain_images(model, vocabulary, image_size: int, image_paths: Sequence[Path], out_dir, methods: Sequence[str],
-                   captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
+def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
+                   methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
                    composite: str = "paper", overwrite: bool = False, figures: bool = True,
                    checkpoint=None) -> Dict[str, Path]:
     """Explains ``image_paths`` (their own captions, or ``captions``) with each method: ``OUT/METHOD/explanation.pt``
@@ -73,7 +73,7 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
     return names
 
 
-def explain_split(model, vocabulary, split_file, image_root, split: str, out_dir, methods: Sequence[str],
+def explain_split(model, vocabulary, *, split_file, image_root, split: str, out_dir, methods: Sequence[str],
                   image_size: int, limit: Optional[int] = None, shard_size: int = 32, beam_size: int = 1,
                   max_length: int = 16, composite: str = "paper", progress: bool = True, overwrite: bool = False,
                   checkpoint=None, run: Optional[RunSettings] = None) -> List[Path]:

@@ -158,8 +158,9 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
             decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length)
         captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long, device=device),
                               decoded.tokens], 1)
-        _measure_batch(model, explainers, images, features, captions, [ids[i] for i in positions], positions,
-                       data, settings, records, generator)
+        _measure_batch(model, explainers=explainers, images=images, features=features, captions=captions,
+                       image_ids=[ids[i] for i in positions], positions=positions, data=data, settings=settings,
+                       records=records, generator=generator)
     records = _Records()
     for part in run.gather(by_batch):
         by_batch.update(part)
@@ -181,7 +182,7 @@ def spread_positions(total: int, limit: Optional[int]) -> List[int]:
     return np.linspace(0, total - 1, limit).round().astype(int).tolist()  # distinct: the step is >= 1
 
 
-def _measure_batch(model, explainers, images, features, captions, image_ids, positions, data, settings, records,
+def _measure_batch(model, *, explainers, images, features, captions, image_ids, positions, data, settings, records,
                    generator) -> None:
     size = images.shape[-2:]
     mentions = None

@@ -36,6 +36,16 @@ class Captioner(nn.Module, abc.ABC):
     def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
         """One word for each row: ``words [B]`` -> ``(logits [B, V], new state, this step's activations)``."""
 
+    def check_teacher_forcing(self, features: torch.Tensor, captions: torch.Tensor) -> None:
+        """The shapes and indices ``forward`` takes, or a ValueError naming what is wrong."""
+        if features.dim() != 3:
+            raise ValueError(f"{type(self).__name__}: features must be [B, regions, C], got {list(features.shape)}")
+        if captions.dim() != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
+            raise ValueError(f"{type(self).__name__}: captions must be [B, L >= 2] with B = {features.shape[0]}, "
+                             f"got {list(captions.shape)}")
+        if captions.min() < 0 or captions.max() >= self.vocab_size:
+            raise ValueError(f"{type(self).__name__}: caption indices must be in [0, {self.vocab_size})")
+
     def forward(self, features: torch.Tensor, captions: torch.Tensor, pad: int = 0) -> DecoderTrace:
         """Teacher forcing: ``features [B, regions, C]``, ``captions [B, L]`` (``<start> ... <end> <pad>..``) ->
         logits for positions 1..L-1 (``[B, L-1, V]``) and every step's activations.
@@ -44,16 +54,9 @@ class Captioner(nn.Module, abc.ABC):
         nothing (rows are run longest first, each step on the rows still going), so padding a batch to its longest
         caption does not make the short ones pay for it.
         """
-        if features.dim() != 3:
-            raise ValueError(f"{type(self).__name__}: features must be [B, regions, C], got {list(features.shape)}")
-        if captions.dim() != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
-            raise ValueError(f"{type(self).__name__}: captions must be [B, L >= 2] with B = {features.shape[0]}, "
-                             f"got {list(captions.shape)}")
-        if captions.min() < 0 or captions.max() >= self.vocab_size:
-            raise ValueError(f"{type(self).__name__}: caption indices must be in [0, {self.vocab_size})")
+        self.check_teacher_forcing(features, captions)
         rows, steps = captions.shape[0], captions.shape[1] - 1
-        positions = torch.arange(1, steps + 1, device=captions.device)
-        needed = ((captions[:, 1:] != pad) * positions).amax(1)  # steps up to each row's last real word
+        needed = steps_needed(captions, pad)
         order = None
         if bool((needed < steps).any()):
             needed, order = torch.sort(needed, descending=True, stable=True)
@@ -75,6 +78,12 @@ class Captioner(nn.Module, abc.ABC):
             stacked = stacked.index_select(0, inverse)
             activations = {name: value.index_select(0, inverse) for name, value in activations.items()}
         return DecoderTrace(stacked, activations)
+
+
+def steps_needed(captions: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """``[B]``: the steps up to each row's last real word (``captions [B, L]``, ``<start>`` first)."""
+    positions = torch.arange(1, captions.shape[1], device=captions.device)
+    return ((captions[:, 1:] != pad) * positions).amax(1)
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import capxai.nn as cnn
-from capxai.models.captioner import Captioner
+from capxai.models.captioner import Captioner, DecoderTrace, steps_needed
 
 
 class _Attention(nn.Module):
@@ -27,9 +27,10 @@ class _Attention(nn.Module):
     def split(self, tensor):  # [B, L, H] -> [B, heads, L, H / heads]
         return tensor.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def attend(self, query, keys, values):
-        """``query [B, 1, H]`` over ``keys, values [B, heads, L, d]`` -> ``[B, 1, H]``."""
-        attended = cnn.scaled_dot_product_attention(self.split(self.query(query)), keys, values)
+    def attend(self, query, keys, values, mask=None):
+        """``query [B, Lq, H]`` over ``keys, values [B, heads, L, d]`` -> ``[B, Lq, H]`` (``mask``: True = may
+        attend, broadcast to ``[B, heads, Lq, L]``)."""
+        attended = cnn.scaled_dot_product_attention(self.split(self.query(query)), keys, values, mask)
         return self.out(attended.transpose(1, 2).flatten(2))
 
 
@@ -84,6 +85,40 @@ class TransformerCaptioner(Captioner):
             state[f"keys{index}"], state[f"values{index}"] = empty, empty
         return state
 
+    def forward(self, features, captions, pad: int = 0) -> DecoderTrace:
+        """Teacher forcing of all positions at once (a causal mask in place of the cache; what training runs):
+        equal to ``step`` run position by position (tested); positions after a row's last word are 0, as in
+        :meth:`Captioner.forward`."""
+        self.check_teacher_forcing(features, captions)
+        steps = captions.shape[1] - 1
+        if steps > self.positions.shape[0]:
+            raise ValueError(f"TransformerCaptioner: {steps} steps are past max_positions ({self.positions.shape[0]})")
+        state = self.init_state(features)
+        x = self.embedding(captions[:, :-1]) + self.positions[:steps]  # [B, T, H]
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=captions.device).tril()
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attention
+            normed = layer.self_norm(x)
+            x = x + layer.dropout(attention.attend(normed, attention.split(attention.key(normed)),
+                                                   attention.split(attention.value(normed)), causal))
+            cross_input = layer.cross_norm(x)
+            x = x + layer.dropout(layer.cross_attention.attend(cross_input, state[f"memory_keys{index}"],
+                                                               state[f"memory_values{index}"]))
+            x = x + layer.dropout(layer.mlp_out(layer.activation(layer.mlp_in(layer.mlp_norm(x)))))
+        hidden = self.final_norm(x)
+        logits = self.output(self.dropout(hidden))
+        weights = self._cross_weights(cross_input, state).transpose(1, 2)  # [B, T, heads, regions]
+        real = (torch.arange(steps, device=captions.device) < steps_needed(captions, pad).unsqueeze(1)).unsqueeze(-1)
+        return DecoderTrace(logits * real, {"attention": weights * real.unsqueeze(-1), "hidden": hidden * real})
+
+    def _cross_weights(self, cross_input, state):
+        """The last layer's cross-attention weights ``[B, heads, Lq, regions]`` (for the attention baseline)."""
+        last = self.layers[-1]
+        with torch.no_grad():
+            query = last.cross_attention.split(last.cross_attention.query(cross_input))
+            keys = state[f"memory_keys{len(self.layers) - 1}"]
+            return torch.softmax(query @ keys.transpose(-2, -1) / math.sqrt(keys.shape[-1]), dim=-1)
+
     def step(self, state, words):
         position = state["keys0"].shape[2]
         if position >= self.positions.shape[0]:
@@ -104,9 +139,4 @@ class TransformerCaptioner(Captioner):
             x = x + layer.dropout(layer.mlp_out(layer.activation(layer.mlp_in(layer.mlp_norm(x)))))
         hidden = self.final_norm(x).squeeze(1)
         logits = self.output(self.dropout(hidden))
-        last = self.layers[-1]
-        with torch.no_grad():  # the weights themselves, for the attention baseline
-            query = last.cross_attention.split(last.cross_attention.query(cross_input))
-            keys = state[f"memory_keys{len(self.layers) - 1}"]
-            weights = torch.softmax(query @ keys.transpose(-2, -1) / math.sqrt(keys.shape[-1]), dim=-1)[:, :, 0]
-        return logits, new_state, {"attention": weights, "hidden": hidden}
+        return logits, new_state, {"attention": self._cross_weights(cross_input, state)[:, :, 0], "hidden": hidden}

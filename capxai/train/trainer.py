@@ -193,7 +193,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     return history
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class EpochLoop:
     """The epochs of a training or fine-tuning run: batches in a seeded order (a distributed sampler under torchrun),
     decoded by the run's DataLoader workers (kept between epochs) and moved to its device, one ``step(batch) ->
