@@ -40,7 +40,7 @@ def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
     image = sorted((data / "images" / "test").glob("*.png"))[0]
     cases = [
         (["--images", image, "--split-file", data / "dataset_scenes.json"], "either --images or --split-file"),
-        (["--images", image, "--method", "saliency"], "--method must be 'all' or one of"),
+        (["--images", image, "--method", "saliency"], "--method: invalid choice: 'saliency'"),
         (["--images", image, "--captions", "a", "b"], "2 --captions for 1 --images"),
         (["--images", tmp_path / "missing.png"], "does not exist"),
         (["--split-file", data / "dataset_scenes.json", "--shard-size", "0"], "--shard-size: must be >= 1"),

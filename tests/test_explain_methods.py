@@ -147,7 +147,7 @@ def test_bad_input_gets_clear_errors():
         images_arg = kwargs.pop("images", None)
         with pytest.raises(error, match=message):
             lrp.explain(images_arg, **kwargs)
-    with pytest.raises(TypeError, match="expected a capxai captioner"):
+    with pytest.raises(TypeError, match="expected a capxai.models.Captioner"):
         explain.LRP(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="attnlrp"):
         explain.LRP(model, attention_mode="attnlrp")

@@ -47,7 +47,7 @@ def read_page(run_dir):
 def test_report_shows_every_method_for_every_word_of_the_chosen_images(tiny_demo):
     run_dir, _ = tiny_demo
     page = read_page(run_dir)
-    assert len(page.sections) == 4  # 2 images x 2 captioners
+    assert len(page.sections) == 6  # 2 images x 3 captioners
     for key in page.sections:
         example = page.data["examples"][key]
         assert set(example["heatmaps"]) == set(METHODS)
