@@ -204,3 +204,21 @@ def test_the_rules_leave_no_mode_and_no_frozen_parameter_behind():
     assert cnn.active_settings() is None
     x = torch.randn(3, requires_grad=True)
     assert (x * 2).grad_fn is not None and torch.exp(x).grad_fn is not None  # plain autograd again
+
+
+def test_refusals_of_the_rules_name_what_is_unsupported():
+    """Division by a signal, a linear layer or LayerNorm whose parameters carry relevance: refused, not
+    differentiated."""
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    with cnn.lrp() as settings, cnn.relevance_rules(settings):
+        with pytest.raises(NotImplementedError, match="division by a relevance-carrying tensor"):
+            x / (x + 1)
+        with pytest.raises(NotImplementedError, match="F.linear with a relevance-carrying weight"):
+            F.linear(x, weight)
+        with pytest.raises(NotImplementedError, match="layer_norm with relevance-carrying parameters"):
+            F.layer_norm(x, (4,), weight[0])
+        assert (x / 2).requires_grad  # division by a constant passes relevance
+    with pytest.raises(RuntimeError, match="inside capxai.lrp"):
+        with cnn.relevance_rules():
+            pass
