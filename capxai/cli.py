@@ -32,6 +32,53 @@ def run_options(precision: bool) -> Parser:
     return parent
 
 
+def _parent(title: str) -> tuple[Parser, argparse._ArgumentGroup]:
+    """An argparse parent parser holding one titled option group (shared by several commands)."""
+    parent = Parser(add_help=False)
+    return parent, parent.add_argument_group(title)
+
+
+def data_options(required: bool, split_file_help: str, image_root_help: str) -> Parser:
+    """``--split-file`` and ``--image-root``: where a command reads its images and captions."""
+    parent, group = _parent("data")
+    group.add_argument("--split-file", type=existing_file, required=required, help=split_file_help)
+    group.add_argument("--image-root", type=existing_folder, required=required, help=image_root_help)
+    return parent
+
+
+def checkpoint_option(help_text: str) -> Parser:
+    """``--checkpoint``: the trained model a command reads."""
+    parent, group = _parent("model")
+    group.add_argument("--checkpoint", type=existing_file, required=True, help=help_text)
+    return parent
+
+
+def output_options(out_help: str, overwrite_help: str, out_type=None) -> Parser:
+    """``--out`` (required) and ``--overwrite``: where a command writes, and whether it may replace what capxai
+    wrote there before (files capxai did not write are never replaced)."""
+    parent, group = _parent("output")
+    group.add_argument("--out", type=out_type or output_folder, required=True, help=out_help)
+    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return parent
+
+
+def decoding_options(beam_size: int, beam_help: str) -> Parser:
+    """``--beam-size`` and ``--max-length``: how a command decodes the model's captions."""
+    parent, group = _parent("decoding")
+    group.add_argument("--beam-size", type=POSITIVE, default=beam_size, help=beam_help)
+    group.add_argument("--max-length", type=POSITIVE, help="words per caption at most (default: the training's)")
+    return parent
+
+
+def composite_option(help_prefix: str) -> Parser:
+    """``--composite``: the LRP rules of the encoder, read from the registry of composites."""
+    from capxai.explain import COMPOSITES
+    parent, group = _parent("encoder rules")
+    group.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
+                       help=help_prefix + COMPOSITES.describe())
+    return parent
+
+
 def _run_of(args):
     """The checked run settings of a command's options (a bad value stops it before any work)."""
     workers = args.workers if args.workers is not None else default_workers()
@@ -253,19 +300,30 @@ def _explain(args) -> int:
 
 def build_parser() -> Parser:
     """The ``capxai`` parser; its choices and help read the registries (methods, composites, encoders, captioner
-    kinds), so an entry registered by a user's package (``capxai.registry``) appears here."""
-    from capxai.explain import COMPOSITES, METHODS
-    from capxai.models import CAPTIONERS, ENCODERS
-
+    kinds), so an entry registered by a user's package (``capxai.registry``) appears here. Options several commands
+    take come from one parent each (``run_options``, ``data_options``, ``checkpoint_option``, ``output_options``,
+    ``decoding_options``, ``composite_option``), so they read and check the same everywhere."""
     parser = Parser(prog="capxai", description="Explain and improve image-captioning models. Bad input stops a "
                     "command before any work with one line naming the problem (exit status 2).")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add_command in (_add_data, _add_train, _add_finetune, _add_finetune_table, _add_evaluate, _add_explain,
+                        _add_report):
+        add_command(commands)
+    return parser
+
+
+IMAGE_ROOT_HELP = "folder the json's image paths start in"
+REPLACE_RESULTS = "(all its files; files capxai did not write are never replaced)"
+
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="make or prepare data sets").add_subparsers(
         dest="data_command", required=True, parser_class=Parser)
-    make_scenes = data.add_parser("scenes", help="generate the built-in scenes (COCO + Karpathy json, images)")
-    make_scenes.add_argument("--out", type=output_folder, required=True,
-                             help="output folder (new or empty; with --overwrite: scenes capxai wrote before)")
+    make_scenes = data.add_parser("scenes", help="generate the built-in scenes (COCO + Karpathy json, images)",
+                                  parents=[output_options("output folder (new or empty; with --overwrite: scenes "
+                                                          "capxai wrote before)", "replace the scenes capxai wrote "
+                                                          "in --out (nothing else there is touched)")])
     make_scenes.add_argument("--train", type=COUNT, default=8000)
     make_scenes.add_argument("--val", type=COUNT, default=1000)
     make_scenes.add_argument("--test", type=COUNT, default=2000)
@@ -273,27 +331,29 @@ def build_parser() -> Parser:
     make_scenes.add_argument("--seed", type=COUNT, default=0)
     make_scenes.add_argument("--probe-fraction", type=float_between(0, 1), default=0.5,
                              help="share of test images that are co-occurrence probes")
-    make_scenes.add_argument("--overwrite", action="store_true",
-                             help="replace the scenes capxai wrote in --out (nothing else there is touched)")
     make_scenes.set_defaults(run=_data_scenes)
 
     make_coco = data.add_parser("coco", help="a Karpathy-style split json from COCO-format caption files "
-                                "(read with pycocotools), for train / evaluate")
+                                "(read with pycocotools), for train / evaluate",
+                                parents=[output_options("the split json to write", "replace a split json capxai "
+                                                        "wrote", out_type=output_file)])
     make_coco.add_argument("--split", nargs=3, action="append", required=True,
                            metavar=("NAME", "CAPTIONS_JSON", "IMAGE_FOLDER"),
                            help="e.g. --split train annotations/captions_train2014.json train2014 (repeat per split; "
                            "IMAGE_FOLDER relative to the image root given to train)")
-    make_coco.add_argument("--out", type=output_file, required=True, help="the split json to write")
     make_coco.add_argument("--dataset", default="coco", help="name recorded in the json")
-    make_coco.add_argument("--overwrite", action="store_true", help="replace a split json capxai wrote")
     make_coco.set_defaults(run=_data_coco)
 
-    training = commands.add_parser("train", parents=[run_options(precision=True)],
-                                   help="train a captioner with cross-entropy (resumes from OUT/last.pt)")
-    training.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json, e.g. "
-                          "dataset_scenes.json or dataset_coco.json")
-    training.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths start in")
-    training.add_argument("--out", type=output_folder, required=True, help="checkpoint folder")
+
+def _add_train(commands) -> None:
+    from capxai.models import CAPTIONERS, ENCODERS
+    training = commands.add_parser("train", help="train a captioner with cross-entropy (resumes from OUT/last.pt)",
+                                   parents=[run_options(precision=True),
+                                            data_options(True, "Karpathy-style json, e.g. dataset_scenes.json or "
+                                                         "dataset_coco.json", IMAGE_ROOT_HELP),
+                                            output_options("checkpoint folder", "start afresh, replacing the "
+                                                           "checkpoints capxai train wrote in --out (default: "
+                                                           "resume from its last.pt)")])
     training.add_argument("--model", choices=CAPTIONERS.names(), default="adaptive",
                           help="captioner kind: " + CAPTIONERS.describe())
     training.add_argument("--encoder", choices=ENCODERS.names(), default="scene",
@@ -318,18 +378,17 @@ def build_parser() -> Parser:
     training.add_argument("--image-size", type=int_at_least(32), default=96)
     training.add_argument("--min-count", type=POSITIVE, default=5, help="rarer words become <unk>")
     training.add_argument("--seed", type=COUNT, default=0)
-    training.add_argument("--overwrite", action="store_true", help="start afresh, replacing the checkpoints capxai "
-                          "train wrote in --out (default: resume from its last.pt)")
     training.set_defaults(run=_train)
 
-    tuning = commands.add_parser("finetune", parents=[run_options(precision=True)], help="fine-tune a trained captioner: LRP-inference or baseline, "
-                                 "cross-entropy or self-critical (resumes from OUT/last.pt)")
-    tuning.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt of capxai train")
-    tuning.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json it was "
-                        "trained on")
-    tuning.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths "
-                        "start in")
-    tuning.add_argument("--out", type=output_folder, required=True, help="checkpoint folder")
+
+def _add_finetune(commands) -> None:
+    tuning = commands.add_parser("finetune", help="fine-tune a trained captioner: LRP-inference or baseline, "
+                                 "cross-entropy or self-critical (resumes from OUT/last.pt)",
+                                 parents=[run_options(precision=True), checkpoint_option("best.pt of capxai train"),
+                                          data_options(True, "Karpathy-style json it was trained on", IMAGE_ROOT_HELP),
+                                          output_options("checkpoint folder", "start afresh, replacing the "
+                                                         "checkpoints capxai finetune wrote in --out (default: "
+                                                         "resume from its last.pt)")])
     tuning.add_argument("--method", choices=["lrp", "baseline"], required=True,
                         help="lrp: LRP-weighted output features (Sun et al.); baseline: the same schedule without")
     tuning.add_argument("--objective", choices=["xe", "scst"], default="xe",
@@ -346,30 +405,34 @@ def build_parser() -> Parser:
     tuning.add_argument("--stop-words", type=existing_file, help="one stop word per line (default: capxai's "
                         "English list)")
     tuning.add_argument("--seed", type=COUNT, default=0)
-    tuning.add_argument("--overwrite", action="store_true", help="start afresh, replacing the checkpoints capxai "
-                        "finetune wrote in --out (default: resume from its last.pt)")
     tuning.set_defaults(run=_finetune)
 
+
+def _add_finetune_table(commands) -> None:
     tabling = commands.add_parser("finetune-table", help="the fine-tuning results table (json and markdown) from "
-                                  "evaluations of the cross-entropy, baseline and LRP fine-tuned models")
+                                  "evaluations of the cross-entropy, baseline and LRP fine-tuned models",
+                                  parents=[output_options("folder for finetune_table.json/.md", "replace a table "
+                                                          "capxai wrote there before")])
     tabling.add_argument("--row", action="append", required=True, metavar="CAPTIONER/VARIANT=FOLDER[,FOLDER...]",
                          help="one row: the evaluation folders of its seeds (capxai evaluate --explanations lrp); "
                          "variants lrp-X and baseline-X of a captioner also get a difference row")
     tabling.add_argument("--split", default="test", help="the evaluated split (default test)")
     tabling.add_argument("--beam-size", type=POSITIVE, default=3, help="the evaluations' beam size (default 3)")
-    tabling.add_argument("--out", type=output_folder, required=True, help="folder for finetune_table.json/.md")
-    tabling.add_argument("--overwrite", action="store_true", help="replace a table capxai wrote there before")
     tabling.set_defaults(run=_finetune_table)
 
-    evaluating = commands.add_parser("evaluate", parents=[run_options(precision=False)], help="caption a split with a trained model and score it "
-                                     "(BLEU, METEOR, ROUGE-L, CIDEr, SPICE when available; CHAIR and probe "
-                                     "hallucination when instances and synonyms are found)")
-    evaluating.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt or last.pt of capxai train")
-    evaluating.add_argument("--split-file", type=existing_file, required=True, help="Karpathy-style json")
-    evaluating.add_argument("--image-root", type=existing_folder, required=True, help="folder the json's image paths start in")
+
+def _add_evaluate(commands) -> None:
+    from capxai.explain import METHODS
+    evaluating = commands.add_parser(
+        "evaluate", help="caption a split with a trained model and score it (BLEU, METEOR, ROUGE-L, CIDEr, SPICE "
+        "when available; CHAIR and probe hallucination when instances and synonyms are found)",
+        parents=[run_options(precision=False), checkpoint_option("best.pt or last.pt of capxai train"),
+                 data_options(True, "Karpathy-style json", IMAGE_ROOT_HELP),
+                 decoding_options(3, "beams when decoding the captions"),
+                 composite_option("LRP rules of the encoder (with --explanations): "),
+                 output_options("folder for captions, metrics, hallucination", "replace the results of an earlier "
+                                "run " + REPLACE_RESULTS)])
     evaluating.add_argument("--split", choices=["train", "val", "test"], default="test")
-    evaluating.add_argument("--beam-size", type=POSITIVE, default=3)
-    evaluating.add_argument("--max-length", type=POSITIVE, help="words per caption at most (default: the training's)")
     evaluating.add_argument("--instances", type=existing_file, help="COCO instances json of the split (default: "
                             "annotations/instances_SPLIT.json beside the split file, when present)")
     evaluating.add_argument("--synonyms", type=existing_file, help="CHAIR-style synonyms file (default: synonyms.txt beside "
@@ -377,8 +440,6 @@ def build_parser() -> Parser:
     evaluating.add_argument("--explanations", metavar="METHODS", help="also measure explanations of the captions: "
                             f"'all' or some of {', '.join(METHODS.names())} (comma-separated): grounding, pointing "
                             "game, ablation, hallucination detection")
-    evaluating.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
-                            help="LRP rules of the encoder (with --explanations): " + COMPOSITES.describe())
     evaluating.add_argument("--explain-batch-size", type=POSITIVE, default=50, help="images explained at once")
     evaluating.add_argument("--pointing-tolerance", type=float_between(0, 1000), default=0.0,
                             help="pixels a box is grown by in the pointing game")
@@ -388,43 +449,40 @@ def build_parser() -> Parser:
     evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
     evaluating.add_argument("--explain-limit", type=POSITIVE, help="measure explanations on N images spread evenly over "
                             "the split (captions, metrics and CHAIR still use every image)")
-    evaluating.add_argument("--out", type=output_folder, required=True, help="folder for captions, metrics, hallucination")
-    evaluating.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run "
-                            "(all its files; files capxai did not write are never replaced)")
     evaluating.set_defaults(run=_evaluate)
 
-    explaining = commands.add_parser("explain", parents=[run_options(precision=False)],
-                                     help="explain every word of captions: " + ", ".join(METHODS.names()))
-    explaining.add_argument("--checkpoint", type=existing_file, required=True, help="best.pt or last.pt of capxai train")
+
+def _add_explain(commands) -> None:
+    from capxai.explain import METHODS
+    explaining = commands.add_parser(
+        "explain", help="explain every word of captions: " + ", ".join(METHODS.names()),
+        parents=[run_options(precision=False), checkpoint_option("best.pt or last.pt of capxai train"),
+                 data_options(False, "explain a whole split of this Karpathy-style json, in shards (resumable; "
+                              "under torchrun each process takes its own shards)",
+                              IMAGE_ROOT_HELP + " (default: the split file's folder)"),
+                 decoding_options(1, "beams when decoding the model's captions"),
+                 composite_option("LRP rules of the encoder: "),
+                 output_options("output folder (one folder per method)", "replace explanations of an earlier run "
+                                + REPLACE_RESULTS)])
     explaining.add_argument("--images", type=existing_file, nargs="+", help="image files to explain")
     explaining.add_argument("--captions", nargs="+", help="one caption per image to explain (default: the model's "
                             "own, decoded)")
-    explaining.add_argument("--split-file", type=existing_file, help="explain a whole split of this Karpathy-style json, "
-                            "in shards (resumable; under torchrun each process takes its own shards)")
-    explaining.add_argument("--image-root", type=existing_folder, help="folder the json's image paths start in (default: "
-                            "the split file's folder)")
     explaining.add_argument("--split", choices=["train", "val", "test"], default="test")
     explaining.add_argument("--limit", type=POSITIVE, help="explain the first N images of the split only")
     explaining.add_argument("--shard-size", type=POSITIVE, default=32, help="images per shard file")
     explaining.add_argument("--method", default="lrp", choices=METHODS.names() + ["all"],
                             help="the method (or all): " + METHODS.describe())
-    explaining.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
-                            help="LRP rules of the encoder: " + COMPOSITES.describe())
-    explaining.add_argument("--beam-size", type=POSITIVE, default=1, help="beams when decoding the model's "
-                            "captions")
-    explaining.add_argument("--max-length", type=POSITIVE, help="words per caption at most (default: the training's)")
     explaining.add_argument("--no-figures", action="store_true", help="with --images: write explanation.pt only")
-    explaining.add_argument("--out", type=output_folder, required=True, help="output folder (one folder per method)")
-    explaining.add_argument("--overwrite", action="store_true", help="replace explanations of an earlier run "
-                            "(all its files; files capxai did not write are never replaced)")
     explaining.set_defaults(run=_explain)
+
+
+def _add_report(commands) -> None:
     reporting = commands.add_parser("report", help="the HTML report of a demo folder (RUN_DIR/report.html): per "
                                     "word heatmaps of every method, metric tables and plots, fine-tuning results")
     reporting.add_argument("run_dir", type=existing_folder, metavar="RUN_DIR", help="what make demo wrote, e.g. "
                            "runs/demo")
     reporting.add_argument("--overwrite", action="store_true", help="replace the report written there before")
     reporting.set_defaults(run=_report)
-    return parser
 
 
 def _report(args) -> int:
