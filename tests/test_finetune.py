@@ -260,6 +260,8 @@ def test_bad_input(tiny_trained, tmp_path):
         FinetuneConfig(epochs=0)
     with pytest.raises(ValueError, match="method must be one of"):
         FinetuneConfig(method="gradcam")
+    with pytest.raises(ValueError, match=r"objective must be one of \['xe', 'scst'\], got 'rl'"):
+        FinetuneConfig(objective="rl")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="holds no words"):
         _run(tiny_trained, tmp_path / "x", stop_words=str(tmp_path / "empty.txt"))

@@ -185,3 +185,12 @@ def test_encoder_learning_rate_is_its_own(tiny_scenes, tmp_path):
     model = build_model(config, 10)
     assert [len(group["params"]) for group in groups] == [len(list(model.captioner.parameters())),
                                                           len(list(model.encoder.parameters()))]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "lstm", r"model must be one of \['adaptive', 'multihead', 'transformer'\], got 'lstm'"),
+    ("encoder", "vit", r"encoder must be one of \[.*'scene'.*\], got 'vit'"),
+    ("hidden", 0, "hidden must be >= 1, got 0")])
+def test_config_names_a_bad_choice_or_number(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})

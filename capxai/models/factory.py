@@ -91,6 +91,12 @@ _LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), 
            ("decay_factor", 0.0, False), ("decay_patience", 0, True), ("dropout", 0.0, True))
 
 
+def choice_problems(config, choices) -> list:
+    """Which of a config's fields (``(field, allowed values)``) hold a value that is not allowed."""
+    return [f"{name} must be one of {list(allowed)}, got {getattr(config, name)!r}" for name, allowed in choices
+            if getattr(config, name) not in allowed]
+
+
 def limit_problems(config, limits) -> list:
     """What breaks ``limits`` (``(field, lowest, is the lowest allowed)``) among a config's numbers."""
     problems = []
@@ -105,11 +111,7 @@ def limit_problems(config, limits) -> list:
 
 def check_config(config: "TrainConfig") -> list:
     """What is wrong with a training config, as ``["hidden must be >= 1, got 0", ...]`` (empty when nothing)."""
-    problems = []
-    if config.model not in CAPTIONERS:
-        problems.append(f"model must be one of {CAPTIONERS.names()}, got {config.model!r}")
-    if config.encoder not in ENCODERS:
-        problems.append(f"encoder must be one of {ENCODERS.names()}, got {config.encoder!r}")
+    problems = choice_problems(config, (("model", CAPTIONERS.names()), ("encoder", ENCODERS.names())))
     problems += limit_problems(config, _LIMITS)
     if isinstance(config.dropout, (int, float)) and config.dropout >= 1:
         problems.append(f"dropout must be < 1, got {config.dropout}")

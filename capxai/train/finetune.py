@@ -21,7 +21,7 @@ from capxai.models.checkpoint import load_checkpoint
 from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
 from capxai.train.scst import CiderReward, scst_loss
 from capxai.models.contract import check_captioner
-from capxai.models.factory import limit_problems, load_trained
+from capxai.models.factory import choice_problems, limit_problems, load_trained
 from capxai.train.trainer import EpochLoop, TRAIN_FILES, optimizer_step, restore, set_seed, wrap_distributed
 
 OBJECTIVES = ("xe", "scst")
@@ -64,11 +64,7 @@ _LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("captions_per_image", 
 
 def check_finetune_config(config: FinetuneConfig) -> list:
     """What is wrong with a fine-tuning config (empty when nothing)."""
-    problems = []
-    if config.method not in METHODS:
-        problems.append(f"method must be one of {METHODS}, got {config.method!r}")
-    if config.objective not in OBJECTIVES:
-        problems.append(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    problems = choice_problems(config, (("method", METHODS), ("objective", OBJECTIVES)))
     problems += limit_problems(config, _LIMITS)
     if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
         problems.append(f"lr must be > 0, got {config.lr!r}")
