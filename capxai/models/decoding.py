@@ -5,7 +5,7 @@ Both return ``tokens [B, L]`` (the words after ``<start>``, ending with ``<end>`
 attention weights at each step: "alpha" or "attention" of its trace).
 """
 import dataclasses
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -34,9 +34,12 @@ def _reorder(state: State, index: torch.Tensor) -> State:
 
 @torch.no_grad()
 def beam_search(model: Captioner, features: torch.Tensor, beam_size: int = 3, max_length: int = 16,
-                start: int = 1, end: int = 2, pad: int = 0, length_penalty: float = 0.0) -> Decoded:
+                start: int = 1, end: int = 2, pad: int = 0, length_penalty: float = 0.0,
+                guidance: Optional[Callable[[torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor]] = None) -> Decoded:
     """Beam search over ``beam_size`` hypotheses per image, at most ``max_length`` words; the best hypothesis by
-    ``sum log p / length ** length_penalty``. ``beam_size = 1`` is greedy decoding."""
+    ``sum log p / length ** length_penalty``. ``beam_size = 1`` is greedy decoding. ``guidance(log_probs [N, V],
+    trace)`` may change the scores a step's words are ranked by (e.g.
+    :class:`capxai.explain.guided_decoding.VisualShareGuidance`); ``log_probs`` stay the model's own."""
     if beam_size < 1 or max_length < 1:
         raise ValueError(f"beam_search: beam_size and max_length must be >= 1, got {beam_size}, {max_length}")
     batch = features.shape[0]
@@ -54,8 +57,13 @@ def beam_search(model: Captioner, features: torch.Tensor, beam_size: int = 3, ma
         # a finished hypothesis only continues with <pad>, at no cost
         step_log_probs[finished] = float("-inf")
         step_log_probs[finished, pad] = 0.0
+        step_scores = step_log_probs
+        if guidance is not None:
+            step_scores = guidance(step_log_probs, trace)
+            step_scores[finished] = float("-inf")
+            step_scores[finished, pad] = 0.0
         vocab = step_log_probs.shape[-1]
-        candidates = (scores.reshape(-1, 1) + step_log_probs).reshape(batch, beam_size * vocab)
+        candidates = (scores.reshape(-1, 1) + step_scores).reshape(batch, beam_size * vocab)
         scores, flat = candidates.topk(beam_size, dim=-1)
         origin = (flat // vocab + torch.arange(batch, device=flat.device).unsqueeze(1) * beam_size).reshape(-1)
         words = (flat % vocab).reshape(-1)
