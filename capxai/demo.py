@@ -73,7 +73,7 @@ class DemoConfig:
     transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
 
 
-QUICK = DemoConfig(scenes=(1600, 200, 300), epochs=3, explain_limit=60, finetuned_explain_limit=60,
+QUICK = DemoConfig(scenes=(1000, 100, 300), epochs=3, explain_limit=40, finetuned_explain_limit=40,
                    report_images=4)
 
 

@@ -166,3 +166,15 @@ def test_a_method_registered_by_a_users_module_appears_in_the_cli(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "capxai", "explain", "--help"], capture_output=True, text=True,
                              env={**environment, "CAPXAI_PLUGINS": "no_such_capxai_plugin"}, timeout=120, cwd=ROOT)
     assert missing.returncode != 0 and "no_such_capxai_plugin" in missing.stderr
+
+
+def test_explain_knows_no_captioner_but_through_the_contract():
+    """capxai.explain names no captioner class but the two whose fused fast paths it registers: the transformer
+    (and any user's captioner) is explained through the contract and the generic path alone."""
+    named = {}
+    for path in sorted((ROOT / "capxai" / "explain").glob("*.py")):
+        for name in re.findall(r"\b(\w+Captioner)\b", path.read_text()):
+            named.setdefault(name, set()).add(path.name)
+    assert set(named) <= {"AdaptiveAttentionCaptioner", "MultiHeadCaptioner"}, named
+    assert not re.search(r"transformer", " ".join(p.read_text() for p in (ROOT / "capxai" / "explain").glob("*.py")),
+                         re.I)

@@ -2,7 +2,7 @@
 the captions against the split's references; shared by validation during training and by ``capxai evaluate``.
 Images are decoded in the run's DataLoader workers and captioned on the model's device; under torchrun each process
 captions its share of the images and every process gets all captions."""
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -22,12 +22,13 @@ def references_of(dataset: CaptionDataset) -> Dict[int, List[str]]:
 @torch.no_grad()
 def caption_dataset(model: torch.nn.Module, dataset: CaptionDataset, beam_size: int = 1, max_length: int = 16,
                     batch_size: int = 50, progress: bool = False,
-                    run: Optional[RunSettings] = None) -> Dict[int, str]:
+                    run: Optional[RunSettings] = None, guidance: Optional[Callable] = None) -> Dict[int, str]:
     """Captions of every image of ``dataset`` by ``model`` (a ``CaptionModel``: ``.encoder`` + ``.captioner``),
     decoded with ``beam_size`` beams (1: greedy) on the model's device. Returns ``{image_id: caption}`` in the
     split's order; a caption that is empty (``<end>`` first) is written ``<unk>`` so that metrics can score it as
     wrong rather than fail. ``run``: its workers decode the images; under torchrun process r captions images r, r +
-    W, ... and the captions of all processes are merged (every process must call)."""
+    W, ... and the captions of all processes are merged (every process must call). ``guidance``: beam search's score
+    adjustment (``capxai.explain.guided_decoding``)."""
     run = run if run is not None else RunSettings()
     was_training = model.training
     model.eval()
@@ -43,7 +44,8 @@ def caption_dataset(model: torch.nn.Module, dataset: CaptionDataset, beam_size: 
             for batch in batches:
                 images = batch["images"].to(device, non_blocking=True)
                 decoded = beam_search(model.captioner, model.encoder(images), beam_size, max_length,
-                                      start=vocabulary.start, end=vocabulary.end, pad=vocabulary.pad)
+                                      start=vocabulary.start, end=vocabulary.end, pad=vocabulary.pad,
+                                      guidance=guidance)
                 for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist()):
                     captions[image_id] = " ".join(vocabulary.decode(tokens)) or "<unk>"
     finally:
