@@ -4,7 +4,8 @@ reported log-probabilities stay the model's; bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.guided_decoding import VisualShareGuidance, object_word_mask, visual_share
+from capxai.explain.guided_decoding import (VisualShareGuidance, label_share, object_word_mask, visual_and_language,
+                                           visual_share)
 from capxai.evaluate import ObjectWords
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, TransformerCaptioner, beam_search
 from capxai.ops.reference import lrp_linear_reference, stabilize
@@ -79,8 +80,8 @@ def test_penalty_keeps_low_share_object_words_out_and_reports_the_models_log_pro
 
     class Recording(VisualShareGuidance):
         def __call__(self, log_probs, trace):
-            recorded.append(visual_share(self.captioner.output, trace[self.captioner.output_terms[0]],
-                                         trace[self.captioner.output_terms[1]], self.eps))
+            recorded.append(visual_share(self.captioner.output, *visual_and_language(self.captioner, trace),
+                                         self.eps))
             return super().__call__(log_probs, trace)
 
     # greedy (one beam), so that row r of a step's trace is caption r
@@ -115,3 +116,33 @@ def test_bad_input_is_named():
         VisualShareGuidance(TransformerCaptioner(len(WORDS), 6, hidden=8, layers=1, heads=2), objects)
     with pytest.raises(ValueError, match="visual and language must be"):
         visual_share(captioner.output, torch.zeros(2, 8), torch.zeros(3, 8))
+
+
+def test_label_share_is_the_all_words_share_at_the_label():
+    torch.manual_seed(2)
+    output = torch.nn.Linear(8, len(WORDS)).double()
+    visual, language = torch.randn(3, 4, 8, dtype=torch.float64), torch.randn(3, 4, 8, dtype=torch.float64)
+    labels = torch.randint(0, len(WORDS), (3, 4))
+    with torch.no_grad():
+        every = visual_share(output, visual, language)
+        picked = label_share(output, visual, language, labels)
+    torch.testing.assert_close(picked, every.gather(-1, labels.unsqueeze(-1)).squeeze(-1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"labels must be \(3, 4\)"):
+        label_share(output, visual, language, labels[:, :2])
+
+
+def test_the_sentinels_share_of_the_adaptive_context_is_language():
+    """Adaptive attention: the visual term is (1 - beta) times the attended regions (not c_hat, which mixes in the
+    sentinel); the two terms still sum to the output layer's input. The multi-head captioner's terms are its own."""
+    captioner = _captioner("adaptive")
+    features = torch.randn(3, 9, 6, dtype=torch.float64).relu()
+    state = captioner.init_state(features)
+    _, _, trace = captioner.step(state, torch.ones(3, dtype=torch.long))
+    visual, language = visual_and_language(captioner, trace)
+    attended = (trace["alpha"].unsqueeze(-1) * state["regions"]).sum(1)
+    torch.testing.assert_close(visual, (1 - trace["beta"]).unsqueeze(-1) * attended)
+    torch.testing.assert_close(visual + language, trace["context"] + trace["h2"])
+    multihead = _captioner("multihead")
+    _, _, trace = multihead.step(multihead.init_state(features), torch.ones(3, dtype=torch.long))
+    visual, language = visual_and_language(multihead, trace)
+    assert visual is trace[multihead.output_terms[0]] and language is trace[multihead.output_terms[1]]

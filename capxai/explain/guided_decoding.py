@@ -24,22 +24,53 @@ from capxai.models.contract import check_captioner
 Guidance = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
-def visual_share(output: torch.nn.Linear, visual: torch.Tensor, language: torch.Tensor,
-                 eps: float = 0.01) -> torch.Tensor:
-    """``[N, V]``: the share of each word's output-layer relevance on ``visual`` (``[N, H]``), against
-    ``language`` (``[N, H]``), in [0, 1] (see the module's docstring)."""
-    if visual.shape != language.shape or visual.dim() != 2:
-        raise ValueError(f"visual_share: visual and language must be [N, H] of one shape, got "
+def _terms_through_sum(visual: torch.Tensor, language: torch.Tensor, eps: float):
+    """``(a * f, b * f)`` with ``f = (a + b) / stab(a + b)``: the two terms as the epsilon rule over their sum sees
+    them (shapes kept)."""
+    if visual.shape != language.shape or visual.dim() < 2:
+        raise ValueError(f"visual_share: visual and language must be [..., H] of one shape, got "
                          f"{tuple(visual.shape)} and {tuple(language.shape)}")
     total = visual + language
     stabilised = total + eps * torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
     factor = total / stabilised
-    weight = output.weight.to(visual.dtype)
-    relevance_visual = (visual * factor) @ weight.T
-    relevance_language = (language * factor) @ weight.T
+    return visual * factor, language * factor
+
+
+def _share(relevance_visual: torch.Tensor, relevance_language: torch.Tensor) -> torch.Tensor:
     both = relevance_visual + relevance_language
     share = relevance_visual / torch.where(both > 0, both, torch.ones_like(both))
     return torch.where(both > 0, share.clamp(0.0, 1.0), torch.zeros_like(share))
+
+
+def visual_share(output: torch.nn.Linear, visual: torch.Tensor, language: torch.Tensor,
+                 eps: float = 0.01) -> torch.Tensor:
+    """``[..., V]``: the share of each word's output-layer relevance on ``visual`` (``[..., H]``), against
+    ``language`` (``[..., H]``), in [0, 1] (see the module's docstring)."""
+    visual, language = _terms_through_sum(visual, language, eps)
+    weight = output.weight.to(visual.dtype)
+    return _share(visual @ weight.T, language @ weight.T)
+
+
+def label_share(output: torch.nn.Linear, visual: torch.Tensor, language: torch.Tensor, labels: torch.Tensor,
+                eps: float = 0.01) -> torch.Tensor:
+    """``[...]``: the visual share of one word per row (``labels [...]``, e.g. the ground-truth words of a
+    teacher-forced caption), equal to ``visual_share(...)`` at the label, in O(H) a row instead of O(V H)."""
+    if labels.shape != visual.shape[:-1]:
+        raise ValueError(f"label_share: labels must be {tuple(visual.shape[:-1])}, got {tuple(labels.shape)}")
+    visual, language = _terms_through_sum(visual, language, eps)
+    rows = output.weight.to(visual.dtype)[labels]  # [..., H]
+    return _share((visual * rows).sum(-1), (language * rows).sum(-1))
+
+
+def visual_and_language(captioner: Captioner, trace: Mapping[str, torch.Tensor]):
+    """The visual and the language term of the output layer's input (``output_terms``, the visual first; their sum
+    unchanged). With a visual sentinel in the trace (``beta``, ``sentinel``: adaptive attention's ``c_hat = beta s +
+    (1 - beta) c``), ``beta s`` is language memory: it moves from the visual term to the language term."""
+    visual, language = (trace[name] for name in captioner.output_terms)
+    if "beta" in trace and "sentinel" in trace:
+        memory = trace["beta"].unsqueeze(-1) * trace["sentinel"]
+        visual, language = visual - memory, language + memory
+    return visual, language
 
 
 def object_word_mask(words: Sequence[str], object_words) -> torch.Tensor:
@@ -78,7 +109,7 @@ class VisualShareGuidance:
         self.objects = objects
 
     def __call__(self, log_probs: torch.Tensor, trace: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        visual, language = (trace[name] for name in self.captioner.output_terms)
+        visual, language = visual_and_language(self.captioner, trace)
         share = visual_share(self.captioner.output, visual.float(), language.float(), self.eps)
         shortfall = (self.threshold - share).clamp_min(0.0) / self.threshold
         objects = self.objects.to(log_probs.device)
