@@ -51,11 +51,10 @@ METHODS = tuple(METHOD_REGISTRY.names())  # every registered method (what `--met
 # workers within 45 minutes on a 2-core VM whose training steps are twice as slow as the one that recipe was sized on
 # (docs/experiments/demo/README.md, "Sizing").
 CAPTIONER_RECIPE = ("--hidden", "128", "--attention-dim", "64", "--dropout", "0.3", "--lr", "1e-3",
-                    "--batch-size", "32", "--captions-per-image", "2")
+                    "--batch-size", "32")
 # The transformer: a training step costs about 0.8 of the LSTM captioners' on one thread.
 TRANSFORMER_RECIPE = ("--hidden", "96", "--heads", "4", "--layers", "2", "--dropout", "0.1", "--lr", "1e-3",
-                      "--batch-size", "32", "--captions-per-image", "2")
-FINETUNE_RECIPE = ("--captions-per-image", "2")
+                      "--batch-size", "32")
 assert all(kind in CAPTIONER_REGISTRY for kind in CAPTIONERS)
 SPLIT, BEAM = "test", 3
 CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
@@ -67,6 +66,7 @@ class DemoConfig:
 
     scenes: Sequence[int] = (8000, 1000, 2000)  # train, val, test images
     epochs: int = 4  # cross-entropy epochs of each captioner
+    captions_per_image: int = 2  # captions of an image in each training and fine-tuning step (0: all five)
     finetune_epochs: int = 1
     explain_limit: int = 150  # test images whose explanations are measured (captions and CHAIR use all)
     finetuned_explain_limit: int = 150  # the same for the fine-tuned models (LRP grounding only)
@@ -77,8 +77,9 @@ class DemoConfig:
     transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
 
 
-QUICK = DemoConfig(scenes=(1000, 100, 300), epochs=3, explain_limit=40, finetuned_explain_limit=40,
-                   report_images=4)
+# all five captions per step: on 1000 scenes two would leave the captioners too little to learn from
+QUICK = DemoConfig(scenes=(1000, 100, 300), epochs=3, captions_per_image=0, explain_limit=40,
+                   finetuned_explain_limit=40, report_images=4)
 
 
 @dataclasses.dataclass
@@ -126,6 +127,7 @@ class Demo:
         stages = [
             Stage("train", lambda: ["train", *self.data, "--out", str(trained), "--model", captioner, "--epochs",
                                     str(self.config.epochs), "--seed", str(self.config.seed),
+                                    "--captions-per-image", str(self.config.captions_per_image),
                                     *self.recipe(captioner), *on],
                   lambda: _training_done(trained, self.config.epochs)),
             self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
@@ -138,7 +140,8 @@ class Demo:
             tuned = self.folder("finetune", captioner, method)
             stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
                 "finetune", "--checkpoint", checkpoint, *self.data, "--out", str(tuned), "--method", method,
-                "--epochs", str(self.config.finetune_epochs), "--seed", str(self.config.seed), *FINETUNE_RECIPE, *on],
+                "--epochs", str(self.config.finetune_epochs), "--seed", str(self.config.seed),
+                "--captions-per-image", str(self.config.captions_per_image), *on],
                 lambda tuned=tuned: _training_done(tuned, self.config.finetune_epochs)))
             stages.append(self._evaluate_stage(f"evaluate {method}", str(tuned / "best.pt"),
                                                self.folder("eval", captioner, method), "lrp",

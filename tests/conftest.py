@@ -66,8 +66,8 @@ TINY_DEMO_TRAINING = ("--hidden", "16", "--attention-dim", "8", "--heads", "2", 
 
 def _tiny_demo_config():
     from capxai import demo
-    return demo.DemoConfig(scenes=(48, 10, 16), epochs=1, explain_limit=6, finetuned_explain_limit=6,
-                           report_images=2, train_arguments=TINY_DEMO_TRAINING,
+    return demo.DemoConfig(scenes=(48, 10, 16), epochs=1, captions_per_image=0, explain_limit=6,
+                           finetuned_explain_limit=6, report_images=2, train_arguments=TINY_DEMO_TRAINING,
                            transformer_arguments=TINY_DEMO_TRAINING + ("--layers", "1"))
 
 
