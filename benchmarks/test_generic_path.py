@@ -33,7 +33,7 @@ def _setup(kind):
     return captioner, features, captions
 
 
-@pytest.mark.parametrize("kind, path", CASES, ids=[f"{kind}-{path}" for kind, path in CASES])
+@pytest.mark.parametrize("kind, path", CASES, ids=[f"{path}-{kind}" for kind, path in CASES])  # method first: conftest
 def test_decoder_lrp_all_words(benchmark, kind, path):
     benchmark.group = f"decoder LRP {kind} B={BATCH} T={STEPS} regions={REGIONS} H={HIDDEN}"
     captioner, features, captions = _setup(kind)
