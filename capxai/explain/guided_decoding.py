@@ -20,6 +20,7 @@ import torch
 
 from capxai.models import Captioner
 from capxai.models.contract import check_captioner
+from capxai.ops.reference import stabilize
 
 Guidance = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -31,8 +32,7 @@ def _terms_through_sum(visual: torch.Tensor, language: torch.Tensor, eps: float)
         raise ValueError(f"visual_share: visual and language must be [..., H] of one shape, got "
                          f"{tuple(visual.shape)} and {tuple(language.shape)}")
     total = visual + language
-    stabilised = total + eps * torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
-    factor = total / stabilised
+    factor = total / stabilize(total, eps)
     return visual * factor, language * factor
 
 

@@ -32,6 +32,12 @@ def _reorder(state: State, index: torch.Tensor) -> State:
     return {name: tensor.index_select(0, index) for name, tensor in state.items()}
 
 
+def _only_pad_after_end(scores: torch.Tensor, finished: torch.Tensor, pad: int) -> None:
+    """A finished hypothesis only continues with <pad>, at no cost (in place)."""
+    scores[finished] = float("-inf")
+    scores[finished, pad] = 0.0
+
+
 @torch.no_grad()
 def beam_search(model: Captioner, features: torch.Tensor, beam_size: int = 3, max_length: int = 16,
                 start: int = 1, end: int = 2, pad: int = 0, length_penalty: float = 0.0,
@@ -54,14 +60,10 @@ def beam_search(model: Captioner, features: torch.Tensor, beam_size: int = 3, ma
     for _ in range(max_length):
         logits, state, trace = model.step(state, words)
         step_log_probs = torch.log_softmax(logits.float(), dim=-1)
-        # a finished hypothesis only continues with <pad>, at no cost
-        step_log_probs[finished] = float("-inf")
-        step_log_probs[finished, pad] = 0.0
-        step_scores = step_log_probs
-        if guidance is not None:
-            step_scores = guidance(step_log_probs, trace)
-            step_scores[finished] = float("-inf")
-            step_scores[finished, pad] = 0.0
+        step_scores = step_log_probs if guidance is None else guidance(step_log_probs, trace)
+        _only_pad_after_end(step_log_probs, finished, pad)
+        if step_scores is not step_log_probs:
+            _only_pad_after_end(step_scores, finished, pad)
         vocab = step_log_probs.shape[-1]
         candidates = (scores.reshape(-1, 1) + step_scores).reshape(batch, beam_size * vocab)
         scores, flat = candidates.topk(beam_size, dim=-1)

@@ -19,6 +19,7 @@ from torch import nn
 from capxai.data.vocabulary import SPECIALS, Vocabulary
 from capxai.explain.decoder_lrp import Rules, two_term_relevance
 from capxai.models.captioner import Captioner, DecoderTrace
+from capxai.ops.reference import stabilize
 
 METHODS = ("lrp", "baseline")
 
@@ -74,8 +75,7 @@ def _explained_output_relevance(output: nn.Linear, total: torch.Tensor, logits: 
     output ``w`` carries relevance, so ``R_i = x_i W_wi / stab(z_w) * z_w`` with ``z_w`` the logit (bias included) --
     what ``ops.lrp_linear`` gives for that start (tested), in O(H) per row instead of O(V H)."""
     picked = logits.gather(-1, words.unsqueeze(-1))  # [N, 1]
-    stabilised = picked + eps * torch.where(picked >= 0, 1.0, -1.0).to(picked.dtype)
-    return total * output.weight[words] * (picked / stabilised)
+    return total * output.weight[words] * (picked / stabilize(picked, eps))
 
 
 @torch.no_grad()

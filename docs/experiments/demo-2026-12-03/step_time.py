@@ -9,7 +9,7 @@ from capxai.data.captions import CaptionDataset
 import json
 split="runs/demo/scenes/dataset_scenes.json"
 entries=[e for e in load_karpathy(split) if e["split"]=="train"]
-vocab=Vocabulary.build([s["tokens"] for e in entries for s in e["sentences"]], min_count=5) if hasattr(Vocabulary,"build") else None
+vocab=Vocabulary.build([s["tokens"] for e in entries for s in e["sentences"]], min_count=5)
 ds=CaptionDataset(split,"runs/demo/scenes","train",vocab,16,96)
 batches=[collate([ds[i] for i in range(b*32,(b+1)*32)], int(sys.argv[2]) if len(sys.argv)>2 else 0) for b in range(6)]
 kind=sys.argv[1]

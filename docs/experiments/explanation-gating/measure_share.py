@@ -13,6 +13,7 @@ occluder's. Usage:
 """
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from sklearn.metrics import roc_auc_score
@@ -40,7 +41,6 @@ def main():
     torch.set_num_threads(1)
     model, vocabulary, config = load_trained(args.checkpoint)
     model.eval()
-    from pathlib import Path
     split_file = Path(args.split_file)
     dataset = open_split(split_file, Path(args.image_root), args.split, vocabulary, config.max_length,
                          config.image_size)
