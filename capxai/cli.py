@@ -143,7 +143,10 @@ def _finetune(args) -> int:
     config = FinetuneConfig(method=args.method, objective=args.objective, epochs=args.epochs, lr=args.lr,
                             batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                             samples_per_image=args.samples_per_image, eps=args.eps, seed=args.seed,
-                            stop_words=str(args.stop_words) if args.stop_words else None)
+                            stop_words=str(args.stop_words) if args.stop_words else None, clamp=args.clamp,
+                            threshold=args.threshold, penalty=args.penalty,
+                            synonyms=str(args.synonyms) if args.synonyms else None,
+                            instances=str(args.instances) if args.instances else None)
     history = finetune(config, args.checkpoint, args.split_file, args.image_root, args.out, overwrite=args.overwrite,
                        run=run)
     if run.rank != 0:
@@ -389,8 +392,9 @@ def _add_finetune(commands) -> None:
                                           output_options("checkpoint folder", "start afresh, replacing the "
                                                          "checkpoints capxai finetune wrote in --out (default: "
                                                          "resume from its last.pt)")])
-    tuning.add_argument("--method", choices=["lrp", "baseline"], required=True,
-                        help="lrp: LRP-weighted output features (Sun et al.); baseline: the same schedule without")
+    from capxai.train.methods import FINETUNE_METHODS, describe_methods
+
+    tuning.add_argument("--method", choices=list(FINETUNE_METHODS), required=True, help=describe_methods())
     tuning.add_argument("--objective", choices=["xe", "scst"], default="xe",
                         help="xe: cross-entropy; scst: self-critical with a CIDEr-D reward")
     tuning.add_argument("--epochs", type=POSITIVE, default=1, help="total epochs (may grow when resuming)")
@@ -404,6 +408,17 @@ def _add_finetune(commands) -> None:
                         help="LRP epsilon (> 0: a logit of exactly 0 would divide by zero)")
     tuning.add_argument("--stop-words", type=existing_file, help="one stop word per line (default: capxai's "
                         "English list)")
+    tuning.add_argument("--clamp", type=float_between(0, 10, low_open=True),
+                        help="clamp every gradient element to [-CLAMP, CLAMP] instead of clipping the gradient norm "
+                        "(the paper's code: 0.1)")
+    tuning.add_argument("--threshold", type=float_between(0, 1), default=0.5,
+                        help="gated: the visual share under which an object phrase's cross-entropy is masked")
+    tuning.add_argument("--penalty", type=float_between(0, 1000), default=1.0,
+                        help="share-penalty: the weight lambda of mean(1 - visual share) of object words")
+    tuning.add_argument("--synonyms", type=existing_file, help="object words (CHAIR-style synonyms file) for the "
+                        "methods that read them (default: synonyms.txt beside the split file, else COCO's)")
+    tuning.add_argument("--instances", type=existing_file, help="oracle: the training split's COCO instances json "
+                        "(default: annotations/instances_train.json beside the split file)")
     tuning.add_argument("--seed", type=COUNT, default=0)
     tuning.set_defaults(run=_finetune)
 

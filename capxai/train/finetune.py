@@ -14,11 +14,16 @@ from typing import Optional
 import torch
 
 from capxai._io import file_sha256
+from capxai.data.annotations import load_split_annotations
 from capxai.data.captions import image_id_of, open_split
+from capxai.evaluate.objects import ObjectWords
+from capxai.explain.guided_decoding import object_word_mask
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
 from capxai.models.checkpoint import load_checkpoint
-from capxai.train.lrp_weights import METHODS, FinetuneObjective, load_stop_words, stop_word_mask
+from capxai.train.label_gates import object_phrases
+from capxai.train.lrp_weights import PAPER, FinetuneObjective, load_stop_words, stop_word_mask
+from capxai.train.methods import FINETUNE_METHODS
 from capxai.train.scst import CiderReward, scst_loss
 from capxai.models.contract import check_captioner
 from capxai.models.factory import choice_problems, limit_problems, load_trained
@@ -30,10 +35,15 @@ DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, tra
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    """How to fine-tune. ``lr = None``: 5e-4 for "xe", 5e-5 for "scst" (the paper's rates). ``stop_words``: a
-    file (one word per line) or None for capxai's list."""
+    """How to fine-tune. ``method``: one of ``capxai.train.methods.FINETUNE_METHODS``. ``lr = None``: 5e-4 for
+    "xe", 5e-5 for "scst" (the paper's rates). ``stop_words``: a file (one word per line) or None for capxai's list.
+    ``clamp``: clamp every gradient element to [-clamp, clamp] instead of clipping the norm (the paper's code: 0.1).
+    ``threshold``: the visual share under which ``gated`` masks an object phrase; ``penalty``: the weight of
+    ``share-penalty``'s term. ``synonyms``: the object words (a CHAIR-style file; None: ``synonyms.txt`` beside the
+    split file, else COCO's); ``instances``: the training split's instances json for ``oracle`` (None:
+    ``annotations/instances_train.json`` beside the split file)."""
 
-    method: str = "lrp"  # or "baseline"
+    method: str = "lrp"
     objective: str = "xe"  # or "scst"
     epochs: int = 1
     lr: Optional[float] = None
@@ -42,6 +52,11 @@ class FinetuneConfig:
     samples_per_image: int = 5  # "scst": sampled captions per image
     eps: float = 0.01
     clip_norm: float = 2.0
+    clamp: Optional[float] = None
+    threshold: float = 0.5
+    penalty: float = 1.0
+    synonyms: Optional[str] = None
+    instances: Optional[str] = None
     decay_factor: float = 0.8
     decay_patience: int = 1
     seed: int = 0
@@ -64,10 +79,19 @@ _LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("captions_per_image", 
 
 def check_finetune_config(config: FinetuneConfig) -> list:
     """What is wrong with a fine-tuning config (empty when nothing)."""
-    problems = choice_problems(config, (("method", METHODS), ("objective", OBJECTIVES)))
+    problems = choice_problems(config, (("method", FINETUNE_METHODS), ("objective", OBJECTIVES)))
     problems += limit_problems(config, _LIMITS)
-    if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
-        problems.append(f"lr must be > 0, got {config.lr!r}")
+    for name in ("lr", "clamp"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            problems.append(f"{name} must be > 0, got {value!r}")
+    if not (isinstance(config.threshold, (int, float)) and 0.0 <= config.threshold <= 1.0):
+        problems.append(f"threshold must be in [0, 1], got {config.threshold!r}")
+    if not (isinstance(config.penalty, (int, float)) and config.penalty >= 0):
+        problems.append(f"penalty (lambda) must be >= 0, got {config.penalty!r}")
+    if config.objective == "scst" and config.method not in ("lrp", "baseline"):
+        problems.append(f"method {config.method!r} is a cross-entropy method; with objective 'scst' use lrp or "
+                        "baseline")
     return problems
 
 
@@ -86,11 +110,12 @@ def _resume_problem(saved: dict, config: FinetuneConfig, start_sha256: str, spli
                     stop_words: list) -> Optional[str]:
     history = saved["history"]
     before, now = history.get("finetune", {}), json.loads(json.dumps(dataclasses.asdict(config)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(FinetuneConfig())))  # options added since it was saved
     if history.get("start_checkpoint_sha256") != start_sha256:
         return "it was fine-tuned from another start checkpoint"
     for name, value in now.items():
-        if name != "epochs" and before.get(name) != value:
-            return f"it was fine-tuned with {name} = {before.get(name)!r}, not {value!r}"
+        if name != "epochs" and before.get(name, defaults[name]) != value:
+            return f"it was fine-tuned with {name} = {before.get(name, defaults[name])!r}, not {value!r}"
     if history.get("stop_words") not in (None, stop_words):
         return "it was fine-tuned with another stop-word list"
     if history.get("split_file_sha256") != split_sha256:
@@ -125,8 +150,14 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
         check_captioner(model.captioner, "finetune")
     except TypeError as error:
         raise ValueError(f"--checkpoint {checkpoint} ({train_config.model}): {error}") from None
-    stop_words = sorted(load_stop_words(config.stop_words)) if config.method == "lrp" else []
-    skipped = stop_word_mask(vocabulary, stop_words) if config.method == "lrp" else None
+    method = FINETUNE_METHODS[config.method]
+    labels = _label_inputs(method, config, Path(split_file))
+    stop_words = sorted(load_stop_words(config.stop_words)) if method.weighting is not None else []
+    skipped = None
+    if method.weighting is not None:
+        skipped = stop_word_mask(vocabulary, stop_words)
+        if method.weighting.objects_only:
+            skipped |= ~object_word_mask(vocabulary.words, labels["objects"])
     start_sha256, split_sha256 = file_sha256(checkpoint), file_sha256(split_file)
     last_path = out_dir / "last.pt"
     targets = [out_dir / name for name in TRAIN_FILES]
@@ -145,6 +176,9 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
         output.check_writable(targets, overwrite, group="checkpoints")
     datasets = {split: open_split(split_file, image_root, split, vocabulary, train_config.max_length,
                                   train_config.image_size, progress) for split in ("train", val_split)}
+    if method.needs_annotations:
+        ids = [image_id_of(entry, position) for position, entry in enumerate(datasets["train"].entries)]
+        labels["hidden"] = load_split_annotations(labels["instances"], image_ids=ids).hidden
     set_seed(config.seed)
     model.to(run.device)
     run.join()
@@ -167,7 +201,7 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
         history, start_epoch = restore(saved, model, optimizer, scheduler, output, scaler)
         history["finetune"] = dataclasses.asdict(config)  # epochs may have grown
     step, statistics = _make_step(model, config, skipped, datasets["train"], train_config.max_length, run,
-                                  optimizer, scaler)
+                                  optimizer, scaler, labels)
     loop = EpochLoop(model=model, optimizer=optimizer, scheduler=scheduler, train_set=datasets["train"],
                      val_set=datasets[val_split], vocabulary=vocabulary, out_dir=out_dir, output=output,
                      history=history, payload={"config": history["config"], "finetune": history["finetune"]},
@@ -178,13 +212,33 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     return loop.run_epochs(start_epoch, step)
 
 
+def _label_inputs(method, config: FinetuneConfig, split_file: Path) -> dict:
+    """The object words (and the instances file) a method reads, checked before anything is loaded."""
+    if not method.needs_objects:
+        return {}
+    beside = split_file.parent / "synonyms.txt"
+    synonyms = config.synonyms or (beside if beside.is_file() else None)
+    labels = {"objects": ObjectWords.load(synonyms) if synonyms else ObjectWords.coco()}
+    if method.needs_annotations:
+        instances = Path(config.instances or split_file.parent / "annotations" / "instances_train.json")
+        if not instances.is_file():
+            raise FileNotFoundError(f"--method {config.method} masks the instances the annotations mark hidden and "
+                                    f"needs the training split's instances json; {instances} does not exist (give "
+                                    "--instances)")
+        labels["instances"] = instances
+    return labels
+
+
 def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, run: RunSettings, optimizer,
-               scaler):
+               scaler, labels: dict):
     """``(step(batch) -> loss, epoch statistics)`` of the chosen objective. SCST samples with torch's global generator, whose state
     ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
     vocabulary = train_set.vocabulary
+    method = FINETUNE_METHODS[config.method]
     if config.objective == "xe":
-        objective = FinetuneObjective(model, skipped, config.eps, vocabulary.pad).to(run.device)
+        objective = FinetuneObjective(model, skipped, config.eps, vocabulary.pad, weighting=method.weighting or PAPER,
+                                      gate=method.gate, threshold=config.threshold,
+                                      penalty=config.penalty if method.penalty else 0.0).to(run.device)
         trained = wrap_distributed(objective, run)
 
         def step(batch):
@@ -192,10 +246,15 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
             batch_size, per_image, length = captions.shape
             image_index = torch.arange(batch_size, device=captions.device).repeat_interleave(per_image)
             image_index = image_index[mask.reshape(-1)]
+            captions = captions.reshape(-1, length)[mask.reshape(-1)]
+            phrases = None
+            if method.gate is not None or method.penalty:
+                phrases = object_phrases(captions, batch["image_ids"].to(captions.device)[image_index],
+                                         vocabulary.words, labels["objects"], labels.get("hidden"))
             optimizer.zero_grad()
             with run.autocast():
-                loss = trained(batch["images"], captions.reshape(-1, length)[mask.reshape(-1)], image_index)
-            return optimizer_step(loss, model, optimizer, config.clip_norm, scaler)
+                loss = trained(batch["images"], captions, image_index, phrases)
+            return optimizer_step(loss, model, optimizer, config.clip_norm, scaler, config.clamp)
         return step, objective.take_statistics
     by_image_id = {image_id_of(entry, position): [" ".join(s["tokens"]) for s in entry["sentences"]]
                    for position, entry in enumerate(train_set.entries)}
@@ -210,7 +269,7 @@ def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: in
                                          vocabulary.words, reward, skipped, config.samples_per_image, max_length,
                                          None, config.eps, special)
         rewards.append((statistics["reward"], statistics["greedy_reward"]))
-        return optimizer_step(loss, model, optimizer, config.clip_norm, scaler)
+        return optimizer_step(loss, model, optimizer, config.clip_norm, scaler, config.clamp)
 
     def statistics():
         sample, greedy = (float(sum(values) / max(1, len(rewards))) for values in zip(*rewards)) if rewards else (0, 0)

@@ -50,18 +50,26 @@ def _train_step(model, optimizer, batch, clip_norm, run, scaler) -> torch.Tensor
     return optimizer_step(loss, model, optimizer, clip_norm, scaler)
 
 
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float, scaler=None) -> torch.Tensor:
-    """Backward, gradient-norm clipping and the optimizer step; with an (enabled) fp16 gradient scaler, the loss is
-    scaled and the gradients unscaled before clipping. Returns the loss, detached (reading it would wait for the
-    GPU: the epoch loop reads its losses once, at the end of the epoch)."""
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, clip_norm: float, scaler=None,
+                   clamp: Optional[float] = None) -> torch.Tensor:
+    """Backward, gradient-norm clipping (or, with ``clamp``, every gradient element clamped to [-clamp, clamp], as
+    the paper's code did) and the optimizer step; with an (enabled) fp16 gradient scaler, the loss is scaled and the
+    gradients unscaled before clipping. Returns the loss, detached (reading it would wait for the GPU: the epoch
+    loop reads its losses once, at the end of the epoch)."""
+    def clip():
+        if clamp is None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        else:
+            nn.utils.clip_grad_value_(model.parameters(), clamp)
+
     if scaler is None or not scaler.is_enabled():
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        clip()
         optimizer.step()
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        clip()
         scaler.step(optimizer)
         scaler.update()
     return loss.detach()
