@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between, int_at_least,
-                               output_file, output_folder, run_command)
+from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between,
+                               guided_decoding_setting, int_at_least, output_file, output_folder, run_command)
 from capxai.data import scenes
 from capxai.runtime import BACKENDS, DEVICES_HELP, PRECISIONS, default_workers, run_settings
 
@@ -223,8 +223,22 @@ def _evaluate(args) -> int:
         ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]
         hallucination = load_hallucination_data(instances, synonyms, args.split_file, ids)
     stamp = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint), **run.describe()}
+    guidance = None
+    if args.guided_decoding is not None:
+        from capxai.evaluate.objects import ObjectWords
+        from capxai.explain.guided_decoding import VisualShareGuidance, object_word_mask
+
+        threshold, penalty = args.guided_decoding
+        objects = hallucination.objects if hallucination is not None else (
+            ObjectWords.load(synonyms) if synonyms else ObjectWords.coco())
+        try:
+            guidance = VisualShareGuidance(model.captioner, object_word_mask(vocabulary.words, objects), threshold,
+                                           penalty)
+        except TypeError as error:
+            raise CommandError(f"--guided-decoding: {error}") from None
+        stamp["guided_decoding"] = {"threshold": threshold, "penalty": penalty}
     report = evaluate_split(model, dataset, output, args.beam_size, args.max_length or config.max_length,
-                            hallucination, stamp, explanations=explanations, run=run)
+                            hallucination, stamp, explanations=explanations, run=run, guidance=guidance)
     if run.rank != 0:
         return 0
     summary = ", ".join(f"{name} {value:.3f}" for name, value in report["overall"].items())
@@ -448,6 +462,10 @@ def _add_evaluate(commands) -> None:
                  output_options("folder for captions, metrics, hallucination", "replace the results of an earlier "
                                 "run " + REPLACE_RESULTS)])
     evaluating.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evaluating.add_argument("--guided-decoding", type=guided_decoding_setting, metavar="THRESHOLD:PENALTY",
+                            help="explanation-guided beam search: an object word whose visual relevance share is "
+                            "below THRESHOLD (0..1] loses up to PENALTY nats (e.g. 0.5:2; docs/LRP_RULES.md, "
+                            "'Visual share of a word')")
     evaluating.add_argument("--instances", type=existing_file, help="COCO instances json of the split (default: "
                             "annotations/instances_SPLIT.json beside the split file, when present)")
     evaluating.add_argument("--synonyms", type=existing_file, help="CHAIR-style synonyms file (default: synonyms.txt beside "

@@ -9,7 +9,7 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Tuple
 
 
 class CommandError(ValueError):
@@ -153,3 +153,13 @@ def run_command(name: str, command: Callable[[], int], debug: bool, resumable: b
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def guided_decoding_setting(text: str) -> Tuple[float, float]:
+    """``THRESHOLD:PENALTY`` of ``--guided-decoding``: a threshold in (0, 1] and a penalty >= 0 (nats)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be THRESHOLD:PENALTY (e.g. 0.5:2), got {text!r}")
+    threshold = float_between(0, 1, low_open=True)(parts[0])
+    penalty = float_between(0, 1000)(parts[1])
+    return threshold, penalty

@@ -92,3 +92,53 @@ def test_cli_refuses_a_bad_row(tmp_path, capsys):
     assert "CAPTIONER/VARIANT=FOLDER" in capsys.readouterr().err
     assert cli.main(["finetune-table", "--row", f"m/xe={tmp_path / 'missing'}", "--out", str(tmp_path / "t")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _with_images(evaluation: dict, rng, hallucinating: float) -> dict:
+    """``evaluation`` with per-image records for 300 images: CIDEr, CHAIR's words, probe flags."""
+    import copy
+
+    import numpy as np
+
+    evaluation = copy.deepcopy(evaluation)
+    images = [str(i) for i in range(300)]
+    evaluation["metrics"]["imgToEval"] = {i: {"CIDEr": float(rng.gamma(2.0, 0.5)), "ROUGE_L": 0.5} for i in images}
+    chair_images = {}
+    for i in images:
+        mentions = int(rng.integers(0, 4))
+        wrong = int(rng.binomial(mentions, hallucinating))
+        chair_images[i] = {"mscoco_hallucinated_words": [["box", "box"]] * wrong,
+                           "mscoco_generated_words": ["box"] * mentions}
+    evaluation["hallucination"]["chair"]["imgToEval"] = chair_images
+    evaluation["hallucination"]["chair_probes"]["imgToEval"] = {i: chair_images[i] for i in images[:100]}
+    evaluation["hallucination"]["probes"]["per_image"] = {i: int(rng.random() < hallucinating) for i in images[:100]}
+    return evaluation
+
+
+def test_differences_carry_paired_image_intervals():
+    """Each seed's interval of a difference resamples the same images for both models (checked against a naive
+    paired bootstrap), and excludes 0 when one model hallucinates much less on the same images."""
+    import numpy as np
+
+    from capxai.evaluate.comparison import per_image_counts
+
+    rng = np.random.default_rng(0)
+    method = _with_images(_evaluation(0.2), rng, 0.1)
+    baseline = _with_images(_evaluation(0.25), rng, 0.4)
+    baseline["metrics"]["imgToEval"] = method["metrics"]["imgToEval"]  # equal CIDEr on every image
+    table = finetune_table([("m", "baseline-xe", [("b", baseline)]), ("m", "gated-xe", [("g", method)])])
+    (difference,) = table["differences"]
+    assert difference["variant"] == "gated-xe - baseline-xe"
+    for column in ("CHAIR-i", "probe rate"):
+        low, high = difference["cells"][column]["image_ci"][0]
+        assert high < 0  # fewer hallucinations, and the images say so
+        mine, theirs = per_image_counts(method, column, "g"), per_image_counts(baseline, column, "b")
+        ids = sorted(mine)
+        a = np.array([mine[i] for i in ids])
+        b = np.array([theirs[i] for i in ids])
+        draws = rng.integers(0, len(ids), (4000, len(ids)))
+        naive = a[draws, 0].sum(1) / a[draws, 1].sum(1) - b[draws, 0].sum(1) / b[draws, 1].sum(1)
+        assert [low, high] == pytest.approx(np.percentile(naive, [2.5, 97.5]), abs=0.01)
+    assert difference["cells"]["CIDEr"]["image_ci"][0] == pytest.approx([0.0, 0.0])  # paired: no difference at all
+    assert difference["cells"]["BLEU-4"]["image_ci"] == []
+    assert "img [" in table_markdown(table)

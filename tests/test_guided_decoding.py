@@ -146,3 +146,40 @@ def test_the_sentinels_share_of_the_adaptive_context_is_language():
     _, _, trace = multihead.step(multihead.init_state(features), torch.ones(3, dtype=torch.long))
     visual, language = visual_and_language(multihead, trace)
     assert visual is trace[multihead.output_terms[0]] and language is trace[multihead.output_terms[1]]
+
+
+def test_evaluate_with_guided_decoding(grounded_model, tmp_path, capsys, monkeypatch):
+    """``capxai evaluate --guided-decoding``: the stamp says how the captions were decoded; a penalty that makes every
+    object word unaffordable (threshold 1) leaves fewer object mentions than plain beam search; the explained
+    captions are decoded with the same guidance; bad settings are named."""
+    import json
+    import re
+
+    from capxai import cli
+    from capxai.evaluate import explanations as evaluate_explanations
+
+    decoded_with = []
+    original = evaluate_explanations.beam_search
+
+    def recording(*arguments, **options):
+        decoded_with.append(options.get("guidance"))
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(evaluate_explanations, "beam_search", recording)
+    checkpoint, data = grounded_model
+    common = ["evaluate", "--checkpoint", str(checkpoint), "--split-file", str(data / "dataset_scenes.json"),
+              "--image-root", str(data), "--beam-size", "2", "--device", "cpu"]
+    assert cli.main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "guided"), "--guided-decoding", "1:50", "--explanations",
+                              "attention", "--explain-limit", "20", "--no-ablation"]) == 0, capsys.readouterr().err
+    plain, guided = (json.loads((tmp_path / name / "hallucination_test_beam2.json").read_text())
+                     for name in ("plain", "guided"))
+    assert guided["run"]["guided_decoding"] == {"threshold": 1.0, "penalty": 50.0}
+    assert "guided_decoding" not in plain["run"]
+    assert plain["chair"]["overall"]["mentions"] > 0
+    assert guided["chair"]["overall"]["mentions"] < plain["chair"]["overall"]["mentions"]
+    assert decoded_with and all(isinstance(g, VisualShareGuidance) and g.penalty == 50.0 for g in decoded_with)
+    for bad, message in (("0:1", r"must be in \(0, 1\]"), ("0.5", "THRESHOLD:PENALTY"), ("0.5:-1", "must be in")):
+        capsys.readouterr()
+        assert cli.main(common + ["--out", str(tmp_path / "bad"), "--guided-decoding", bad]) == 2
+        assert re.search(message, capsys.readouterr().err)

@@ -1,10 +1,11 @@
 """The fine-tuning results table (the paper's experiment): one row per model variant (cross-entropy, baseline and
 LRP fine-tuned, per objective, per captioner), each the mean over its seeds' evaluations, with a 95 % interval over
-seeds (Student t) and, per seed, the evaluation's own bootstrap interval over images; and rows "LRP - baseline"
-paired by seed, which is what the claim "LRP fine-tuning hallucinates less" is about.
+seeds (Student t) and, per seed, the evaluation's own bootstrap interval over images; and rows "method - baseline"
+paired by seed and, within a seed, by image, which is what a claim "method X hallucinates less" is about.
 
 Read from what ``capxai evaluate --explanations lrp`` wrote (``load_evaluation``); nothing is recomputed here except
-the image intervals of CIDEr and ROUGE-L (means of per-image scores, bootstrapped like the others).
+the image intervals of CIDEr and ROUGE-L (means of per-image scores, bootstrapped like the others) and the paired
+intervals of the differences (from the per-image records of the evaluations).
 """
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -12,7 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from capxai.evaluate.statistics import mean_ci
+from capxai.evaluate.statistics import mean_ci, paired_ratio_difference_ci
 
 # (column, where it is in an evaluation, higher is better)
 COLUMNS: Tuple[Tuple[str, Tuple[str, ...], bool], ...] = (
@@ -37,6 +38,39 @@ _IMAGE_CI = {"CHAIR-s": ("hallucination", "chair", "overall", "CHAIRs_ci"),
              "CHAIR-i probes": ("hallucination", "chair_probes", "overall", "CHAIRi_ci"),
              "probe rate": ("hallucination", "probes", "rate_ci")}
 _PER_IMAGE = {"CIDEr": "CIDEr", "ROUGE-L": "ROUGE_L"}  # means of per-image scores: bootstrapped here
+# columns whose difference to baseline fine-tuning gets a per-image paired bootstrap interval
+PAIRED = ("CIDEr", "ROUGE-L", "CHAIR-i", "CHAIR-s", "CHAIR-i probes", "CHAIR-s probes", "probe rate")
+
+
+def per_image_counts(evaluation: dict, column: str, source: str) -> Dict[str, Tuple[float, float]]:
+    """``{image id: (numerator, denominator)}`` of a paired column: the image's score and 1 (CIDEr, ROUGE-L), its
+    hallucinated and all object mentions (CHAIR-i), whether it hallucinated and 1 (CHAIR-s, probe rate)."""
+    if column in _PER_IMAGE:
+        scores = _get(evaluation, ("metrics", "imgToEval"), source)
+        return {image: (float(entry[_PER_IMAGE[column]]), 1.0) for image, entry in scores.items()}
+    if column == "probe rate":
+        flags = _get(evaluation, ("hallucination", "probes", "per_image"), source)
+        return {image: (float(flag), 1.0) for image, flag in flags.items()}
+    part = "chair_probes" if column.endswith("probes") else "chair"
+    images = _get(evaluation, ("hallucination", part, "imgToEval"), source)
+    if column.startswith("CHAIR-i"):
+        return {image: (float(len(entry["mscoco_hallucinated_words"])),
+                        float(len(entry["mscoco_generated_words"]))) for image, entry in images.items()}
+    return {image: (float(bool(entry["mscoco_hallucinated_words"])), 1.0) for image, entry in images.items()}
+
+
+def paired_image_ci(evaluation: dict, baseline: dict, column: str, source: str) -> Optional[List[float]]:
+    """The 95 % per-image paired bootstrap interval of ``column(evaluation) - column(baseline)`` (the same images
+    resampled for both); None for an evaluation written before per-image probe flags were kept."""
+    try:
+        mine, theirs = (per_image_counts(e, column, source) for e in (evaluation, baseline))
+    except ValueError:
+        return None
+    images = sorted(set(mine) & set(theirs))
+    if set(mine) != set(theirs):
+        raise ValueError(f"finetune_table: {source} and its baseline scored other images for {column}")
+    columns = [[counts[image][k] for image in images] for counts in (mine, theirs) for k in (0, 1)]
+    return _interval(paired_ratio_difference_ci(*columns)["ci"])
 
 
 def _get(tree, path: Sequence[str], source: str):
@@ -97,9 +131,10 @@ def _cell(values: List[float], image_cis: List[Optional[List[float]]]) -> dict:
 
 def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) -> dict:
     """``rows``: ``(captioner, variant, [(source, evaluation), ...])`` with one evaluation per seed, seeds in the
-    same order in every row of a captioner (they pair LRP with baseline). Variants named ``lrp-X`` and
-    ``baseline-X`` of one captioner get a difference row ``lrp-X - baseline-X`` (per seed, then mean and t
-    interval). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images", "cells": {column:
+    same order in every row of a captioner (they pair each method with baseline). Every variant ``METHOD-X`` of a
+    captioner with a ``baseline-X`` row gets a difference row ``METHOD-X - baseline-X``: per seed, then mean and t
+    interval over seeds, and for the caption and hallucination columns (``PAIRED``) each seed's per-image paired
+    bootstrap interval (``image_ci``). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images", "cells": {column:
     {"mean", "seeds", "seed_ci", "image_ci"}}}], "differences": [...]}``."""
     table = {"columns": [name for name, _, _ in COLUMNS], "rows": [], "differences": []}
     by_key, image_sets = {}, {}
@@ -124,21 +159,27 @@ def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) 
                "probe_images": probes, "sources": [source for source, _ in evaluations], "cells": cells}
         table["rows"].append(row)
         by_key[(captioner, variant)] = row
+    evaluations_of = {(captioner, variant): evaluations for captioner, variant, evaluations in rows}
     for (captioner, variant), row in by_key.items():
-        if not variant.startswith("lrp-"):
+        method, _, objective = variant.rpartition("-")
+        if not method or method == "baseline":
             continue
-        baseline = by_key.get((captioner, "baseline-" + variant[len("lrp-"):]))
+        baseline_variant = f"baseline-{objective}"
+        baseline = by_key.get((captioner, baseline_variant))
         if baseline is None:
             continue
         if baseline["seeds"] != row["seeds"]:
             raise ValueError(f"finetune_table: {captioner}/{variant} has {row['seeds']} seeds, its baseline "
                              f"{baseline['seeds']}; they pair seed by seed")
+        pairs = list(zip(evaluations_of[(captioner, variant)], evaluations_of[(captioner, baseline_variant)]))
         cells = {}
         for column, _, higher_better in COLUMNS:
             differences = [_number(a) - _number(b) for a, b in zip(row["cells"][column]["seeds"],
                                                                    baseline["cells"][column]["seeds"])]
-            cells[column] = {**_cell(differences, []), "higher_is_better": higher_better}
-        table["differences"].append({"captioner": captioner, "variant": f"{variant} - baseline-{variant[4:]}",
+            image_cis = ([paired_image_ci(mine, theirs, column, source) for (source, mine), (_, theirs) in pairs]
+                         if column in PAIRED else [])
+            cells[column] = {**_cell(differences, image_cis), "higher_is_better": higher_better}
+        table["differences"].append({"captioner": captioner, "variant": f"{variant} - {baseline_variant}",
                                      "seeds": row["seeds"], "cells": cells})
     return table
 
@@ -156,20 +197,34 @@ def _format(cell: dict) -> str:
     return text
 
 
+def _format_difference(cell: dict) -> str:
+    """A difference cell: ``mean [interval over seeds]`` and each seed's paired image interval ``img [low, high]``
+    (an interval that excludes 0 is a difference the images support)."""
+    text = _format({**cell, "image_ci": []})
+    image_cis = [ci for ci in cell.get("image_ci") or [] if ci]
+    if image_cis:
+        text += " img " + "; ".join(f"[{low:+.3f}, {high:+.3f}]" for low, high in image_cis)
+    return text
+
+
 def table_markdown(table: dict) -> str:
     """The table as markdown: ``mean [95 % interval over seeds] ±half-width of the image bootstrap interval (mean
     over seeds)``; difference rows ``mean [interval over seeds]`` (LRP minus baseline, paired by seed)."""
     columns = table["columns"]
     lines = ["| captioner | variant | seeds | " + " | ".join(columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
-    for row in table["rows"] + table["differences"]:
+    for row in table["rows"]:
         lines.append(f"| {row['captioner']} | {row['variant']} | {row['seeds']} | "
                      + " | ".join(_format(row["cells"][column]) for column in columns) + " |")
+    for row in table["differences"]:
+        lines.append(f"| {row['captioner']} | {row['variant']} | {row['seeds']} | "
+                     + " | ".join(_format_difference(row["cells"][column]) for column in columns) + " |")
     images = sorted({n for row in table["rows"] for n in row.get("images") or [] if n})
     probes = sorted({n for row in table["rows"] for n in row.get("probe_images") or [] if n})
     lines += ["", f"Values: mean over seeds [95 % Student-t interval over seeds] ±half-width of the 95 % bootstrap "
               f"interval over images (mean over seeds; BLEU-4 and METEOR are corpus scores without one). Test images: "
               f"{', '.join(map(str, images)) or 'unknown'}; probe images: {', '.join(map(str, probes)) or 'unknown'}. "
-              "Difference rows: LRP minus baseline fine-tuning, paired by seed (for CHAIR, the probe rate: negative "
+              "Difference rows: a method minus baseline fine-tuning, paired by seed [95 % interval over seeds], and "
+              "per seed the 95 % paired bootstrap interval over images (img; for CHAIR and the probe rate negative "
               "is fewer hallucinations)."]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ are drawn from a generator seeded by ``seed`` and b, so that W processes give th
 import contextlib
 import dataclasses
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -54,6 +54,7 @@ class ExplanationSettings:
     ablation: bool = True
     seed: int = 0
     limit: Optional[int] = None  # explain N images spread evenly over the split (None: all)
+    guidance: Optional[Callable] = None  # the captions' beam-search score adjustment (guided decoding), if any
 
     def __post_init__(self):
         unknown = [method for method in self.methods if method not in METHODS]
@@ -155,7 +156,8 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
         images = images.to(device, non_blocking=True)
         with torch.no_grad(), records.timed("decode"):
             features = model.encoder(images)
-            decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length)
+            decoded = beam_search(model.captioner, features, settings.beam_size, settings.max_length,
+                                  guidance=settings.guidance)
         captions = torch.cat([torch.full((len(positions), 1), START, dtype=torch.long, device=device),
                               decoded.tokens], 1)
         _measure_batch(model, explainers=explainers, images=images, features=features, captions=captions,
@@ -348,7 +350,9 @@ def _tables(records: _Records, settings: ExplanationSettings, images: int) -> di
             ablations["words"][method] = {
                 "probability_drop": _mean_over_images(*records.column(f"word_ablation:{method}", "drop"))}
     detection = _detection_tables(records, methods)
-    return {"settings": dataclasses.asdict(settings) | {"methods": methods, "thresholds": list(THRESHOLDS)},
+    recorded = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)
+                if field.name != "guidance"}  # the guidance is recorded in the run stamp, as numbers
+    return {"settings": recorded | {"methods": methods, "thresholds": list(THRESHOLDS)},
             "images": images, "grounding": grounding, "ablation": ablations, "detection": detection}
 
 

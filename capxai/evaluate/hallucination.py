@@ -130,7 +130,8 @@ def probes_of(split_file) -> Dict[int, Tuple[str, str]]:
 def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[str, str]], objects: ObjectWords,
                         present: Optional[Mapping[int, Set[str]]] = None) -> Dict[str, object]:
     """On each probe image that was captioned: does the caption name the absent partner (hallucination) and the
-    present category? Returns the overall rate and one per (present, absent) pair.
+    present category? Returns the overall rate, one per (present, absent) pair, and ``per_image`` (1 where the
+    caption names the absent partner; the paired comparisons of ``capxai finetune-table`` read it).
 
     With ``present`` (ground-truth objects per image) each pair also gets a control: how often captions of the other
     images, which show neither category, name the partner; a planted bias shows as ``rate`` well above it.
@@ -155,7 +156,8 @@ def probe_hallucination(captions: Mapping[int, str], probes: Mapping[int, Tuple[
             pair["control_rate"] = (sum(partner in named[i] for i in controls) / len(controls)) if controls else None
     rate = ratio_ci([float(probes[i][1] in named[i]) for i in scored], np.ones(len(scored)))
     result = {"images": len(scored), "rate": rate["value"], "rate_ci": rate["ci"],
-              "present_named": sum(probes[i][0] in named[i] for i in scored) / len(scored), "pairs": pairs}
+              "present_named": sum(probes[i][0] in named[i] for i in scored) / len(scored), "pairs": pairs,
+              "per_image": {str(i): int(probes[i][1] in named[i]) for i in scored}}
     if present is not None:
         controls = sum(p["control_images"] for p in pairs.values())
         result["control_rate"] = (sum(p["control_rate"] * p["control_images"] for p in pairs.values()

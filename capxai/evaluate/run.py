@@ -8,7 +8,7 @@ older model's file beside its own. Each file carries the run id and the checkpoi
 import dataclasses
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -49,7 +49,8 @@ def check_outputs(out_dir, split: str, beam_size: int, overwrite: bool) -> Outpu
 def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: OutputFolder, beam_size: int,
                    max_length: int, hallucination: Optional[HallucinationData] = None,
                    stamp: Optional[dict] = None, progress: bool = True,
-                   explanations: Optional[ExplanationSettings] = None, run: Optional[RunSettings] = None) -> dict:
+                   explanations: Optional[ExplanationSettings] = None, run: Optional[RunSettings] = None,
+                   guidance: Optional[Callable] = None) -> dict:
     """Captions ``dataset`` with ``model`` (beam search), scores it and writes the results into ``output`` (see
     :func:`check_outputs`). ``stamp`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
     id. With ``hallucination``: CHAIR (also alone as ``chair_*.json``, ``{overall, imgToEval}`` as CHAIR's tools
@@ -57,6 +58,9 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     every method (``explanations_*.json`` and ``.md``). Returns ``{"overall", "chair"?, "probes"?,
     "explanations"?, "paths"}``. The earlier run's files are removed only once the new results are computed, so an
     interrupted evaluation keeps them.
+
+    ``guidance``: beam search's score adjustment (explanation-guided decoding,
+    :class:`capxai.explain.guided_decoding.VisualShareGuidance`) for the captions and the explained captions.
 
     ``run``: its workers decode the images (the model stays where it is). Under torchrun every process captions and
     explains its share of the images; process 0 scores, writes and returns the results, the others return
@@ -66,10 +70,11 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     if explanations is not None and hallucination is None:
         raise ValueError("evaluating explanations needs the split's boxes: give the instances (and synonyms) file")
     split = dataset.split
-    captions = caption_dataset(model, dataset, beam_size, max_length, progress=progress, run=run)
+    captions = caption_dataset(model, dataset, beam_size, max_length, progress=progress, run=run, guidance=guidance)
     report = {}
     if explanations is not None:
-        explanations = dataclasses.replace(explanations, beam_size=beam_size, max_length=max_length)
+        explanations = dataclasses.replace(explanations, beam_size=beam_size, max_length=max_length,
+                                           guidance=guidance)
         report["explanations"] = evaluate_explanations(model, dataset, hallucination, explanations,
                                                        progress=progress, run=run)
     if run.rank != 0:
@@ -84,20 +89,23 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     paths = result_paths(output.path, split, beam_size)
     group = result_group(split, beam_size)
     output.remove_group(group)
-    written = [atomic_write_json(paths["captions"], [{"image_id": image_id, "caption": caption,
-                                                       "run_id": output.run_id}
-                                                      for image_id, caption in captions.items()]),
-               atomic_write_json(paths["metrics"], {**scores, "run": stamp})]
-    if "chair" in report:
-        written.append(atomic_write_json(paths["hallucination"], {
-            **{key: report[key] for key in ("chair", "chair_probes", "frequent_words", "probes") if key in report},
-            "run": stamp}))
-        written.append(atomic_write_json(paths["chair"], {**report["chair"], "run": stamp}))
-    if "explanations" in report:
-        written.append(atomic_write_json(paths["explanations"], {**report["explanations"], "run": stamp}))
-        written.append(atomic_write_text(paths["explanations_tables"], tables_markdown(
-            report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}")))
-    output.record(written, group)
+    written = []
+    try:  # what was written is recorded even when a later file fails, so a rerun with --overwrite replaces it
+        written.append(atomic_write_json(paths["captions"], [{"image_id": image_id, "caption": caption,
+                                                              "run_id": output.run_id}
+                                                             for image_id, caption in captions.items()]))
+        written.append(atomic_write_json(paths["metrics"], {**scores, "run": stamp}))
+        if "chair" in report:
+            written.append(atomic_write_json(paths["hallucination"], {
+                **{key: report[key] for key in ("chair", "chair_probes", "frequent_words", "probes") if key in report},
+                "run": stamp}))
+            written.append(atomic_write_json(paths["chair"], {**report["chair"], "run": stamp}))
+        if "explanations" in report:
+            written.append(atomic_write_json(paths["explanations"], {**report["explanations"], "run": stamp}))
+            written.append(atomic_write_text(paths["explanations_tables"], tables_markdown(
+                report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}")))
+    finally:
+        output.record(written, group)
     return {**report, "paths": written}
 
 

@@ -48,6 +48,32 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], resampl
     return {"value": value, "ci": _interval((top, bottom), statistic, True, resamples, seed), "images": images}
 
 
+def paired_ratio_difference_ci(numerators_a: Sequence[float], denominators_a: Sequence[float],
+                               numerators_b: Sequence[float], denominators_b: Sequence[float],
+                               resamples: int = RESAMPLES, seed: int = 0) -> Dict[str, object]:
+    """``sum(a_num) / sum(a_den) - sum(b_num) / sum(b_den)`` of two models on the same images (entry i of every
+    sequence is image i), with a 95 % percentile-bootstrap interval that resamples images once for both (paired).
+    ``value`` is None when a denominator sums to 0."""
+    arrays = [np.asarray(values, dtype=np.float64) for values in
+              (numerators_a, denominators_a, numerators_b, denominators_b)]
+    if any(array.shape != arrays[0].shape or array.ndim != 1 for array in arrays):
+        raise ValueError("paired_ratio_difference_ci: the four sequences must be 1-d of one length (one entry per "
+                         f"image), got {[array.shape for array in arrays]}")
+    images = int(arrays[0].size)
+    if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
+        return {"value": None, "ci": [None, None], "images": images}
+    value = float(arrays[0].sum() / arrays[1].sum() - arrays[2].sum() / arrays[3].sum())
+    differs = np.stack(arrays[::2]) if images else None
+    if images < 2 or (np.all(differs == differs[:, :1]) and np.all(arrays[1] == arrays[1][0])
+                      and np.all(arrays[3] == arrays[3][0])):
+        return {"value": value, "ci": [value, value] if images >= 2 else [None, None], "images": images}
+
+    def statistic(a, a_den, b, b_den, axis=-1):
+        return a.sum(axis) / a_den.sum(axis) - b.sum(axis) / b_den.sum(axis)
+
+    return {"value": value, "ci": _interval(tuple(arrays), statistic, True, resamples, seed), "images": images}
+
+
 def mean_ci(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0) -> Dict[str, object]:
     """The mean of per-image values with its 95 % bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
