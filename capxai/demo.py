@@ -8,9 +8,10 @@ is complete, so an interrupted demo resumes where it stopped:
    worker processes of one thread each): ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split
    with every explanation method (captions, CHAIR, probes, grounding, pointing game, ablation, hallucination
    detection), ``capxai explain`` of a few test images with every method (the report's heatmaps); for the paper's
-   two, ``capxai finetune`` with LRP and with the baseline, and ``capxai evaluate`` of both fine-tuned models (the
-   paper's method weights the two terms its output layer sums, which the transformer does not have);
-3. ``capxai finetune-table`` (before / baseline / LRP, with intervals) and ``capxai report`` -> ``OUT/report.html``.
+   two, ``capxai finetune`` with LRP, with explanation-gated labels and with the baseline, and ``capxai evaluate``
+   of the fine-tuned models (both methods read the two terms the output layer sums, which the transformer does not
+   have);
+3. ``capxai finetune-table`` (before / baseline / LRP / gated, with intervals) and ``capxai report`` -> ``OUT/report.html``.
 
 Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
 workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
@@ -45,6 +46,8 @@ from capxai.runtime import DEVICES_HELP, run_settings
 
 CAPTIONERS = ("adaptive", "multihead", "transformer")  # kinds of capxai.models.CAPTIONERS
 FINETUNED = ("adaptive", "multihead")  # LRP-inference fine-tuning weights the two terms their output layer sums
+# the paper's method, capxai's explanation-gated labels (issue 23) and the baseline they are compared with
+FINETUNE_METHODS = ("baseline", "lrp", "gated")
 METHODS = tuple(METHOD_REGISTRY.names())  # every registered method (what `--method all` explains)
 # The paper's two captioners (sized in issue 11 to reach test CIDEr >= 1.6 with all five captions of an image in
 # each step, 6 epochs). Two of an image's captions per step (all five over the epochs) and 4 epochs keep three
@@ -136,7 +139,7 @@ class Demo:
                   lambda: all((self.folder("explain", captioner) / m / name).is_file()
                               for m in METHODS for name in ("explanation.pt", "explanation.json"))),
         ]
-        for method in (("lrp", "baseline") if captioner in FINETUNED else ()):
+        for method in (FINETUNE_METHODS if captioner in FINETUNED else ()):
             tuned = self.folder("finetune", captioner, method)
             stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
                 "finetune", "--checkpoint", checkpoint, *self.data, "--out", str(tuned), "--method", method,
@@ -176,7 +179,7 @@ class Demo:
         rows = []
         for captioner in FINETUNED:
             rows += ["--row", f"{captioner}/xe={self.folder('eval', captioner)}"]
-            for method in ("baseline", "lrp"):
+            for method in FINETUNE_METHODS:
                 rows += ["--row", f"{captioner}/{method}-xe={self.folder('eval', captioner, method)}"]
         return Stage("finetune table", lambda: ["finetune-table", *rows, "--split", SPLIT, "--beam-size", str(BEAM),
                                                 "--out", str(self.out / "finetune"), "--overwrite"],

@@ -15,21 +15,21 @@ def test_every_stage_ran_and_wrote_its_result(tiny_demo):
     for captioner in demo.CAPTIONERS:
         assert (out / f"captioner-{captioner}" / "best.pt").is_file()
         tuned = captioner in demo.FINETUNED
-        variants = ("", "-baseline", "-lrp") if tuned else ("",)
+        variants = ("", "-baseline", "-lrp", "-gated") if tuned else ("",)
         for folder in (f"eval-{captioner}{variant}" for variant in variants):
             assert (out / folder / "hallucination_test_beam3.json").is_file()
             assert (out / folder / "explanations_test_beam3.json").is_file()
         for method in demo.METHODS:
             assert (out / f"explain-{captioner}" / method / "explanation.pt").is_file()
-        stages = ("train", "evaluate", "explain") + (("finetune lrp", "finetune baseline", "evaluate lrp")
-                                                      if tuned else ())
+        tuning = ("finetune lrp", "finetune baseline", "finetune gated", "evaluate lrp", "evaluate gated")
+        stages = ("train", "evaluate", "explain") + (tuning if tuned else ())
         for stage in stages:
             assert times["stages"][f"{captioner} {stage}"]["seconds"] > 0
         assert tuned or not (out / f"finetune-{captioner}-lrp").exists()
     assert demo.CAPTIONERS == ("adaptive", "multihead", "transformer")
     table = json.loads((out / "finetune" / "finetune_table.json").read_text())
     assert {(row["captioner"], row["variant"]) for row in table["rows"]} == {
-        (c, v) for c in demo.FINETUNED for v in ("xe", "baseline-xe", "lrp-xe")}
+        (c, v) for c in demo.FINETUNED for v in ("xe", "baseline-xe", "lrp-xe", "gated-xe")}
     assert (out / "report.html").is_file() and (out / "demo.json").is_file()
     assert "transformer" in (out / "report.html").read_text()
     assert len(list((out / "logs").glob("*.log"))) == 4

@@ -94,6 +94,8 @@ def _interval(values) -> Optional[List[float]]:
 
 def _value_and_image_ci(evaluation: dict, column: str, path, source: str):
     if path[0] == "explanations":
+        if "explanations" not in evaluation:  # evaluated without --explanations: the column is n/a
+            return float("nan"), None
         _get(evaluation, path[:2], source)  # evaluated with explanations; LRP may have no grounded word (n/a)
         try:
             value = _get(evaluation, path, source)

@@ -5,7 +5,7 @@ from what the demo's commands wrote in ``RUN_DIR``:
   images; the json names them, their captions and hallucinated words): per word, every method's heatmap side by
   side, LRP's linguistic explanation and the attention map, chosen by clicking the word;
 - ``eval-CAPTIONER/`` (``capxai evaluate --explanations``): the explanation tables and plots;
-- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp}/``: the fine-tuning
+- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp,gated}/``: the fine-tuning
   table and the same images' captions before and after fine-tuning, hallucinated words marked;
 - ``demo.json``: how long each stage took.
 
@@ -33,7 +33,8 @@ SPLIT_GROUP = "test_beam3"
 METHOD_TITLES = {"lrp": "LRP", "gradcam": "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
                  "guided-backprop": "Guided Backprop", "gradient-x-input": "Gradient x Input",
                  "attention": "Attention"}
-VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"))
+VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"),
+            ("gated", "explanation-gated fine-tuning"))
 
 
 def _read_json(path: Path):
@@ -181,8 +182,8 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
     parts = ["<h1>capxai: explaining and improving image captioners</h1>",
              "<p>Every word a captioner says, explained by LRP, Grad-CAM, Guided Grad-CAM, Guided Backprop, "
              "Gradient x Input and attention; the explanations measured, used to find hallucinated objects, and "
-             "LRP-inference fine-tuning against baseline fine-tuning (Sun et al., Information Fusion 2022), on the "
-             "built-in scenes.</p>",
+             "LRP-inference fine-tuning (Sun et al., Information Fusion 2022) and capxai's explanation-gated "
+             "fine-tuning against baseline fine-tuning, on the built-in scenes.</p>",
              "<p class=\"note\">Heatmaps: red supports the word, blue speaks against it, each map scaled to its own "
              "largest magnitude <span class=\"legend\"></span> (Grad-CAM and attention have no sign: dark to "
              "yellow). Click a word of a caption to see its explanations.</p>"]
