@@ -77,8 +77,16 @@ def test_refusals():
         finetune_table([("m", "lrp-xe", [("a", _evaluation(0.2)), ("b", _evaluation(0.3))]),
                         ("m", "baseline-xe", [("c", _evaluation(0.2))])])
     broken = _evaluation(0.2)
-    del broken["explanations"]
+    del broken["explanations"]["grounding"]
     with pytest.raises(ValueError, match="explanations/grounding"):
+        finetune_table([("m", "xe", [("a", broken)])])
+    unexplained = _evaluation(0.2)  # evaluated without --explanations: the column is n/a, the rest is there
+    del unexplained["explanations"]
+    cells = finetune_table([("m", "xe", [("a", unexplained)])])["rows"][0]["cells"]
+    assert cells["LRP grounding t=0"]["mean"] is None and cells["CIDEr"]["mean"] == pytest.approx(0.2)
+    broken = _evaluation(0.2)
+    del broken["hallucination"]["probes"]
+    with pytest.raises(ValueError, match="hallucination/probes"):
         finetune_table([("m", "xe", [("a", broken)])])
     ungrounded = _evaluation(0.2)  # explained, but no object word had a box: n/a, not an error
     ungrounded["explanations"]["grounding"] = {}
