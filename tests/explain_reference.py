@@ -1,10 +1,11 @@
 """A slow, obviously-correct LRP of the two captioners' decoders: one word at a time, one step at a time, written
 from the ops' pure-PyTorch references only (docs/LRP_RULES.md). The explainers' fused, all-words-at-once sweep is tested
 against it, and the benchmarks use it as the per-word loop the paper's code runs."""
+import numpy as np
 import torch
 
 from capxai.ops.reference import (lrp_additive_attention_reference, lrp_linear_reference,
-                                  lrp_lstm_cell_reference, lrp_sdpa_reference)
+                                  lrp_lstm_cell_reference, lrp_sdpa_reference, stabilize)
 
 
 def _run(model, features, captions, last_step):
@@ -128,3 +129,28 @@ def multihead_word(model, features, captions, k, keep, eps=0.01, bias_factor=0.0
                           + _region_rule(features, model.key, merged(relevance_keys), eps, bias_factor)
                           + _mean_rule(features, model.mean_proj, relevance_mean, eps, bias_factor))
     return relevance_features, torch.stack(words[::-1], dim=1), relevance_h.sum(-1) + relevance_c.sum(-1)
+
+
+@torch.no_grad()
+def reference_feature_weights(output, first, second, logits, skipped, eps, labels=None, common=False, visual_only=False):
+    """LRP-inference fine-tuning's feature weights, row by row from the op references: the epsilon rule through W_o for one word (the top word, or the label),
+    the two-term sum rule, then R / max + 1 with each vector's own maximum or one common maximum; the second
+    (language) vector keeps 1 when ``visual_only``."""
+    weights_first, weights_second = torch.ones_like(first), torch.ones_like(second)
+    for index in np.ndindex(*first.shape[:-1]):
+        word = int(labels[index]) if labels is not None else int(logits[index].argmax())
+        if skipped[word]:
+            continue
+        start = torch.zeros_like(logits[index])
+        start[word] = logits[index][word]
+        total = first[index] + second[index]
+        relevance_total = lrp_linear_reference(total[None], output.weight, output.bias, start[None], eps)[0]
+        relevance_first = first[index] / stabilize(total, eps) * relevance_total
+        relevance_second = second[index] / stabilize(total, eps) * relevance_total
+        largest_first, largest_second = relevance_first.abs().max(), relevance_second.abs().max()
+        if common:
+            largest_first = largest_second = max(largest_first, largest_second)
+        weights_first[index] = relevance_first / largest_first + 1
+        if not visual_only:
+            weights_second[index] = relevance_second / largest_second + 1
+    return weights_first, weights_second

@@ -15,11 +15,11 @@ from capxai import cli
 from capxai.data.vocabulary import Vocabulary
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.ops import lrp_linear
-from capxai.ops.reference import lrp_linear_reference, stabilize
 from capxai.train import (CiderReward, FinetuneConfig, FinetuneObjective, feature_weights, finetune,
                           load_stop_words, load_trained, stop_word_mask)
 from capxai.models.checkpoint import load_checkpoint, save_checkpoint
 from capxai.train.lrp_weights import _explained_output_relevance
+from explain_reference import reference_feature_weights
 from capxai.train.scst import sample_captions, self_critical_advantage, sequence_log_probs
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
@@ -30,26 +30,6 @@ def _captioner(kind, seed=0, dropout=0.0):
     if kind == "adaptive":
         return AdaptiveAttentionCaptioner(len(WORDS), 6, hidden=8, attention_dim=5, dropout=dropout).double()
     return MultiHeadCaptioner(len(WORDS), 6, hidden=8, heads=2, dropout=dropout).double()
-
-
-@torch.no_grad()
-def _reference_weights(output, first, second, logits, skipped, eps):
-    """Row by row, from the op references: epsilon rule through W_o, then the two-term sum rule, then
-    R / max|R| + 1; stop words and special tokens get 1."""
-    weights_first, weights_second = torch.ones_like(first), torch.ones_like(second)
-    for index in np.ndindex(*first.shape[:-1]):
-        top = int(logits[index].argmax())
-        if skipped[top]:
-            continue
-        start = torch.zeros_like(logits[index])
-        start[top] = logits[index][top]
-        total = first[index] + second[index]
-        relevance_total = lrp_linear_reference(total[None], output.weight, output.bias, start[None], eps)[0]
-        denominator = stabilize(total, eps)
-        for weights, term in ((weights_first, first[index]), (weights_second, second[index])):
-            relevance = term / denominator * relevance_total
-            weights[index] = relevance / relevance.abs().max() + 1
-    return weights_first, weights_second
 
 
 @pytest.mark.parametrize("kind", ["adaptive", "multihead"])
@@ -65,7 +45,7 @@ def test_weights_equal_the_op_references_and_carry_no_gradient(kind):
     top = trace.logits.argmax(-1)
     weights_first, weights_second, explained = feature_weights(captioner.output, first, second, trace.logits,
                                                                skipped, eps=0.01)
-    expected_first, expected_second = _reference_weights(captioner.output, first.detach(), second.detach(),
+    expected_first, expected_second = reference_feature_weights(captioner.output, first.detach(), second.detach(),
                                                          trace.logits.detach(), skipped, 0.01)
     torch.testing.assert_close(weights_first, expected_first, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(weights_second, expected_second, rtol=1e-9, atol=1e-12)
@@ -115,7 +95,7 @@ def test_one_step_follows_the_two_term_loss(kind):
     trace = captioner(features.index_select(0, image_index), captions)
     captioner.train()
     first, second = (trace.activations[name] for name in captioner.output_terms)
-    weights_first, weights_second = _reference_weights(captioner.output, first.detach(), second.detach(),
+    weights_first, weights_second = reference_feature_weights(captioner.output, first.detach(), second.detach(),
                                                        trace.logits.detach(), skipped, 0.01)
     torch.manual_seed(7)
     mask = torch.nn.functional.dropout(torch.ones_like(first), 0.5, training=True)

@@ -17,6 +17,7 @@ from capxai.train.lrp_weights import Weighting
 from capxai.train.methods import FINETUNE_METHODS
 from capxai.train.trainer import optimizer_step
 from capxai.models.checkpoint import load_checkpoint
+from explain_reference import reference_feature_weights
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
 OBJECTS = ObjectWords({"ball": [], "box": []})
@@ -40,31 +41,6 @@ class _Model(torch.nn.Module):  # encoder + captioner, as CaptionModel
         return self.captioner(self.encoder(images).index_select(0, image_index), captions)
 
 
-@torch.no_grad()
-def _reference_weights(output, first, second, logits, skipped, eps, labels=None, common=False, visual_only=False):
-    """Row by row from the op references: the epsilon rule through W_o for one word (the top word, or the label),
-    the two-term sum rule, then R / max + 1 with each vector's own maximum or one common maximum; the second
-    (language) vector keeps 1 when ``visual_only``."""
-    weights_first, weights_second = torch.ones_like(first), torch.ones_like(second)
-    for index in np.ndindex(*first.shape[:-1]):
-        word = int(labels[index]) if labels is not None else int(logits[index].argmax())
-        if skipped[word]:
-            continue
-        start = torch.zeros_like(logits[index])
-        start[word] = logits[index][word]
-        total = first[index] + second[index]
-        relevance_total = lrp_linear_reference(total[None], output.weight, output.bias, start[None], eps)[0]
-        relevance_first = first[index] / stabilize(total, eps) * relevance_total
-        relevance_second = second[index] / stabilize(total, eps) * relevance_total
-        largest_first, largest_second = relevance_first.abs().max(), relevance_second.abs().max()
-        if common:
-            largest_first = largest_second = max(largest_first, largest_second)
-        weights_first[index] = relevance_first / largest_first + 1
-        if not visual_only:
-            weights_second[index] = relevance_second / largest_second + 1
-    return weights_first, weights_second
-
-
 @pytest.mark.parametrize("kind", ["adaptive", "multihead"])
 @pytest.mark.parametrize("method", ["lrp-label", "lrp-common", "lrp-visual"])
 def test_control_weights_equal_the_op_references(kind, method):
@@ -76,7 +52,7 @@ def test_control_weights_equal_the_op_references(kind, method):
     weighting = FINETUNE_METHODS[method].weighting
     got_first, got_second, explained = feature_weights(captioner.output, first, second, trace.logits.detach(),
                                                        skipped, eps=0.01, weighting=weighting, labels=labels)
-    expected_first, expected_second = _reference_weights(
+    expected_first, expected_second = reference_feature_weights(
         captioner.output, first, second, trace.logits.detach(), skipped, 0.01,
         labels=labels if method == "lrp-label" else None, common=method == "lrp-common",
         visual_only=method == "lrp-visual")
