@@ -17,6 +17,8 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -90,10 +92,10 @@ class RunSettings:
         """A DataLoader in the run's image-decoding processes: pinned memory on CUDA; ``persistent`` keeps the
         workers between epochs. ``generator`` (always given by capxai) keeps the loader from drawing on torch's
         global generator, which dropout uses, so the result does not depend on ``workers``."""
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, sampler=sampler,
-                                           num_workers=self.workers, pin_memory=self.on_cuda,
-                                           persistent_workers=persistent and self.workers > 0,
-                                           generator=generator, worker_init_fn=_ignore_interrupts)
+        return _Loader(dataset, batch_size=batch_size, collate_fn=collate_fn, sampler=sampler,
+                       num_workers=self.workers, pin_memory=self.on_cuda,
+                       persistent_workers=persistent and self.workers > 0,
+                       generator=generator, worker_init_fn=_quiet_worker)
 
     def to_device(self, batch):
         """A batch (tensors, or dicts / lists of them) on the run's device; copies from pinned memory overlap."""
@@ -132,10 +134,61 @@ class RunSettings:
         return gathered
 
 
-def _ignore_interrupts(worker: int) -> None:
-    """A decoding worker leaves Ctrl-C to the command (which stops it): Ctrl-C reaches the whole process group, and
-    a worker's own traceback would bury the command's one-line message."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Holds Ctrl-C and SIGTERM back while the block runs and delivers them after it.
+
+    Starting DataLoader workers forks, and a KeyboardInterrupt raised inside one of Python's at-fork hooks (logging
+    registers one) is printed as "Exception ignored" and lost: the command went on to its last epoch. Here a signal
+    that arrives during the block is only recorded, then raised again once the handlers are back. Nothing is held
+    outside the main thread, where Python cannot change handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {number: signal.signal(number, lambda received, frame: arrived.append(received))
+                for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
+class _Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with the stop signals held back (:func:`stop_signals_deferred`)."""
+
+    def __iter__(self):
+        with stop_signals_deferred():
+            return super().__iter__()
+
+
+def _quiet_worker(worker: int) -> None:
+    """A decoding worker leaves stopping to the command, which prints the one line a user should see.
+
+    Ctrl-C reaches the whole process group: the worker ignores it (the command stops it). SIGTERM ends it the way
+    torch's worker loop ends quietly (a KeyboardInterrupt). When the command exits while it is fetching a batch's
+    shared memory from this worker, the worker's resource-sharer thread loses its connection and would print a
+    traceback after the command's message; a lost connection to the command is not this worker's error to report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+    sys.excepthook = _silent_on_lost_command(sys.excepthook)
+
+
+def _stop_worker(number, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _silent_on_lost_command(report: Callable) -> Callable:
+    def excepthook(kind, value, traceback) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            report(kind, value, traceback)
+    return excepthook
 
 
 def _device_of(text: str, local_rank: int, distributed: bool) -> torch.device:

@@ -232,3 +232,55 @@ def test_bad_options(tiny_trained, tmp_path, capsys):
     assert "--instances" in capsys.readouterr().err
     assert cli.main(arguments + ["--method", "share-penalty", "--penalty", "0.1", "--clamp", "0.1"]) == 0
     assert "share-penalty fine-tuning" in capsys.readouterr().out
+
+
+# -- several processes: each rank gates and penalises its own half, DistributedDataParallel averages ------------------
+DDP_CAPTIONS = torch.cat([CAPTIONS, torch.tensor([[1, 7, 2, 0, 0]])])  # a fourth caption: "box"
+DDP_METHODS = {"gated": dict(gate="explanation", threshold=0.5), "oracle": dict(gate="annotation"),
+               "share-penalty": dict(penalty=0.5)}
+
+
+def _ddp_half_loss(objective, features, rows):
+    image_ids = torch.tensor([10, 11, 11, 12])[rows]
+    phrases = object_phrases(DDP_CAPTIONS[rows], image_ids, WORDS, OBJECTS, hidden={11: {"ball"}})
+    return objective(features[rows], DDP_CAPTIONS[rows], torch.arange(len(rows)), phrases)
+
+
+def _ddp_methods_worker(rank, port, kind, method, features, result_path):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    objective = FinetuneObjective(_Model(kind), None, **DDP_METHODS[method])
+    trained = torch.nn.parallel.DistributedDataParallel(objective)
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        _ddp_half_loss(trained, features, torch.arange(2 * rank, 2 * rank + 2)).backward()
+        optimizer.step()
+    if rank == 0:
+        torch.save(objective.model.state_dict(), result_path)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", list(DDP_METHODS))
+def test_two_gloo_processes_equal_the_average_of_their_halves(tmp_path, method):
+    """Under DistributedDataParallel each process gates / penalises the object phrases of its own captions and the
+    gradients are averaged: two processes equal one process stepping on the mean of the two halves' losses."""
+    import torch.multiprocessing as mp
+    from test_training import _free_port
+
+    features = torch.randn(4, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mp.spawn(_ddp_methods_worker, args=(_free_port(), "adaptive", method, features, str(tmp_path / "ddp.pt")),
+             nprocs=2, join=True)
+    objective = FinetuneObjective(_Model("adaptive"), None, **DDP_METHODS[method])
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        halves = [_ddp_half_loss(objective, features, torch.arange(2 * rank, 2 * rank + 2)) for rank in (0, 1)]
+        (sum(halves) / 2).backward()
+        optimizer.step()
+    ddp_state = torch.load(tmp_path / "ddp.pt")
+    for name, value in objective.model.state_dict().items():
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-9, atol=1e-12, msg=name)
+    assert any(not torch.equal(ddp_state[name], value) for name, value in _Model("adaptive").state_dict().items())

@@ -6,6 +6,7 @@ opens on the CPU; a run resumes on another device; DDP over NCCL."""
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -407,3 +408,48 @@ def test_a_loader_with_workers_yields_every_image_once(data):
     loader = RunSettings(workers=1).loader(dataset, 4, collate, generator=torch.Generator().manual_seed(0))
     expected = sorted(image_id_of(entry, position) for position, entry in enumerate(dataset.entries))
     assert sorted(i for batch in loader for i in batch["image_ids"].tolist()) == expected
+
+
+# -- stopping while workers start ----------------------------------------------------------------------------------
+def test_a_stop_signal_inside_the_deferred_block_is_raised_after_it():
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with runtime.stop_signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            reached_the_end = True
+    assert reached_the_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# Ctrl-C while the loader forks its workers: Python raises it inside an at-fork hook (logging registers one, as
+# here), prints "Exception ignored" and drops it, and training used to run on to its last epoch.
+_INTERRUPT_DURING_FORK = """
+import os, signal, sys, torch
+from capxai.runtime import RunSettings
+armed = []
+os.register_at_fork(after_in_parent=lambda: armed and signal.raise_signal(signal.SIGINT))
+loader = RunSettings(workers=1).loader(list(range(4)), 2, torch.utils.data.default_collate,
+                                       generator=torch.Generator().manual_seed(0))
+armed.append(True)
+try:
+    batches = [batch for batch in loader]
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_is_not_lost():
+    finished = subprocess.run([sys.executable, "-c", _INTERRUPT_DURING_FORK], capture_output=True, text=True,
+                              timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert finished.returncode == 130, finished.stderr[-2000:]
+    assert "Exception ignored" not in finished.stderr
+
+
+def test_a_worker_reports_its_own_errors_but_not_the_command_going_away():
+    reported = []
+    excepthook = runtime._silent_on_lost_command(lambda kind, value, traceback: reported.append(kind))
+    for lost in (EOFError, BrokenPipeError, ConnectionResetError):
+        excepthook(lost, lost(), None)
+    excepthook(ValueError, ValueError("a bad image"), None)
+    assert reported == [ValueError]
