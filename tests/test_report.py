@@ -131,3 +131,22 @@ def test_markdown_tables_become_escaped_html():
     html = markdown_to_html("# Title\n\ntext <b>\n\n| a | b |\n|---|---|\n| 1 | <x> |\n")
     assert "<h2>Title</h2>" in html and "&lt;b&gt;" in html
     assert "<th>a</th><th>b</th>" in html and "<td>&lt;x&gt;</td>" in html and "---" not in html
+
+
+def test_the_report_follows_the_umask(tiny_demo, tmp_path):
+    """Others in the group (or a web server) can open the page and its pictures, as with any file the user makes."""
+    import os
+    import shutil
+    import stat
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_demo[0], run_dir)
+    previous = os.umask(0o027)
+    try:
+        build_report(run_dir, overwrite=True, progress=False)
+    finally:
+        os.umask(previous)
+    modes = {path.relative_to(run_dir): stat.S_IMODE(path.stat().st_mode)
+             for path in [run_dir / "report.html", run_dir / "report_files", *(run_dir / "report_files").rglob("*")]}
+    assert modes.pop(run_dir.joinpath("report.html").relative_to(run_dir)) == 0o640
+    assert modes and all(mode == (0o750 if (run_dir / path).is_dir() else 0o640) for path, mode in modes.items()), modes

@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from capxai._io import atomic_write_json, atomic_write_text
+from capxai._io import atomic_write_json, atomic_write_text, staging_folder, sync_folder
 from capxai.outputs import MANIFEST, OutputFolder, write_manifest
 
 # category -> (shape drawn, synonyms used in captions and by CHAIR-style hallucination metrics)
@@ -330,7 +329,7 @@ def generate(out_dir, config: SceneConfig = SceneConfig(), overwrite: bool = Fal
         output.check_replaceable()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-{os.getpid()}-"))
+    staging = staging_folder(out_dir.parent, f".{out_dir.name}.partial-{os.getpid()}-")
     try:
         _write(staging, config, progress)
         write_manifest(staging, "data scenes", "scenes", output.run_id)
@@ -341,8 +340,10 @@ def generate(out_dir, config: SceneConfig = SceneConfig(), overwrite: bool = Fal
             for entry in sorted(staging.iterdir(), key=lambda path: path == manifest):  # the manifest last
                 entry.rename(out_dir / entry.name)
             staging.rmdir()
+            sync_folder(out_dir)
         else:
             staging.rename(out_dir)
+        sync_folder(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -12,9 +12,7 @@ from what the demo's commands wrote in ``RUN_DIR``:
 The page reads nothing from the network and needs no server: open it from the disk.
 """
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -22,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from capxai._io import atomic_write_text
+from capxai._io import atomic_write_text, staging_folder, sync_folder
 from capxai.explain import METHODS, Explanation
 from capxai.report.figures import overlay
 from capxai.report.page import document, escape, markdown_to_html, table
@@ -162,8 +160,7 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     if (target.exists() or files.exists()) and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     captioners = captioners_of(run_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the pictures from anyone else who opens the page
+    staging = staging_folder(run_dir, ".report-")  # the user's folder mode: others who open the page see the pictures
     try:
         body, examples = _body(run_dir, captioners, staging, progress)
         if files.exists():
@@ -172,8 +169,8 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    sync_folder(run_dir)
     atomic_write_text(target, document("capxai report", body, {"examples": examples}))
-    os.chmod(target, 0o644)
     return target
 
 
