@@ -6,18 +6,15 @@ Error style (exit status 2, no traceback unless ``--debug``):
 """
 import argparse
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Tuple
 
+from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
+
 
 class CommandError(ValueError):
     """A bad invocation found by a command's own checks (the message names the option or file)."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` / ``except BaseException`` cleans up."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,10 +108,6 @@ def output_file(text: str) -> Path:
 
 
 # -- running a command ---------------------------------------------------------------------------------------------
-def _raise_interrupted(signum, frame):
-    raise Interrupted()
-
-
 def message_of(error: BaseException) -> str:
     """The one-line message of an expected error (OSError: its text and the file it names)."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
@@ -131,10 +124,15 @@ def run_command(name: str, command: Callable[[], int], debug: bool, resumable: b
     """Runs ``command`` with capxai's error style: expected errors (bad values, files, folders) print one line and
     return 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a shell reports for them); anything else is
     a bug: one line asking for ``--debug``, return 1. ``debug`` re-raises instead, with the traceback."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    with StopSignals() as stops:
+        return _run(name, command, debug, resumable, stops)
+
+
+def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, stops: StopSignals) -> int:
     try:
         return command()
     except KeyboardInterrupt as error:
+        stops.seen()
         if debug:
             raise
         then = "rerun the same command to resume" if resumable else "nothing half-written was left; rerun the command"
@@ -151,8 +149,6 @@ def run_command(name: str, command: Callable[[], int], debug: bool, resumable: b
         print(f"capxai {name}: internal error ({type(error).__name__}: {message_of(error)}); rerun with --debug "
               "for the traceback and report it", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def guided_decoding_setting(text: str) -> Tuple[float, float]:

@@ -17,6 +17,7 @@ from capxai.explain import Explanation, make_explainer
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings
 from capxai.report.figures import word_figures
+from capxai.interrupts import stoppable
 
 def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
                    methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
@@ -42,7 +43,7 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     names = _unique_names(image_paths)
     run = _run_stamp(output, checkpoint)
     written = {}
-    for method in tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1):
+    for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
         explanation = make_explainer(method, model, vocabulary, composite).explain(
             images, captions=list(captions) if captions is not None else None, beam_size=beam_size,
             max_length=max_length)
@@ -114,7 +115,7 @@ def explain_split(model, vocabulary, *, split_file, image_root, split: str, out_
     written = []
     with tqdm(zip(shards, loader), total=len(shards), desc=f"explaining {split} (process {rank + 1}/{world})",
               unit="shard", disable=not progress) as bar:
-        for shard, images in bar:
+        for shard, images in stoppable(bar):
             positions, pending = positions_of(shard), pending_of(shard)
             images = images.to(device, non_blocking=True)
             ids = [image_id_of(dataset.entries[i], i) for i in positions]

@@ -12,6 +12,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from capxai.data.vocabulary import Vocabulary
+from capxai.interrupts import stoppable
 
 # Karpathy's COCO split calls the extra training images "restval".
 SPLIT_ALIASES = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
@@ -141,8 +142,8 @@ class CaptionDataset(torch.utils.data.Dataset):
         empty or non-image file is named) and decodes the first image whole."""
         if not self.entries:
             return
-        for entry in tqdm(self.entries, desc="checking images", unit="image", disable=not progress,
-                          mininterval=1.0):
+        for entry in stoppable(tqdm(self.entries, desc="checking images", unit="image", disable=not progress,
+                                    mininterval=1.0)):
             path = self._path(entry)
             try:
                 with Image.open(path) as image:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from capxai._io import atomic_write_json, atomic_write_text, staging_folder, sync_folder
 from capxai.outputs import MANIFEST, OutputFolder, write_manifest
+from capxai.interrupts import stoppable
 
 # category -> (shape drawn, synonyms used in captions and by CHAIR-style hallucination metrics)
 CATEGORIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
@@ -377,8 +378,8 @@ def _write(root: Path, config: SceneConfig, progress: bool) -> None:
     probe_pairs = list(CO_OCCURRENCE.items())
     annotation_id = sentence_id = 0
     plan = _split_plan(config)
-    for image_id, (split, biased, is_probe) in enumerate(tqdm(plan, desc="scenes", unit="image",
-                                                               disable=not progress), start=1):
+    for image_id, (split, biased, is_probe) in enumerate(stoppable(tqdm(plan, desc="scenes", unit="image",
+                                                                         disable=not progress)), start=1):
         probe = probe_pairs[image_id % len(probe_pairs)] if is_probe else None
         scene = sample_scene(rng, config.image_size, biased, probe)
         file_name = f"scene_{image_id:06d}.png"

@@ -11,6 +11,7 @@ from capxai.data.captions import CaptionDataset, collate, image_id_of
 from capxai.evaluate.metrics import METRICS, caption_metrics
 from capxai.models import beam_search
 from capxai.runtime import RunSettings
+from capxai.interrupts import stoppable
 
 
 def references_of(dataset: CaptionDataset) -> Dict[int, List[str]]:
@@ -41,7 +42,7 @@ def caption_dataset(model: torch.nn.Module, dataset: CaptionDataset, beam_size: 
     loader = run.loader(mine, batch_size, collate)
     try:
         with tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", disable=not progress) as batches:
-            for batch in batches:
+            for batch in stoppable(batches):
                 images = batch["images"].to(device, non_blocking=True)
                 decoded = beam_search(model.captioner, model.encoder(images), beam_size, max_length,
                                       start=vocabulary.start, end=vocabulary.end, pad=vocabulary.pad,

@@ -31,6 +31,7 @@ from capxai.explain import METHODS, make_explainer
 from capxai.explain.explainers import GRADIENT_FAMILY, explain_gradient_family
 from capxai.models import beam_search
 from capxai.runtime import RunSettings
+from capxai.interrupts import stoppable
 
 START = 1
 DETECTION_STATISTICS = ("mean", "max", "positive_mass", "inside_share", "word_relevance")
@@ -148,8 +149,8 @@ def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationDat
     loader = run.loader(torch.utils.data.Subset(dataset, [i for b in mine for i in batches[b]]), settings.batch_size,
                         stack_images)
     by_batch = {}
-    for number, images in zip(mine, tqdm(loader, desc="evaluating explanations", unit="batch",
-                                         disable=not progress)):
+    for number, images in zip(mine, stoppable(tqdm(loader, desc="evaluating explanations", unit="batch",
+                                         disable=not progress))):
         positions = batches[number]
         records = by_batch[number] = _Records(torch.cuda.synchronize if device.type == "cuda" else None)
         generator = torch.Generator().manual_seed(settings.seed + 1_000_003 * number)

@@ -25,6 +25,7 @@ from capxai.explain import METHODS, Explanation
 from capxai.report.figures import overlay
 from capxai.report.page import document, escape, markdown_to_html, table
 from capxai.report.plots import grounding_plot, roc_plot
+from capxai.interrupts import stoppable
 
 REPORT_NAME, FILES_NAME = "report.html", "report_files"
 SPLIT_GROUP = "test_beam3"
@@ -201,7 +202,8 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         heatmaps_of = {m: e.heatmaps().detach().float().cpu().numpy() for m, e in explanations.items()}  # once
         size = next(iter(heatmaps_of.values())).shape[-1]
         parts.append(f"<h2>Explanations: {escape(captioner)} captioner</h2>")
-        for index, item in enumerate(tqdm(chosen, desc=f"report: {captioner} examples", disable=not progress)):
+        for index, item in enumerate(stoppable(tqdm(chosen, desc=f"report: {captioner} examples",
+                                                    disable=not progress))):
             path = run_dir / "scenes" / item["file"]
             image = np.asarray(Image.open(path).convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
             key = f"{captioner}-{index}"

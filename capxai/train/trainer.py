@@ -24,6 +24,7 @@ from capxai.models.factory import CaptionModel, TrainConfig, build_model, check_
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
 from capxai.models.checkpoint import load_checkpoint, save_checkpoint
+from capxai.interrupts import raise_pending
 
 
 def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
@@ -251,6 +252,7 @@ class EpochLoop:
                       disable=not self.progress or run.rank != 0) as bar:
                 batches = iter(loader)
                 while True:
+                    raise_pending()
                     asked = time.perf_counter()
                     batch = next(batches, None)
                     waited += time.perf_counter() - asked
