@@ -72,3 +72,56 @@ def test_the_bytes_are_synced_before_the_rename_and_the_folder_after(tmp_path, m
     assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]
     assert events[0][1].startswith(str(tmp_path / ".result.json."))
     assert events[1][1] == str(target) and events[2][1] == str(tmp_path)
+
+
+# -- crafted datasets: no file outside the image root is read -------------------------------------------------------
+def _split_file(tmp_path, filepath, filename):
+    import json
+
+    entry = {"filepath": filepath, "filename": filename, "split": "test", "cocoid": 1,
+             "sentences": [{"tokens": ["a", "ball"], "raw": "a ball"}]}
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"images": [entry]}))
+    return path
+
+
+@pytest.mark.parametrize("filepath, filename", [("../..", "etc/passwd"), ("images", "../../secret.png"),
+                                                ("/etc", "passwd"), ("", "/etc/passwd"), ("C:\\Windows", "x.png"),
+                                                ("images", "a\0.png")],
+                         ids=["dotdot-folder", "dotdot-name", "absolute-folder", "absolute-name", "windows", "nul"])
+def test_a_split_entry_that_leaves_the_image_root_is_refused(tmp_path, filepath, filename):
+    from capxai.data.captions import load_karpathy
+
+    with pytest.raises(ValueError, match="leaves the image root"):
+        load_karpathy(_split_file(tmp_path, filepath, filename))
+
+
+def test_a_symbolic_link_out_of_the_image_root_is_refused_and_one_inside_is_not(tmp_path):
+    from PIL import Image
+
+    from capxai.data.captions import CaptionDataset
+    from capxai.data.vocabulary import Vocabulary
+
+    outside, root = tmp_path / "outside", tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    Image.new("RGB", (8, 8)).save(root / "images" / "real.png")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    (root / "images" / "inside.png").symlink_to(root / "images" / "real.png")
+    vocabulary = Vocabulary.build([["a", "ball"]], 1)
+    for name, allowed in (("link.png", False), ("inside.png", True)):
+        dataset = CaptionDataset(_split_file(tmp_path, "images", name), root, "test", vocabulary, image_size=8)
+        if allowed:
+            dataset.check_images()
+            assert dataset[0]["image"].shape == (3, 8, 8)
+        else:
+            with pytest.raises(ValueError, match="leaves --image-root"):
+                dataset.check_images()
+            with pytest.raises(ValueError, match="leaves --image-root"):
+                dataset[0]
+    # the image root itself may be a link (datasets often live on another disk)
+    (tmp_path / "root-link").symlink_to(root)
+    linked = CaptionDataset(_split_file(tmp_path, "images", "real.png"), tmp_path / "root-link", "test", vocabulary,
+                            image_size=8)
+    linked.check_images()

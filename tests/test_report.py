@@ -113,7 +113,10 @@ def test_report_of_a_folder_without_evaluations_says_what_is_missing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("content, message", [("{broken", "cannot read"), ('{"a": 1}', "list of report images")])
+@pytest.mark.parametrize("content, message", [("{broken", "cannot read"), ('{"a": 1}', "list of report images"),
+                                              ('[{"file": "../../../etc/passwd", "image_id": 1}]', "leaves the run's"),
+                                              ('[{"file": "/etc/passwd", "image_id": 1}]', "leaves the run's")],
+                         ids=["broken", "not-a-list", "dotdot", "absolute"])
 def test_broken_report_inputs_get_one_line_and_leave_nothing(tiny_demo, tmp_path, capsys, content, message):
     import shutil
 

@@ -3,7 +3,7 @@ built-in ``dataset_scenes.json``): images loaded with PIL and torchvision transf
 :class:`~capxai.data.vocabulary.Vocabulary` and padded per batch."""
 import json
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -42,6 +42,28 @@ def load_karpathy(path) -> List[dict]:
     return images
 
 
+def escapes_root(relative: str) -> bool:
+    """Whether a split file's ``filepath`` / ``filename`` could name a file outside ``--image-root`` by its text: an
+    absolute path (POSIX or Windows), a ``..`` part, or a NUL character. (A symbolic link that leaves the root is
+    found when the path is resolved: :meth:`CaptionDataset.image_path`.)"""
+    if "\0" in relative:
+        return True
+    posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
+    return posix.is_absolute() or bool(windows.drive or windows.root) or ".." in posix.parts or ".." in windows.parts
+
+
+def path_under(root, *relative: str, what: str = "its folder") -> Path:
+    """``root`` joined with ``relative`` parts; a path that leaves ``root`` (through ``..``, an absolute path or a
+    symbolic link) is refused, so a crafted split file or report list cannot make capxai read, or copy into a report
+    that gets shared, any other file of the machine. ``what`` names the root in the error (e.g. "--image-root")."""
+    root = Path(root)
+    path = root.joinpath(*relative)
+    if any(escapes_root(part) for part in relative) or not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{path} leaves {what} {root} (an absolute path, '..' or a symbolic link out of it); "
+                         "refused: keep the files under it (link the folder itself, not folders or files inside it)")
+    return path
+
+
 def _is_words(value) -> bool:
     return isinstance(value, list) and all(isinstance(word, str) for word in value)
 
@@ -56,6 +78,9 @@ def _entry_problem(image) -> Optional[str]:
     for key in ("filename", "split") + (("filepath",) if "filepath" in image else ()):
         if not isinstance(image[key], str) or (key == "filename" and not image[key]):
             return f"'{key}' must be a non-empty string, got {image[key]!r}"
+    for key in ("filepath", "filename"):
+        if key in image and escapes_root(image[key]):
+            return f"'{key}' {image[key]!r:.60} leaves the image root (absolute, '..' or a NUL character)"
     for key in ("cocoid", "imgid"):
         if key in image and (not isinstance(image[key], int) or isinstance(image[key], bool)):
             return f"'{key}' must be an integer, got {image[key]!r}"
@@ -122,7 +147,11 @@ class CaptionDataset(torch.utils.data.Dataset):
             self.entries = self._readable(self.entries)
 
     def _path(self, entry: dict) -> Path:
-        return self.image_root / entry.get("filepath", "") / entry["filename"]
+        return self.image_path(entry.get("filepath", ""), entry["filename"])
+
+    def image_path(self, *relative: str) -> Path:
+        """The image at ``relative`` parts under ``--image-root`` (:func:`path_under`)."""
+        return path_under(self.image_root, *relative, what="--image-root")
 
     def _readable(self, entries: List[dict]) -> List[dict]:
         kept, dropped = [], []

@@ -26,6 +26,7 @@ from capxai.report.figures import overlay
 from capxai.report.page import document, escape, markdown_to_html, table
 from capxai.report.plots import grounding_plot, roc_plot
 from capxai.interrupts import stoppable
+from capxai.data.captions import path_under
 
 REPORT_NAME, FILES_NAME = "report.html", "report_files"
 SPLIT_GROUP = "test_beam3"
@@ -193,8 +194,9 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
             continue
         chosen = _read_json(chosen_path)
         if not isinstance(chosen, list) or not all(isinstance(item, dict) and {"file", "image_id"} <= set(item)
-                                                   for item in chosen):
+                                                   and isinstance(item["file"], str) for item in chosen):
             raise ValueError(f"{chosen_path} is not the demo's list of report images (each with file and image_id)")
+        paths = [path_under(run_dir / "scenes", item["file"], what="the run's scenes folder") for item in chosen]
         explanations = _load_explanations(folder)
         if not explanations:
             continue
@@ -202,9 +204,9 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         heatmaps_of = {m: e.heatmaps().detach().float().cpu().numpy() for m, e in explanations.items()}  # once
         size = next(iter(heatmaps_of.values())).shape[-1]
         parts.append(f"<h2>Explanations: {escape(captioner)} captioner</h2>")
-        for index, item in enumerate(stoppable(tqdm(chosen, desc=f"report: {captioner} examples",
-                                                    disable=not progress))):
-            path = run_dir / "scenes" / item["file"]
+        for index, (item, path) in enumerate(stoppable(tqdm(list(zip(chosen, paths)),
+                                                            desc=f"report: {captioner} examples",
+                                                            disable=not progress))):
             image = np.asarray(Image.open(path).convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
             key = f"{captioner}-{index}"
             examples[key] = _example(captioner, index, item, explanations, heatmaps_of, image, files, FILES_NAME)
