@@ -536,7 +536,8 @@ def main(argv=None) -> int:
     except SystemExit as stop:  # argparse: --help (0) or a bad argument (2, already reported)
         return stop.code if isinstance(stop.code, int) else 2
     name = args.command + (f" {args.data_command}" if args.command == "data" else "")
-    return run_command(name, lambda: _in_process_group(args), args.debug, resumable=args.command in RESUMABLE)
+    return run_command(name, lambda: _in_process_group(args), args.debug, resumable=args.command in RESUMABLE,
+                       batch_size=getattr(args, "batch_size", None))
 
 
 def _in_process_group(args) -> int:

@@ -8,7 +8,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Tuple
+from typing import Callable, NoReturn, Optional, Tuple
 
 from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
 
@@ -120,15 +120,39 @@ def message_of(error: BaseException) -> str:
 EXPECTED = (ValueError, OSError)  # bad values, missing / unreadable / unwritable files and folders
 
 
-def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool) -> int:
+def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool,
+                batch_size: Optional[int] = None) -> int:
     """Runs ``command`` with capxai's error style: expected errors (bad values, files, folders) print one line and
-    return 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a shell reports for them); anything else is
-    a bug: one line asking for ``--debug``, return 1. ``debug`` re-raises instead, with the traceback."""
+    return 2; running out of memory (CPU or GPU) prints one line naming ``--batch-size`` (the command's
+    ``batch_size``) and half of it, and returns 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a
+    shell reports for them); anything else is a bug: one line asking for ``--debug``, return 1. ``debug``
+    re-raises instead, with the traceback."""
     with StopSignals() as stops:
-        return _run(name, command, debug, resumable, stops)
+        return _run(name, command, debug, resumable, stops, batch_size)
 
 
-def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, stops: StopSignals) -> int:
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that did not fit: CUDA's OutOfMemoryError, the CPU allocator's
+    RuntimeError ("can't allocate memory"), another backend's "out of memory", or Python's MemoryError."""
+    import torch  # loaded by every command that allocates tensors; this module is imported before it
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error)
+                                                or "out of memory" in str(error).lower())
+
+
+def _out_of_memory_message(name: str, error: BaseException, batch_size: Optional[int], resumable: bool) -> str:
+    where = f" at --batch-size {batch_size}" if batch_size else ""
+    advice = (f"try --batch-size {max(1, batch_size // 2)}" if batch_size and batch_size > 1
+              else "free memory or use a machine with more")
+    kept = "; the last checkpoint is kept and the same command resumes" if resumable else ""
+    text = message_of(error)
+    return f"capxai {name}: out of memory{where} ({text[:160]}); {advice}{kept}"
+
+
+def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, stops: StopSignals,
+         batch_size: Optional[int] = None) -> int:
     try:
         return command()
     except KeyboardInterrupt as error:
@@ -143,9 +167,12 @@ def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, st
             raise
         print(f"capxai {name}: {message_of(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # a bug: say so briefly; --debug shows where
+    except Exception as error:  # out of memory, or a bug: say so briefly; --debug shows where
         if debug:
             raise
+        if out_of_memory(error):
+            print(_out_of_memory_message(name, error, batch_size, resumable), file=sys.stderr)
+            return 2
         print(f"capxai {name}: internal error ({type(error).__name__}: {message_of(error)}); rerun with --debug "
               "for the traceback and report it", file=sys.stderr)
         return 1

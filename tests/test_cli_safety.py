@@ -238,3 +238,30 @@ def test_zero_denominators_are_not_blamed_on_overflow():
     cancelling = torch.tensor([[1e20, 1e20]])  # z = 0: the relevance is x * w / eps * R = 1e42 > float32's max
     with pytest.raises(ValueError, match="overflowed Float"):
         lrp_linear(cancelling, torch.tensor([[1.0, -1.0]]), None, torch.tensor([[1e20]]), eps=0.01)
+
+
+def test_running_out_of_memory_names_the_batch_size_and_keeps_the_last_checkpoint(small_scenes, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A real allocation failure of the CPU allocator in the second epoch (what a batch too large for the machine
+    raises): one line naming --batch-size and half of it, exit 2, the first epoch's checkpoint untouched."""
+    from capxai.train import trainer
+
+    out = tmp_path / "run"
+    arguments = ["train", "--split-file", str(small_scenes / "dataset_scenes.json"), "--image-root", str(small_scenes),
+                 "--out", str(out), "--hidden", "8", "--attention-dim", "8", "--min-count", "1", "--image-size", "32",
+                 "--batch-size", "4", "--max-length", "8", "--workers", "0", "--epochs"]
+    assert cli.main(arguments + ["1"]) == 0
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+
+    def too_large(*_):
+        return torch.empty(1 << 60, dtype=torch.uint8)  # the allocator refuses: "can't allocate memory"
+
+    monkeypatch.setattr(trainer, "_train_step", too_large)
+    assert cli.main(arguments + ["2"]) == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]  # after the progress bars
+    assert last.startswith("capxai train: out of memory at --batch-size 4 (") and "Traceback" not in error
+    assert "try --batch-size 2; the last checkpoint is kept" in last
+    assert (out / "last.pt").read_bytes() == before
+    assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
