@@ -412,13 +412,18 @@ def test_a_loader_with_workers_yields_every_image_once(data):
 
 # -- stopping while workers start ----------------------------------------------------------------------------------
 def test_a_stop_signal_inside_the_deferred_block_is_raised_after_it():
-    reached_the_end = False
-    with pytest.raises(KeyboardInterrupt):
-        with runtime.stop_signals_deferred():
-            signal.raise_signal(signal.SIGINT)
-            reached_the_end = True
-    assert reached_the_end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever this test run inherited (a background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        reached_the_end = False
+        with pytest.raises(KeyboardInterrupt):
+            with runtime.stop_signals_deferred():
+                signal.raise_signal(signal.SIGINT)
+                reached_the_end = True
+        assert reached_the_end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # Ctrl-C while the loader forks its workers: Python raises it inside an at-fork hook (logging registers one, as
