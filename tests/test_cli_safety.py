@@ -265,3 +265,13 @@ def test_running_out_of_memory_names_the_batch_size_and_keeps_the_last_checkpoin
     assert "try --batch-size 2; the last checkpoint is kept" in last
     assert (out / "last.pt").read_bytes() == before
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_what_counts_as_out_of_memory():
+    """The GPU's error (torch.OutOfMemoryError), the CPU allocator's, and Python's MemoryError; no other error."""
+    from capxai.cli_checks import out_of_memory
+
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert out_of_memory(MemoryError())
+    assert not out_of_memory(RuntimeError("shape mismatch")) and not out_of_memory(ValueError("out of range"))
