@@ -9,14 +9,51 @@ Two things a rename alone does not give:
 * **Durability**: a rename is atomic but not durable until its folder is synced; a machine that loses power after
   "saved" could come back without the file (or with the old one). The file's bytes are synced before the rename and
   the folder after it.
+
+A write that fails half-way because the disk is full (or a file-size limit or quota is reached) removes its
+temporary file, keeps the file it would have replaced, and raises :class:`WriteFailed` naming the target, not the
+temporary file (torch.save's own error there is "unexpected pos 704 vs 598").
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Dict, Iterator, List, Optional
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class WriteFailed(OSError):
+    """Writing a result stopped half-way for want of space (a full disk, a file-size limit, a quota); ``filename``
+    is the result that could not be written, and the file it would have replaced is kept."""
+
+
+def no_space_cause(error: BaseException) -> Optional[OSError]:
+    """The ENOSPC / EFBIG / EDQUOT error behind ``error`` (itself, or in its chain of causes), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def raise_if_no_space(error: BaseException, target, existed: bool, staging=None) -> None:
+    """Raises :class:`WriteFailed` naming ``target`` when ``error`` comes from a full disk or a size limit (else
+    returns, and the caller re-raises ``error``); ``existed``: whether an earlier ``target`` is kept. A
+    :class:`WriteFailed` already names its file, unless that file is in ``staging`` (which the user never sees)."""
+    cause = no_space_cause(error)
+    if cause is None:
+        return
+    if isinstance(error, WriteFailed) and not (staging and Path(error.filename).is_relative_to(staging)):
+        return
+    kept = "the earlier one is kept" if existed else "nothing half-written was left"
+    raise WriteFailed(cause.errno, f"could not be written: {cause.strerror} (a full disk, a file-size limit or a "
+                      f"quota); {kept}", str(target)) from error
 
 
 def current_umask() -> int:
@@ -82,11 +119,39 @@ def atomic_path(path) -> Iterator[str]:
         yield temporary
         _sync_file(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        raise_if_no_space(error, path, path.exists())
         raise
     sync_folder(path.parent)
+
+
+def write_together(writers: Dict[Path, Callable[[str], None]]) -> List[Path]:
+    """Writes files that belong together (a checkpoint and the history that names it): ``writers[path]`` writes
+    the bytes of ``path`` to the temporary path it is given; every file is written before any is renamed into place
+    (in the order given), so a write that fails (a full disk) replaces none of them. Returns the paths."""
+    paths = [Path(path) for path in writers]
+    with contextlib.ExitStack() as stack:  # exits run last-in first-out: enter in reverse to rename in order
+        temporaries = {path: stack.enter_context(atomic_path(path)) for path in reversed(paths)}
+        for path, write in zip(paths, writers.values()):
+            write(temporaries[path])
+    return paths
+
+
+def remove_stale_temporaries(folder, older_than: float) -> List[Path]:
+    """Removes the temporary files of :func:`atomic_path` (``.NAME.XXXXXXXX.tmp``) under ``folder`` that a process
+    killed mid-write (SIGKILL, power loss) left, last changed before ``older_than`` (a ``time.time()``: a write of
+    this run is never older). Call it holding the folder's run lock (:mod:`capxai.run_lock`)."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        name = path.name[1:-len(".tmp")]
+        with contextlib.suppress(FileNotFoundError):
+            if "." in name and len(name.rsplit(".", 1)[1]) == 8 and path.is_file() and \
+                    path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _sync_file(path) -> None:
@@ -104,9 +169,40 @@ def atomic_write_text(path, text: str) -> Path:
     return Path(path)
 
 
+def torch_save(payload, path) -> None:
+    """``torch.save`` through a Python file object, so that a failed write keeps its OSError (torch's own writer
+    reports only "unexpected pos 704 vs 598")."""
+    import torch  # only the writers of tensors need it
+
+    with open(path, "wb") as stream:
+        torch.save(payload, stream)
+
+
+def atomic_torch_save(path, payload) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically."""
+    with atomic_path(path) as temporary:
+        torch_save(payload, temporary)
+    return Path(path)
+
+
+def json_text(payload) -> str:
+    """capxai's json files: indented, keys sorted, a final newline."""
+    return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+
+def text_writer(text: str) -> Callable[[str], None]:
+    """A writer of ``text`` for :func:`write_together`."""
+    return lambda path: Path(path).write_text(text)
+
+
+def json_writer(payload) -> Callable[[str], None]:
+    """A writer of ``payload`` as capxai json for :func:`write_together`."""
+    return text_writer(json_text(payload))
+
+
 def atomic_write_json(path, payload) -> Path:
     """Writes ``payload`` as indented json to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json_text(payload))
 
 
 def file_sha256(path) -> str:

@@ -5,6 +5,7 @@ of run options (``--device``, ``--workers``, ``--dist-backend``; ``--precision``
 train|finetune|evaluate|explain ...`` (one GPU each with NCCL, or gloo on the CPU)."""
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between,
@@ -58,7 +59,9 @@ def output_options(out_help: str, overwrite_help: str, out_type=None) -> Parser:
     wrote there before (files capxai did not write are never replaced)."""
     parent, group = _parent("output")
     group.add_argument("--out", type=out_type or output_folder, required=True, help=out_help)
-    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    group.add_argument("--overwrite", action="count", default=0, help=overwrite_help + "; given twice, also "
+                       "files you changed after capxai wrote them (refused otherwise)")
+    group.add_argument("--force", action="store_true", help="the same as --overwrite given twice")
     return parent
 
 
@@ -535,18 +538,32 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse: --help (0) or a bad argument (2, already reported)
         return stop.code if isinstance(stop.code, int) else 2
+    if getattr(args, "force", False):
+        args.overwrite = max(args.overwrite, 2)
     name = args.command + (f" {args.data_command}" if args.command == "data" else "")
-    return run_command(name, lambda: _in_process_group(args), args.debug, resumable=args.command in RESUMABLE,
-                       batch_size=getattr(args, "batch_size", None))
+    return run_command(name, lambda: _in_process_group(args, name), args.debug,
+                       resumable=args.command in RESUMABLE, batch_size=getattr(args, "batch_size", None))
 
 
-def _in_process_group(args) -> int:
-    """Runs the command; under torchrun, leaves the process group it joined once the command is done (torch warns
-    at exit of a group never destroyed)."""
+LOCKED_FOLDERS = {"train": "out", "finetune": "out", "evaluate": "out", "explain": "out", "data scenes": "out",
+                  "report": "run_dir"}  # the folder each command writes into, one run at a time (capxai.run_lock)
+
+
+def _in_process_group(args, name: str) -> int:
+    """Runs the command holding its output folder's lock; under torchrun, leaves the process group it joined once
+    the command is done (torch warns at exit of a group never destroyed)."""
     import torch.distributed
 
+    from capxai._io import remove_stale_temporaries
+    from capxai.run_lock import folder_lock
+
+    started = time.time()
+    folder = getattr(args, LOCKED_FOLDERS.get(name, ""), None)
     try:
-        return args.run(args)
+        with folder_lock(folder, name) as locked:
+            if locked is not None and Path(folder).is_dir():  # the half-written files of a killed run
+                remove_stale_temporaries(folder, older_than=started)
+            return args.run(args)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

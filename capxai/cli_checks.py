@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Tuple
 
+from capxai._io import no_space_cause
 from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
 
 
@@ -123,8 +124,9 @@ EXPECTED = (ValueError, OSError)  # bad values, missing / unreadable / unwritabl
 def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool,
                 batch_size: Optional[int] = None) -> int:
     """Runs ``command`` with capxai's error style: expected errors (bad values, files, folders) print one line and
-    return 2; running out of memory (CPU or GPU) prints one line naming ``--batch-size`` (the command's
-    ``batch_size``) and half of it, and returns 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a
+    return 2 (a write that met a full disk names the file: :class:`capxai._io.WriteFailed`); running out of memory
+    (CPU or GPU) prints one line naming ``--batch-size`` (the command's ``batch_size``) and half of it, and
+    returns 2; Ctrl-C / SIGTERM print one line and return 130 / 143 (what a
     shell reports for them); anything else is a bug: one line asking for ``--debug``, return 1. ``debug``
     re-raises instead, with the traceback."""
     with StopSignals() as stops:
@@ -172,6 +174,11 @@ def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, st
             raise
         if out_of_memory(error):
             print(_out_of_memory_message(name, error, batch_size, resumable), file=sys.stderr)
+            return 2
+        full = no_space_cause(error)
+        if full is not None:  # a library's own write (e.g. a tokenizer's temporary file) met a full disk
+            print(f"capxai {name}: {message_of(full)} (a full disk, a file-size limit or a quota); free space and "
+                  "rerun the command", file=sys.stderr)
             return 2
         print(f"capxai {name}: internal error ({type(error).__name__}: {message_of(error)}); rerun with --debug "
               "for the traceback and report it", file=sys.stderr)

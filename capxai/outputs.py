@@ -7,7 +7,10 @@ command, the result group (e.g. ``test_beam3`` of ``evaluate``, ``lrp`` of ``exp
   command stops and names it);
 - replacing a group first removes every file of that group's earlier run, so that results of two runs are never
   left side by side (an old ``hallucination_*.json`` beside new metrics);
-- a folder that holds files capxai did not write is never emptied.
+- a folder that holds files capxai did not write is never emptied;
+- each recorded file's size and sha256 are kept too: a file the user changed after capxai wrote it is not replaced
+  (nor removed) unless asked twice (``--overwrite --overwrite``, or ``--force``): ``overwrite`` is a level, 0 (keep),
+  1 (replace what capxai wrote, as it wrote it), 2 (replace it even when changed).
 
 The manifest is updated under an exclusive lock (several ``torchrun`` processes write into one folder).
 """
@@ -20,7 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
-from capxai._io import atomic_write_json
+from capxai._io import atomic_write_json, file_sha256
 
 MANIFEST = ".capxai-manifest.json"
 _LOCK = ".capxai-manifest.lock"
@@ -92,11 +95,34 @@ class OutputFolder:
                     found.append(Path(root) / name)
         return sorted(found)
 
+    def changed_files(self, paths: Iterable) -> List[Path]:
+        """Of ``paths``, the recorded files whose bytes are no longer what capxai wrote (edited since); files
+        recorded without a fingerprint (by an older capxai) count as unchanged."""
+        known = self.entries()
+        changed = []
+        for path in map(Path, paths):
+            entry = known.get(os.path.relpath(path, self.path), {})
+            if "sha256" in entry and path.is_file() and (path.stat().st_size != entry.get("size")
+                                                         or file_sha256(path) != entry["sha256"]):
+                changed.append(path)
+        return changed
+
+    def _refuse_changed(self, paths: Iterable, overwrite: int) -> None:
+        if overwrite >= 2:
+            return
+        changed = self.changed_files(paths)
+        if changed:
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise FileExistsError(f"{changed[0]}{more} was changed after capxai {self.command} wrote it; capxai does "
+                                  "not replace a file you edited: move it away, or pass --overwrite twice (or "
+                                  "--force) to replace it anyway")
+
     # -- checking before any work -----------------------------------------------------------------------------------
-    def check_writable(self, targets: Iterable, overwrite: bool, group: Optional[str] = None) -> None:
+    def check_writable(self, targets: Iterable, overwrite: int, group: Optional[str] = None) -> None:
         """Refuses, before any work, to write ``targets`` (paths in this folder) when one exists and was not
-        written by capxai (never replaced), or exists and ``overwrite`` is False. With ``group``, any file of that
-        group's earlier run counts as existing too (it would be replaced)."""
+        written by capxai (never replaced), or exists and ``overwrite`` is 0 (False), or was changed since capxai
+        wrote it and ``overwrite`` is below 2. With ``group``, any file of that group's earlier run counts as
+        existing too (it would be replaced)."""
         known = self.entries()
         existing = [Path(target) for target in targets if Path(target).exists()]
         for target in existing:
@@ -104,13 +130,16 @@ class OutputFolder:
             if relative not in known or Path(target).is_dir():
                 raise FileExistsError(f"{target} exists and was not written by capxai {self.command}; capxai never "
                                       "replaces files it did not write: move it away or choose another --out")
-        earlier = existing + (self.group_files(group) if group is not None else [])
+        earlier = list(dict.fromkeys(existing + (self.group_files(group) if group is not None else [])))
         if earlier and not overwrite:
             raise FileExistsError(f"{earlier[0]} exists (an earlier run); pass --overwrite to replace it or choose "
                                   "another --out")
+        self._refuse_changed(earlier, overwrite)
 
-    def check_replaceable(self) -> None:
-        """Refuses when the folder holds anything capxai did not write (before replacing the folder as a whole)."""
+    def check_replaceable(self, overwrite: int = 1) -> None:
+        """Refuses when the folder holds anything capxai did not write, or (``overwrite`` below 2) a file changed
+        since capxai wrote it (before replacing the folder as a whole)."""
+        self._refuse_changed([self.path / name for name in self.entries()], overwrite)
         foreign = self.foreign_files()
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -137,20 +166,24 @@ class OutputFolder:
     def record(self, paths: Iterable, group: str, run_id: Optional[str] = None) -> None:
         """Records ``paths`` (written into this folder) as ``group``'s, by this run (or by ``run_id``)."""
         entry = {"command": self.command, "group": group, "run": run_id or self.run_id}
-        relatives = [os.path.relpath(Path(path), self.path) for path in paths]
+        # the fingerprint of what was written: a later --overwrite tells a file the user edited from it
+        recorded = {os.path.relpath(Path(path), self.path): {**entry, "size": Path(path).stat().st_size,
+                                                              "sha256": file_sha256(path)} for path in paths}
 
         def add(files):
-            files.update({relative: dict(entry) for relative in relatives})
+            files.update(recorded)
 
         self._update(add)
 
-    def remove_group(self, group: str) -> List[Path]:
-        """Deletes every recorded file of ``group`` (an earlier run's), and folders that become empty."""
+    def remove_group(self, group: str, keep: Iterable = ()) -> List[Path]:
+        """Deletes every recorded file of ``group`` (an earlier run's) but those in ``keep`` (just replaced by this
+        run), and folders that become empty."""
         removed = []
+        kept = {os.path.relpath(Path(path), self.path) for path in keep}
 
         def drop(files):
-            for relative in [name for name, entry in files.items()
-                             if entry.get("group") == group and entry.get("command") == self.command]:
+            for relative in [name for name, entry in files.items() if name not in kept
+                             and entry.get("group") == group and entry.get("command") == self.command]:
                 path = self.path / relative
                 if path.is_file() or path.is_symlink():
                     path.unlink()

@@ -295,3 +295,21 @@ def test_sdpa_bad_input_names_the_argument(case):
     for mode in ("constant", "attnlrp"):
         with pytest.raises(error, match=message):
             lrp_sdpa(**{"mode": mode, **change(inputs)})
+
+
+def test_additive_context_that_overflows_is_refused(device):
+    # The context sum_n w_n v_n overflows float32 with finite inputs: R / inf would be a silent 0 (issue 24).
+    inputs = make_additive_inputs(2, 3, 4, None, torch.float32, device, seed=12)
+    inputs["values"].fill_(3e38)
+    inputs["weights"].fill_(1.0)
+    with pytest.raises(ValueError, match="lrp_additive_attention: the inputs are finite but a forward value"):
+        lrp_additive_attention(**inputs)
+
+
+@pytest.mark.parametrize("mode", ["constant", "attnlrp"])
+def test_sdpa_scores_that_overflow_are_refused(mode, device):
+    inputs = make_sdpa_inputs(1, 1, 2, 3, 4, 4, None, torch.float32, device, seed=12)
+    inputs["q"].fill_(1e20)
+    inputs["k"].fill_(1e20)
+    with pytest.raises(ValueError, match="lrp_sdpa(_attnlrp)?: the inputs are finite but a forward value"):
+        lrp_sdpa(**inputs, mode=mode)

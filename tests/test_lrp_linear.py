@@ -192,3 +192,12 @@ def test_overflow_with_finite_inputs_is_reported(device):
     inputs["relevance"] = torch.full((4, 2), 1e37, device=device)  # R / stab(z) exceeds float32
     with pytest.raises(ValueError, match="inputs are finite but .* overflowed"):
         lrp_linear(**inputs, eps=1e-3)
+
+
+def test_a_forward_value_that_overflows_is_refused_not_divided_to_zero(device):
+    # z = x W^T overflows float32 while every input is finite: R / inf would be a silent 0 (issue 24).
+    inputs = make_inputs(4, 3, 2, None, torch.float32, device, seed=12)
+    inputs["x"].fill_(1e20)
+    inputs["weight"].fill_(1e20)
+    with pytest.raises(ValueError, match="lrp_linear: the inputs are finite but a forward value"):
+        lrp_linear(**inputs)

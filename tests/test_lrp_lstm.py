@@ -194,3 +194,23 @@ def test_cell_bad_input_names_the_argument():
         lrp_lstm_cell(*args[:1], inputs["h0"][:1], *args[2:])
     with pytest.raises(TypeError, match=r"lrp_lstm_cell .*c_prev must have the dtype of x"):
         lrp_lstm_cell(*args[:2], inputs["c0"].float(), *args[3:])
+
+
+# Issue 24: an Inf in a weight row the relevance rule never reads (the i, f and o gates' rows) still enters the
+# forward; the op refuses it, naming the argument, on every dtype.
+@pytest.mark.parametrize("argument,row", [("weight_ih", 0), ("weight_hh", 5), ("bias_ih", 3 * 5 + 1), ("c0", 0)])
+def test_a_non_finite_value_the_rule_never_reads_is_refused(argument, row, device, dtype):
+    inputs = make_lstm_inputs(3, 2, 4, 5, 2, dtype, device, seed=12)
+    changed = inputs[argument].clone()
+    changed.view(changed.shape[0], -1)[row, 0] = math.inf
+    with pytest.raises(ValueError, match=f"lrp_lstm: {argument} contains NaN or Inf"):
+        lrp_lstm(**{**inputs, argument: changed})
+
+
+def test_a_gate_input_that_overflows_the_forward_is_refused(device):
+    # Finite inputs whose input-gate pre-activation overflows float32: sigmoid(inf) = 1 would hide it.
+    inputs = make_lstm_inputs(2, 2, 4, 5, None, torch.float32, device, seed=13)
+    inputs["weight_ih"][0].fill_(3e38)
+    inputs["x"].abs_()
+    with pytest.raises(ValueError, match="lrp_lstm: the inputs are finite but a forward value"):
+        lrp_lstm(**inputs)

@@ -1,6 +1,7 @@
 """The demo's report in a real browser (headless Chromium from the distribution, driven by Selenium through the
 system chromedriver; no browser download): every image loads, clicking a word changes the shown heatmaps and the
-linguistic explanation, the console has no errors. Screenshots go to RUN_DIR/screenshots/ (look at them).
+linguistic explanation, the console has no errors; hostile text in the data (markup, script) is shown, never run.
+Screenshots go to RUN_DIR/screenshots/ (look at them).
 
 The report is the tiny demo's of the test session, or the one in ``$CAPXAI_REPORT_RUN`` (``.ci/run`` points it at
 the ``make demo QUICK=1`` run)."""
@@ -102,5 +103,56 @@ def test_report_in_a_real_browser(browser, run_dir):
                                ".scrollIntoView();", heading)
         browser.save_screenshot(str(shots / name))
 
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def hostile_run(run_dir, tmp_path_factory):
+    """The report of ``run_dir``'s inputs with hostile text in every string the page shows (test_report.HOSTILE)."""
+    from test_report import hostile_report
+
+    target = tmp_path_factory.mktemp("hostile") / "run"
+    hostile_report(run_dir, target)
+    return target
+
+
+ELEMENTS_WITH_HANDLERS = ("return Array.from(document.querySelectorAll('*')).filter("
+                          "e => Array.from(e.attributes).some(a => a.name.startsWith('on'))).map(e => e.outerHTML);")
+
+
+def test_hostile_data_is_shown_as_text_and_never_runs(browser, hostile_run):
+    """Words, image ids, category names, a captioner's name holding markup and script: shown literally, before and
+    after clicking the words; nothing of it runs, no element of it exists, every picture still loads."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from test_report import HOSTILE, SHOWN
+
+    browser.get_log("browser")  # what earlier pages logged
+    browser.get((hostile_run / "report.html").resolve().as_uri())
+    _wait_for_images(browser)
+    assert browser.execute_script("return window.__pwned;") is None  # no hostile handler or script ran on load
+    assert _broken_images(browser) == []  # the captioner's "#?%" is percent-encoded in the pictures' URLs
+    section = next(s for s in browser.find_elements(By.CSS_SELECTOR, "section.example")
+                   if s.find_elements(By.CSS_SELECTOR, ".word")[0].text == HOSTILE["word"])
+    browser.execute_script("arguments[0].scrollIntoView();", section)
+    words = section.find_elements(By.CSS_SELECTOR, ".word")
+    assert [w.text for w in words[:3]] == [HOSTILE["word"], HOSTILE["breakout"], HOSTILE["comment"]]
+    assert HOSTILE["word"] in section.find_element(By.CSS_SELECTOR, ".selected-word").text  # set by the script
+    words[1].click()
+    assert HOSTILE["breakout"] in section.find_element(By.CSS_SELECTOR, ".selected-word").text
+    assert HOSTILE["word"] in section.find_element(By.CSS_SELECTOR, ".linguistic").text
+    ActionChains(browser).move_to_element(section.find_element(By.CSS_SELECTOR, "h3 .note")).perform()
+    shots = hostile_run / "screenshots"
+    shots.mkdir(exist_ok=True)
+    section.screenshot(str(shots / "hostile-example.png"))
+
+    assert browser.execute_script("return window.__pwned;") is None  # nor on clicking and hovering
+    shown = browser.execute_script("return document.body.innerText;")
+    assert [name for name in SHOWN if HOSTILE[name] not in shown] == []
+    assert browser.execute_script("return document.querySelectorAll('script').length;") == 2  # the page's own
+    assert browser.execute_script("return Array.from(document.images).filter(i => i.src.endsWith('/x')).length;") == 0
+    assert browser.execute_script("return document.querySelectorAll('svg').length;") == 0
+    assert browser.execute_script(ELEMENTS_WITH_HANDLERS) == []
     errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert errors == []

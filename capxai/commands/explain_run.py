@@ -137,7 +137,7 @@ def _start_split_run(output: OutputFolder, method: str, identity: dict, overwrit
     run_id = "split-" + hashlib.sha256(fingerprint).hexdigest()[:16]
     run = {**identity, "run_id": run_id, "method": method}
     run_file = output.path / method / "run.json"
-    output.check_writable([run_file], overwrite=True)  # a run.json capxai did not write is refused
+    output.check_writable([run_file], overwrite=2)  # a run.json capxai did not write is refused
     if output.group_runs(method) - {run_id}:
         if not overwrite:
             previous = _read_json(run_file) if run_file.is_file() else {}

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from capxai._io import atomic_write_json, atomic_write_text, staging_folder, sync_folder
+from capxai._io import atomic_write_json, atomic_write_text, raise_if_no_space, staging_folder, sync_folder
 from capxai.outputs import MANIFEST, OutputFolder, write_manifest
 from capxai.interrupts import stoppable
 
@@ -327,7 +327,7 @@ def generate(out_dir, config: SceneConfig = SceneConfig(), overwrite: bool = Fal
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace the scenes "
                                   "capxai wrote there, or choose another --out")
-        output.check_replaceable()
+        output.check_replaceable(overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
     staging = staging_folder(out_dir.parent, f".{out_dir.name}.partial-{os.getpid()}-")
@@ -345,8 +345,9 @@ def generate(out_dir, config: SceneConfig = SceneConfig(), overwrite: bool = Fal
         else:
             staging.rename(out_dir)
         sync_folder(out_dir.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        raise_if_no_space(error, out_dir, out_dir.exists(), staging)
         raise
     return out_dir
 

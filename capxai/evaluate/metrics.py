@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Mapping, Sequence
 
-from capxai._io import atomic_write_json
+from capxai._io import atomic_write_json, raise_if_no_space
 
 
 def _spice_available() -> bool:
@@ -59,8 +59,13 @@ def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping
 
     image_ids = list(candidates)
     tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in image_ids})
-    res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in image_ids})
+    try:
+        gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in image_ids})
+        res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in image_ids})
+    except OSError as error:  # it writes the captions to a temporary file beside its jar: name where
+        raise_if_no_space(error, Path(sys.modules[PTBTokenizer.__module__].__file__).parent /
+                          "(the PTB tokenizer's temporary file)", existed=False)
+        raise
     wants_spice = spice and "SPICE" in metrics
     with_spice = wants_spice and _spice_available()
     if wants_spice and not with_spice:

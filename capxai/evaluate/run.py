@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from capxai._io import atomic_write_json, atomic_write_text
+from capxai._io import json_writer, text_writer, write_together
 from capxai.data.captions import CaptionDataset
 from capxai.evaluate.captioning import caption_dataset, references_of
 from capxai.evaluate.metrics import caption_metrics
@@ -87,25 +87,24 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     stamp = {"run_id": output.run_id, "split": split, "beam_size": beam_size, "images": len(captions),
              **(stamp or {})}
     paths = result_paths(output.path, split, beam_size)
+    writers = {paths["captions"]: json_writer([{"image_id": image_id, "caption": caption, "run_id": output.run_id}
+                                               for image_id, caption in captions.items()]),
+               paths["metrics"]: json_writer({**scores, "run": stamp})}
+    if "chair" in report:
+        writers[paths["hallucination"]] = json_writer({
+            **{key: report[key] for key in ("chair", "chair_probes", "frequent_words", "probes") if key in report},
+            "run": stamp})
+        writers[paths["chair"]] = json_writer({**report["chair"], "run": stamp})
+    if "explanations" in report:
+        writers[paths["explanations"]] = json_writer({**report["explanations"], "run": stamp})
+        writers[paths["explanations_tables"]] = text_writer(tables_markdown(
+            report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}"))
+    # All or none (a full disk leaves the earlier run whole); then the earlier run's files this one did not
+    # replace go, so that two runs' results are never left side by side.
+    written = write_together(writers)
     group = result_group(split, beam_size)
-    output.remove_group(group)
-    written = []
-    try:  # what was written is recorded even when a later file fails, so a rerun with --overwrite replaces it
-        written.append(atomic_write_json(paths["captions"], [{"image_id": image_id, "caption": caption,
-                                                              "run_id": output.run_id}
-                                                             for image_id, caption in captions.items()]))
-        written.append(atomic_write_json(paths["metrics"], {**scores, "run": stamp}))
-        if "chair" in report:
-            written.append(atomic_write_json(paths["hallucination"], {
-                **{key: report[key] for key in ("chair", "chair_probes", "frequent_words", "probes") if key in report},
-                "run": stamp}))
-            written.append(atomic_write_json(paths["chair"], {**report["chair"], "run": stamp}))
-        if "explanations" in report:
-            written.append(atomic_write_json(paths["explanations"], {**report["explanations"], "run": stamp}))
-            written.append(atomic_write_text(paths["explanations_tables"], tables_markdown(
-                report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}")))
-    finally:
-        output.record(written, group)
+    output.remove_group(group, keep=written)
+    output.record(written, group)
     return {**report, "paths": written}
 
 

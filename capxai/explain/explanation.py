@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from capxai._io import atomic_path, atomic_write_json
+from capxai._io import atomic_torch_save, atomic_write_json
 
 TENSOR_FIELDS = ("tokens", "lengths", "logits", "probabilities", "feature_relevance", "pixel_relevance", "pixel_map",
                  "word_relevance", "initial_state_relevance", "attention", "attention_heads", "beta", "captions")
@@ -99,8 +99,7 @@ class Explanation:
         path = Path(path)
         tensors = {name: getattr(self, name).detach().cpu() for name in TENSOR_FIELDS
                    if getattr(self, name) is not None}
-        with atomic_path(path) as temporary:
-            torch.save(tensors, temporary)
+        atomic_torch_save(path, tensors)
         atomic_write_json(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "method": self.method, "settings": self.settings, "grid_size": self.grid_size,
             "words": self.words, "run": self.run, "shapes": {name: list(t.shape) for name, t in tensors.items()}})

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from capxai._io import atomic_path
+from capxai._io import atomic_torch_save
 
 FORMAT, VERSION = "capxai-checkpoint", 1
 KINDS = ("model", "training")
@@ -31,14 +31,18 @@ def on_cpu(value):
 def save_checkpoint(path, payload: dict, kind: Optional[str] = None) -> Path:
     """Writes ``payload`` to ``path`` atomically, every tensor on the CPU (a checkpoint saved from a GPU opens on a
     machine without one); with ``kind`` it is stamped as a capxai checkpoint of that kind."""
+    return atomic_torch_save(path, checkpoint_payload(payload, kind))
+
+
+def checkpoint_payload(payload: dict, kind: Optional[str] = None) -> dict:
+    """What :func:`save_checkpoint` writes: ``payload`` on the CPU, stamped with ``kind`` when given (for writers
+    that put several files in place together, :func:`capxai._io.write_together`)."""
     payload = on_cpu(payload)
     if kind is not None:
         if kind not in KINDS:
             raise ValueError(f"save_checkpoint: kind must be one of {KINDS}, got {kind!r}")
         payload = {"format": FORMAT, "version": VERSION, "kind": kind, **payload}
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
-    return Path(path)
+    return payload
 
 
 def load_checkpoint(path, map_location="cpu", kind: Optional[str] = None) -> dict:

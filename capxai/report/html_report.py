@@ -15,12 +15,13 @@ import json
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from capxai._io import atomic_write_text, staging_folder, sync_folder
+from capxai._io import atomic_path, raise_if_no_space, staging_folder, sync_folder
 from capxai.explain import METHODS, Explanation
 from capxai.report.figures import overlay
 from capxai.report.page import document, escape, markdown_to_html, table
@@ -54,6 +55,12 @@ def captioners_of(run_dir: Path) -> List[str]:
     return found
 
 
+def _url(*parts) -> str:
+    """A relative URL of a picture under the report's folder, every part percent-encoded: a captioner is named by a
+    folder, which may hold "#", "?" or "%" (anything but "/"), and its pictures must still load."""
+    return "/".join(quote(str(part), safe="") for part in parts)
+
+
 def _load_explanations(folder: Path) -> Dict[str, Explanation]:
     return {method: Explanation.load(folder / method / "explanation.pt")
             for method in METHODS if (folder / method / "explanation.pt").is_file()}
@@ -76,7 +83,7 @@ def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, E
         for t in range(length):
             name = f"{method}_{t:02d}.png"
             Image.fromarray(overlay(image, maps[t])).save(folder / name)
-            heatmaps[method].append(f"{prefix}/{captioner}/{index}/{name}")
+            heatmaps[method].append(_url(prefix, captioner, index, name))
     lrp = explanations.get("lrp")
     relevance = None
     if lrp is not None and lrp.word_relevance is not None:
@@ -86,7 +93,7 @@ def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, E
     return {"words": words, "fed": ["<start>"] + words[:-1], "heatmaps": heatmaps, "word_relevance": relevance,
             "probabilities": [round(float(p), 4) for p in first.probabilities[index][:length]],
             "hallucinated": hallucinated, "initial": hallucinated[0] if hallucinated else 0,
-            "image": f"{prefix}/{captioner}/{index}/image.png"}
+            "image": _url(prefix, captioner, index, "image.png")}
 
 
 def _example_html(key: str, example: dict, chosen: dict, methods: List[str]) -> str:
@@ -165,14 +172,19 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     staging = staging_folder(run_dir, ".report-")  # the user's folder mode: others who open the page see the pictures
     try:
         body, examples = _body(run_dir, captioners, staging, progress)
-        if files.exists():
-            shutil.rmtree(files)
-        staging.rename(files)
-    except BaseException:
+        # The page is written (not yet renamed) before the pictures are swapped in: a disk that fills up on the
+        # page leaves the earlier page and its pictures as they were.
+        with atomic_path(target) as page:
+            with open(page, "w") as stream:
+                stream.write(document("capxai report", body, {"examples": examples}))
+            if files.exists():
+                shutil.rmtree(files)
+            staging.rename(files)
+            sync_folder(run_dir)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        raise_if_no_space(error, files, files.exists(), staging)
         raise
-    sync_folder(run_dir)
-    atomic_write_text(target, document("capxai report", body, {"examples": examples}))
     return target
 
 

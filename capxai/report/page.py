@@ -30,6 +30,7 @@ th { background: #f2f2f2; }
 
 SCRIPT = """
 (function () {
+  // the data (the dataset's words) goes in as textContent and properties, never parsed as HTML: shown, not run
   const data = JSON.parse(document.getElementById('report-data').textContent);
   function colour(value) {
     const alpha = Math.min(1, Math.abs(value)).toFixed(3);
@@ -75,7 +76,18 @@ SCRIPT = """
 
 
 def escape(text) -> str:
+    """``text`` as HTML text, quotes included: safe between tags and inside a quoted attribute value."""
     return html.escape(str(text), quote=True)
+
+
+# json.dumps keeps "<", ">" and "&": a caption holding "</script>" or "<!--" would end (or bend) the data's script
+# element and run what follows; as \u escapes they are the same json to JSON.parse and no markup to the HTML parser
+SCRIPT_JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
+def script_json(data) -> str:
+    """``data`` as json that can sit inside ``<script type="application/json">`` whatever its strings hold."""
+    return json.dumps(data, separators=(",", ":")).translate(SCRIPT_JSON_ESCAPES)
 
 
 def table(header: List[str], rows: List[List[str]]) -> str:
@@ -115,7 +127,7 @@ def markdown_to_html(markdown: str, heading_offset: int = 1) -> str:
 
 def document(title: str, body: str, data: dict) -> str:
     """The whole page: style, body, the examples' data as json and the script (all inline)."""
-    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" or "<!--" inside
+    payload = script_json(data)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{escape(title)}</title>\n"
             f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
             f"<script id=\"report-data\" type=\"application/json\">{payload}</script>\n"

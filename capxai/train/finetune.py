@@ -163,7 +163,7 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     targets = [out_dir / name for name in TRAIN_FILES]
     resume = last_path.exists() and not overwrite
     if resume:
-        output.check_writable(targets, overwrite=True)
+        output.check_writable(targets, overwrite=2)  # resuming continues the run's own files
         saved = load_checkpoint(last_path, kind="training")
         problem = _resume_problem(saved, config, start_sha256, split_sha256, stop_words)
         if problem:

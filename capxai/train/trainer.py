@@ -5,6 +5,7 @@ images decoded in DataLoader workers; several processes through torchrun + Distr
 gloo on the CPU). Checkpoints hold CPU tensors: they open on any device, and a run resumes on another device."""
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import time
@@ -16,14 +17,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from capxai._io import atomic_write_json, file_sha256
+from capxai._io import file_sha256, json_writer, torch_save, write_together
 from capxai.data.captions import CaptionDataset, EpochOrder, choose_captions, collate, load_karpathy, open_split
 from capxai.data.vocabulary import SPECIALS, Vocabulary
 from capxai.evaluate.captioning import score_dataset
 from capxai.models.factory import CaptionModel, TrainConfig, build_model, check_config
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
-from capxai.models.checkpoint import load_checkpoint, save_checkpoint
+from capxai.models.checkpoint import checkpoint_payload, load_checkpoint
 from capxai.interrupts import raise_pending
 
 
@@ -154,7 +155,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     targets = [out_dir / name for name in TRAIN_FILES]
     resume = last_path.exists() and not overwrite
     if resume:
-        output.check_writable(targets, overwrite=True)
+        output.check_writable(targets, overwrite=2)  # resuming continues the run's own files
         checkpoint = load_checkpoint(last_path, kind="training")
         problem = _resume_problem(checkpoint, config, split_sha256)
         if problem:
@@ -283,14 +284,18 @@ class EpochLoop:
         model_payload = {"model": self.model.state_dict(), **self.payload, "vocabulary": self.vocabulary.words,
                          "run_id": self.output.run_id, "epoch": epoch}
         written = [self.vocabulary.save(self.out_dir / "vocabulary.json")]
+        writers = {}
         if history["best_cider"] is None or cider > history["best_cider"]:
             history["best_cider"], history["best_epoch"] = cider, epoch
-            written.append(save_checkpoint(self.out_dir / "best.pt", {**model_payload, "val_cider": cider},
-                                           kind="model"))
-        written.append(save_checkpoint(self.out_dir / "last.pt", {
+            best = checkpoint_payload({**model_payload, "val_cider": cider}, kind="model")
+            writers[self.out_dir / "best.pt"] = functools.partial(torch_save, best)
+        last = checkpoint_payload({
             **model_payload, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": history, "torch_rng": torch.get_rng_state(), **self._device_state()}, kind="training"))
-        written.append(atomic_write_json(self.out_dir / "history.json", history))
+            "history": history, "torch_rng": torch.get_rng_state(), **self._device_state()}, kind="training")
+        writers[self.out_dir / "last.pt"] = functools.partial(torch_save, last)
+        writers[self.out_dir / "history.json"] = json_writer(history)
+        # all or nothing: a full disk on last.pt must not leave a new best.pt beside the old history
+        written += write_together(writers)
         self.output.record(written, "checkpoints")
 
     def _broadcast_buffers(self) -> None:

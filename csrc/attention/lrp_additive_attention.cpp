@@ -39,8 +39,10 @@ AdditiveAttentionArgs check_lrp_additive_attention_args(const at::Tensor& values
 }
 
 std::pair<at::Tensor, at::Tensor> additive_attention_ratio(const AdditiveAttentionArgs& args, double eps,
-                                                           double bias_factor) {
+                                                           double bias_factor, const at::Tensor& non_finite) {
   const at::Tensor context = at::bmm(args.weights.unsqueeze(1), args.values).squeeze(1);  // [B, D]
+  // An overflowed context would make R / context a silent 0; a device-side flag, read with the result's.
+  if (context.numel() > 0) non_finite.bitwise_or_(at::isfinite(context).logical_not().any());
   const at::Tensor sign = at::where(context >= 0, 1.0, -1.0).to(context.scalar_type());
   const at::Tensor ratio = args.relevance / (context + eps * sign);  // [K, B, D]
   at::Tensor share;

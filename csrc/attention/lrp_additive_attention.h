@@ -21,9 +21,10 @@ AdditiveAttentionArgs check_lrp_additive_attention_args(const at::Tensor& values
                                                         const at::Tensor& relevance, double eps, double bias_factor);
 
 // ratio[k, b, d] = R / stab(ctx) and share[k, b, d] = bias_factor * eps * sign(ctx) / N * ratio (the part of the
-// absorbed relevance each value gets back): small [K, B, D] tensors, computed with ATen ops on any device.
+// absorbed relevance each value gets back): small [K, B, D] tensors, computed with ATen ops on any device. Raises the
+// int flag `non_finite` (on the values' device) when the context is NaN/Inf.
 std::pair<at::Tensor, at::Tensor> additive_attention_ratio(const AdditiveAttentionArgs& args, double eps,
-                                                           double bias_factor);
+                                                           double bias_factor, const at::Tensor& non_finite);
 
 [[noreturn]] void raise_additive_attention_non_finite(const AdditiveAttentionArgs& args);
 

@@ -99,6 +99,8 @@ SdpaForward sdpa_forward(const SdpaArgs& args) {
     scores.masked_fill_(masked, 0.0);
   }
   fwd.output = at::matmul(weights, args.v);
+  // An overflowed output would make R / output a silent 0 (a score that overflowed is already a NaN weight).
+  if (fwd.output.numel() > 0) args.flags.narrow(0, 0, 1).bitwise_or_(at::isfinite(fwd.output).logical_not().any());
   fwd.scores = scores;
   fwd.weights = weights.contiguous();
   return fwd;

@@ -47,7 +47,8 @@ inline void check_finite(const at::Tensor& t, const char* op, const char* name) 
 }
 
 // Names the first argument holding NaN/Inf; when none does, the cause is the computation: with eps = 0 a zero
-// denominator z (e.g. all-zero inputs) gives 0/0, else a value overflowed the dtype. A slow path: the kernels detect
+// denominator z (e.g. all-zero inputs) gives 0/0, else a forward value or the relevance overflowed the dtype (the
+// kernels flag non-finite forward values too: an overflowed z would turn R / z into a silent 0). A slow path: the kernels detect
 // non-finite values on their way and only then call this.
 [[noreturn]] inline void raise_first_non_finite(
     const char* op, double eps, at::ScalarType result_dtype,
@@ -61,7 +62,8 @@ inline void check_finite(const at::Tensor& t, const char* op, const char* name) 
                                          "is exactly 0 (e.g. all-zero inputs) gives 0/0; use eps > 0 (the paper ",
                                          "uses 0.01)"));
   }
-  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but the relevance overflowed ", result_dtype,
+  C10_THROW_ERROR(ValueError, c10::str(op, ": the inputs are finite but a forward value (the layer's output, a gate's ",
+                                       "pre-activation, an attention score) or the relevance overflowed ", result_dtype,
                                        result_dtype == at::kHalf ? " (largest value 65504)" : "",
                                        "; rescale the inputs or use a wider dtype (float32, float64)"));
 }

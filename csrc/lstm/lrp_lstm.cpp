@@ -49,6 +49,7 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
     check_dim(b, 1, op, name, "[4H]");
     check_size(b, 0, 4 * hidden, op, name, "[4H]", "4H = weight_hh.shape[0]");
     args.bias.add_(b);
+    (bias == &bias_ih ? args.bias_ih : args.bias_hh) = b;
   }
 
   check_floating(relevance_h, op, "relevance_h");
@@ -80,7 +81,7 @@ LstmArgs check_lrp_lstm_args(const at::Tensor& x, const at::Tensor& h0, const at
 void raise_lstm_non_finite(const LstmArgs& args, const char* op) {
   raise_first_non_finite(op, args.eps, args.result_dtype, {{&args.relevance_h, "relevance_h"}, {&args.relevance_c, "relevance_c"}, {&args.x, "x"},
                               {&args.h0, "h0"}, {&args.c0, "c0"}, {&args.weight_ih, "weight_ih"},
-                              {&args.weight_hh, "weight_hh"}, {&args.bias, "bias_ih/bias_hh"}});
+                              {&args.weight_hh, "weight_hh"}, {&args.bias_ih, "bias_ih"}, {&args.bias_hh, "bias_hh"}});
 }
 
 namespace {

@@ -19,6 +19,7 @@ struct LstmArgs {
   at::Tensor weight_ih;    // [4H, D]
   at::Tensor weight_hh;    // [4H, H]
   at::Tensor bias;         // [4H] = bias_ih + bias_hh (zeros when both are None)
+  at::Tensor bias_ih, bias_hh;  // as given (undefined when None), only to name the one holding NaN/Inf
   at::Tensor relevance_h;  // [K, T, B, H]
   at::Tensor relevance_c;  // [K, T, B, H] or undefined
   bool had_target_dim;     // relevance came with a leading K

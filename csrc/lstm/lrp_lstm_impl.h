@@ -26,8 +26,10 @@ struct LstmForward {
   at::Tensor absorbed_weight; // [T, B, H]: b_g + eps sign(z_g) (only with bias_factor != 0)
 };
 
+// Raises the int flag `non_finite` when a gate's pre-activation or a cell state is NaN/Inf: an Inf in a row the rule
+// never reads (the i, f, o gates') still enters the forward, and sigmoid(inf) = 1 would hide it from the result.
 template <typename Passes>
-LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor) {
+LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor, const at::Tensor& non_finite) {
   const int64_t steps = a.x.size(0), batch = a.x.size(1), n_in = a.x.size(2), hidden = a.h0.size(1);
   const auto options = a.x.options();
   LstmForward fwd;
@@ -46,7 +48,7 @@ LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor) {
   for (int64_t t = 0; t < steps; ++t) {
     at::addmm_out(gates, input_gates[t], fwd.hidden[t], a.weight_hh.t());
     Passes::forward_step(gates, bias_g, cell, fwd.hidden[t + 1], fwd.keep_cell[t], fwd.to_gate_ratio[t],
-                         bias_factor != 0.0 ? fwd.absorbed_weight[t] : at::Tensor(), eps, bias_factor);
+                         bias_factor != 0.0 ? fwd.absorbed_weight[t] : at::Tensor(), eps, bias_factor, non_finite);
   }
   return fwd;
 }
@@ -81,7 +83,8 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   const std::vector<int64_t> last_step = Passes::last_active_steps(a.relevance_h, a.relevance_c, finite);
   if (!finite) raise_lstm_non_finite(a, op);
   const TargetSchedule schedule = schedule_targets(last_step, steps);
-  const LstmForward fwd = lstm_forward<Passes>(a, eps, bias_factor);
+  at::Tensor non_finite = at::zeros({1}, options.dtype(at::kInt));  // raised by the passes, read once at the end
+  const LstmForward fwd = lstm_forward<Passes>(a, eps, bias_factor, non_finite);
 
   const at::Tensor slot_target =
       at::tensor(schedule.slot_target, at::TensorOptions().dtype(at::kLong)).to(options.device());
@@ -97,7 +100,6 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   at::Tensor carry_cell = at::zeros({targets * batch, hidden}, options);
   const double share_scale = spread_bias ? bias_factor / double(n_in + hidden) : 0.0;
   at::Tensor relevance_x = at::empty({targets, steps, batch, n_in}, options);
-  at::Tensor non_finite = at::zeros({1}, options.dtype(at::kInt));  // raised by input_step, read once at the end
 
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t active = schedule.active[t];

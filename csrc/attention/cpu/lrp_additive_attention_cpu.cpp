@@ -22,7 +22,8 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
   const AdditiveAttentionArgs args = check_lrp_additive_attention_args(values, weights, relevance, eps, bias_factor);
   const int64_t targets = args.relevance.size(0), batch = args.values.size(0);
   const int64_t n_values = args.values.size(1), dim = args.values.size(2);
-  auto [ratio, share] = additive_attention_ratio(args, eps, bias_factor);
+  const at::Tensor context_non_finite = at::zeros({1}, args.values.options().dtype(at::kInt));
+  auto [ratio, share] = additive_attention_ratio(args, eps, bias_factor, context_non_finite);
   at::Tensor out = at::empty({targets, batch, n_values, dim}, args.values.options());
   std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(args.values.scalar_type(), "lrp_additive_attention_cpu", [&] {
@@ -58,7 +59,8 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
       if (non_finite) finite.store(false);
     });
   });
-  if (!finite.load() || !round_to_finite(out, args.result_dtype)) raise_additive_attention_non_finite(args);
+  if (!finite.load() || context_non_finite.item<int>() != 0 || !round_to_finite(out, args.result_dtype))
+    raise_additive_attention_non_finite(args);
   return args.had_target_dim ? out : out.squeeze(0);
 }
 

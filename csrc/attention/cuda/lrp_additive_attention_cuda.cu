@@ -47,13 +47,13 @@ at::Tensor lrp_additive_attention_cuda(const at::Tensor& values, const at::Tenso
   const c10::cuda::CUDAGuard device_guard(args.values.device());
   const int64_t targets = args.relevance.size(0), batch = args.values.size(0);
   const int64_t n_values = args.values.size(1), dim = args.values.size(2);
-  auto [ratio, share] = additive_attention_ratio(args, eps, bias_factor);
+  at::Tensor non_finite = at::zeros({1}, args.values.options().dtype(at::kInt));
+  auto [ratio, share] = additive_attention_ratio(args, eps, bias_factor, non_finite);
   at::Tensor out = at::empty({targets, batch, n_values, dim}, args.values.options());
   if (out.numel() == 0) {
     out = out.to(args.result_dtype);
     return args.had_target_dim ? out : out.squeeze(0);
   }
-  at::Tensor non_finite = at::zeros({1}, args.values.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(args.values.scalar_type(), "lrp_additive_attention_cuda", [&] {
     const int64_t rows = targets * batch * n_values;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((dim + kThreads - 1) / kThreads, 1024)),

@@ -26,7 +26,8 @@ int64_t grain_for(int64_t row_length) {
 }
 
 // ratio[r, j] = relevance[r, j] / stab(z[r % N, j]); absorbed[r] = bias_factor / In * sum_j (b_j + eps sign z) ratio.
-// Returns false if any ratio is NaN/Inf.
+// Returns false if any ratio or any z is NaN/Inf: an overflowed z would make the ratio a silent 0, and a NaN/Inf input
+// always reaches z.
 template <typename scalar_t>
 bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bias, scalar_t* ratio,
                 scalar_t* absorbed, int64_t rows, int64_t n_rows, int64_t n_out, int64_t n_in, scalar_t eps,
@@ -43,7 +44,7 @@ bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bi
         for (int64_t j = 0; j < n_out; ++j) {
           const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
           ratio_row[j] = s;
-          non_finite |= non_finite_flag(s);
+          non_finite |= non_finite_flag(s) | non_finite_flag(z_row[j]);
         }
         continue;
       }
@@ -51,7 +52,7 @@ bool ratio_pass(const scalar_t* relevance, const scalar_t* z, const scalar_t* bi
       for (int64_t j = 0; j < n_out; ++j) {
         const scalar_t s = rel_row[j] / stabilize(z_row[j], eps);
         ratio_row[j] = s;
-        non_finite |= non_finite_flag(s);
+        non_finite |= non_finite_flag(s) | non_finite_flag(z_row[j]);
         const scalar_t b = bias == nullptr ? scalar_t(0) : bias[j];
         absorbed_sum += acc_t(s) * acc_t(b + eps * sign_nonneg_as_plus(z_row[j]));
       }

@@ -27,9 +27,10 @@ __global__ void ratio_kernel(const scalar_t* __restrict__ relevance, const scala
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = e / n_out;
     const int64_t j = e - row * n_out;
-    const scalar_t s = relevance[e] / stabilize(z[(row % n_rows) * n_out + j], eps);
+    const scalar_t z_value = z[(row % n_rows) * n_out + j];
+    const scalar_t s = relevance[e] / stabilize(z_value, eps);
     ratio[e] = s;
-    if (!isfinite(s)) *non_finite = 1;
+    if (!isfinite(s) || !isfinite(z_value)) *non_finite = 1;  // an overflowed z makes s a silent 0
   }
 }
 
@@ -48,7 +49,7 @@ __global__ void ratio_absorbed_kernel(const scalar_t* __restrict__ relevance, co
     for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) {
       const scalar_t s = relevance[r * n_out + j] / stabilize(z_row[j], eps);
       ratio[r * n_out + j] = s;
-      if (!isfinite(s)) *non_finite = 1;
+      if (!isfinite(s) || !isfinite(z_row[j])) *non_finite = 1;
       const scalar_t b = bias == nullptr ? scalar_t(0) : bias[j];
       sum += acc_t(s) * acc_t(b + eps * sign_nonneg_as_plus(z_row[j]));
     }

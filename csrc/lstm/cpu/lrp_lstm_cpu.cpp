@@ -24,10 +24,10 @@ int64_t grain_for(int64_t row_length) {
 struct CpuPasses {
   // Gates -> c_t, h_t and the target-independent coefficients of the backward (see LstmForward). The sigmoid and
   // tanh go through ATen's vectorised kernels (scalar libm calls would cost more than the GEMMs); the rest is one
-  // fused pass.
+  // fused pass, which also flags NaN/Inf in the four pre-activations and the cell (see lstm_forward).
   static void forward_step(const at::Tensor& gates, const at::Tensor& bias_g, at::Tensor& cell, at::Tensor hidden_out,
                            at::Tensor keep_cell, at::Tensor to_gate_ratio, at::Tensor absorbed_weight, double eps,
-                           double bias_factor) {
+                           double bias_factor, const at::Tensor& non_finite) {
     const int64_t batch = cell.size(0), hidden = cell.size(1);
     at::Tensor activated = at::sigmoid(gates);
     at::Tensor activated_g = activated.narrow(1, 2 * hidden, hidden);
@@ -42,10 +42,13 @@ struct CpuPasses {
       scalar_t* absorb = absorbed_weight.defined() ? absorbed_weight.mutable_data_ptr<scalar_t>() : nullptr;
       const scalar_t e = static_cast<scalar_t>(eps);
       const scalar_t half_share = static_cast<scalar_t>(bias_factor * eps / 2.0);
+      std::atomic<bool> finite{true};
       at::parallel_for(0, batch, grain_for(4 * hidden), [&](int64_t begin, int64_t end) {
+        int bad = 0;
         for (int64_t b = begin; b < end; ++b) {
           const scalar_t* act_row = act + b * 4 * hidden;
-          const scalar_t* z_g = z + b * 4 * hidden + 2 * hidden;
+          const scalar_t* z_row = z + b * 4 * hidden;
+          const scalar_t* z_g = z_row + 2 * hidden;
           for (int64_t j = 0; j < hidden; ++j) {
             const int64_t at = b * hidden + j;
             const scalar_t kept = act_row[hidden + j] * c[at];  // f * c_{t-1}
@@ -57,9 +60,13 @@ struct CpuPasses {
             to_gate[at] = (written + share) / stab_c / stabilize(z_g[j], e);
             if (absorb != nullptr) absorb[at] = b_g[j] + e * sign_nonneg_as_plus(z_g[j]);
             c[at] = c_new;
+            bad |= non_finite_flag(z_row[j]) | non_finite_flag(z_row[hidden + j]) | non_finite_flag(z_g[j]) |
+                   non_finite_flag(z_row[3 * hidden + j]) | non_finite_flag(c_new);
           }
         }
+        if (bad) finite.store(false, std::memory_order_relaxed);
       });
+      if (!finite.load()) non_finite.fill_(1);
     });
     at::tanh_out(hidden_out, cell);
     hidden_out.mul_(activated.narrow(1, 3 * hidden, hidden));  // h_t = o * tanh(c_t)

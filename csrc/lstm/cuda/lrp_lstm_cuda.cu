@@ -25,7 +25,7 @@ template <typename scalar_t>
 __global__ void forward_step_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ b_g,
                                     scalar_t* __restrict__ c, scalar_t* __restrict__ h, scalar_t* __restrict__ keep,
                                     scalar_t* __restrict__ to_gate, scalar_t* __restrict__ absorb, int64_t batch,
-                                    int64_t hidden, scalar_t eps, scalar_t half_share) {
+                                    int64_t hidden, scalar_t eps, scalar_t half_share, int* __restrict__ non_finite) {
   const int64_t total = batch * hidden;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = e / hidden, j = e - b * hidden;
@@ -45,6 +45,10 @@ __global__ void forward_step_kernel(const scalar_t* __restrict__ z, const scalar
     if (absorb != nullptr) absorb[e] = b_g[j] + eps * sign_nonneg_as_plus(z_g);
     c[e] = c_new;
     h[e] = o * ::tanh(c_new);
+    // A NaN/Inf pre-activation of any gate, or cell, is refused (sigmoid(inf) = 1 would hide it; lstm_forward).
+    if (!isfinite(z_row[j]) || !isfinite(z_row[hidden + j]) || !isfinite(z_g) || !isfinite(z_row[3 * hidden + j]) ||
+        !isfinite(c_new))
+      *non_finite = 1;
   }
 }
 
@@ -129,7 +133,7 @@ __global__ void input_step_kernel(const scalar_t* __restrict__ x, const scalar_t
 struct CudaPasses {
   static void forward_step(const at::Tensor& gates, const at::Tensor& bias_g, at::Tensor& cell, at::Tensor hidden_out,
                            at::Tensor keep_cell, at::Tensor to_gate_ratio, at::Tensor absorbed_weight, double eps,
-                           double bias_factor) {
+                           double bias_factor, const at::Tensor& non_finite) {
     const int64_t batch = cell.size(0), hidden = cell.size(1);
     AT_DISPATCH_FLOATING_TYPES(cell.scalar_type(), "lrp_lstm_forward_cuda", [&] {
       forward_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -137,7 +141,8 @@ struct CudaPasses {
           hidden_out.mutable_data_ptr<scalar_t>(), keep_cell.mutable_data_ptr<scalar_t>(),
           to_gate_ratio.mutable_data_ptr<scalar_t>(),
           absorbed_weight.defined() ? absorbed_weight.mutable_data_ptr<scalar_t>() : nullptr, batch, hidden,
-          static_cast<scalar_t>(eps), static_cast<scalar_t>(bias_factor * eps / 2.0));
+          static_cast<scalar_t>(eps), static_cast<scalar_t>(bias_factor * eps / 2.0),
+          non_finite.mutable_data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
