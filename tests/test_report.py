@@ -281,3 +281,28 @@ def test_hostile_data_is_escaped_in_the_page(tiny_demo, tmp_path):
     for key in page.sections:
         for path in [page.data["examples"][key]["image"], *page.data["examples"][key]["heatmaps"]["lrp"]]:
             assert (tmp_path / "run" / unquote(path)).is_file() and not set("#?") & set(path), path  # encoded
+
+
+def test_a_captioner_name_with_dollar_signs_is_drawn_as_text():
+    """A captioner is named by its folder; "$" there would start matplotlib's mathtext (and "$\\foo$" raise)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from capxai.report.plots import plain
+
+    name = r"eval-$\foo$"
+    for title, fails in ((name, True), (plain(name), False)):
+        figure, axis = plt.subplots()
+        axis.set_title(title)
+        try:
+            if fails:
+                with pytest.raises(ValueError):
+                    figure.savefig(io.BytesIO(), format="png")
+            else:
+                figure.savefig(io.BytesIO(), format="png")
+                assert axis.get_title() == plain(name)
+        finally:
+            plt.close(figure)

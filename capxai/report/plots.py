@@ -12,6 +12,12 @@ def _panels(count: int, title: str):
     return figure, axes[0]
 
 
+def plain(text: str) -> str:
+    """``text`` shown as it is by matplotlib: a captioner's folder name may hold "$", which starts mathtext (and an
+    unbalanced one raises)."""
+    return text.replace("$", r"\$")
+
+
 def _legend(axis, columns: int) -> None:
     """Below the panel; none when nothing was drawn (a method without any measured word)."""
     if axis.get_legend_handles_labels()[0]:
@@ -36,7 +42,7 @@ def grounding_plot(evaluations: Dict[str, dict], path: Path) -> Path:
             highs = [entry["thresholds"][t]["ci"][1] for t in thresholds]
             if None not in lows and None not in highs:
                 axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
-        axis.set_title(f"{captioner} ({results['images']} images)", fontsize=10)
+        axis.set_title(f"{plain(captioner)} ({results['images']} images)", fontsize=10)
         axis.set_xlabel("threshold (fraction of the word's largest value)")
         axis.set_ylabel("share inside the box")
         axis.set_ylim(0, 1)
@@ -57,7 +63,7 @@ def roc_plot(evaluations: Dict[str, dict], path: Path) -> Path:
             axis.plot(best["roc"]["fpr"], best["roc"]["tpr"],
                       label=f"{method}: {best['statistic']} (AUC {best['detection_auc']:.2f})")
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        axis.set_title(f"{captioner} ({detection.get('hallucinated', 0)} hallucinated of "
+        axis.set_title(f"{plain(captioner)} ({detection.get('hallucinated', 0)} hallucinated of "
                        f"{detection.get('words', 0)} object words)", fontsize=10)
         axis.set_xlabel("false positive rate")
         axis.set_ylabel("true positive rate")
