@@ -158,3 +158,55 @@ def test_a_killed_writes_temporary_files_are_removed_by_the_next_run_and_nothing
     os.utime(stale[0], (time.time() - 60, time.time() - 60))
     assert cli.main(arguments) == 0  # a finished run: resuming it does nothing but take the lock and tidy up
     assert not stale[0].exists()
+
+
+def _explain_overwrite_worker(rank, port, checkpoint, data, out):
+    """One torchrun process of ``explain --split --overwrite``; process 0 is slow to remove the earlier run, so a
+    process that did not wait for it would write its new shard before the removal deletes it."""
+    import torch
+
+    from capxai.commands.explain_run import explain_split
+    from capxai.models import load_trained
+    from capxai.outputs import OutputFolder
+    from capxai.runtime import run_settings
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    original = OutputFolder.remove_group
+
+    def slow_remove(self, *args, **kwargs):
+        time.sleep(3)
+        return original(self, *args, **kwargs)
+
+    OutputFolder.remove_group = slow_remove
+    run = run_settings("cpu")
+    model, vocabulary, config = load_trained(checkpoint)
+    explain_split(model, vocabulary, split_file=data / "dataset_scenes.json", image_root=data, split="test",
+                  out_dir=out, methods=["attention"], image_size=config.image_size, shard_size=1, beam_size=2,
+                  progress=False, overwrite=True, checkpoint=checkpoint, run=run)
+    torch.distributed.destroy_process_group()
+
+
+def test_overwrite_under_two_gloo_processes_waits_for_the_removal(small_scenes, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from capxai.commands.explain_run import explain_split
+    from capxai.models import load_trained
+
+    assert cli.main(_commands(small_scenes, None, tmp_path / "trained")["train"]) == 0
+    checkpoint = tmp_path / "trained" / "best.pt"
+    model, vocabulary, config = load_trained(checkpoint)
+    out = tmp_path / "explained"
+    explain_split(model, vocabulary, split_file=small_scenes / "dataset_scenes.json", image_root=small_scenes,
+                  split="test", out_dir=out, methods=["attention"], image_size=config.image_size, shard_size=1,
+                  beam_size=1, progress=False, checkpoint=checkpoint)  # the earlier run: beam 1
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_explain_overwrite_worker, args=(port, checkpoint, small_scenes, out), nprocs=2, join=True)
+    shards = sorted(path.name for path in (out / "attention").glob("shard-*.pt"))
+    assert shards == [f"shard-{i:05d}.pt" for i in range(3)]  # 3 test images, one a shard, both processes' shards
+    assert json.loads((out / "attention" / "run.json").read_text())["beam_size"] == 2
