@@ -50,6 +50,10 @@ def _bad_split_files(bad: Path, good: dict) -> dict:
         "cocoid-string": {"images": [{**entry, "cocoid": "7"}]},
         "probe-string": {"images": [{**entry, "probe": "ball"}]},
         "raw-number": {"images": [{**entry, "sentences": [{**sentence, "raw": 3}]}]},
+        # crafted entries that would make capxai read (and a report copy) a file outside --image-root (issue 24)
+        "escapes-root": {"images": [{**entry, "filepath": "../../..", "filename": "etc/passwd"}]},
+        "absolute-filename": {"images": [{**entry, "filepath": "", "filename": "/etc/passwd"}]},
+        "nul-in-filename": {"images": [{**entry, "filename": "a\u0000b.png"}]},
     }
     return {name: _write(bad / f"split-{name}.json", content) for name, content in variants.items()}
 
@@ -138,6 +142,10 @@ def sandbox(tmp_path_factory):
     earlier_eval = root / "earlier-eval"
     assert cli.main(["evaluate", "--checkpoint", str(best), "--split-file", str(data / "dataset_scenes.json"),
                      "--image-root", str(data), "--beam-size", "1", "--out", str(earlier_eval)]) == 0
+    edited_eval = root / "edited-eval"  # an earlier run whose metrics the user annotated (issue 24)
+    shutil.copytree(earlier_eval, edited_eval)
+    metrics = edited_eval / "metrics_test_beam1.json"
+    metrics.write_text(metrics.read_text().rstrip() + " \n")
     earlier_split = root / "earlier-split"
     assert cli.main(["explain", "--checkpoint", str(best), "--split-file", str(data / "dataset_scenes.json"),
                      "--shard-size", "2", "--limit", "2", "--out", str(earlier_split)]) == 0
@@ -145,7 +153,8 @@ def sandbox(tmp_path_factory):
     assert cli.main(["data", "coco", "--split", "test", str(data / "annotations" / "captions_test.json"),
                      "images/test", "--out", str(earlier_coco)]) == 0
     files.update(root=root, data=data, best=best, last=root / "model" / "last.pt", foreign=foreign,
-                 earlier_eval=earlier_eval, earlier_split=earlier_split, earlier_coco=earlier_coco,
+                 earlier_eval=earlier_eval, edited_eval=edited_eval, earlier_split=earlier_split,
+                 earlier_coco=earlier_coco,
                  image=sorted((data / "images" / "test").glob("*.png"))[0])
     return files
 
@@ -314,6 +323,8 @@ def _cases():
             _set(_base("train", s, out), "--out", s["foreign"] / "train-out") + f, "best.pt"))
     add("evaluate-earlier-run", lambda s, out: (_set(_base("evaluate", s, out), "--out", s["earlier_eval"]),
                                                 "--overwrite"))
+    add("evaluate-overwrite-edited-result", lambda s, out: (
+        _set(_base("evaluate", s, out), "--out", s["edited_eval"]) + ["--overwrite"], "metrics_test_beam1.json"))
     add("explain-split-other-run", lambda s, out: (
         _set(_set(_base("explain-split", s, out), "--out", s["earlier_split"]), "--limit", "3"), "--overwrite"))
     add("explain-split-other-composite", lambda s, out: (
@@ -374,7 +385,8 @@ def _cases():
 
 def _bad_split_names():
     return ["empty", "garbage", "not-utf8", "list", "images-not-list", "entry-not-object", "missing-keys",
-            "tokens-string", "filename-int", "sentences-not-list", "cocoid-string", "probe-string", "raw-number"]
+            "tokens-string", "filename-int", "sentences-not-list", "cocoid-string", "probe-string", "raw-number",
+            "escapes-root", "absolute-filename", "nul-in-filename"]
 
 
 CHECKPOINT_NAMES = ["empty", "garbage", "truncated", "json", "runs-code", "tensors", "unstamped", "version99",
