@@ -50,13 +50,17 @@ def _edit(path):
     path.write_text(path.read_text().rstrip() + " \n")  # the smallest edit: one more space
 
 
-@pytest.mark.parametrize("force", [["--overwrite", "--overwrite"], ["--overwrite", "--force"]], ids=["twice", "force"])
-def test_evaluate_overwrite_refuses_an_edited_result(small_scenes, tmp_path, capsys, force):
-    train(TINY, small_scenes / "dataset_scenes.json", small_scenes, tmp_path / "run", progress=False)
+@pytest.fixture(scope="module")
+def trained(small_scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("changed-model")
+    train(TINY, small_scenes / "dataset_scenes.json", small_scenes, out, progress=False)
+    return out / "best.pt"
+
+
+def test_evaluate_overwrite_refuses_an_edited_result(small_scenes, trained, tmp_path, capsys):
     evaluation = tmp_path / "evaluation"
-    arguments = ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split-file",
-                 str(small_scenes / "dataset_scenes.json"), "--image-root", str(small_scenes), "--beam-size", "1",
-                 "--out", str(evaluation), "--workers", "0"]
+    arguments = ["evaluate", "--checkpoint", str(trained), "--split-file", str(small_scenes / "dataset_scenes.json"),
+                 "--image-root", str(small_scenes), "--beam-size", "1", "--out", str(evaluation), "--workers", "0"]
     assert cli.main(arguments) == 0
     edited = evaluation / "metrics_test_beam1.json"
     _edit(edited)
@@ -65,12 +69,12 @@ def test_evaluate_overwrite_refuses_an_edited_result(small_scenes, tmp_path, cap
     assert cli.main(arguments + ["--overwrite"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (f"capxai evaluate: {edited} was changed after capxai evaluate wrote it; capxai does not "
-                     "replace a file you edited: move it away, or pass --overwrite twice (or --force) to replace it "
-                     "anyway")
+                     "replace a file you edited: move it away, or pass --overwrite twice (or --force) to replace "
+                     "it anyway")
     assert edited.read_text() == mine
-    assert cli.main(arguments + force) == 0
+    assert cli.main(arguments + ["--overwrite", "--overwrite"]) == 0  # (--force: the train and scenes test below)
     assert edited.read_text() != mine
-    assert cli.main(arguments + ["--overwrite"]) == 0  # what it wrote now is recorded: a plain --overwrite again
+    assert OutputFolder(evaluation, "evaluate").changed_files(evaluation.glob("*.json")) == []  # recorded anew
 
 
 def test_train_overwrite_refuses_an_edited_history_and_scenes_an_edited_split(small_scenes, tmp_path, capsys):
