@@ -16,9 +16,7 @@ from capxai import cli
 from capxai.data import scenes
 from capxai.data.vocabulary import Vocabulary
 from capxai.train import TrainConfig, train
-
-TINY = TrainConfig(hidden=8, attention_dim=8, heads=2, dropout=0.0, epochs=1, batch_size=4, min_count=1,
-                   max_length=8, image_size=32)
+from _tiny import TINY
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,8 @@ import torch
 from capxai import _io, cli
 from capxai.data import scenes
 from capxai.models.checkpoint import save_checkpoint
-from capxai.train import TrainConfig, train
-
-TINY = TrainConfig(hidden=8, attention_dim=8, heads=2, dropout=0.0, epochs=1, batch_size=4, min_count=1,
-                   max_length=8, image_size=32)
+from capxai.train import train
+from _tiny import TINY
 
 
 @contextlib.contextmanager
