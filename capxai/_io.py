@@ -135,7 +135,11 @@ def write_together(writers: Dict[Path, Callable[[str], None]]) -> List[Path]:
     with contextlib.ExitStack() as stack:  # exits run last-in first-out: enter in reverse to rename in order
         temporaries = {path: stack.enter_context(atomic_path(path)) for path in reversed(paths)}
         for path, write in zip(paths, writers.values()):
-            write(temporaries[path])
+            try:
+                write(temporaries[path])
+            except BaseException as error:  # named here: the exits below would name the first file instead
+                raise_if_no_space(error, path, path.exists())
+                raise
     return paths
 
 

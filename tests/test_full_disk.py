@@ -70,6 +70,16 @@ def test_a_write_past_the_limit_keeps_the_earlier_file_and_names_the_target(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["result.bin"]
 
 
+def test_files_written_together_name_the_one_that_did_not_fit_and_replace_none(tmp_path):
+    small, large, last = tmp_path / "best.pt", tmp_path / "last.pt", tmp_path / "history.json"
+    writers = {small: lambda t: _io.torch_save({"w": torch.zeros(10)}, t),
+               large: lambda t: _io.torch_save({"w": torch.zeros(100_000)}, t), last: _io.json_writer({"a": 1})}
+    with file_size_limit(20_000), pytest.raises(_io.WriteFailed) as failed:
+        _io.write_together(writers)
+    assert failed.value.filename == str(large) and not list(tmp_path.iterdir())
+    assert _io.write_together(writers) == [small, large, last] and sorted(tmp_path.iterdir()) == sorted(writers)
+
+
 def test_other_failures_are_not_called_a_full_disk(tmp_path):
     with pytest.raises(ZeroDivisionError), _io.atomic_path(tmp_path / "x") as temporary:
         Path(temporary).write_text("half")
@@ -100,7 +110,7 @@ def test_training_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(small_sce
         status = cli.main(_train_arguments(small_scenes, out, 2))
     error = _one_line(capsys)
     assert status == 2, error
-    assert error.startswith("capxai train: ") and ".pt: could not be written: File too large" in error, error
+    assert error.startswith(f"capxai train: {out / 'last.pt'}: could not be written: File too large"), error
     assert "the earlier one is kept" in error
     assert fingerprints(out) == before and not leftovers(out)
     assert cli.main(_train_arguments(small_scenes, out, 2)) == 0  # the same command resumes once there is space
