@@ -178,3 +178,17 @@ def test_explain_knows_no_captioner_but_through_the_contract():
     assert set(named) <= {"AdaptiveAttentionCaptioner", "MultiHeadCaptioner"}, named
     assert not re.search(r"transformer", " ".join(p.read_text() for p in (ROOT / "capxai" / "explain").glob("*.py")),
                          re.I)
+
+
+def test_a_captioner_that_decodes_only_empty_captions_gets_a_clear_error():
+    """An untrained captioner whose first word is <pad> for every image used to crash in torch.stack (the README's
+    example did once in a clean-clone run: its random weights are now seeded)."""
+    captioner, encoder = tiny_model()
+    with torch.no_grad():
+        captioner.output.bias.fill_(-1e3)
+        captioner.output.bias[0] = 1e3  # <pad>
+    with pytest.raises(ValueError, match="decoded an empty caption for every image"):
+        explain.METHODS["lrp"](captioner, encoder).explain(torch.rand(2, 3, 96, 96, dtype=torch.float64))
+    given = explain.METHODS["lrp"](captioner, encoder).explain(torch.rand(2, 3, 96, 96, dtype=torch.float64),
+                                                               captions=CAPTIONS)
+    assert given.heatmaps().shape[:2] == (2, 4)

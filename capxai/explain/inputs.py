@@ -169,6 +169,10 @@ def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features
         raise TypeError(f"capxai.explain: captions must be None, a [B, L] tensor of ids or a list of strings, got "
                         f"{type(captions).__name__}")
     lengths = explained_lengths(captions)
+    if batch > 0 and int(lengths.max()) == 0:  # only decoding gets here: given captions are checked above
+        raise ValueError("capxai.explain: the captioner decoded an empty caption for every image (its first word is "
+                         "<pad>, id 0), so there is no word to explain; train it further or pass captions= to "
+                         "explain given words")
     captions = captions[:, :int(lengths.max()) + 1]
     words = None
     if vocabulary is not None:

@@ -97,7 +97,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     assert run(["data", "scenes", "--out", str(work / "scenes"), "--train", "16", "--val", "3", "--test", "6",
-                "--image-size", "32"]).returncode == 0
+                "--size", "32"]).returncode == 0
     assert run(commands(work, work / "trained")["train"][:-4] + ["--epochs", "1"]).returncode == 0
     draw = random.Random(args.seed)
     results = {}
