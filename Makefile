@@ -13,12 +13,13 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo demo-check test test-all bench build browser cuda-check gpu-check gpu-wheels cpp-test clean help
+.PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-wheels cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
 	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
 	@echo "make test-all    the test suite including slow tests"
+	@echo "make durability-check  the slow tests of full disks, concurrent runs and edited files (CI runs it)"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
 	@echo "make demo-check  the quick demo from scratch and its report in headless Chromium (what CI runs)"
 	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
@@ -66,6 +67,9 @@ test: build browser
 
 test-all: build browser
 	$(PY) -m pytest -q tests
+
+durability-check: build browser
+	$(PY) -m pytest -q -m slow tests/test_full_disk.py tests/test_run_lock.py tests/test_changed_files.py
 
 bench: build
 	@mkdir -p runs/bench

@@ -55,6 +55,7 @@ def trained(small_scenes, tmp_path_factory):
     return out / "best.pt"
 
 
+@pytest.mark.slow  # make durability-check (CI)
 def test_evaluate_overwrite_refuses_an_edited_result(small_scenes, trained, tmp_path, capsys):
     evaluation = tmp_path / "evaluation"
     arguments = ["evaluate", "--checkpoint", str(trained), "--split-file", str(small_scenes / "dataset_scenes.json"),

@@ -117,6 +117,7 @@ def test_training_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(small_sce
     assert [epoch["epoch"] for epoch in json.loads((out / "history.json").read_text())["epochs"]] == [0, 1]
 
 
+@pytest.mark.slow  # make durability-check (CI)
 def test_an_evaluation_on_a_full_disk_keeps_the_earlier_results(small_scenes, tmp_path, capsys):
     train(TINY, small_scenes / "dataset_scenes.json", small_scenes, tmp_path / "run", progress=False)
     evaluation = tmp_path / "evaluation"
@@ -130,19 +131,16 @@ def test_an_evaluation_on_a_full_disk_keeps_the_earlier_results(small_scenes, tm
     sizes = sorted(path.stat().st_size for path in evaluation.iterdir())
     # a limit the tokenizer's temporary file and the first results pass but a later result does not (the results
     # are written all or none); then one that stops the tokenizer (pycocoevalcap's) before anything is written
-    for limit, where in ((sizes[-2] + 1, str(evaluation)), (256, "the PTB tokenizer's temporary file")):
-        for run in (["--beam-size", "2"], ["--beam-size", "1", "--overwrite"]):
-            with file_size_limit(limit):
-                status = cli.main(arguments + run)
-            error = _one_line(capsys)
-            assert status == 2 and "File too large" in error and where in error, error
-            assert fingerprints(evaluation) == before and not leftovers(evaluation), (limit, run)
-    assert cli.main(arguments + ["--beam-size", "2"]) == 0
-    after = fingerprints(evaluation)
-    assert (evaluation / "metrics_test_beam2.json").is_file()
-    assert all(after[name] == digest for name, digest in before.items() if "beam1" in name)
+    for limit, where, run in ((sizes[-2] + 1, str(evaluation), ["--beam-size", "1", "--overwrite"]),
+                              (256, "the PTB tokenizer's temporary file", ["--beam-size", "2"])):
+        with file_size_limit(limit):
+            status = cli.main(arguments + run)
+        error = _one_line(capsys)
+        assert status == 2 and "File too large" in error and where in error, error
+        assert fingerprints(evaluation) == before and not leftovers(evaluation), (limit, run)
 
 
+@pytest.mark.slow  # make durability-check (CI)
 def test_a_report_on_a_full_disk_keeps_the_earlier_page_and_pictures(tiny_demo, tmp_path, capsys, monkeypatch):
     from capxai.report import html_report
 

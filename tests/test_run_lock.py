@@ -115,6 +115,7 @@ def test_every_writing_command_is_refused_while_another_run_holds_its_folder(sma
     assert cli.main(commands["evaluate"]) == 0  # free again
 
 
+@pytest.mark.slow  # make durability-check (CI)
 def test_two_real_runs_into_one_folder(tmp_path):
     """Two ``capxai data scenes`` started together: exactly one writes the folder, the other is refused."""
     out = tmp_path / "scenes"
@@ -188,6 +189,7 @@ def _explain_overwrite_worker(rank, port, checkpoint, data, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # make durability-check (CI)
 def test_overwrite_under_two_gloo_processes_waits_for_the_removal(small_scenes, tmp_path):
     import socket
 
