@@ -120,9 +120,10 @@ def main() -> int:
             rows.append({"kill_at_s": round(at, 2), "how": how, "problems_after_kill": after_kill,
                          "rerun_status": rerun.returncode, "problems_after_rerun": problems_in(out),
                          "rerun_error": rerun.stderr[-300:] if rerun.returncode else ""})
-        results[name] = {"uninterrupted_s": round(duration, 1), "points": rows}
-        print(f"{name}: {sum(r['how'] == 'killed' for r in rows)} kills over {duration:.0f} s", flush=True)
-    (work / "crash_points.json").write_text(json.dumps(results, indent=2))
+            results[name] = {"uninterrupted_s": round(duration, 1), "points": rows}
+            (work / "crash_points.json").write_text(json.dumps(results, indent=2))  # as it goes: a long campaign
+            print(f"{name} point {point}: {how} at {at:.1f} s, rerun exit {rerun.returncode}, "
+                  f"not whole after the rerun: {len(rows[-1]['problems_after_rerun'])}", flush=True)
     print("| command | uninterrupted | kills | reruns that finished | files not whole after the kill | "
           "after the rerun |\n|---|---|---|---|---|---|")
     for name, result in results.items():
