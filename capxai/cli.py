@@ -558,7 +558,7 @@ def _in_process_group(args, name: str) -> int:
     from capxai.run_lock import folder_lock
 
     started = time.time()
-    folder = getattr(args, LOCKED_FOLDERS.get(name, ""), None)
+    folder = getattr(args, LOCKED_FOLDERS[name]) if name in LOCKED_FOLDERS else None
     try:
         with folder_lock(folder, name) as locked:
             if locked is not None and Path(folder).is_dir():  # the half-written files of a killed run

@@ -13,6 +13,7 @@ table and writes ``crash_points.json`` in the work folder.
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -80,8 +81,6 @@ def killed_at(arguments, seconds: float) -> str:
         process.wait(timeout=seconds)
         return "finished before the kill"
     except subprocess.TimeoutExpired:
-        import os
-
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         return "killed"
