@@ -82,12 +82,26 @@ def test_half_precision_matches_float64_reference(case, half, bias_factor, devic
         assert_matches(got.double(), want, rtol=TOLERANCE[half])
 
 
+ROUNDED_ONCE = {
+    "lrp_sdpa_attnlrp": (lambda: make_sdpa_inputs(2, 2, 70, 30, 8, 8, 3, torch.float32, "cpu"),
+                         lambda **inputs: ops.lrp_sdpa(**inputs, mode="attnlrp")),
+    # the CPU kernel stores each element rounded in its own pass (csrc/common/cpu_round.h), not through a float32 copy
+    "lrp_additive_attention": (lambda: make_additive_inputs(3, 19, 37, 4, torch.float32, "cpu"),
+                               lambda **inputs: ops.lrp_additive_attention(**inputs, bias_factor=1.0)),
+    "lrp_linear": (lambda: make_linear_inputs(9, 33, 17, 3, torch.float32, "cpu"), ops.lrp_linear),
+}
+
+
+@pytest.mark.parametrize("case", ROUNDED_ONCE)
 @pytest.mark.parametrize("half", HALF)
-def test_half_precision_is_float32_rounded_once(half, device):
-    """The half-precision result is the float32 computation on the same inputs, rounded once (nothing else)."""
-    inputs = _as(half, make_sdpa_inputs(2, 2, 70, 30, 8, 8, 3, torch.float32, device))
-    for got, want in zip(ops.lrp_sdpa(**inputs, mode="attnlrp"), ops.lrp_sdpa(**_as(torch.float32, inputs),
-                                                                                mode="attnlrp")):
+def test_half_precision_is_float32_rounded_once(case, half, device):
+    """The half-precision result is the float32 computation on the same inputs, rounded once (nothing else): bitwise
+    torch's own round-to-nearest-even of the float32 result."""
+    make, call = ROUNDED_ONCE[case]
+    inputs = _as(half, {name: value.to(device) if isinstance(value, torch.Tensor) else value
+                        for name, value in make().items()})
+    result, full = call(**inputs), call(**_as(torch.float32, inputs))
+    for got, want in _pairs(result, full):
         assert torch.equal(got, want.to(half))
 
 

@@ -3,6 +3,8 @@ op). The capxai.nn modules use them inside ``capxai.lrp()``; each backward recei
 the gradient slot and returns the relevance of the inputs there. Inputs that receive no relevance by the rule (attention
 weights, q and k in "constant" mode) get zeros rather than None, so that rules hooked on the layers producing them
 (e.g. Zennit's) see a tensor."""
+import contextlib
+
 import torch
 
 from capxai import ops
@@ -32,6 +34,21 @@ class LSTMCellRelevance(torch.autograd.Function):
         return relevance_x, relevance_h_prev, relevance_c_prev, None, None, None, None, None
 
 
+@contextlib.contextmanager
+def _native_lstm_if_onednn_cannot(x):
+    """oneDNN has no half-precision LSTM primitive on CPUs without AVX-512 (plain ``nn.LSTM`` under CPU autocast
+    fails there: "could not create a primitive descriptor"): use ATen's own LSTM for that call instead."""
+    native = (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+              and torch.backends.cpu.get_cpu_capability() != "AVX512" and torch._C._get_mkldnn_enabled())
+    if native:
+        torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        if native:
+            torch._C._set_mkldnn_enabled(True)
+
+
 class LSTMLayerRelevance(torch.autograd.Function):
     """One LSTM layer over a sequence ``[T, B, D]``; backward: ``lrp_lstm`` (relevance of every step's output,
     plus that of the final states, injected in one call)."""
@@ -39,8 +56,9 @@ class LSTMLayerRelevance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, settings):
         weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh) if w is not None]
-        output, h_n, c_n = torch._VF.lstm(x, (h0[None], c0[None]), weights, bias_ih is not None, 1, 0.0, False,
-                                          False, False)
+        with _native_lstm_if_onednn_cannot(x):
+            output, h_n, c_n = torch._VF.lstm(x, (h0[None], c0[None]), weights, bias_ih is not None, 1, 0.0, False,
+                                              False, False)
         ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
         ctx.settings = settings
         return output, h_n[0], c_n[0]

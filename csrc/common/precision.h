@@ -67,29 +67,10 @@ inline at::Tensor to_compute(const at::Tensor& t) {
 }
 
 // CPU kernels keep their flags on the host: round (one parallel pass, the check on the way; a separate
-// isfinite().all() pass cost four times the rounding) and say whether the result stayed finite.
-inline bool round_to_finite(at::Tensor& result, at::ScalarType dtype) {
-  if (result.scalar_type() == dtype) return true;
-  TORCH_INTERNAL_ASSERT(result.scalar_type() == at::kFloat && is_half_precision(dtype));
-  const at::Tensor source = result.contiguous();
-  at::Tensor rounded = at::empty(source.sizes(), source.options().dtype(dtype));
-  std::atomic<bool> finite{true};
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "capxai_round_to_finite", [&] {
-    const float* in = source.const_data_ptr<float>();
-    scalar_t* out = rounded.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, source.numel(), 32768, [&](int64_t begin, int64_t end) {
-      int non_finite = 0;
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t value = static_cast<scalar_t>(in[i]);
-        out[i] = value;
-        non_finite |= non_finite_flag(static_cast<float>(value));
-      }
-      if (non_finite) finite.store(false, std::memory_order_relaxed);
-    });
-  });
-  result = rounded;
-  return finite.load();
-}
+// isfinite().all() pass cost four times the rounding) and say whether the result stayed finite. Out of line
+// (precision.cpp): inlined into every kernel's file, its body grew GCC's inlining budget for the unit and cost
+// lrp_sdpa's value pass its register-blocked inner loop (30 % slower, docs/experiments/cpu-bounds).
+bool round_to_finite(at::Tensor& result, at::ScalarType dtype);
 
 // The result rounded to the caller's dtype. Rounding float32 to float16 overflows beyond 65504 (bfloat16 only at
 // float32's own edge): then `non_finite` (an int tensor on the result's device) is raised, without a host sync.
