@@ -6,7 +6,6 @@
 
 #include <atomic>
 
-#include "cpu_output.h"
 #include "cpu_round.h"
 
 namespace capxai {
@@ -15,7 +14,7 @@ bool round_to_finite(at::Tensor& result, at::ScalarType dtype) {
   if (result.scalar_type() == dtype) return true;
   TORCH_INTERNAL_ASSERT(result.scalar_type() == at::kFloat && is_half_precision(dtype));
   const at::Tensor source = result.contiguous();
-  at::Tensor rounded = empty_output(source.sizes(), source.options().dtype(dtype));
+  at::Tensor rounded = at::empty(source.sizes(), source.options().dtype(dtype));
   std::atomic<bool> finite{true};
   AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "capxai_round_to_finite", [&] {
     const float* in = source.const_data_ptr<float>();

@@ -13,7 +13,6 @@
 #include <numeric>
 #include <vector>
 
-#include "../common/cpu_output.h"
 #include "../common/precision.h"
 #include "lrp_lstm.h"
 
@@ -100,7 +99,7 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   at::Tensor absorbed = spread_bias ? at::zeros({targets * batch}, options) : at::Tensor();
   at::Tensor carry_cell = at::zeros({targets * batch, hidden}, options);
   const double share_scale = spread_bias ? bias_factor / double(n_in + hidden) : 0.0;
-  at::Tensor relevance_x = empty_output({targets, steps, batch, n_in}, options);
+  at::Tensor relevance_x = at::empty({targets, steps, batch, n_in}, options);
 
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t active = schedule.active[t];

@@ -1,6 +1,7 @@
 // CPU kernel of lrp_additive_attention (docs/LRP_RULES.md, "Additive (adaptive) attention"): the context and the small
 // per-context factors by ATen, then one fused, vectorised pass, threads over rows, writing every output element once
-// in the caller's dtype onto huge pages (cpu_output.h).
+// in the caller's dtype. What is left to a copy's rate is the first touch of the fresh output (a page fault per 4 KiB,
+// docs/experiments/cpu-bounds): PyTorch's THP_MEM_ALLOC_ENABLE=1 puts it on huge pages.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Dispatch.h>
@@ -10,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 
-#include "../../common/cpu_output.h"
 #include "../../common/cpu_round.h"
 #include "../../common/cpu_simd.h"
 #include "../../common/finite.h"
@@ -80,7 +80,7 @@ at::Tensor lrp_additive_attention_cpu(const at::Tensor& values, const at::Tensor
   const at::Tensor context_non_finite = at::zeros({1}, args.values.options().dtype(at::kInt));
   auto [ratio, share] = additive_attention_ratio(args, eps, bias_factor, context_non_finite);
   // Written in the caller's dtype directly: a float32 intermediate and a rounding pass would move 3x the bytes.
-  at::Tensor out = empty_output({targets, batch, n_values, dim}, args.values.options().dtype(args.result_dtype));
+  at::Tensor out = at::empty({targets, batch, n_values, dim}, args.values.options().dtype(args.result_dtype));
   bool finite = true;
   if (out.numel() > 0) {
     switch (args.result_dtype) {

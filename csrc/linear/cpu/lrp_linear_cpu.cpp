@@ -13,7 +13,6 @@
 #include <atomic>
 
 #include "../../common/stabilize.h"
-#include "../../common/cpu_output.h"
 #include "../../common/finite.h"
 #include "../../common/precision.h"
 #include "../lrp_linear.h"
@@ -103,7 +102,7 @@ at::Tensor lrp_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   at::Tensor ratio = at::empty_like(args.relevance);
   const bool spread_bias = bias_factor != 0.0 && n_in > 0;
   at::Tensor absorbed = spread_bias ? at::empty({rows}, args.x.options()) : at::Tensor();
-  at::Tensor out = empty_output({n_targets, n_rows, n_in}, args.x.options());
+  at::Tensor out = at::empty({n_targets, n_rows, n_in}, args.x.options());
 
   bool finite = true;
   AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "lrp_linear_cpu", [&] {
