@@ -21,8 +21,9 @@ from capxai.explain.decoder_lrp import Rules
 from capxai.explain.encoder_lrp import COMPOSITES, pixel_relevance
 from capxai.explain.explanation import Explanation
 from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
-from capxai.explain.gradients import (all_word_gradients, captured_output, grad_cam, guided_relus, last_conv,
-                                      upsample)
+from capxai.explain.gradients import (all_word_gradients, cam_layer, captured_output, grad_cam, guided_relus,
+                                      tokens_to_grid, upsample)
+from capxai.explain.generic_lrp import generic_pixel_relevance
 from capxai.explain.inputs import Prepared, model_parts, prepare
 from capxai.explain.lrp_paths import PATHS, decoder_relevance, has_fast_path
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
@@ -108,7 +109,8 @@ class LRP(Explainer):
     constant; the sentinel's two stages), both LSTMs over all earlier steps, to the feature grid and the word
     embeddings, with the fused capxai ops, all words as targets of one reverse sweep. The encoder: a Zennit
     composite fed with all words' feature-grid relevance (a batched fast path for plain conv/BN/ReLU/max-pool
-    encoders under "paper" and "epsilon_plus_flat").
+    encoders under "paper" and "epsilon_plus_flat"); an encoder that says ``lrp_path = "generic"`` (a ViT,
+    ``capxai.models.hf``) by the generic path's rules instead, in one vmapped backward.
 
     Args:
         composite: "paper" (alpha=1, beta=0 on every conv, bias ignored; ReLU passes; max pooling by the
@@ -162,7 +164,10 @@ class LRP(Explainer):
                                           _word_mask(prepared), Rules(self.eps, self.bias_factor),
                                           self.attention_mode, self.head, self.path)
         pixels = None
-        if prepared.images is not None:
+        if prepared.images is not None and getattr(self.encoder, "lrp_path", None) == "generic":
+            pixels = generic_pixel_relevance(self.encoder, prepared.images, relevance.features, LRPSettings(
+                self.eps, self.bias_factor, self.attention_mode)).transpose(0, 1)
+        elif prepared.images is not None:
             pixels = pixel_relevance(self.encoder, prepared.images, relevance.features, prepared.grid_size,
                                      self.composite, self.eps, self.fast_encoder).transpose(0, 1)
         return self._result(prepared, forward, feature_relevance=relevance.features.transpose(0, 1),
@@ -186,7 +191,9 @@ class _GradientMethod(Explainer):
 
 
 class GradCAM(_GradientMethod):
-    """Grad-CAM (Selvaraju et al. 2017) of every word's logit on ``layer`` (default: the encoder's last conv), as
+    """Grad-CAM (Selvaraju et al. 2017) of every word's logit on ``layer`` (default: the encoder's ``cam_layer`` --
+    a ViT's last encoder block, its patch tokens placed on the patch grid row by row, the class token left
+    out -- else its last conv), as
     Captum's ``LayerGradCam`` with ``relu_attributions=True``, batched over words; ``pixel_map`` is the map
     upsampled to the image (``upsample_mode``)."""
 
@@ -197,7 +204,7 @@ class GradCAM(_GradientMethod):
         super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
         if self.encoder is None:
             raise ValueError(f"capxai.explain.{type(self).__name__}: needs the encoder")
-        self.layer = layer if layer is not None else last_conv(self.encoder)
+        self.layer = layer if layer is not None else cam_layer(self.encoder)
         self.upsample_mode = upsample_mode
 
     @property
@@ -213,7 +220,14 @@ class GradCAM(_GradientMethod):
             (gradient,) = all_word_gradients(word_logits, _word_mask(prepared), [activations[-1]])
         if gradient is None:
             raise ValueError(f"capxai.explain.{type(self).__name__}: the words do not depend on the chosen layer")
-        return forward, grad_cam(activations[-1].detach(), gradient)
+        activation = activations[-1].detach()
+        if activation.dim() == 3:  # a ViT layer's tokens: onto the encoder's patch grid
+            grid_size, leading = getattr(self.encoder, "grid_size", None), getattr(self.encoder, "leading_tokens", 0)
+            if grid_size is None:
+                raise ValueError(f"capxai.explain.{type(self).__name__}: the layer gives tokens [B, tokens, C] and "
+                                 "the encoder has no grid_size (h, w) to place them on")
+            activation, gradient = (tokens_to_grid(t, grid_size, leading) for t in (activation, gradient))
+        return forward, grad_cam(activation, gradient)
 
     def _explain(self, prepared: Prepared) -> Explanation:
         forward, maps = self._layer_maps(prepared)

@@ -87,3 +87,19 @@ def generic_relevance(captioner: Captioner, features: torch.Tensor, captions: to
                             start.new_zeros(start.shape[:2]))
     return DecoderRelevance(feature_relevance, torch.stack([r.sum(-1) for r in word_relevance], dim=-1),
                             initial_relevance)
+
+
+def generic_pixel_relevance(encoder: nn.Module, images: torch.Tensor, feature_relevance: torch.Tensor,
+                            settings: LRPSettings) -> torch.Tensor:
+    """Pixel relevance ``[K, B, 3, H, W]`` of the feature relevance ``[K, B, regions, C]`` through any encoder built
+    from the functions of the generic path (a ViT: patch embedding, LayerNorm, GELU, attention, residual sums), in one
+    backward vmapped over the K targets. Position embeddings and a class token are constants: they absorb their
+    share, as a bias does."""
+    with frozen(encoder), torch.enable_grad():
+        pixels = images.detach().clone().requires_grad_(True)
+        with lrp(settings.eps, settings.bias_factor, settings.mode), relevance_rules(settings):
+            features = encoder(pixels)
+        if features.shape != feature_relevance.shape[1:]:
+            raise ValueError(f"capxai.explain: the encoder gives features {list(features.shape)}, the relevance is "
+                             f"for {list(feature_relevance.shape[1:])}")
+        return torch.func.vmap(lambda target: torch.autograd.grad(features, pixels, target)[0])(feature_relevance)

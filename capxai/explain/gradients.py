@@ -30,6 +30,24 @@ def last_conv(encoder: nn.Module) -> nn.Conv2d:
     return convolutions[-1]
 
 
+def cam_layer(encoder: nn.Module) -> nn.Module:
+    """Grad-CAM's default layer: the one the encoder names (``cam_layer``: a ViT's last encoder block), else
+    its last Conv2d."""
+    named = getattr(encoder, "cam_layer", None)
+    return named if isinstance(named, nn.Module) else last_conv(encoder)
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid_size, leading_tokens: int) -> torch.Tensor:
+    """A ViT layer's tokens ``[..., B, 1 + h*w, C]`` (``leading_tokens`` first, e.g. a class token, then the
+    patches row by row) -> ``[..., B, C, h, w]``: the grid Grad-CAM weighs, as pytorch-grad-cam's ViT
+    ``reshape_transform`` does."""
+    patches = tokens[..., leading_tokens:, :]
+    if patches.shape[-2] != grid_size[0] * grid_size[1]:
+        raise ValueError(f"capxai.explain.GradCAM: the layer has {tokens.shape[-2]} tokens, not {leading_tokens} "
+                         f"leading + {grid_size[0]} x {grid_size[1]} patches")
+    return patches.transpose(-1, -2).unflatten(-1, tuple(grid_size))
+
+
 @contextlib.contextmanager
 def captured_output(layer: nn.Module, store: List[torch.Tensor]) -> Iterator[None]:
     """Appends ``layer``'s output to ``store`` at each forward in the block."""

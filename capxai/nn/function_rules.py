@@ -174,6 +174,25 @@ def _matmul(mode, func, args, kwargs):
     return _linear_map(mode, lambda a, b: func(a, b, **kwargs), args[:2])
 
 
+def _affine(positions):
+    """A map affine in the operands at ``positions`` (their other arguments constant): ``torch.addmm(bias, x, W)``
+    (Hugging Face's GPT-2 ``Conv1D``), ``conv2d(x, W, b)`` (a ViT's patch embedding). Epsilon rule: the bias is in
+    the stabilised denominator and absorbs its share, as the linear map's own."""
+    def handler(mode, func, args, kwargs):
+        carried = [position for position in positions if position < len(args) and _carries(args[position])]
+        if len(carried) != sum(_carries(x) for x in args) + sum(_carries(x) for x in kwargs.values()):
+            raise NotImplementedError(f"capxai.nn.relevance_rules: {_name(func)} with a relevance-carrying weight or "
+                                      "bias (freeze the parameters, as capxai.explain does)")
+
+        def function(*operands):
+            filled = list(args)
+            for position, operand in zip(carried, operands):
+                filled[position] = operand
+            return func(*filled, **kwargs)
+        return _linear_map(mode, function, tuple(args[position] for position in carried))
+    return handler
+
+
 def _einsum(mode, func, args, kwargs):
     equation, operands = args[0], args[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -201,15 +220,17 @@ def _layer_norm(mode, func, args, kwargs):
 
 
 def _sdpa(mode, func, args, kwargs):
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     values = dict(zip(names, args), **kwargs)
-    if values.get("scale") is not None:
-        raise NotImplementedError("capxai.nn.relevance_rules: scaled_dot_product_attention with scale= (the "
-                                  "default 1/sqrt(d) is supported)")
+    if values.get("dropout_p"):
+        raise NotImplementedError("capxai.nn.relevance_rules: scaled_dot_product_attention with dropout_p > 0 "
+                                  "(explain the model in eval mode)")
     q, k, v, mask = values["query"], values["key"], values["value"], values.get("attn_mask")
+    if values.get("enable_gqa") and k.shape[-3] != q.shape[-3]:  # grouped-query attention: each kv head serves a group
+        k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], dim=-3) for t in (k, v))
     if values.get("is_causal"):
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    return SDPARelevance.apply(q, k, v, mask, mode.settings)
+    return SDPARelevance.apply(q, k, v, mask, mode.settings, values.get("scale"))
 
 
 def _lstm_cell(mode, func, args, kwargs):
@@ -254,6 +275,8 @@ _HANDLER_NAMES = {
     _matmul: ("torch.matmul", "Tensor.matmul", "Tensor.__matmul__", "torch.bmm", "Tensor.bmm", "torch.mm",
               "Tensor.mm"),
     _einsum: ("torch.einsum",),
+    _affine((1,)): ("torch.addmm", "Tensor.addmm"),
+    _affine((0,)): ("torch.conv1d", "torch.conv2d", "F.conv1d", "F.conv2d"),
     _softmax: ("torch.softmax", "Tensor.softmax", "F.softmax"),
     _layer_norm: ("F.layer_norm",),
     _sdpa: ("F.scaled_dot_product_attention",),
@@ -273,7 +296,7 @@ _ROUTING = frozenset(_functions(
     "Tensor.expand", "Tensor.expand_as", "Tensor.contiguous", "Tensor.clone", "Tensor.__getitem__",
     "Tensor.__setitem__", "Tensor.select", "Tensor.narrow", "Tensor.index_select", "Tensor.gather", "Tensor.split",
     "Tensor.chunk", "Tensor.unbind", "Tensor.repeat", "Tensor.repeat_interleave", "Tensor.masked_fill",
-    "Tensor.to", "Tensor.float", "Tensor.double", "Tensor.type_as", "Tensor.movedim", "Tensor.flip",
+    "Tensor.to", "Tensor.float", "Tensor.double", "Tensor.type", "Tensor.type_as", "Tensor.movedim", "Tensor.flip",
     "Tensor.roll", "Tensor.T", "Tensor.mT", "Tensor.tile", "Tensor.view_as", "Tensor.__iter__"))
 
 

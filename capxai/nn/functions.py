@@ -99,25 +99,25 @@ class WeightedSumRelevance(torch.autograd.Function):
 
 
 class SDPARelevance(torch.autograd.Function):
-    """``scaled_dot_product_attention(q, k, v, attn_mask)``; backward: ``lrp_sdpa`` in the settings' mode
+    """``scaled_dot_product_attention(q, k, v, attn_mask, scale=scale)``; backward: ``lrp_sdpa`` in the settings' mode
     ("constant": relevance only to v; "attnlrp": to q, k and v)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask, settings):
+    def forward(ctx, q, k, v, attn_mask, settings, scale=None):
         ctx.save_for_backward(q, k, v, attn_mask)
-        ctx.settings = settings
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        ctx.settings, ctx.scale = settings, scale
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
     @staticmethod
     def backward(ctx, relevance_output):
         q, k, v, attn_mask = ctx.saved_tensors
         settings = ctx.settings
         result = ops.lrp_sdpa(q, k, v, relevance_output, attn_mask=attn_mask, mode=settings.mode, eps=settings.eps,
-                              bias_factor=settings.bias_factor)
+                              bias_factor=settings.bias_factor, scale=ctx.scale)
         if settings.mode == "constant":
-            return torch.zeros_like(q), torch.zeros_like(k), result, None, None
+            return torch.zeros_like(q), torch.zeros_like(k), result, None, None, None
         relevance_q, relevance_k, relevance_v = result
-        return relevance_q, relevance_k, relevance_v, None, None
+        return relevance_q, relevance_k, relevance_v, None, None, None
 
 
 class LinearRelevance(torch.autograd.Function):

@@ -145,12 +145,18 @@ class LinearMapRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):
         inputs = list(ctx.saved_tensors)
-        leaves = [x.detach().requires_grad_(carry) for x, carry in zip(inputs, ctx.carries)]
-        with torch.enable_grad():
-            z = ctx.function(*leaves)
-        wanted = [leaf for leaf, carry in zip(leaves, ctx.carries) if carry]
-        gradients = iter(torch.autograd.grad(z, wanted, relevance / _stabilize(z.detach(), ctx.settings.eps)))
-        share = 1.0 / len(wanted)
+        carried = [x for x, carry in zip(inputs, ctx.carries) if carry]
+
+        def of_carried(*operands):  # the map as a function of the relevance-carrying inputs only
+            filled, given = [], iter(operands)
+            for x, carry in zip(inputs, ctx.carries):
+                filled.append(next(given) if carry else x)
+            return ctx.function(*filled)
+
+        # torch.func.vjp, not autograd.grad on fresh leaves: this backward runs under vmap over the targets
+        z, transpose = torch.func.vjp(of_carried, *carried)
+        gradients = iter(transpose(relevance / _stabilize(z, ctx.settings.eps)))
+        share = 1.0 / len(carried)
         results = [next(gradients) * x * share if carry else None for x, carry in zip(inputs, ctx.carries)]
         return (None, None, None, *results)
 

@@ -1,0 +1,124 @@
+"""Hugging Face image-to-text models as capxai captioners (a ``VisionEncoderDecoderModel``: a ViT encoder and a GPT-2
+decoder with cross-attention).
+
+The adapter splits the HF model along capxai's contract (``capxai.models.contract``): :class:`HFImageEncoder` is the
+vision encoder (``pixel_values`` -> its last hidden state ``[B, tokens, C]``, the class token first, then the patches
+row by row), :class:`HFCaptioner` the decoder, one word per ``step``. The decoder's state keeps the embeddings of the
+words fed so far (``embedded [B, t, C]``) and re-runs the decoder on them each step: the word embedding (``wte``) is
+called exactly once per step on the fed word, which the explainers read, and every state tensor is batch-first, so the
+shared beam search reorders it. That costs O(T^2) decoder work per caption instead of a key/value cache's O(T), small at
+captioning lengths. The LRP of the HF modules is the generic path's (docs/LRP_RULES.md, "The generic path"): GPT-2's
+``Conv1D`` (``torch.addmm``), the ViT's patch embedding (``conv2d``), LayerNorm, GELU, residual sums and attention.
+"""
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from capxai.models.captioner import Captioner, State
+
+SUPPORTED = {"VisionEncoderDecoderModel": "a ViT encoder ('vit') with a GPT-2 decoder ('gpt2')"}
+ENCODER_TYPES = ("vit",)
+DECODER_TYPES = ("gpt2",)
+
+
+def check_supported(model: nn.Module) -> None:
+    """A ValueError naming what the adapter supports when ``model`` is another architecture."""
+    name = type(model).__name__
+    supported = "; ".join(f"{kind} ({what})" for kind, what in SUPPORTED.items())
+    if name not in SUPPORTED:
+        raise ValueError(f"capxai.models.hf: {name} is not supported; the adapter covers {supported}")
+    encoder_type = model.config.encoder.model_type
+    decoder_type = model.config.decoder.model_type
+    if encoder_type not in ENCODER_TYPES or decoder_type not in DECODER_TYPES:
+        raise ValueError(f"capxai.models.hf: a VisionEncoderDecoderModel with a {encoder_type!r} encoder and a "
+                         f"{decoder_type!r} decoder is not supported; the adapter covers {supported}")
+
+
+class HFImageEncoder(nn.Module):
+    """The HF model's vision encoder: ``images [B, 3, H, W]`` -> ``[B, 1 + h * w, C]`` (class token, then the
+    ``h x w`` patches row by row). ``grid_size`` is ``(h, w)``; ``leading_tokens`` the tokens before the grid."""
+
+    leading_tokens = 1
+    lrp_path = "generic"  # capxai.explain.LRP explains it by the generic path's rules (Zennit has none for attention)
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        check_supported(model)
+        self.vision = model.encoder
+        config = model.config.encoder
+        self.image_size = int(config.image_size)
+        self.grid_size = (self.image_size // config.patch_size,) * 2
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """Grad-CAM's layer: the last transformer block (its output tokens, before the final LayerNorm)."""
+        blocks = getattr(self.vision, "layers", None)  # transformers 5; 4.x kept them in .encoder.layer
+        if blocks is None:
+            blocks = self.vision.encoder.layer
+        return blocks[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"HFImageEncoder: images must be [B, 3, {self.image_size}, {self.image_size}] (the "
+                             f"model's config.encoder.image_size), got {list(images.shape)}")
+        return self.vision(pixel_values=images).last_hidden_state
+
+
+class HFCaptioner(Captioner):
+    """The HF model's decoder as a capxai captioner: ``init_state(features)`` and one word per ``step``.
+
+    Activations of a step: ``attention [B, heads, regions]``, the last decoder layer's cross-attention of the new
+    word over the encoder's tokens (computed by the eager attention, which the adapter selects for the decoder).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        check_supported(model)
+        self.decoder = model.decoder
+        self.decoder.config._attn_implementation = "eager"  # cross-attention weights are an output of the step
+        self.project = getattr(model, "enc_to_dec_proj", None)  # encoder width -> decoder width, when they differ
+        self.embedding = self.decoder.get_input_embeddings()
+        self.vocab_size = int(self.decoder.config.vocab_size)
+        self.feature_dim = int(model.config.encoder.hidden_size)
+        self.max_positions = int(self.decoder.config.n_positions)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        if self.project is not None:
+            features = self.project(features)
+        return {"features": features, "embedded": features.new_zeros(features.shape[0], 0, self.embedding.embedding_dim)}
+
+    def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
+        embedded = torch.cat([state["embedded"], self.embedding(words).unsqueeze(1)], dim=1)
+        if embedded.shape[1] > self.max_positions:
+            raise ValueError(f"HFCaptioner: a caption longer than the decoder's {self.max_positions} positions "
+                             "(config.decoder.n_positions)")
+        output = self.decoder(inputs_embeds=embedded, encoder_hidden_states=state["features"], use_cache=False,
+                              output_attentions=True, return_dict=True)
+        attention = output.cross_attentions[-1][:, :, -1]  # [B, heads, regions]
+        return output.logits[:, -1], {"features": state["features"], "embedded": embedded}, {"attention": attention}
+
+
+def split(model: nn.Module) -> Tuple[HFCaptioner, HFImageEncoder]:
+    """``(captioner, encoder)`` of a ``VisionEncoderDecoderModel`` (in evaluation mode; dropout off)."""
+    check_supported(model)
+    model.eval()
+    return HFCaptioner(model), HFImageEncoder(model)
+
+
+def vit_gpt2(vocab_size: int, image_size: int = 96, patch_size: int = 8, width: int = 64, layers: int = 2,
+             heads: int = 2, max_positions: int = 24, start: int = 1, end: int = 2, pad: int = 0) -> nn.Module:
+    """A ``VisionEncoderDecoderModel`` (ViT + GPT-2) built from configs, no download: sized for 2 CPU cores by default.
+    Token ids follow capxai's vocabulary (``<pad>`` 0, ``<start>`` 1, ``<end>`` 2), so ``generate`` and capxai's
+    decoding agree; GELU is ``F.gelu`` (``activation_function="gelu"``), which the generic LRP path covers."""
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    encoder = ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=width,
+                        num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width,
+                        hidden_act="gelu")
+    decoder = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=width, n_layer=layers, n_head=heads,
+                         add_cross_attention=True, is_decoder=True, activation_function="gelu", bos_token_id=start,
+                         eos_token_id=end, pad_token_id=pad)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = start, end, pad
+    return VisionEncoderDecoderModel(config)

@@ -1,0 +1,147 @@
+"""Hugging Face image-to-text models (ViT + GPT-2 ``VisionEncoderDecoderModel``, tiny random configs, no download) as
+capxai captioners: the adapter's captions equal ``generate``; the generic LRP path through the HF modules conserves
+the explained logit (zero biases and position embeddings, tiny eps) from the decoder to the encoder's tokens and from
+there through the ViT to the pixels; all words at once equal one at a time; every method gives finite maps."""
+import pytest
+import torch
+
+from capxai import explain
+from capxai.explain.generic_lrp import generic_pixel_relevance, generic_relevance
+from capxai.explain.inputs import prepare
+from capxai.models import greedy, hf
+from capxai.nn.context import LRPSettings
+
+IMAGE = 32
+EXACT = LRPSettings(1e-12, 0.0, "constant")
+
+
+def _model(seed=0, dtype=torch.float32, without_offsets=False):
+    """A tiny ViT + GPT-2 with weights spread enough that greedy decoding varies from image to image."""
+    torch.manual_seed(seed)
+    model = hf.vit_gpt2(vocab_size=30, image_size=IMAGE, patch_size=8, width=32, max_positions=16).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            norm = "ln" in name or "layernorm" in name
+            parameter.normal_(0.0, 0.1 if norm else 0.5)
+            if norm and name.endswith("weight"):
+                parameter.add_(1.0)
+            if without_offsets and (name.endswith("bias") or "wpe" in name or "position" in name or "cls" in name):
+                parameter.zero_()  # what makes LRP conservative: nothing added to the signal absorbs relevance
+    return model.to(dtype)
+
+
+def _images(batch=3, seed=1, dtype=torch.float32):
+    return torch.randn(batch, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _with_start(tokens):
+    return torch.cat([torch.ones(tokens.shape[0], 1, dtype=torch.long), tokens], dim=1)
+
+
+def test_adapter_captions_equal_generate():
+    model = _model()
+    captioner, encoder = hf.split(model)
+    images = _images(4)
+    with torch.no_grad():
+        expected = model.generate(pixel_values=images, max_new_tokens=8, do_sample=False, num_beams=1)
+        decoded = greedy(captioner, encoder(images), max_length=8)
+    assert len({tuple(row) for row in decoded.tokens.tolist()}) > 1  # the captions differ: the test can fail
+    assert torch.equal(_with_start(decoded.tokens), expected[:, :decoded.tokens.shape[1] + 1])
+
+
+def _decoder_relevance(model, images, settings=EXACT, mask=None):
+    captioner, encoder = hf.split(model)
+    with torch.no_grad():
+        features = encoder(images)
+        captions = _with_start(greedy(captioner, features, max_length=6).tokens)
+    mask = torch.ones(captions.shape[0], captions.shape[1] - 1) if mask is None else mask
+    return captioner, encoder, features, captions, generic_relevance(captioner, features, captions, mask, settings)
+
+
+def test_generic_lrp_conserves_the_logit_through_the_hf_decoder():
+    model = _model(dtype=torch.float64, without_offsets=True)
+    captioner, _, features, captions, relevance = _decoder_relevance(model, _images(dtype=torch.float64))
+    total = relevance.features.flatten(2).sum(-1) + relevance.words.sum(-1) + relevance.initial_state
+    with torch.no_grad():
+        logits = captioner(features, captions).logits
+    explained = logits.gather(2, captions[:, 1:, None]).squeeze(2).t()  # [T, B]
+    torch.testing.assert_close(total, explained, rtol=1e-9, atol=1e-9)
+    assert relevance.words.abs().sum() > 0 and relevance.features.abs().sum() > 0
+
+
+def test_generic_lrp_all_words_at_once_equal_one_at_a_time():
+    model = _model(dtype=torch.float64)
+    images = _images(2, dtype=torch.float64)
+    captioner, _, features, captions, together = _decoder_relevance(model, images, LRPSettings(0.01, 0.0, "constant"))
+    steps = captions.shape[1] - 1
+    for k in range(steps):
+        only = torch.zeros(captions.shape[0], steps)
+        only[:, k] = 1
+        alone = generic_relevance(captioner, features, captions, only, LRPSettings(0.01, 0.0, "constant"))
+        torch.testing.assert_close(alone.features[k], together.features[k])
+        torch.testing.assert_close(alone.words[k], together.words[k])
+
+
+def test_generic_lrp_conserves_through_the_vit_to_the_pixels():
+    model = _model(dtype=torch.float64, without_offsets=True)
+    images = _images(dtype=torch.float64)
+    _, encoder, _, _, relevance = _decoder_relevance(model, images)
+    pixels = generic_pixel_relevance(encoder, images, relevance.features, EXACT)
+    assert pixels.shape == (relevance.features.shape[0], 3, 3, IMAGE, IMAGE)
+    torch.testing.assert_close(pixels.flatten(2).sum(-1), relevance.features.flatten(2).sum(-1), rtol=1e-9,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["LRP", "GradientXInput", "GuidedBackprop", "GradCAM", "GuidedGradCAM",
+                                    "Attention"])
+def test_every_method_explains_the_hf_captioner(method):
+    captioner, encoder = hf.split(_model())
+    explanation = getattr(explain, method)(captioner, encoder).explain(_images(2), max_length=5)
+    maps = [getattr(explanation, name) for name in ("pixel_relevance", "pixel_map") if
+            getattr(explanation, name, None) is not None]
+    if method == "Attention":
+        maps = [explanation.attention]
+        assert explanation.attention.shape[-1] == 1 + (IMAGE // 8) ** 2  # the class token and the 4 x 4 patches
+    assert maps and all(torch.isfinite(m).all() for m in maps)
+    for heatmap in maps[:1] if method != "Attention" else []:
+        assert tuple(heatmap.shape[-2:]) == (IMAGE, IMAGE)
+
+
+def test_grad_cam_places_the_vit_tokens_on_the_patch_grid():
+    """Grad-CAM's default layer on a ViT is its last block; the class token is left out and the 16 patches are the
+    4 x 4 grid row by row: a word's map equals the one computed by hand from the block's tokens."""
+    captioner, encoder = hf.split(_model())
+    cam = explain.GradCAM(captioner, encoder)
+    assert cam.layer is encoder.vision.layers[-1]
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)
+    grid = explain.gradients.tokens_to_grid(tokens, (4, 4), 1)
+    assert grid.shape == (2, 3, 4, 4) and grid[1, 2, 1, 3] == tokens[1, 1 + 1 * 4 + 3, 2]
+
+    images = _images(2)
+    with torch.no_grad():
+        captions = _with_start(greedy(captioner, encoder(images), max_length=4).tokens)
+    prepared = prepare(captioner, encoder, images, None, captions, 1, 4, None, None)
+    _, maps = cam._layer_maps(prepared)  # [T, B, 4, 4]
+    block = []
+    handle = cam.layer.register_forward_hook(lambda module, inputs, output: block.append(output))
+    try:
+        logits = captioner(encoder(images), captions).logits
+    finally:
+        handle.remove()
+    word = logits[:, 1].gather(1, captions[:, 2:3]).sum()  # the second word of each caption
+    (gradient,) = torch.autograd.grad(word, block[-1])
+    patches, patch_gradient = block[-1][:, 1:].detach(), gradient[:, 1:]  # [B, 16, C]
+    by_hand = torch.relu((patch_gradient.mean(1, keepdim=True) * patches).sum(-1)).reshape(2, 4, 4)
+    torch.testing.assert_close(maps[1], by_hand)
+
+
+def test_unsupported_architectures_are_named():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    with pytest.raises(ValueError, match="GPT2LMHeadModel is not supported; the adapter covers VisionEncoderDecoder"):
+        hf.split(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)))
+
+
+def test_images_of_another_size_are_refused():
+    _, encoder = hf.split(_model())
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
+        encoder(torch.zeros(1, 3, 48, 48))
