@@ -285,7 +285,7 @@ def methods_of_option(text: str):
 
 def _explain(args) -> int:
     from capxai.commands.explain_run import explain_images, explain_split
-    from capxai.explain import methods_of
+    from capxai.explain import METHODS, methods_of
     from capxai.models import load_trained
 
     run = _run_of(args)
@@ -299,20 +299,29 @@ def _explain(args) -> int:
                            "image")
     if args.images is not None and run.distributed:
         raise CommandError("--images runs in one process; explain a whole split (--split-file) under torchrun")
+    if args.contrast is not None:
+        no_start = [method for method in methods if not METHODS.get(method).takes_a_start]
+        if no_start:
+            raise CommandError(f"--contrast applies to methods that explain a logit; {', '.join(no_start)} does "
+                               "not (choose the other methods with --method)")
     model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
+    if args.contrast is not None and args.contrast not in vocabulary.index:
+        raise CommandError(f"--contrast {args.contrast!r} is not in the model's vocabulary")
     max_length = args.max_length if args.max_length is not None else config.max_length
     if args.images is not None:
         written = explain_images(model, vocabulary, image_size=config.image_size, image_paths=args.images,
                                  out_dir=args.out, methods=methods, captions=args.captions,
                                  beam_size=args.beam_size, max_length=max_length, composite=args.composite,
-                                 overwrite=args.overwrite, figures=not args.no_figures, checkpoint=args.checkpoint)
+                                 overwrite=args.overwrite, figures=not args.no_figures, checkpoint=args.checkpoint,
+                                 contrast=args.contrast)
         print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
         return 0
     image_root = args.image_root or args.split_file.parent
     written = explain_split(model, vocabulary, split_file=args.split_file, image_root=image_root, split=args.split,
                             out_dir=args.out, methods=methods, image_size=config.image_size, limit=args.limit,
                             shard_size=args.shard_size, beam_size=args.beam_size, max_length=max_length,
-                            composite=args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run)
+                            composite=args.composite, overwrite=args.overwrite, checkpoint=args.checkpoint, run=run,
+                            contrast=args.contrast)
     print(f"process {run.rank + 1}/{run.world_size}: " if run.distributed else "", end="")
     print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
     return 0
@@ -509,6 +518,8 @@ def _add_explain(commands) -> None:
     explaining.add_argument("--method", default="lrp", choices=METHODS.names() + ["all"],
                             help="the method (or all): " + METHODS.describe())
     explaining.add_argument("--no-figures", action="store_true", help="with --images: write explanation.pt only")
+    explaining.add_argument("--contrast", metavar="WORD", help="explain each word rather than WORD: the start is "
+                            "the word's logit minus WORD's (methods that explain a logit)")
     explaining.set_defaults(run=_explain)
 
 

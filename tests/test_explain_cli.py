@@ -35,6 +35,30 @@ def test_explain_images_every_method(tiny_trained, tmp_path, capsys):
     assert Explanation.load(out / "lrp" / "explanation.pt").words == [["a", word, "<end>"]]
 
 
+def test_explain_contrast_from_the_cli(tiny_trained, tmp_path, capsys):
+    """``--contrast WORD``: each word explained rather than WORD, stored with the explanation; a word outside the
+    vocabulary and a method without a start are refused before any work."""
+    checkpoint, data = tiny_trained
+    images = sorted((data / "images" / "test").glob("*.png"))[:1]
+    vocabulary = load_trained(checkpoint)[1]
+    word = vocabulary.words[5]
+    out = tmp_path / "out"
+    assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--contrast", word, "--no-figures",
+                "--out", out) == 0
+    explanation = Explanation.load(out / "lrp" / "explanation.pt")
+    assert torch.equal(explanation.contrast, torch.full_like(explanation.tokens, vocabulary.index[word]))
+    plain = tmp_path / "plain"
+    assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--no-figures", "--out", plain) == 0
+    assert not torch.equal(Explanation.load(plain / "lrp" / "explanation.pt").pixel_relevance,
+                           explanation.pixel_relevance)
+    for arguments, message in [(["--contrast", "zebraxyz"], "--contrast 'zebraxyz' is not in the model's vocabulary"),
+                                (["--contrast", word, "--method", "all"], "attention does not")]:
+        assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--out", tmp_path / "o",
+                    *arguments) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_explain_bad_arguments(tiny_trained, tmp_path, capsys):
     checkpoint, data = tiny_trained
     image = sorted((data / "images" / "test").glob("*.png"))[0]

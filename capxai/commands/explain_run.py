@@ -22,9 +22,10 @@ from capxai.interrupts import stoppable
 def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
                    methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
                    composite: str = "paper", overwrite: bool = False, figures: bool = True,
-                   checkpoint=None) -> Dict[str, Path]:
+                   checkpoint=None, contrast: Optional[str] = None) -> Dict[str, Path]:
     """Explains ``image_paths`` (their own captions, or ``captions``) with each method: ``OUT/METHOD/explanation.pt``
-    (+ ``.json``) and, with ``figures``, ``OUT/METHOD/IMAGE/TT_WORD.png`` per word.
+    (+ ``.json``) and, with ``figures``, ``OUT/METHOD/IMAGE/TT_WORD.png`` per word. ``contrast``: a word each
+    word is explained against ("this word rather than CONTRAST").
 
     Each method's folder holds one run: with ``overwrite`` the earlier run's files there (figures of other images
     included) are removed once the new explanation is computed; files capxai did not write stop the call before
@@ -46,7 +47,7 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
         explanation = make_explainer(method, model, vocabulary, composite).explain(
             images, captions=list(captions) if captions is not None else None, beam_size=beam_size,
-            max_length=max_length)
+            max_length=max_length, contrast=contrast)
         explanation.run = run
         output.remove_group(method)
         path = explanation.save(out_dir / method / "explanation.pt")
@@ -77,7 +78,7 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
 def explain_split(model, vocabulary, *, split_file, image_root, split: str, out_dir, methods: Sequence[str],
                   image_size: int, limit: Optional[int] = None, shard_size: int = 32, beam_size: int = 1,
                   max_length: int = 16, composite: str = "paper", progress: bool = True, overwrite: bool = False,
-                  checkpoint=None, run: Optional[RunSettings] = None) -> List[Path]:
+                  checkpoint=None, run: Optional[RunSettings] = None, contrast: Optional[str] = None) -> List[Path]:
     """Explains the model's own captions of a split, ``shard_size`` images at a time: ``OUT/METHOD/shard-NNNNN.pt``
     (+ ``.json`` with the explanation's settings, ``.images.json`` with the image ids and captions), and
     ``OUT/METHOD/run.json`` with what the run is (checkpoint and split file sha256, split, settings, run id).
@@ -95,6 +96,8 @@ def explain_split(model, vocabulary, *, split_file, image_root, split: str, out_
     identity = {"split_file_sha256": file_sha256(split_file), "split": split, "images": count,
                 "shard_size": shard_size, "beam_size": beam_size, "max_length": max_length, "composite": composite,
                 "checkpoint_sha256": file_sha256(checkpoint) if checkpoint is not None else None}
+    if contrast is not None:  # only then: runs written before contrasts existed keep their identity
+        identity["contrast"] = contrast
     rank, world = run.rank, run.world_size
     runs = {method: _start_split_run(output, method, identity, overwrite, rank) for method in methods}
     if overwrite:
@@ -120,7 +123,8 @@ def explain_split(model, vocabulary, *, split_file, image_root, split: str, out_
             images = images.to(device, non_blocking=True)
             ids = [image_id_of(dataset.entries[i], i) for i in positions]
             for method in pending:
-                explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length)
+                explanation = explainers[method].explain(images, beam_size=beam_size, max_length=max_length,
+                                                         contrast=contrast)
                 explanation.run = runs[method]
                 path = Path(out_dir) / method / f"shard-{shard:05d}.pt"
                 written.append(_save_shard(explanation, path, ids))

@@ -32,12 +32,25 @@ class Rules:
     bias_factor: float = 0.0
 
 
-def start_relevance(forward: ForwardPass, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[T, B, V]``: at step t, the raw logit of the word explained there on its own index (zero at padding)."""
+def start_relevance(forward: ForwardPass, tokens: torch.Tensor, mask: torch.Tensor,
+                    contrast: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[T, B, V]``: at step t, the raw logit of the word explained there on its own index (zero at padding);
+    with ``contrast [B, T]``, minus the contrast word's logit on its index (the two cancel where they are the same
+    word): the start of "why this word rather than that one", linear in the two single-word starts."""
     logits = forward.logits.transpose(0, 1)  # [T, B, V]
-    index = tokens.t().unsqueeze(-1)
-    picked = logits.gather(2, index) * mask.t().unsqueeze(-1).to(logits.dtype)
-    return torch.zeros_like(logits).scatter_(2, index, picked)
+    return logit_start(logits, tokens.t(), mask.t(), None if contrast is None else contrast.t())
+
+
+def logit_start(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                contrast: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``logits [..., V]``, ``tokens`` / ``mask`` / ``contrast`` ``[...]``: the logit of each token on its index,
+    minus the contrast's on its own, zero where the mask is."""
+    weight = mask.unsqueeze(-1).to(logits.dtype)
+    start = torch.zeros_like(logits).scatter_(-1, tokens.unsqueeze(-1), logits.gather(-1, tokens.unsqueeze(-1)) * weight)
+    if contrast is not None:
+        index = contrast.unsqueeze(-1)
+        start.scatter_add_(-1, index, -logits.gather(-1, index) * weight)
+    return start
 
 
 def two_term_relevance(first: torch.Tensor, second: torch.Tensor, relevance: torch.Tensor, rules: Rules):

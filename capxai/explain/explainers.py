@@ -24,7 +24,7 @@ from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
 from capxai.explain.gradients import (all_word_gradients, cam_layer, captured_output, grad_cam, guided_relus,
                                       tokens_to_grid, upsample)
 from capxai.explain.generic_lrp import generic_pixel_relevance
-from capxai.explain.inputs import Prepared, model_parts, prepare
+from capxai.explain.inputs import Prepared, model_parts, prepare, word_choice
 from capxai.explain.lrp_paths import PATHS, decoder_relevance, has_fast_path
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.models.contract import attention_of, check_captioner
@@ -45,6 +45,7 @@ class Explainer(abc.ABC):
     """
 
     method = ""
+    takes_a_start = True  # the method explains a logit (False: attention weights, read off the forward)
 
     def __init__(self, model, encoder: Optional[nn.Module] = None, *, vocabulary=None,
                  image_size: Optional[int] = None):
@@ -58,16 +59,28 @@ class Explainer(abc.ABC):
         return {}
 
     def explain(self, images: Optional[torch.Tensor] = None, *, features: Optional[torch.Tensor] = None,
-                captions=None, beam_size: int = 1, max_length: int = 20) -> Explanation:
+                captions=None, beam_size: int = 1, max_length: int = 20, targets=None, contrast=None
+                ) -> Explanation:
         """Explains every word of the captions of ``images [B, 3, H, W]`` (or of ``features [B, regions, C]``).
 
         Args:
             captions: None (decode with ``beam_size`` beams, at most ``max_length`` words), ``[B, L]`` token ids
                 beginning with ``<start>``, or B strings.
+            targets: the word whose logit is explained at each step, when not the caption's own (the caption is
+                still what is fed): a word, a word id, or ``[B, T]`` ids.
+            contrast: explain "the target rather than this word": the start is ``logit_target - logit_contrast``
+                (Inseq's contrastive attribution; LRP starts with ``+logit`` at the target, ``-logit`` at the
+                contrast). A word, a word id, or ``[B, T]`` ids. Methods without a start (attention) refuse it.
         """
         with evaluation_mode(self.captioner, self.encoder):
             prepared = prepare(self.captioner, self.encoder, images, features, captions, beam_size, max_length,
                                self.vocabulary, self.image_size)
+            prepared.targets = word_choice(targets, prepared, self.captioner.vocab_size, self.vocabulary, "targets")
+            prepared.contrast = word_choice(contrast, prepared, self.captioner.vocab_size, self.vocabulary,
+                                            "contrast")
+            if (prepared.targets is not None or prepared.contrast is not None) and not self.takes_a_start:
+                raise ValueError(f"capxai.explain.{type(self).__name__}: it explains no logit, so targets= and "
+                                 "contrast= do not apply")
             return self._explain(prepared)
 
     @abc.abstractmethod
@@ -96,6 +109,7 @@ class Explainer(abc.ABC):
         elif "attention" in forward.steps[0]:
             heads = forward.stacked("attention").detach().transpose(0, 1) * real[..., None, None]
             explanation.attention_heads, explanation.attention = heads, heads.mean(2)
+        explanation.targets, explanation.contrast = prepared.targets, prepared.contrast
         for name, value in fields.items():
             setattr(explanation, name, value)
         return explanation
@@ -162,7 +176,8 @@ class LRP(Explainer):
             forward = teacher_force(self.captioner, prepared.features, prepared.captions)
             relevance = decoder_relevance(self.captioner, prepared.features, forward, prepared.captions,
                                           _word_mask(prepared), Rules(self.eps, self.bias_factor),
-                                          self.attention_mode, self.head, self.path)
+                                          self.attention_mode, self.head, self.path, prepared.targets,
+                                          prepared.contrast)
         pixels = None
         if prepared.images is not None and getattr(self.encoder, "lrp_path", None) == "generic":
             pixels = generic_pixel_relevance(self.encoder, prepared.images, relevance.features, LRPSettings(
@@ -187,7 +202,10 @@ class _GradientMethod(Explainer):
     def _forward(self, prepared: Prepared, images: Optional[torch.Tensor]):
         features = self.encoder(images) if images is not None else prepared.features.clone().requires_grad_(True)
         forward = teacher_force(self.captioner, features, prepared.captions)
-        return features, forward, forward.word_logits(prepared.captions[:, 1:])
+        explained = forward.word_logits(prepared.explained)
+        if prepared.contrast is not None:
+            explained = explained - forward.word_logits(prepared.contrast)
+        return features, forward, explained
 
 
 class GradCAM(_GradientMethod):
@@ -299,6 +317,7 @@ class Attention(Explainer):
     when the feature grid's shape is known."""
 
     method = "attention"
+    takes_a_start = False
 
     def __init__(self, model, encoder: Optional[nn.Module] = None, upsample_mode: str = "bilinear", *,
                  vocabulary=None, image_size: Optional[int] = None):

@@ -10,7 +10,8 @@ import torch
 from capxai._io import atomic_torch_save, atomic_write_json
 
 TENSOR_FIELDS = ("tokens", "lengths", "logits", "probabilities", "feature_relevance", "pixel_relevance", "pixel_map",
-                 "word_relevance", "initial_state_relevance", "attention", "attention_heads", "beta", "captions")
+                 "word_relevance", "initial_state_relevance", "attention", "attention_heads", "beta", "captions",
+                 "targets", "contrast")
 FORMAT_VERSION = 1
 
 
@@ -34,6 +35,8 @@ class Explanation:
             share, ``bias_factor > 0``).
         attention ``[B, T, regions]`` (the multi-head model: mean over heads), attention_heads
             ``[B, T, heads, regions]``, beta ``[B, T]`` (the adaptive model's sentinel share).
+        targets ``[B, T]``: the word whose logit was explained at each step, when not the caption's own (else None);
+            contrast ``[B, T]``: the word it was explained against ("target rather than contrast"), or None.
         grid_size ``(h, w)``: the feature grid (regions = h * w), or None when only features were explained.
         method: "lrp", "gradcam", ...; settings: the method's settings; words: the explained words as strings
             when a vocabulary was known.
@@ -54,6 +57,8 @@ class Explanation:
     attention: Optional[torch.Tensor] = None
     attention_heads: Optional[torch.Tensor] = None
     beta: Optional[torch.Tensor] = None
+    targets: Optional[torch.Tensor] = None
+    contrast: Optional[torch.Tensor] = None
     grid_size: Optional[List[int]] = None
     words: Optional[List[List[str]]] = None
     run: Dict[str, Any] = dataclasses.field(default_factory=dict)  # which run wrote it (run id, checkpoint), if saved

@@ -8,12 +8,12 @@ One backward, vmapped over the explained words (each word one slice of the start
 dimension through their batching rules), gives every word's relevance on all of them at once.
 """
 import contextlib
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 from torch import nn
 
-from capxai.explain.decoder_lrp import DecoderRelevance
+from capxai.explain.decoder_lrp import DecoderRelevance, logit_start
 from capxai.models import Captioner
 from capxai.nn import relevance_rules
 from capxai.nn.context import LRPSettings, lrp
@@ -40,22 +40,26 @@ def _word_leaves(store: List[torch.Tensor]):
     return hook
 
 
-def start_relevance(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[T, B, T, V]``: target k (the word at step k) starts from the raw logit of its word at step k."""
+def start_relevance(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                    contrast: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[T, B, T, V]``: target k (the word at step k) starts from the raw logit of its word at step k (minus the
+    contrast word's, when given: ``logit_start``)."""
     steps = tokens.shape[1]
-    picked = logits.gather(2, tokens.unsqueeze(2)).squeeze(2) * mask.to(logits.dtype)  # [B, T]
+    per_step = logit_start(logits, tokens, mask, contrast)  # [B, T, V], each step's start at its own step
     start = logits.new_zeros(steps, *logits.shape)
     diagonal = torch.arange(steps, device=logits.device)
-    start[diagonal, :, diagonal] = torch.zeros_like(logits).scatter_(2, tokens.unsqueeze(2),
-                                                                    picked.unsqueeze(2)).transpose(0, 1)
+    start[diagonal, :, diagonal] = per_step.transpose(0, 1)
     return start
 
 
 def generic_relevance(captioner: Captioner, features: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor,
-                      settings: LRPSettings) -> DecoderRelevance:
+                      settings: LRPSettings, targets: Optional[torch.Tensor] = None,
+                      contrast: Optional[torch.Tensor] = None) -> DecoderRelevance:
     """Relevance of every explained word (``captions [B, L]`` with ``<start>`` first, ``mask [B, L-1]``) on the
-    feature grid ``[K, B, regions, C]``, the fed words ``[K, B, T]`` and the initial states ``[K, B]``."""
-    fed, tokens = captions[:, :-1], captions[:, 1:]
+    feature grid ``[K, B, regions, C]``, the fed words ``[K, B, T]`` and the initial states ``[K, B]``. ``targets``
+    ``[B, L-1]``: the words whose logits are explained instead of the caption's; ``contrast``: explained against."""
+    fed = captions[:, :-1]
+    tokens = captions[:, 1:] if targets is None else targets
     words: List[torch.Tensor] = []
     with frozen(captioner), torch.enable_grad():
         grid = features.detach().clone().requires_grad_(True)
@@ -79,7 +83,7 @@ def generic_relevance(captioner: Captioner, features: torch.Tensor, captions: to
             raise TypeError(f"capxai.explain: {type(captioner).__name__}.step must embed the word it is fed with "
                             ".embedding exactly once per step")
         inputs = [grid] + words + initial
-        start = start_relevance(logits.detach(), tokens, mask)
+        start = start_relevance(logits.detach(), tokens, mask, contrast)
         relevance = torch.func.vmap(lambda target: torch.autograd.grad(
             logits, inputs, target, materialize_grads=True))(start)
     feature_relevance, word_relevance = relevance[0], relevance[1:1 + len(words)]

@@ -26,6 +26,38 @@ class Prepared:
     lengths: torch.Tensor
     grid_size: Optional[Tuple[int, int]]
     words: Optional[List[List[str]]]
+    targets: Optional[torch.Tensor] = None  # [B, T]: the word whose logit is explained at each step (default: the
+    # caption's own word there)
+    contrast: Optional[torch.Tensor] = None  # [B, T]: explain "target rather than contrast" (logit difference)
+
+    @property
+    def explained(self) -> torch.Tensor:
+        """``[B, T]``: the word whose logit is explained at each step."""
+        return self.captions[:, 1:] if self.targets is None else self.targets
+
+
+def word_choice(choice, prepared: Prepared, vocab_size: int, vocabulary, name: str) -> Optional[torch.Tensor]:
+    """``targets=`` / ``contrast=`` of ``explain`` as ``[B, T]`` word ids: None, one word (an id, or a string with a
+    vocabulary) for every step, or a ``[B, T]`` tensor of ids (T = the explained caption's words)."""
+    if choice is None:
+        return None
+    shape = tuple(prepared.captions[:, 1:].shape)
+    if isinstance(choice, str):
+        if vocabulary is None:
+            raise ValueError(f"capxai.explain: {name}={choice!r} is a word: pass vocabulary= (or a word id)")
+        if choice not in vocabulary.index:
+            raise ValueError(f"capxai.explain: {name}={choice!r} is not in the vocabulary")
+        choice = vocabulary.index[choice]
+    if isinstance(choice, bool) or not isinstance(choice, (int, torch.Tensor)):
+        raise TypeError(f"capxai.explain: {name} must be a word, a word id or a [B, T] tensor of ids, got "
+                        f"{type(choice).__name__}")
+    ids = torch.full(shape, choice, dtype=torch.long) if isinstance(choice, int) else choice
+    if ids.dtype != torch.long or tuple(ids.shape) != shape:
+        raise ValueError(f"capxai.explain: {name} must be [B, T] = {list(shape)} word ids (long), got "
+                         f"{list(ids.shape)} {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"capxai.explain: {name} ids must be in [0, {vocab_size})")
+    return ids.to(prepared.captions.device)
 
 
 def model_parts(model, encoder: Optional[nn.Module]) -> Tuple[Captioner, Optional[nn.Module]]:

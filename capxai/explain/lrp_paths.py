@@ -34,10 +34,12 @@ def has_fast_path(captioner) -> bool:
 
 def decoder_relevance(model, features: torch.Tensor, forward: ForwardPass, captions: torch.Tensor,
                       mask: torch.Tensor, rules: Rules, mode: str = "constant", head: Optional[int] = None,
-                      path: str = "auto") -> DecoderRelevance:
+                      path: str = "auto", targets: Optional[torch.Tensor] = None,
+                      contrast: Optional[torch.Tensor] = None) -> DecoderRelevance:
     """LRP of every explained word (``captions [B, L]``, ``<start>`` first; ``mask [B, L-1]``) through the
     decoder onto the feature grid, the fed words and the initial states. ``path``: "auto" (the fast path when one
-    is registered), "fused" or "generic". ``forward``: :func:`capxai.explain.forward.teacher_force`'s result."""
+    is registered), "fused" or "generic". ``forward``: :func:`capxai.explain.forward.teacher_force`'s result.
+    ``targets`` / ``contrast`` ``[B, L-1]``: explain these words' logits (default: the caption's), against those."""
     if path not in PATHS:
         raise ValueError(f"capxai.explain.LRP: path must be one of {PATHS}, got {path!r}")
     fused = FAST_PATHS.get(type(model))
@@ -47,6 +49,7 @@ def decoder_relevance(model, features: torch.Tensor, forward: ForwardPass, capti
     if path == "generic" or fused is None:
         if head is not None:
             raise ValueError("capxai.explain.LRP: head= needs the multi-head captioner's fused path")
-        return generic_relevance(model, features, captions, mask, LRPSettings(rules.eps, rules.bias_factor, mode))
-    start = start_relevance(forward, captions[:, 1:], mask)
+        return generic_relevance(model, features, captions, mask, LRPSettings(rules.eps, rules.bias_factor, mode),
+                                 targets, contrast)
+    start = start_relevance(forward, captions[:, 1:] if targets is None else targets, mask, contrast)
     return fused(model, features, forward, start, rules, mode, head)
