@@ -123,7 +123,8 @@ def _train(args) -> int:
                                                                    heads=args.heads, layers=args.layers))
     if problems:
         raise CommandError(f"--model {args.model} with --hidden {args.hidden} --heads {args.heads}: {problems[0]}")
-    config = TrainConfig(model=args.model, encoder=args.encoder,
+    encoder = args.encoder or CAPTIONERS.get(args.model).encoder or "scene"
+    config = TrainConfig(model=args.model, encoder=encoder,
                          encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                          finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
                          hidden=args.hidden, layers=args.layers,
@@ -385,8 +386,9 @@ def _add_train(commands) -> None:
                                                            "resume from its last.pt)")])
     training.add_argument("--model", choices=CAPTIONERS.names(), default="adaptive",
                           help="captioner kind: " + CAPTIONERS.describe())
-    training.add_argument("--encoder", choices=ENCODERS.names(), default="scene",
-                          help="image encoder: " + ENCODERS.describe())
+    training.add_argument("--encoder", choices=ENCODERS.names(),
+                          help="image encoder (default: the one the --model kind reads, else scene): "
+                               + ENCODERS.describe())
     training.add_argument("--encoder-weights", type=existing_file, help="local state_dict file for a torchvision encoder")
     training.add_argument("--freeze-encoder", action="store_true",
                           help="keep the encoder's weights fixed (default: fine-tune it with the captioner)")

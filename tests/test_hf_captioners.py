@@ -145,3 +145,26 @@ def test_images_of_another_size_are_refused():
     _, encoder = hf.split(_model())
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
         encoder(torch.zeros(1, 3, 48, 48))
+
+
+def test_capxai_train_builds_and_trains_an_hf_captioner(tiny_trained, tmp_path, capsys):
+    """``capxai train --model hf-vit-gpt2`` (its ViT encoder chosen for it): a checkpoint that loads back into the
+    HF modules, explained by LRP to the pixels; the wrong encoder for the kind is refused by name."""
+    from capxai import cli
+    from capxai.models import load_trained
+
+    _, data = tiny_trained
+    arguments = ["train", "--split-file", data / "dataset_scenes.json", "--image-root", data, "--model", "hf-vit-gpt2",
+                 "--hidden", "16",
+                 "--layers", "1", "--heads", "2", "--epochs", "1", "--batch-size", "8", "--min-count", "1",
+                 "--max-length", "10", "--dropout", "0"]
+    assert cli.main([str(a) for a in arguments + ["--out", tmp_path / "model"]]) == 0
+    model, vocabulary, config = load_trained(tmp_path / "model" / "best.pt")
+    assert config.encoder == "vit" and isinstance(model.captioner, hf.HFCaptioner)
+    assert type(model.captioner.decoder).__name__ == "GPT2LMHeadModel"
+    assert type(model.encoder.vision).__name__ == "ViTModel"
+    images = torch.rand(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
+    explanation = explain.LRP(model, vocabulary=vocabulary).explain(images, max_length=4)
+    assert torch.isfinite(explanation.pixel_relevance).all() and explanation.pixel_relevance.abs().sum() > 0
+    assert cli.main([str(a) for a in arguments + ["--encoder", "scene", "--out", tmp_path / "other"]]) == 2
+    assert "model hf-vit-gpt2 reads the tokens of its own encoder: use encoder 'vit'" in capsys.readouterr().err

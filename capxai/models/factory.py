@@ -11,6 +11,7 @@ from capxai.data.vocabulary import Vocabulary
 from capxai.models.adaptive import AdaptiveAttentionCaptioner
 from capxai.models.captioner import Captioner
 from capxai.models.checkpoint import load_checkpoint
+from capxai.models import hf
 from capxai.models.encoders import SceneCNN, TorchvisionEncoder
 from capxai.models.multihead import MultiHeadCaptioner
 from capxai.models.transformer import TransformerCaptioner
@@ -24,6 +25,7 @@ class CaptionerKind:
 
     build: Callable[..., Captioner]
     check: Callable[..., List[str]] = lambda config: []
+    encoder: Optional[str] = None  # the encoder this kind reads, when it needs one (an HF ViT's tokens)
 
 
 CAPTIONERS: Registry = Registry("captioners")
@@ -46,7 +48,15 @@ CAPTIONERS.register("transformer", CaptionerKind(lambda config, vocab_size, feat
     vocab_size, feature_dim, config.hidden, config.layers, config.heads, dropout=config.dropout,
     max_positions=config.max_length + 2), _heads_divide_hidden),
     help="a pre-LayerNorm transformer decoder (--layers, --heads), explained by the generic LRP path")
+CAPTIONERS.register("hf-vit-gpt2", CaptionerKind(lambda config, vocab_size, feature_dim: hf.gpt2(
+    vocab_size, feature_dim, config.hidden, config.layers, config.heads, config.max_length + 2, config.dropout),
+    _heads_divide_hidden, encoder="vit"),
+    help="Hugging Face GPT-2 with cross-attention over a Hugging Face ViT (--encoder vit; --hidden, --layers, "
+         "--heads), explained by the generic LRP path")
 ENCODERS.register("scene", lambda config: SceneCNN(), help="a small CNN for the built-in scenes")
+ENCODERS.register("vit", lambda config: hf.vit(config.image_size, 8, config.hidden, config.layers, config.heads),
+                  help="a Hugging Face ViT (patches of 8 px, --hidden wide, --layers, --heads), for --model "
+                       "hf-vit-gpt2")
 ENCODERS.register("vgg16", lambda config: TorchvisionEncoder("vgg16", config.encoder_weights),
                   help="torchvision VGG16 (the paper's), weights from --encoder-weights")
 ENCODERS.register("resnet101", lambda config: TorchvisionEncoder("resnet101", config.encoder_weights),
@@ -118,7 +128,11 @@ def check_config(config: "TrainConfig") -> list:
     if config.encoder_lr is not None and not (isinstance(config.encoder_lr, (int, float)) and config.encoder_lr > 0):
         problems.append(f"encoder_lr must be > 0, got {config.encoder_lr!r}")
     if not problems and config.model in CAPTIONERS:
-        problems += CAPTIONERS.get(config.model).check(config)
+        kind = CAPTIONERS.get(config.model)
+        problems += kind.check(config)
+        if kind.encoder is not None and config.encoder != kind.encoder:
+            problems.append(f"model {config.model} reads the tokens of its own encoder: use encoder "
+                            f"{kind.encoder!r} (--encoder {kind.encoder}), got {config.encoder!r}")
     return problems
 
 
