@@ -120,7 +120,7 @@ def split(model: nn.Module) -> Tuple[HFCaptioner, HFImageEncoder]:
 
 def vit(image_size: int = 96, patch_size: int = 8, width: int = 64, layers: int = 2, heads: int = 2) -> HFImageEncoder:
     """A fresh Hugging Face ViT (built from its config, no download) as capxai's encoder."""
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTModel
 
     return HFImageEncoder(ViTModel(_vit_config(image_size, patch_size, width, layers, heads), add_pooling_layer=False))
 
