@@ -33,6 +33,12 @@ def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
         for score in [*entry["thresholds"].values(), entry["pointing_game"]]:
             assert score["value"] is None or 0.0 <= score["value"] <= 1.0
     assert set(results["ablation"]["words"]) <= {"random", "lrp", "gradient-x-input"}
+    curves = results["ablation"]["insertion_deletion"]  # beside the ablation: every method and a random order
+    assert set(curves) == {"random", *methods}
+    for entry in curves.values():
+        for area in (entry["insertion_auc"], entry["deletion_auc"]):
+            assert 0.0 <= area["value"] <= 1.0 and area["ci"][0] <= area["value"] <= area["ci"][1]
+    assert "## Insertion / deletion" in (out / "explanations_test_beam1.md").read_text()
     chair = json.loads((out / "chair_test_beam1.json").read_text())
     assert set(chair) == {"overall", "imgToEval", "run"} and len(chair["imgToEval"]) == 100
     assert (out / "explanations_test_beam1.md").read_text().startswith("# Explanations of test")

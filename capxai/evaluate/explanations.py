@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from capxai.data.captions import CaptionDataset, image_id_of, stack_images
-from capxai.evaluate import ablation
+from capxai.evaluate import ablation, faithfulness
 from capxai.evaluate.grounding import THRESHOLDS, box_masks, grounding_scores, pointing_game
 from capxai.evaluate.hallucination import HallucinationData
 from capxai.evaluate.statistics import multiplicity_ci, ratio_ci, roc_auc, weighted_roc_auc
@@ -53,6 +53,7 @@ class ExplanationSettings:
     deleted_words: int = 3
     min_preceding: int = 6
     ablation: bool = True
+    curve_steps: int = 8  # points of the insertion / deletion curves after 0 (faithfulness.curves)
     seed: int = 0
     limit: Optional[int] = None  # explain N images spread evenly over the split (None: all)
     guidance: Optional[Callable] = None  # the captions' beam-search score adjustment (guided decoding), if any
@@ -63,7 +64,7 @@ class ExplanationSettings:
             raise ValueError(f"explanation methods must be some of {METHODS.names()}, got {list(self.methods)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"ExplanationSettings: limit must be >= 1 or None, got {self.limit}")
-        for name in ("beam_size", "max_length", "batch_size", "grid", "patches", "deleted_words"):
+        for name in ("beam_size", "max_length", "batch_size", "grid", "patches", "deleted_words", "curve_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ExplanationSettings: {name} must be >= 1, got {getattr(self, name)}")
         if self.patches > self.grid * self.grid:
@@ -208,6 +209,8 @@ def _measure_batch(model, *, explainers, images, features, captions, image_ids, 
                 with records.timed("ablation"):
                     _image_ablation(model, images, explanation, mentions, random_patches, "random", settings,
                                     records)
+                    _insertion_deletion(model, images, explanation, mentions, None, "random", settings, records,
+                                        generator)
                     _word_ablation(model, features, explanation, None, positions, settings, records, generator)
         with records.timed("grounding and detection"):
             _grounding(method, heatmaps, mentions, records)
@@ -219,6 +222,7 @@ def _measure_batch(model, *, explainers, images, features, captions, image_ids, 
             chosen = (ablation.most_relevant_patches(ablation.patch_relevance(maps, settings.grid), settings.patches,
                                                      generator) if maps is not None else None)
             _image_ablation(model, images, explanation, mentions, chosen, method, settings, records)
+            _insertion_deletion(model, images, explanation, mentions, maps, method, settings, records, generator)
             if explanation.word_relevance is not None:
                 _word_ablation(model, features, explanation, method, positions, settings, records, generator)
 
@@ -298,6 +302,25 @@ def _image_ablation(model, images, explanation, mentions, patches, method, setti
         records.add(f"image_ablation:{method}", m["image"], disappeared=float(gone), drop=fall)
 
 
+def _insertion_deletion(model, images, explanation, mentions, maps, method, settings, records, generator) -> None:
+    """Insertion / deletion areas of the words that are there (not hallucinated), patches in the order of the
+    method's map (``maps [mentions, H, W]``; None: a random order, the baseline)."""
+    rows = [i for i, m in enumerate(mentions) if not m["hallucinated"]]
+    if not rows:
+        return
+    chosen = [mentions[i] for i in rows]
+    patches = settings.grid ** 2
+    if maps is None:
+        order = ablation.random_patches(len(chosen), patches, patches, generator)
+    else:
+        order = ablation.most_relevant_patches(ablation.patch_relevance(maps[rows], settings.grid), patches, generator)
+    prefixes = [explanation.captions[m["row"], :m["t"] + 1] for m in chosen]
+    result = faithfulness.curves(model.encoder, model.captioner, images[[m["row"] for m in chosen]], prefixes,
+                                 torch.tensor([m["word"] for m in chosen]), order, settings.grid, settings.curve_steps)
+    for m, inserted, deleted in zip(chosen, result["insertion_auc"].tolist(), result["deletion_auc"].tolist()):
+        records.add(f"insertion_deletion:{method}", m["image"], insertion_auc=inserted, deletion_auc=deleted)
+
+
 def _word_ablation(model, features, explanation, method, positions, settings, records, generator) -> None:
     """``method`` None: the random baseline."""
     k, rows, prefixes, words, before = settings.deleted_words, [], [], [], []
@@ -347,6 +370,10 @@ def _tables(records: _Records, settings: ExplanationSettings, images: int) -> di
             ablations["image"][method] = {
                 "disappeared": _mean_over_images(*records.column(f"image_ablation:{method}", "disappeared")),
                 "probability_drop": _mean_over_images(*records.column(f"image_ablation:{method}", "drop"))}
+        if f"insertion_deletion:{method}" in records.rows:
+            ablations.setdefault("insertion_deletion", {})[method] = {
+                name: _mean_over_images(*records.column(f"insertion_deletion:{method}", name))
+                for name in ("insertion_auc", "deletion_auc")}
         if f"word_ablation:{method}" in records.rows:
             ablations["words"][method] = {
                 "probability_drop": _mean_over_images(*records.column(f"word_ablation:{method}", "drop"))}
@@ -431,6 +458,14 @@ def tables_markdown(results: dict, title: str = "") -> str:
     for method, entry in results["ablation"]["image"].items():
         lines.append(f"| {method} | {entry['disappeared']['words']} | {_fmt(entry['disappeared'])} | "
                      f"{_fmt(entry['probability_drop'])} |")
+    curves = results["ablation"].get("insertion_deletion", {})
+    if curves:
+        lines += ["", "## Insertion / deletion (area under the word's probability as the most relevant patches are "
+                  "revealed / removed)", "", "| method | words | insertion AUC (higher: faithful) | deletion AUC "
+                  "(lower: faithful) |", "|---|---|---|---|"]
+        for method, entry in curves.items():
+            lines.append(f"| {method} | {entry['insertion_auc']['words']} | {_fmt(entry['insertion_auc'])} | "
+                         f"{_fmt(entry['deletion_auc'])} |")
     lines += ["", "## Word ablation (most relevant preceding words deleted)", "",
               "| method | words | probability drop |", "|---|---|---|"]
     for method, entry in results["ablation"]["words"].items():
