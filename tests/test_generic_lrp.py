@@ -190,7 +190,7 @@ def test_a_function_without_a_rule_is_refused_by_name():
 
     model = perturbed(Exponential(VOCAB, CHANNELS, hidden=8, attention_dim=8), 0)
     features, captions, mask = inputs()
-    with pytest.raises(NotImplementedError, match="exp"):
+    with pytest.raises(cnn.NoRelevanceRule, match="exp"):
         relevance(model, features, captions, mask, "generic")
     with pytest.raises(ValueError, match="no fused path"):
         explain.LRP(model, path="fused")
@@ -212,12 +212,21 @@ def test_refusals_of_the_rules_name_what_is_unsupported():
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     with cnn.lrp() as settings, cnn.relevance_rules(settings):
-        with pytest.raises(NotImplementedError, match="division by a relevance-carrying tensor"):
+        with pytest.raises(cnn.NoRelevanceRule, match="division by a relevance-carrying tensor"):
             x / (x + 1)
-        with pytest.raises(NotImplementedError, match="F.linear with a relevance-carrying weight"):
+        with pytest.raises(cnn.NoRelevanceRule, match="F.linear with a relevance-carrying weight"):
             F.linear(x, weight)
-        with pytest.raises(NotImplementedError, match="layer_norm with relevance-carrying parameters"):
+        with pytest.raises(cnn.NoRelevanceRule, match="layer_norm with relevance-carrying parameters"):
             F.layer_norm(x, (4,), weight[0])
+        # the Hugging Face layers' functions (issue 26): GPT-2's Conv1D and a patch embedding with a trained weight,
+        # attention with dropout
+        with pytest.raises(cnn.NoRelevanceRule, match="torch.addmm with a relevance-carrying weight or bias"):
+            torch.addmm(torch.zeros(3, dtype=torch.float64), x, weight.t())
+        with pytest.raises(cnn.NoRelevanceRule, match="conv2d with a relevance-carrying weight or bias"):
+            F.conv2d(x.view(1, 2, 2, 2), weight[:1, :2].reshape(1, 2, 1, 1))
+        q = x.view(1, 1, 2, 4)
+        with pytest.raises(cnn.NoRelevanceRule, match="dropout_p > 0 .explain the model in eval mode."):
+            F.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
         assert (x / 2).requires_grad  # division by a constant passes relevance
     with pytest.raises(RuntimeError, match="inside capxai.lrp"):
         with cnn.relevance_rules():

@@ -4,9 +4,9 @@ relevance), and :func:`relevance_rules`, the rules for the ordinary torch functi
 capxai.ops."""
 from capxai.nn.attention import AdditiveAttention, MultiheadAttention, scaled_dot_product_attention, weighted_sum
 from capxai.nn.context import LRPSettings, active_settings, lrp
-from capxai.nn.function_rules import RelevanceRules, relevance_rules
+from capxai.nn.function_rules import NoRelevanceRule, RelevanceRules, relevance_rules
 from capxai.nn.lstm import LSTM, LSTMCell
 
 __all__ = ["LSTM", "LSTMCell", "AdditiveAttention", "MultiheadAttention", "weighted_sum",
            "scaled_dot_product_attention", "lrp", "LRPSettings", "active_settings", "relevance_rules",
-           "RelevanceRules"]
+           "RelevanceRules", "NoRelevanceRule"]

@@ -29,6 +29,12 @@ from capxai.nn.rules import (LayerNormRule, LinearMapRule, MeanRule, PassRule, P
 Tensor = torch.Tensor
 
 
+class NoRelevanceRule(NotImplementedError):
+    """A torch function on the relevance path that has no relevance rule (or a parameter that carries relevance):
+    a refusal by name, rather than a gradient that is not relevance. A NotImplementedError, so callers that caught
+    that before still do."""
+
+
 def _carries(value) -> bool:
     if isinstance(value, Tensor):
         return value.requires_grad
@@ -78,7 +84,7 @@ class RelevanceRules(TorchFunctionMode):
             return self._keep_weight_mark(args, result)
         if not _carries(result):
             return result
-        raise NotImplementedError(
+        raise NoRelevanceRule(
             f"capxai.nn.relevance_rules: no relevance rule for {_name(func)} on a relevance-carrying tensor; "
             "build that part from capxai.nn modules or the supported functions (docs/LRP_RULES.md, 'The generic "
             "path'), or compute it under torch.no_grad() if it should get no relevance")
@@ -126,7 +132,7 @@ def _multiply(mode: RelevanceRules, func, args, kwargs):
 
 def _divide(mode, func, args, kwargs):
     if _carries(args[1]):
-        raise NotImplementedError("capxai.nn.relevance_rules: no relevance rule for a division by a "
+        raise NoRelevanceRule("capxai.nn.relevance_rules: no relevance rule for a division by a "
                                   "relevance-carrying tensor (a normalisation: use torch.nn.LayerNorm)")
     return PassRule.apply(args[0], _plain(func, args, kwargs))
 
@@ -158,7 +164,7 @@ def _linear(mode, func, args, kwargs):
     weight = args[1] if len(args) > 1 else kwargs["weight"]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if _carries(weight) or _carries(bias):
-        raise NotImplementedError("capxai.nn.relevance_rules: F.linear with a relevance-carrying weight or bias "
+        raise NoRelevanceRule("capxai.nn.relevance_rules: F.linear with a relevance-carrying weight or bias "
                                   "(freeze the parameters, as capxai.explain does)")
     return LinearRelevance.apply(x, weight, bias, mode.settings)
 
@@ -181,7 +187,7 @@ def _affine(positions):
     def handler(mode, func, args, kwargs):
         carried = [position for position in positions if position < len(args) and _carries(args[position])]
         if len(carried) != sum(_carries(x) for x in args) + sum(_carries(x) for x in kwargs.values()):
-            raise NotImplementedError(f"capxai.nn.relevance_rules: {_name(func)} with a relevance-carrying weight or "
+            raise NoRelevanceRule(f"capxai.nn.relevance_rules: {_name(func)} with a relevance-carrying weight or "
                                       "bias (freeze the parameters, as capxai.explain does)")
 
         def function(*operands):
@@ -213,7 +219,7 @@ def _layer_norm(mode, func, args, kwargs):
     names = ("input", "normalized_shape", "weight", "bias", "eps")
     values = dict(zip(names, args), **kwargs)
     if _carries(values.get("weight")) or _carries(values.get("bias")):
-        raise NotImplementedError("capxai.nn.relevance_rules: layer_norm with relevance-carrying parameters "
+        raise NoRelevanceRule("capxai.nn.relevance_rules: layer_norm with relevance-carrying parameters "
                                   "(freeze them)")
     return LayerNormRule.apply(mode.settings, values["input"], tuple(values["normalized_shape"]),
                                values.get("weight"), values.get("bias"), values.get("eps", 1e-5))
@@ -223,7 +229,7 @@ def _sdpa(mode, func, args, kwargs):
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     values = dict(zip(names, args), **kwargs)
     if values.get("dropout_p"):
-        raise NotImplementedError("capxai.nn.relevance_rules: scaled_dot_product_attention with dropout_p > 0 "
+        raise NoRelevanceRule("capxai.nn.relevance_rules: scaled_dot_product_attention with dropout_p > 0 "
                                   "(explain the model in eval mode)")
     q, k, v, mask = values["query"], values["key"], values["value"], values.get("attn_mask")
     if values.get("enable_gqa") and k.shape[-3] != q.shape[-3]:  # grouped-query attention: each kv head serves a group
@@ -239,7 +245,7 @@ def _lstm_cell(mode, func, args, kwargs):
     values = dict(zip(names, args), **kwargs)
     weights = [values.get(name) for name in names[2:]]
     if _carries(weights):
-        raise NotImplementedError("capxai.nn.relevance_rules: an LSTM cell with relevance-carrying weights "
+        raise NoRelevanceRule("capxai.nn.relevance_rules: an LSTM cell with relevance-carrying weights "
                                   "(freeze them)")
     (h, c) = values["hx"]
     return LSTMCellRelevance.apply(values["input"], h, c, *weights, mode.settings)
