@@ -73,3 +73,12 @@ def test_bad_contrast_is_named():
         explainer.explain(IMAGES, captions=CAPTIONS, contrast="dog")
     with pytest.raises(ValueError, match="it explains no logit, so targets= and contrast= do not apply"):
         explain.Attention(make_captioner("adaptive"), make_encoder()).explain(IMAGES, captions=CAPTIONS, contrast=3)
+
+
+def test_bad_targets_are_named():
+    explainer = explain.LRP(make_captioner("adaptive"), make_encoder())
+    with pytest.raises(TypeError, match="targets must be a word, a word id or a \\[B, T\\] tensor of ids, got float"):
+        explainer.explain(IMAGES, captions=CAPTIONS, targets=3.0)
+    with pytest.raises(ValueError, match=r"targets must be \[B, T\] = \[2, 4\] word ids \(long\), got \[2, 4\] "
+                                         r"torch.float32"):
+        explainer.explain(IMAGES, captions=CAPTIONS, targets=torch.zeros(2, 4))

@@ -61,3 +61,13 @@ def test_bad_orders_are_named():
     with pytest.raises(ValueError, match=r"order must be \[N, 16\] patch indices"):
         faithfulness.curves(PatchEncoder(), PatchCaptioner(), torch.ones(1, 3, SIZE, SIZE), [torch.tensor([1])],
                             torch.tensor([WORD]), torch.zeros(1, 8, dtype=torch.long), GRID)
+
+
+def test_bad_steps_are_named():
+    from capxai.evaluate.explanations import ExplanationSettings
+
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        faithfulness.curves(PatchEncoder(), PatchCaptioner(), torch.ones(1, 3, SIZE, SIZE), [torch.tensor([1])],
+                            torch.tensor([WORD]), torch.arange(GRID * GRID)[None], GRID, steps=0)
+    with pytest.raises(ValueError, match="curve_steps must be >= 1, got 0"):
+        ExplanationSettings(curve_steps=0)

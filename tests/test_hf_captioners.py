@@ -168,3 +168,32 @@ def test_capxai_train_builds_and_trains_an_hf_captioner(tiny_trained, tmp_path, 
     assert torch.isfinite(explanation.pixel_relevance).all() and explanation.pixel_relevance.abs().sum() > 0
     assert cli.main([str(a) for a in arguments + ["--encoder", "scene", "--out", tmp_path / "other"]]) == 2
     assert "model hf-vit-gpt2 reads the tokens of its own encoder: use encoder 'vit'" in capsys.readouterr().err
+
+
+def test_a_model_saved_and_loaded_with_from_pretrained_is_explained(tmp_path):
+    """What a user does with a local checkpoint folder: save_pretrained, from_pretrained(local_files_only), split."""
+    from transformers import VisionEncoderDecoderModel
+
+    _model().save_pretrained(tmp_path / "checkpoint")
+    loaded = VisionEncoderDecoderModel.from_pretrained(tmp_path / "checkpoint", local_files_only=True)
+    captioner, encoder = hf.split(loaded)
+    expected_captioner, expected_encoder = hf.split(_model())
+    images = _images(2)
+    with torch.no_grad():
+        assert torch.equal(greedy(captioner, encoder(images), 6).tokens,
+                           greedy(expected_captioner, expected_encoder(images), 6).tokens)
+    assert torch.isfinite(explain.LRP(captioner, encoder).explain(images, max_length=4).pixel_relevance).all()
+
+
+def test_bad_models_and_inputs_are_named():
+    model = _model()
+    model.config.decoder_start_token_id = 50256  # a tokenizer's own ids: capxai would decode it wrongly
+    with pytest.raises(ValueError, match="special ids are .*50256.*not supported yet"):
+        hf.split(model)
+    captioner, encoder = hf.split(_model())
+    with pytest.raises(ValueError, match="a caption longer than the decoder's 16 positions"):
+        greedy(captioner, encoder(_images(1)), max_length=20)
+    with pytest.raises(ValueError, match="the layer has 17 tokens, not 1 leading \\+ 3 x 3 patches"):
+        explain.gradients.tokens_to_grid(torch.zeros(1, 17, 2), (3, 3), 1)
+    with pytest.raises(ValueError, match=r"the encoder gives features \[1, 17, 32\], the relevance is for"):
+        generic_pixel_relevance(encoder, _images(1), torch.zeros(2, 1, 16, 32), EXACT)

@@ -37,6 +37,20 @@ def check_supported(model: nn.Module) -> None:
                          f"{decoder_type!r} decoder is not supported; the adapter covers {supported}")
 
 
+def check_special_ids(model: nn.Module) -> None:
+    """A ValueError when the model's ``<start>`` / ``<end>`` / ``<pad>`` ids are not capxai's (1, 2, 0): capxai's
+    decoding and explainers use those, and a checkpoint with its own (GPT-2's 50256) would be decoded wrongly."""
+    config, decoder = model.config, model.config.decoder
+    found = {"decoder_start_token_id": config.decoder_start_token_id,
+             "eos_token_id": config.eos_token_id if config.eos_token_id is not None else decoder.eos_token_id,
+             "pad_token_id": config.pad_token_id if config.pad_token_id is not None else decoder.pad_token_id}
+    wanted = {"decoder_start_token_id": START_ID, "eos_token_id": END_ID, "pad_token_id": PAD_ID}
+    if found != wanted:
+        raise ValueError(f"capxai.models.hf: the model's special ids are {found}; capxai decodes with {wanted} "
+                         "(its vocabulary's <start>, <end>, <pad>). Checkpoints with their own ids (a tokenizer's, "
+                         "e.g. GPT-2's 50256) are not supported yet")
+
+
 class HFImageEncoder(nn.Module):
     """A Hugging Face ViT as capxai's encoder: ``images [B, 3, H, W]`` -> ``[B, 1 + h * w, C]`` (class token, then
     the ``h x w`` patches row by row). ``grid_size`` is ``(h, w)``; ``leading_tokens`` the tokens before the grid;
@@ -93,6 +107,7 @@ class HFCaptioner(Captioner):
     @classmethod
     def from_model(cls, model: nn.Module) -> "HFCaptioner":
         check_supported(model)
+        check_special_ids(model)
         return cls(model.decoder, model.config.encoder.hidden_size, getattr(model, "enc_to_dec_proj", None))
 
     def init_state(self, features: torch.Tensor) -> State:
