@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between,
                                guided_decoding_setting, int_at_least, output_file, output_folder, run_command)
@@ -47,10 +48,16 @@ def data_options(required: bool, split_file_help: str, image_root_help: str) -> 
     return parent
 
 
-def checkpoint_option(help_text: str) -> Parser:
-    """``--checkpoint``: the trained model a command reads."""
+def checkpoint_option(help_text: str, hf_model_help: Optional[str] = None) -> Parser:
+    """``--checkpoint``: the trained model a command reads; with ``hf_model_help``, or ``--hf-model DIR`` (a local
+    Hugging Face checkpoint folder), one of the two."""
     parent, group = _parent("model")
-    group.add_argument("--checkpoint", type=existing_file, required=True, help=help_text)
+    if hf_model_help is None:
+        group.add_argument("--checkpoint", type=existing_file, required=True, help=help_text)
+        return parent
+    either = group.add_mutually_exclusive_group(required=True)
+    either.add_argument("--checkpoint", type=existing_file, help=help_text)
+    either.add_argument("--hf-model", type=existing_folder, metavar="DIR", help=hf_model_help)
     return parent
 
 
@@ -288,6 +295,7 @@ def _explain(args) -> int:
     from capxai.commands.explain_run import explain_images, explain_split
     from capxai.explain import METHODS, methods_of
     from capxai.models import load_trained
+    from capxai.models.hf_local import load_local
 
     run = _run_of(args)
     methods = methods_of(args.method)
@@ -305,16 +313,26 @@ def _explain(args) -> int:
         if no_start:
             raise CommandError(f"--contrast applies to methods that explain a logit; {', '.join(no_start)} does "
                                "not (choose the other methods with --method)")
-    model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
+    if args.hf_model is not None:
+        if args.images is None:
+            raise CommandError("--hf-model explains --images (a split's captions are read with capxai's vocabulary; "
+                               "explain its images with --images)")
+        local = load_local(args.hf_model, device=run.device)
+        model, vocabulary, image_size, transform = local.model, local.vocabulary, local.image_size, local.transform
+        max_length = args.max_length if args.max_length is not None else 16
+    else:
+        model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
+        image_size, transform = config.image_size, None
+        max_length = args.max_length if args.max_length is not None else config.max_length
     if args.contrast is not None and args.contrast not in vocabulary.index:
         raise CommandError(f"--contrast {args.contrast!r} is not in the model's vocabulary")
-    max_length = args.max_length if args.max_length is not None else config.max_length
     if args.images is not None:
-        written = explain_images(model, vocabulary, image_size=config.image_size, image_paths=args.images,
+        written = explain_images(model, vocabulary, image_size=image_size, image_paths=args.images,
                                  out_dir=args.out, methods=methods, captions=args.captions,
                                  beam_size=args.beam_size, max_length=max_length, composite=args.composite,
-                                 overwrite=args.overwrite, figures=not args.no_figures, checkpoint=args.checkpoint,
-                                 contrast=args.contrast)
+                                 overwrite=args.overwrite, figures=not args.no_figures,
+                                 checkpoint=args.checkpoint or args.hf_model, contrast=args.contrast,
+                                 transform=transform)
         print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
         return 0
     image_root = args.image_root or args.split_file.parent
@@ -501,9 +519,13 @@ def _add_evaluate(commands) -> None:
 
 def _add_explain(commands) -> None:
     from capxai.explain import METHODS
+    from capxai.models import hf
     explaining = commands.add_parser(
         "explain", help="explain every word of captions: " + ", ".join(METHODS.names()),
-        parents=[run_options(precision=False), checkpoint_option("best.pt or last.pt of capxai train"),
+        parents=[run_options(precision=False), checkpoint_option(
+                     "best.pt or last.pt of capxai train", "a local Hugging Face image-to-text model instead: the "
+                     "folder of its save_pretrained, with its image processor and tokenizer (" + hf.describe_supported() + "; "
+                     "with --images)"),
                  data_options(False, "explain a whole split of this Karpathy-style json, in shards (resumable; "
                               "under torchrun each process takes its own shards)",
                               IMAGE_ROOT_HELP + " (default: the split file's folder)"),

@@ -102,6 +102,10 @@ def test_every_method_explains_the_hf_captioner(method):
     if method == "Attention":
         maps = [explanation.attention]
         assert explanation.attention.shape[-1] == 1 + (IMAGE // 8) ** 2  # the class token and the 4 x 4 patches
+        nearest = explain.Attention(captioner, encoder, upsample_mode="nearest").explain(_images(2), max_length=5)
+        patches = nearest.attention[..., 1:].unflatten(-1, (4, 4))  # the map: the patches' share, upsampled
+        torch.testing.assert_close(nearest.pixel_map[..., ::8, ::8], patches)
+        assert tuple(explanation.pixel_map.shape[-2:]) == (IMAGE, IMAGE)
     assert maps and all(torch.isfinite(m).all() for m in maps)
     for heatmap in maps[:1] if method != "Attention" else []:
         assert tuple(heatmap.shape[-2:]) == (IMAGE, IMAGE)
@@ -187,8 +191,8 @@ def test_a_model_saved_and_loaded_with_from_pretrained_is_explained(tmp_path):
 
 def test_bad_models_and_inputs_are_named():
     model = _model()
-    model.config.decoder_start_token_id = 50256  # a tokenizer's own ids: capxai would decode it wrongly
-    with pytest.raises(ValueError, match="special ids are .*50256.*not supported yet"):
+    model.config.decoder_start_token_id = 50256  # a tokenizer's id, outside this decoder's 30 tokens
+    with pytest.raises(ValueError, match=r"special ids \(0, 50256, 2\) outside the decoder's 30 tokens"):
         hf.split(model)
     captioner, encoder = hf.split(_model())
     with pytest.raises(ValueError, match="a caption longer than the decoder's 16 positions"):

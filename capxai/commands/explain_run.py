@@ -5,7 +5,7 @@ images decoded in the run's DataLoader workers, the files hold CPU tensors."""
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +22,13 @@ from capxai.interrupts import stoppable
 def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
                    methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
                    composite: str = "paper", overwrite: bool = False, figures: bool = True,
-                   checkpoint=None, contrast: Optional[str] = None) -> Dict[str, Path]:
+                   checkpoint=None, contrast: Optional[str] = None,
+                   transform: Optional[Callable] = None) -> Dict[str, Path]:
     """Explains ``image_paths`` (their own captions, or ``captions``) with each method: ``OUT/METHOD/explanation.pt``
     (+ ``.json``) and, with ``figures``, ``OUT/METHOD/IMAGE/TT_WORD.png`` per word. ``contrast``: a word each
-    word is explained against ("this word rather than CONTRAST").
+    word is explained against ("this word rather than CONTRAST"). ``transform``: a PIL image (resized to
+    ``image_size``) -> the model's input ``[3, S, S]`` (default: ImageNet normalisation, what capxai's models read).
+    ``checkpoint``: the model's file, or folder (a Hugging Face model), stamped in the run with its sha256.
 
     Each method's folder holds one run: with ``overwrite`` the earlier run's files there (figures of other images
     included) are removed once the new explanation is computed; files capxai did not write stop the call before
@@ -38,7 +41,7 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
         target = out_dir / method / "explanation.pt"
         output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
     pictures = [open_image(Path(path)).resize((image_size, image_size)) for path in image_paths]
-    transform = default_transform(image_size)
+    transform = transform if transform is not None else default_transform(image_size)
     images = torch.stack([transform(picture) for picture in pictures]).to(next(model.parameters()).device)
     display = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in pictures]) / 255.0
     names = _unique_names(image_paths)
@@ -62,8 +65,17 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
 def _run_stamp(output: OutputFolder, checkpoint) -> dict:
     run = {"run_id": output.run_id}
     if checkpoint is not None:
-        run.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+        run.update(checkpoint=str(checkpoint), checkpoint_sha256=_model_sha256(Path(checkpoint)))
     return run
+
+
+def _model_sha256(path: Path) -> str:
+    """A checkpoint file's sha256, or a model folder's: of its files' names and sha256s."""
+    if not path.is_dir():
+        return file_sha256(path)
+    files = sorted(item for item in path.rglob("*") if item.is_file())
+    listing = "\n".join(f"{item.relative_to(path)} {file_sha256(item)}" for item in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _unique_names(paths: Sequence[Path]) -> List[str]:

@@ -100,7 +100,8 @@ class Explainer(abc.ABC):
         explanation = Explanation(tokens=tokens, lengths=prepared.lengths, captions=prepared.captions,
                                   logits=forward.word_logits(tokens).detach() * real,
                                   probabilities=probabilities * real, method=self.method, settings=self.settings,
-                                  grid_size=list(prepared.grid_size) if prepared.grid_size else None,
+                                  grid_size=list(prepared.grid_size) if prepared.grid_size and
+                                  not prepared.leading_tokens else None,
                                   words=prepared.words)
         if "alpha" in forward.steps[0]:
             explanation.attention = forward.stacked("alpha").detach().transpose(0, 1) * real.unsqueeze(-1)
@@ -334,7 +335,8 @@ class Attention(Explainer):
         attention_of(forward.steps[0], type(self.captioner).__name__)
         explanation = self._result(prepared, forward)
         if prepared.images is not None and prepared.grid_size is not None:
-            grid = explanation.attention.unflatten(-1, tuple(prepared.grid_size))
+            # a ViT's class token has no place on the image: the map is the attention on the patches
+            grid = explanation.attention[..., prepared.leading_tokens:].unflatten(-1, tuple(prepared.grid_size))
             explanation.pixel_map = upsample(grid, prepared.images.shape[-2:], self.upsample_mode)
         return explanation
 

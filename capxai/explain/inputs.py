@@ -29,6 +29,7 @@ class Prepared:
     targets: Optional[torch.Tensor] = None  # [B, T]: the word whose logit is explained at each step (default: the
     # caption's own word there)
     contrast: Optional[torch.Tensor] = None  # [B, T]: explain "target rather than contrast" (logit difference)
+    leading_tokens: int = 0  # regions before the grid's (a ViT's class token): regions = leading + h * w
 
     @property
     def explained(self) -> torch.Tensor:
@@ -186,6 +187,13 @@ def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features
     features = _check_features(features, captioner).detach()
     if grid_size is not None and math.prod(grid_size) != features.shape[1]:
         grid_size = None
+    leading = int(getattr(encoder, "leading_tokens", 0) or 0)
+    declared = getattr(encoder, "grid_size", None)  # a token encoder's (a ViT): class token(s), then the patches
+    if images is not None and grid_size is None and declared is not None and \
+            leading + math.prod(declared) == features.shape[1]:
+        grid_size = tuple(declared)
+    else:
+        leading = 0
     batch = features.shape[0]
     if captions is None:
         decoded = beam_search(captioner, features, beam_size, max_length, START, END, PAD)
@@ -209,4 +217,4 @@ def prepare(captioner: Captioner, encoder: Optional[nn.Module], images, features
     words = None
     if vocabulary is not None:
         words = [[vocabulary.words[int(i)] for i in row[1:n + 1]] for row, n in zip(captions, lengths.tolist())]
-    return Prepared(images, features, captions, lengths, grid_size, words)
+    return Prepared(images, features, captions, lengths, grid_size, words, leading_tokens=leading)

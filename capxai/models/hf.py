@@ -15,10 +15,12 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from capxai.data.vocabulary import END, PAD, SPECIALS, START
+from capxai.data.vocabulary import END, PAD, SPECIALS, START, UNK
 from capxai.models.captioner import Captioner, State
 
-PAD_ID, START_ID, END_ID = (SPECIALS.index(token) for token in (PAD, START, END))  # capxai's vocabulary's ids
+PAD_ID, START_ID, END_ID, UNK_ID = (SPECIALS.index(token) for token in (PAD, START, END, UNK))  # capxai's ids
+CAPXAI_IDS = (PAD_ID, START_ID, END_ID)
+WORD_OFFSET = len(SPECIALS)  # a remapped captioner's id of the model's token j is WORD_OFFSET + j
 SUPPORTED = {"VisionEncoderDecoderModel": "a ViT encoder ('vit') with a GPT-2 decoder ('gpt2')"}
 ENCODER_TYPES = ("vit",)
 DECODER_TYPES = ("gpt2",)
@@ -27,28 +29,43 @@ DECODER_TYPES = ("gpt2",)
 def check_supported(model: nn.Module) -> None:
     """A ValueError naming what the adapter supports when ``model`` is another architecture."""
     name = type(model).__name__
-    supported = "; ".join(f"{kind} ({what})" for kind, what in SUPPORTED.items())
     if name not in SUPPORTED:
-        raise ValueError(f"capxai.models.hf: {name} is not supported; the adapter covers {supported}")
-    encoder_type = model.config.encoder.model_type
-    decoder_type = model.config.decoder.model_type
+        raise ValueError(f"capxai.models.hf: {name} is not supported; the adapter covers {describe_supported()}")
+    check_config(model.config)
+
+
+def check_config(config) -> None:
+    """The same check on a model's config (before its weights are read)."""
+    if type(config).__name__ != "VisionEncoderDecoderConfig":
+        architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures named"
+        raise ValueError(f"capxai.models.hf: a {config.model_type!r} model ({architectures}) is not supported; the "
+                         f"adapter covers {describe_supported()}")
+    encoder_type, decoder_type = config.encoder.model_type, config.decoder.model_type
     if encoder_type not in ENCODER_TYPES or decoder_type not in DECODER_TYPES:
         raise ValueError(f"capxai.models.hf: a VisionEncoderDecoderModel with a {encoder_type!r} encoder and a "
-                         f"{decoder_type!r} decoder is not supported; the adapter covers {supported}")
+                         f"{decoder_type!r} decoder is not supported; the adapter covers {describe_supported()}")
 
 
-def check_special_ids(model: nn.Module) -> None:
-    """A ValueError when the model's ``<start>`` / ``<end>`` / ``<pad>`` ids are not capxai's (1, 2, 0): capxai's
-    decoding and explainers use those, and a checkpoint with its own (GPT-2's 50256) would be decoded wrongly."""
+def describe_supported() -> str:
+    """What the adapter covers, in words."""
+    return "; ".join(f"{kind} ({what})" for kind, what in SUPPORTED.items())
+
+
+def special_ids(model: nn.Module) -> Tuple[int, int, int]:
+    """``(pad, start, end)`` ids of a ``VisionEncoderDecoderModel`` (its config's, else its decoder's; a model without
+    a pad id pads with its end id, as GPT-2 checkpoints do)."""
+    def first(*names):
+        values = [getattr(owner, name, None) for owner, name in names]
+        return next((value for value in values if value is not None), None)
+
     config, decoder = model.config, model.config.decoder
-    found = {"decoder_start_token_id": config.decoder_start_token_id,
-             "eos_token_id": config.eos_token_id if config.eos_token_id is not None else decoder.eos_token_id,
-             "pad_token_id": config.pad_token_id if config.pad_token_id is not None else decoder.pad_token_id}
-    wanted = {"decoder_start_token_id": START_ID, "eos_token_id": END_ID, "pad_token_id": PAD_ID}
-    if found != wanted:
-        raise ValueError(f"capxai.models.hf: the model's special ids are {found}; capxai decodes with {wanted} "
-                         "(its vocabulary's <start>, <end>, <pad>). Checkpoints with their own ids (a tokenizer's, "
-                         "e.g. GPT-2's 50256) are not supported yet")
+    start = first((config, "decoder_start_token_id"), (decoder, "bos_token_id"))
+    end = first((config, "eos_token_id"), (decoder, "eos_token_id"))
+    pad = first((config, "pad_token_id"), (decoder, "pad_token_id"))
+    if start is None or end is None:
+        raise ValueError("capxai.models.hf: the model's config names no decoder_start_token_id (or bos_token_id) "
+                         "or no eos_token_id; set them (model.config.decoder_start_token_id = ...) before splitting")
+    return (int(pad) if pad is not None else int(end)), int(start), int(end)
 
 
 class HFImageEncoder(nn.Module):
@@ -90,25 +107,55 @@ class HFCaptioner(Captioner):
     """A Hugging Face GPT-2 decoder with cross-attention as a capxai captioner: ``init_state(features)`` and one word
     per ``step``. ``project``: the ``VisionEncoderDecoderModel``'s encoder-to-decoder projection, when it has one.
 
+    ``hf_special_ids``: the model's own ``(pad, start, end)`` ids, for a checkpoint with a tokenizer's ids (GPT-2's
+    50256 for all three) rather than capxai's ``(0, 1, 2)``. The captioner then speaks capxai's ids: id
+    ``i < 4`` is capxai's ``<pad> <start> <end> <unk>`` (mapped to the model's pad, start, end and end), id
+    ``WORD_OFFSET + j`` is the model's token ``j``. Its logits are the model's, reordered so (``index_select``, which
+    routes relevance exactly); ``<pad>``, ``<start>``, ``<unk>`` and the word copies of the model's special tokens get
+    ``-inf`` (never decoded), so ``<end>`` is decoded where the model ends and greedy decoding equals ``generate``.
+
     Activations of a step: ``attention [B, heads, regions]``, the last decoder layer's cross-attention of the new
     word over the encoder's tokens (computed by the eager attention, which the adapter selects for the decoder).
     """
 
-    def __init__(self, decoder: nn.Module, feature_dim: int, project: Optional[nn.Module] = None):
+    def __init__(self, decoder: nn.Module, feature_dim: int, project: Optional[nn.Module] = None,
+                 hf_special_ids: Optional[Tuple[int, int, int]] = None):
         super().__init__()
         self.decoder = decoder
         self.decoder.config._attn_implementation = "eager"  # cross-attention weights are an output of the step
         self.project = project
         self.embedding = self.decoder.get_input_embeddings()
-        self.vocab_size = int(self.decoder.config.vocab_size)
+        self.hf_vocab_size = int(self.decoder.config.vocab_size)
         self.feature_dim = int(feature_dim)
         self.max_positions = int(self.decoder.config.n_positions)
+        self.hf_special_ids = None if hf_special_ids is None else tuple(hf_special_ids)
+        self.vocab_size = self.hf_vocab_size
+        if self.hf_special_ids is not None:
+            pad, start, end = self.hf_special_ids
+            if not all(0 <= i < self.hf_vocab_size for i in self.hf_special_ids):
+                raise ValueError(f"capxai.models.hf: special ids {self.hf_special_ids} outside the decoder's "
+                                 f"{self.hf_vocab_size} tokens")
+            token_map = torch.tensor([pad, start, end, end] + list(range(self.hf_vocab_size)))
+            never = torch.zeros(len(token_map), dtype=torch.bool)
+            never[[PAD_ID, START_ID, UNK_ID]] = True
+            never[[WORD_OFFSET + i for i in self.hf_special_ids]] = True
+            self.register_buffer("token_map", token_map, persistent=False)
+            self.register_buffer("never_decoded", never, persistent=False)
+            self.vocab_size = len(token_map)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "HFCaptioner":
+    def from_model(cls, model: nn.Module, remap: Optional[bool] = None) -> "HFCaptioner":
+        """The decoder of ``model``; ``remap`` (default: when its special ids are not capxai's) makes the captioner
+        speak capxai's ids over the model's own (``hf_special_ids`` above)."""
         check_supported(model)
-        check_special_ids(model)
-        return cls(model.decoder, model.config.encoder.hidden_size, getattr(model, "enc_to_dec_proj", None))
+        ids = special_ids(model)
+        remap = ids != CAPXAI_IDS if remap is None else remap
+        return cls(model.decoder, model.config.encoder.hidden_size, getattr(model, "enc_to_dec_proj", None),
+                   ids if remap else None)
+
+    def to_hf_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """capxai's ids of this captioner -> the model's own token ids."""
+        return tokens if self.hf_special_ids is None else self.token_map[tokens]
 
     def init_state(self, features: torch.Tensor) -> State:
         if self.project is not None:
@@ -116,21 +163,56 @@ class HFCaptioner(Captioner):
         return {"features": features, "embedded": features.new_zeros(features.shape[0], 0, self.embedding.embedding_dim)}
 
     def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
-        embedded = torch.cat([state["embedded"], self.embedding(words).unsqueeze(1)], dim=1)
+        embedded = torch.cat([state["embedded"], self.embedding(self.to_hf_tokens(words)).unsqueeze(1)], dim=1)
         if embedded.shape[1] > self.max_positions:
             raise ValueError(f"HFCaptioner: a caption longer than the decoder's {self.max_positions} positions "
                              "(config.n_positions)")
         output = self.decoder(inputs_embeds=embedded, encoder_hidden_states=state["features"], use_cache=False,
                               output_attentions=True, return_dict=True)
         attention = output.cross_attentions[-1][:, :, -1]  # [B, heads, regions]
-        return output.logits[:, -1], {"features": state["features"], "embedded": embedded}, {"attention": attention}
+        logits = output.logits[:, -1]
+        if self.hf_special_ids is not None:
+            logits = logits.index_select(-1, self.token_map).masked_fill(self.never_decoded, float("-inf"))
+        return logits, {"features": state["features"], "embedded": embedded}, {"attention": attention}
 
 
-def split(model: nn.Module) -> Tuple[HFCaptioner, HFImageEncoder]:
-    """``(captioner, encoder)`` of a ``VisionEncoderDecoderModel`` (in evaluation mode; dropout off)."""
+def split(model: nn.Module, remap: Optional[bool] = None) -> Tuple[HFCaptioner, HFImageEncoder]:
+    """``(captioner, encoder)`` of a ``VisionEncoderDecoderModel`` (in evaluation mode; dropout off; its GELU
+    written out by hand replaced by ``nn.GELU``, see :func:`use_torch_gelu`). ``remap``: see
+    :meth:`HFCaptioner.from_model`."""
     check_supported(model)
     model.eval()
-    return HFCaptioner.from_model(model), HFImageEncoder.from_model(model)
+    use_torch_gelu(model)
+    return HFCaptioner.from_model(model, remap), HFImageEncoder.from_model(model)
+
+
+def use_torch_gelu(model: nn.Module) -> int:
+    """Replaces ``transformers``' GELUs written out by hand (GPT-2's ``gelu_new``, ``gelu_fast``, the python ones)
+    by ``nn.GELU`` of the same function, in place; returns how many. They compute GELU's tanh form (or its erf form)
+    from ``pow`` and products, which the generic LRP path would split as products of signals (or refuse, for
+    ``pow``); ``F.gelu`` gets the identity rule of an elementwise nonlinearity, as LRP and AttnLRP treat GELU.
+    The outputs agree to float rounding (tested)."""
+    from transformers import activations
+
+    tanh_forms = tuple(getattr(activations, name) for name in ("NewGELUActivation", "FastGELUActivation")
+                       if hasattr(activations, name))
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = None
+            if isinstance(child, tanh_forms):
+                replacement = nn.GELU(approximate="tanh")
+            elif type(child).__name__ in ("GELUTanh", "GELUActivation") and not _calls_torch_gelu(child):
+                replacement = nn.GELU(approximate="tanh" if type(child).__name__ == "GELUTanh" else "none")
+            if replacement is not None:
+                setattr(parent, name, replacement)
+                replaced += 1
+    return replaced
+
+
+def _calls_torch_gelu(activation: nn.Module) -> bool:
+    act = getattr(activation, "act", None)
+    return getattr(act, "func", act) is torch.nn.functional.gelu
 
 
 def vit(image_size: int = 96, patch_size: int = 8, width: int = 64, layers: int = 2, heads: int = 2) -> HFImageEncoder:
