@@ -63,7 +63,7 @@ demo-check: build browser
 	CAPXAI_REPORT_RUN=runs/demo-quick $(PY) -m pytest -q tests/test_report_browser.py
 
 test: build browser
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 test-all: build browser
 	$(PY) -m pytest -q tests

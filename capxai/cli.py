@@ -293,7 +293,7 @@ def methods_of_option(text: str):
 
 def _explain(args) -> int:
     from capxai.commands.explain_run import explain_images, explain_split
-    from capxai.explain import METHODS, methods_of
+    from capxai.explain import METHODS, RUNNER_UP, methods_of
     from capxai.models import load_trained
     from capxai.models.hf_local import load_local
 
@@ -324,7 +324,7 @@ def _explain(args) -> int:
         model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
         image_size, transform = config.image_size, None
         max_length = args.max_length if args.max_length is not None else config.max_length
-    if args.contrast is not None and args.contrast not in vocabulary.index:
+    if args.contrast not in (None, RUNNER_UP) and args.contrast not in vocabulary.index:
         raise CommandError(f"--contrast {args.contrast!r} is not in the model's vocabulary")
     if args.images is not None:
         written = explain_images(model, vocabulary, image_size=image_size, image_paths=args.images,
@@ -543,7 +543,8 @@ def _add_explain(commands) -> None:
                             help="the method (or all): " + METHODS.describe())
     explaining.add_argument("--no-figures", action="store_true", help="with --images: write explanation.pt only")
     explaining.add_argument("--contrast", metavar="WORD", help="explain each word rather than WORD: the start is "
-                            "the word's logit minus WORD's (methods that explain a logit)")
+                            "the word's logit minus WORD's (methods that explain a logit); '<runner-up>': rather "
+                            "than the model's next most likely word at each step")
     explaining.set_defaults(run=_explain)
 
 

@@ -4,21 +4,22 @@ Stages, each a ``capxai`` command a user could type (the demo prints them), each
 is complete, so an interrupted demo resumes where it stopped:
 
 1. ``capxai data scenes``: the built-in scenes (train / val / test);
-2. per captioner (the paper's adaptive attention and multi-head captioners, and a transformer decoder, in three
-   worker processes of one thread each): ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split
+2. per captioner (the paper's adaptive attention and multi-head captioners, a transformer decoder and a Hugging Face
+   ViT + GPT-2, in four worker processes): ``capxai train`` (cross-entropy), ``capxai evaluate`` of the test split
    with every explanation method (captions, CHAIR, probes, grounding, pointing game, ablation, hallucination
-   detection), ``capxai explain`` of a few test images with every method (the report's heatmaps); for the paper's
+   detection), ``capxai explain`` of a few test images with every method (the report's heatmaps) and with LRP of
+   each word against the model's runner-up word there (the report's contrastive panel); for the paper's
    two, ``capxai finetune`` with LRP, with explanation-gated labels and with the baseline, and ``capxai evaluate``
-   of the fine-tuned models (both methods read the two terms the output layer sums, which the transformer does not
-   have);
+   of the fine-tuned models (both methods read the two terms the output layer sums, which the transformer and GPT-2
+   do not have);
 3. ``capxai finetune-table`` (before / baseline / LRP / gated, with intervals) and ``capxai report`` -> ``OUT/report.html``.
 
 Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
 workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
 refused (``--overwrite`` starts it afresh).
 
-``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the three captioners
-train at once, one thread each; on one GPU one after the other, with several GPUs spread over them. The recipe is the same
+``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the four captioners
+train at once, sharing the cores; on one GPU one after the other, with several GPUs spread over them. The recipe is the same
 on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
 the last digits, and a caption that differs in one word changes its image's scores). Where the work runs is not a
 setting of the demo folder: a demo started on the CPU may be resumed on a GPU.
@@ -40,11 +41,11 @@ from tqdm import tqdm
 
 from capxai._io import atomic_write_json
 from capxai.data.captions import image_id_of, load_karpathy
-from capxai.explain import METHODS as METHOD_REGISTRY
+from capxai.explain import METHODS as METHOD_REGISTRY, RUNNER_UP
 from capxai.models import CAPTIONERS as CAPTIONER_REGISTRY
 from capxai.runtime import DEVICES_HELP, run_settings
 
-CAPTIONERS = ("adaptive", "multihead", "transformer")  # kinds of capxai.models.CAPTIONERS
+CAPTIONERS = ("adaptive", "multihead", "transformer", "hf-vit-gpt2")  # kinds of capxai.models.CAPTIONERS
 FINETUNED = ("adaptive", "multihead")  # LRP-inference fine-tuning weights the two terms their output layer sums
 # the paper's method, capxai's explanation-gated labels (issue 23) and the baseline they are compared with
 FINETUNE_METHODS = ("baseline", "lrp", "gated")
@@ -58,6 +59,11 @@ CAPTIONER_RECIPE = ("--hidden", "128", "--attention-dim", "64", "--dropout", "0.
 # The transformer: a training step costs about 0.8 of the LSTM captioners' on one thread.
 TRANSFORMER_RECIPE = ("--hidden", "96", "--heads", "4", "--layers", "2", "--dropout", "0.1", "--lr", "1e-3",
                       "--batch-size", "32")
+# The Hugging Face ViT + GPT-2 (both trained from their configs: no weights can be downloaded): 64 wide, two layers
+# each, patches of 8 px. A ViT from scratch is slow to start reading the image: on the quick scenes at lr 1e-3 with
+# dropout 0.1 it captioned every test image alike after 3 epochs; at 3e-3 without dropout it reached validation
+# CIDEr 0.50 at epoch 4 with 50 distinct captions on 300 test images (docs/experiments/hf-captioners/README.md).
+HF_RECIPE = ("--hidden", "64", "--heads", "2", "--layers", "2", "--dropout", "0.0", "--lr", "3e-3", "--batch-size", "32")
 assert all(kind in CAPTIONER_REGISTRY for kind in CAPTIONERS)
 SPLIT, BEAM = "test", 3
 CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
@@ -78,6 +84,8 @@ class DemoConfig:
     seed: int = 0
     train_arguments: Sequence[str] = CAPTIONER_RECIPE  # the paper's two captioners
     transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
+    hf_arguments: Sequence[str] = HF_RECIPE
+    contrast: str = RUNNER_UP  # the report's contrastive LRP panel: each word against this ("" for none)
 
 
 # all five captions per step: on 1000 scenes two would leave the captioners too little to learn from
@@ -121,7 +129,8 @@ class Demo:
 
     def recipe(self, captioner: str) -> Sequence[str]:
         """The training options of a captioner (its size, dropout, learning rate)."""
-        return self.config.transformer_arguments if captioner == "transformer" else self.config.train_arguments
+        return {"transformer": self.config.transformer_arguments,
+                "hf-vit-gpt2": self.config.hf_arguments}.get(captioner, self.config.train_arguments)
 
     def captioner_stages(self, captioner: str) -> List[Stage]:
         trained = self.folder("captioner", captioner)
@@ -139,6 +148,11 @@ class Demo:
                   lambda: all((self.folder("explain", captioner) / m / name).is_file()
                               for m in METHODS for name in ("explanation.pt", "explanation.json"))),
         ]
+        if self.config.contrast:
+            contrasted = self.folder("explain", captioner, "contrast")
+            stages.append(Stage("explain contrast", lambda: self._explain_arguments(captioner, contrast=True),
+                                lambda: all((contrasted / "lrp" / name).is_file()
+                                            for name in ("explanation.pt", "explanation.json"))))
         for method in (FINETUNE_METHODS if captioner in FINETUNED else ()):
             tuned = self.folder("finetune", captioner, method)
             stages.append(Stage(f"finetune {method}", lambda tuned=tuned, method=method: [
@@ -161,19 +175,27 @@ class Demo:
                                     *([] if ablation else ["--no-ablation"]), "--out", str(out), "--overwrite", *on],
                      lambda: all(path.is_file() for path in files))
 
-    def _explain_arguments(self, captioner: str) -> List[str]:
+    def _explain_arguments(self, captioner: str, contrast: bool = False) -> List[str]:
         """Explain the report's images with the captions the evaluation gave them (so that CHAIR's word positions
-        match the explained words)."""
-        evaluation = self.folder("eval", captioner)
-        chosen = choose_report_images(evaluation, self.scenes, self.config.report_images)
-        if not chosen:
-            raise RuntimeError(f"no test image of {evaluation} has a caption to explain (every caption is empty): the "
-                               f"{captioner} captioner learned too little; train it longer (more epochs or scenes)")
-        atomic_write_json(self.folder("explain", captioner).with_name(f"report-images-{captioner}.json"), chosen)
+        match the explained words); with ``contrast``, LRP of each word against ``config.contrast`` (the report's
+        third panel) for the images the plain explanation chose."""
+        chosen_path = self.folder("explain", captioner).with_name(f"report-images-{captioner}.json")
+        if contrast:
+            chosen = json.loads(chosen_path.read_text())
+        else:
+            evaluation = self.folder("eval", captioner)
+            chosen = choose_report_images(evaluation, self.scenes, self.config.report_images)
+            if not chosen:
+                raise RuntimeError(f"no test image of {evaluation} has a caption to explain (every caption is empty): "
+                                   f"the {captioner} captioner learned too little; train it longer (more epochs or "
+                                   "scenes)")
+            atomic_write_json(chosen_path, chosen)
+        what = ["--method", "lrp", "--contrast", self.config.contrast] if contrast else ["--method", "all"]
         return ["explain", "--checkpoint", str(self.folder("captioner", captioner) / "best.pt"),
                 "--images", *[str(self.scenes / entry["file"]) for entry in chosen],
-                "--captions", *[entry["caption"] for entry in chosen], "--method", "all", "--no-figures",
-                "--out", str(self.folder("explain", captioner)), "--overwrite", *self.run_arguments(captioner)]
+                "--captions", *[entry["caption"] for entry in chosen], *what, "--no-figures",
+                "--out", str(self.folder("explain", captioner, "contrast" if contrast else "")), "--overwrite",
+                *self.run_arguments(captioner)]
 
     def table_stage(self) -> Stage:
         rows = []

@@ -69,7 +69,8 @@ def _tiny_demo_config():
     from capxai import demo
     return demo.DemoConfig(scenes=(48, 10, 16), epochs=1, captions_per_image=0, explain_limit=6,
                            finetuned_explain_limit=6, report_images=2, train_arguments=TINY_DEMO_TRAINING,
-                           transformer_arguments=TINY_DEMO_TRAINING + ("--layers", "1"))
+                           transformer_arguments=TINY_DEMO_TRAINING + ("--layers", "1"),
+                           hf_arguments=TINY_DEMO_TRAINING + ("--layers", "1"))
 
 
 TINY_DEMO = _tiny_demo_config()
@@ -77,7 +78,7 @@ TINY_DEMO = _tiny_demo_config()
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
-    """A finished demo on a tiny configuration (every stage, the three captioners, the report): (folder, stage
+    """A finished demo on a tiny configuration (every stage, the four captioners, the report): (folder, stage
     times)."""
     from capxai import demo
 

@@ -82,3 +82,20 @@ def test_bad_targets_are_named():
     with pytest.raises(ValueError, match=r"targets must be \[B, T\] = \[2, 4\] word ids \(long\), got \[2, 4\] "
                                          r"torch.float32"):
         explainer.explain(IMAGES, captions=CAPTIONS, targets=torch.zeros(2, 4))
+
+
+def test_runner_up_contrast_is_the_models_next_choice():
+    """``contrast="<runner-up>"``: at each step the most likely word other than the explained one, from the
+    teacher-forced logits (computed here by hand), and the explanation equals passing those ids."""
+    captioner, encoder = make_captioner("adaptive"), make_encoder()
+    explainer = explain.LRP(captioner, encoder)
+    runner = explainer.explain(IMAGES, captions=CAPTIONS, contrast=explain.RUNNER_UP)
+    with torch.no_grad():
+        logits = explain.forward.teacher_force(captioner, encoder(IMAGES), CAPTIONS).logits
+    expected = logits.scatter(-1, CAPTIONS[:, 1:].unsqueeze(-1), float("-inf")).argmax(-1)
+    second = logits.topk(2, dim=-1).indices
+    chose_the_word = second[..., 0] == CAPTIONS[:, 1:]
+    assert torch.equal(expected[chose_the_word], second[..., 1][chose_the_word])  # its second choice there
+    assert torch.equal(runner.contrast, expected) and not (runner.contrast == CAPTIONS[:, 1:]).any()
+    by_ids = explainer.explain(IMAGES, captions=CAPTIONS, contrast=expected)
+    torch.testing.assert_close(runner.pixel_relevance, by_ids.pixel_relevance)

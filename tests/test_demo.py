@@ -21,18 +21,20 @@ def test_every_stage_ran_and_wrote_its_result(tiny_demo):
             assert (out / folder / "explanations_test_beam3.json").is_file()
         for method in demo.METHODS:
             assert (out / f"explain-{captioner}" / method / "explanation.pt").is_file()
+        assert (out / f"explain-{captioner}-contrast" / "lrp" / "explanation.pt").is_file()
         tuning = ("finetune lrp", "finetune baseline", "finetune gated", "evaluate lrp", "evaluate gated")
-        stages = ("train", "evaluate", "explain") + (tuning if tuned else ())
+        stages = ("train", "evaluate", "explain", "explain contrast") + (tuning if tuned else ())
         for stage in stages:
             assert times["stages"][f"{captioner} {stage}"]["seconds"] > 0
         assert tuned or not (out / f"finetune-{captioner}-lrp").exists()
-    assert demo.CAPTIONERS == ("adaptive", "multihead", "transformer")
+    assert demo.CAPTIONERS == ("adaptive", "multihead", "transformer", "hf-vit-gpt2")
     table = json.loads((out / "finetune" / "finetune_table.json").read_text())
     assert {(row["captioner"], row["variant"]) for row in table["rows"]} == {
         (c, v) for c in demo.FINETUNED for v in ("xe", "baseline-xe", "lrp-xe", "gated-xe")}
     assert (out / "report.html").is_file() and (out / "demo.json").is_file()
-    assert "transformer" in (out / "report.html").read_text()
-    assert len(list((out / "logs").glob("*.log"))) == 4
+    report = (out / "report.html").read_text()
+    assert "transformer" in report and "hf-vit-gpt2" in report
+    assert len(list((out / "logs").glob("*.log"))) == 5
 
 
 def test_second_run_reuses_every_stage_and_recomputes_only_what_is_missing(tiny_demo, capsys):

@@ -51,6 +51,21 @@ def test_explain_contrast_from_the_cli(tiny_trained, tmp_path, capsys):
     assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--no-figures", "--out", plain) == 0
     assert not torch.equal(Explanation.load(plain / "lrp" / "explanation.pt").pixel_relevance,
                            explanation.pixel_relevance)
+    runner = tmp_path / "runner-up"
+    assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--contrast", "<runner-up>",
+                "--no-figures", "--out", runner) == 0
+    explanation = Explanation.load(runner / "lrp" / "explanation.pt")
+    assert not (explanation.contrast == explanation.tokens).any()  # never the explained word itself
+    assert explanation.contrast_words == [[vocabulary.words[int(i)] for i in row[:n]]
+                                          for row, n in zip(explanation.contrast, explanation.lengths.tolist())]
+    split = tmp_path / "split"  # a split's run records its contrast: a run against another word is another run
+    assert _run("explain", "--checkpoint", checkpoint, "--split-file", data / "dataset_scenes.json", "--limit", "2",
+                "--method", "lrp", "--contrast", word, "--out", split) == 0
+    (shard,) = load_shards(split / "lrp")
+    assert (shard["explanation"].contrast == vocabulary.index[word]).all()
+    assert _run("explain", "--checkpoint", checkpoint, "--split-file", data / "dataset_scenes.json", "--limit", "2",
+                "--method", "lrp", "--out", split) == 2
+    assert "it differs in contrast" in capsys.readouterr().err
     for arguments, message in [(["--contrast", "zebraxyz"], "--contrast 'zebraxyz' is not in the model's vocabulary"),
                                 (["--contrast", word, "--method", "all"], "attention does not")]:
         assert _run("explain", "--checkpoint", checkpoint, "--images", *images, "--out", tmp_path / "o",

@@ -7,25 +7,43 @@ import torch
 
 from capxai import explain
 from capxai.explain.generic_lrp import generic_pixel_relevance, generic_relevance
-from capxai.explain.inputs import prepare
+from capxai.explain.inputs import explained_lengths, prepare
 from capxai.models import greedy, hf
 from capxai.nn.context import LRPSettings
 
 IMAGE = 32
+KINDS = ("vit-gpt2", "blip")
 EXACT = LRPSettings(1e-12, 0.0, "constant")
 
 
-def _model(seed=0, dtype=torch.float32, without_offsets=False):
-    """A tiny ViT + GPT-2 with weights spread enough that greedy decoding varies from image to image."""
+def _blip():
+    """A tiny BLIP captioning model (its ViT and BERT text decoder with cross-attention), its own special ids
+    ([DEC] 38 starts, [SEP] 39 ends, 0 pads)."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipTextConfig, BlipVisionConfig
+
+    text = BlipTextConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=16, bos_token_id=38, sep_token_id=39,
+                          pad_token_id=0, encoder_hidden_size=32)
+    vision = BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=IMAGE, patch_size=8)
+    return BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+
+
+def _model(seed=0, dtype=torch.float32, without_offsets=False, kind="vit-gpt2"):
+    """A tiny ViT + GPT-2 (or BLIP) with weights spread enough that greedy decoding varies from image to image."""
     torch.manual_seed(seed)
-    model = hf.vit_gpt2(vocab_size=30, image_size=IMAGE, patch_size=8, width=32, max_positions=16).eval()
+    if kind == "blip":
+        model = _blip().eval()
+    else:
+        model = hf.vit_gpt2(vocab_size=30, image_size=IMAGE, patch_size=8, width=32, max_positions=16).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            norm = "ln" in name or "layernorm" in name
+            norm = "ln" in name or "norm" in name.lower()
             parameter.normal_(0.0, 0.1 if norm else 0.5)
             if norm and name.endswith("weight"):
                 parameter.add_(1.0)
-            if without_offsets and (name.endswith("bias") or "wpe" in name or "position" in name or "cls" in name):
+            if without_offsets and (name.endswith("bias") or "wpe" in name or "position" in name or "cls_token" in name or
+                                    "class_embedding" in name):
                 parameter.zero_()  # what makes LRP conservative: nothing added to the signal absorbs relevance
     return model.to(dtype)
 
@@ -38,15 +56,18 @@ def _with_start(tokens):
     return torch.cat([torch.ones(tokens.shape[0], 1, dtype=torch.long), tokens], dim=1)
 
 
-def test_adapter_captions_equal_generate():
-    model = _model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_adapter_captions_equal_generate(kind):
+    model = _model(kind=kind)
     captioner, encoder = hf.split(model)
     images = _images(4)
     with torch.no_grad():
         expected = model.generate(pixel_values=images, max_new_tokens=8, do_sample=False, num_beams=1)
         decoded = greedy(captioner, encoder(images), max_length=8)
-    assert len({tuple(row) for row in decoded.tokens.tolist()}) > 1  # the captions differ: the test can fail
-    assert torch.equal(_with_start(decoded.tokens), expected[:, :decoded.tokens.shape[1] + 1])
+    tokens = captioner.to_hf_tokens(decoded.tokens)  # BLIP speaks capxai's ids over its own (remapped)
+    assert len({tuple(row) for row in tokens.tolist()}) > 1  # the captions differ: the test can fail
+    start = torch.full((4, 1), hf.special_ids(model)[1])
+    assert torch.equal(torch.cat([start, tokens], 1)[:, :expected.shape[1]], expected[:, :tokens.shape[1] + 1])
 
 
 def _decoder_relevance(model, images, settings=EXACT, mask=None):
@@ -54,36 +75,43 @@ def _decoder_relevance(model, images, settings=EXACT, mask=None):
     with torch.no_grad():
         features = encoder(images)
         captions = _with_start(greedy(captioner, features, max_length=6).tokens)
-    mask = torch.ones(captions.shape[0], captions.shape[1] - 1) if mask is None else mask
+    if mask is None:  # the words up to <end>: <pad> after it is never decoded (a remapped captioner's logit -inf)
+        mask = (torch.arange(1, captions.shape[1]) <= explained_lengths(captions)[:, None]).double()
     return captioner, encoder, features, captions, generic_relevance(captioner, features, captions, mask, settings)
 
 
-def test_generic_lrp_conserves_the_logit_through_the_hf_decoder():
-    model = _model(dtype=torch.float64, without_offsets=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_lrp_conserves_the_logit_through_the_hf_decoder(kind):
+    model = _model(dtype=torch.float64, without_offsets=True, kind=kind)
     captioner, _, features, captions, relevance = _decoder_relevance(model, _images(dtype=torch.float64))
     total = relevance.features.flatten(2).sum(-1) + relevance.words.sum(-1) + relevance.initial_state
     with torch.no_grad():
         logits = captioner(features, captions).logits
     explained = logits.gather(2, captions[:, 1:, None]).squeeze(2).t()  # [T, B]
-    torch.testing.assert_close(total, explained, rtol=1e-9, atol=1e-9)
+    real = (torch.arange(1, captions.shape[1]) <= explained_lengths(captions)[:, None]).t()
+    torch.testing.assert_close(total[real], explained[real], rtol=1e-9, atol=1e-9)
+    assert (total[~real] == 0).all()
     assert relevance.words.abs().sum() > 0 and relevance.features.abs().sum() > 0
 
 
-def test_generic_lrp_all_words_at_once_equal_one_at_a_time():
-    model = _model(dtype=torch.float64)
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_lrp_all_words_at_once_equal_one_at_a_time(kind):
+    model = _model(dtype=torch.float64, kind=kind)
     images = _images(2, dtype=torch.float64)
     captioner, _, features, captions, together = _decoder_relevance(model, images, LRPSettings(0.01, 0.0, "constant"))
     steps = captions.shape[1] - 1
+    real = (torch.arange(1, captions.shape[1]) <= explained_lengths(captions)[:, None]).double()
     for k in range(steps):
-        only = torch.zeros(captions.shape[0], steps)
-        only[:, k] = 1
+        only = torch.zeros(captions.shape[0], steps, dtype=torch.float64)
+        only[:, k] = real[:, k]
         alone = generic_relevance(captioner, features, captions, only, LRPSettings(0.01, 0.0, "constant"))
         torch.testing.assert_close(alone.features[k], together.features[k])
         torch.testing.assert_close(alone.words[k], together.words[k])
 
 
-def test_generic_lrp_conserves_through_the_vit_to_the_pixels():
-    model = _model(dtype=torch.float64, without_offsets=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_lrp_conserves_through_the_vit_to_the_pixels(kind):
+    model = _model(dtype=torch.float64, without_offsets=True, kind=kind)
     images = _images(dtype=torch.float64)
     _, encoder, _, _, relevance = _decoder_relevance(model, images)
     pixels = generic_pixel_relevance(encoder, images, relevance.features, EXACT)
@@ -94,8 +122,9 @@ def test_generic_lrp_conserves_through_the_vit_to_the_pixels():
 
 @pytest.mark.parametrize("method", ["LRP", "GradientXInput", "GuidedBackprop", "GradCAM", "GuidedGradCAM",
                                     "Attention"])
-def test_every_method_explains_the_hf_captioner(method):
-    captioner, encoder = hf.split(_model())
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_method_explains_the_hf_captioner(method, kind):
+    captioner, encoder = hf.split(_model(kind=kind))
     explanation = getattr(explain, method)(captioner, encoder).explain(_images(2), max_length=5)
     maps = [getattr(explanation, name) for name in ("pixel_relevance", "pixel_map") if
             getattr(explanation, name, None) is not None]

@@ -182,3 +182,53 @@ def test_bad_folders_are_named(checkpoint, tmp_path):
         (tmp_path / "no-tokenizer" / name).unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match="holds no tokenizer transformers can read"):
         load_local(tmp_path / "no-tokenizer")
+
+
+def test_a_local_blip_checkpoint_decodes_as_generate_and_is_explained(checkpoint, tmp_path):
+    """BLIP's captioning model with a WordPiece tokenizer whose [DEC] starts and [SEP] ends a caption (as the
+    released BLIP's does), saved with its BLIP image processor: the same from the command line."""
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipTextConfig, BlipVisionConfig)
+
+    _, pictures = checkpoint
+    folder = tmp_path / "blip"
+    folder.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(" ".join(TEXTS).split())) + ["##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    torch.manual_seed(0)
+    text = BlipTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=24, bos_token_id=tokenizer.bos_token_id,
+                          sep_token_id=tokenizer.sep_token_id, pad_token_id=0, encoder_hidden_size=32)
+    vision = BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=IMAGE, patch_size=8)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name.lower():
+                parameter.normal_(0.0, 0.4)
+        model.text_decoder.cls.predictions.bias[0] = -100.0  # [PAD]: a trained BLIP never says it (capxai never does)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}).save_pretrained(folder)
+
+    local = load_local(folder)
+    captioner = local.model.captioner
+    assert captioner.hf_special_ids == (0, tokenizer.bos_token_id, tokenizer.sep_token_id)
+    assert local.vocabulary.tokenize("two blue squares") == ["two", "blue", "squares"]
+    pixel_values = _pixels(local, pictures)
+    from transformers import BlipForConditionalGeneration as Loaded
+    with torch.no_grad():
+        expected = Loaded.from_pretrained(folder, local_files_only=True).eval().generate(
+            pixel_values=pixel_values, max_new_tokens=6, do_sample=False, num_beams=1)
+        tokens = greedy(captioner, local.model.encoder(pixel_values), max_length=6).tokens
+    hf_tokens = captioner.to_hf_tokens(tokens)
+    assert len({tuple(row) for row in hf_tokens.tolist()}) > 1
+    assert torch.equal(hf_tokens[:, :expected.shape[1] - 1], expected[:, 1:tokens.shape[1] + 1])
+    out = tmp_path / "out"
+    assert cli.main(["explain", "--hf-model", str(folder), "--images", *map(str, pictures), "--method", "lrp",
+                     "--max-length", "6", "--no-figures", "--out", str(out)]) == 0
+    explanation = Explanation.load(out / "lrp" / "explanation.pt")
+    assert torch.equal(explanation.tokens[:, :tokens.shape[1]], tokens[:, :explanation.tokens.shape[1]])
+    assert torch.isfinite(explanation.pixel_relevance).all() and explanation.pixel_relevance.abs().sum() > 0

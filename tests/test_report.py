@@ -49,10 +49,12 @@ def read_page(run_dir):
 def test_report_shows_every_method_for_every_word_of_the_chosen_images(tiny_demo):
     run_dir, _ = tiny_demo
     page = read_page(run_dir)
-    assert len(page.sections) == 6  # 2 images x 3 captioners
+    assert len(page.sections) == 8  # 2 images x 4 captioners
     for key in page.sections:
         example = page.data["examples"][key]
-        assert set(example["heatmaps"]) == set(METHODS)
+        assert set(example["heatmaps"]) == set(METHODS) | {"lrp-contrast"}  # the runner-up contrast: a third panel
+        contrast = example["contrast_words"]
+        assert len(contrast) == len(example["words"]) and all(c != w for c, w in zip(contrast, example["words"]))
         for maps in example["heatmaps"].values():
             assert len(maps) == len(example["words"]) > 0
             assert all((run_dir / path).is_file() for path in maps)

@@ -94,6 +94,10 @@ def test_report_in_a_real_browser(browser, run_dir):
     assert "selected" in words[other].get_attribute("class")
     assert "selected" not in words[selected].get_attribute("class")
     assert section.find_element(By.CSS_SELECTOR, ".linguistic").text != linguistic_before
+    expected = browser.execute_script("return JSON.parse(document.getElementById('report-data').textContent)"
+                                      ".examples[arguments[0]].contrast_words[arguments[1]];",
+                                      section.get_attribute("data-example"), other)
+    assert section.find_element(By.CSS_SELECTOR, ".contrast-word").text == expected  # the third panel follows
     assert _broken_images(browser) == []
     browser.save_screenshot(str(shots / "2-after-click.png"))
     section.screenshot(str(shots / "3-example.png"))

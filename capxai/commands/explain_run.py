@@ -157,7 +157,8 @@ def _start_split_run(output: OutputFolder, method: str, identity: dict, overwrit
     if output.group_runs(method) - {run_id}:
         if not overwrite:
             previous = _read_json(run_file) if run_file.is_file() else {}
-            changed = [key for key in identity if previous.get(key) != identity[key]]
+            keys = list(identity) + [key for key in previous if key not in identity and key not in run]
+            changed = [key for key in keys if previous.get(key) != identity.get(key)]
             raise FileExistsError(f"{output.path / method} holds shards of another run (it differs in "
                                   f"{', '.join(changed) or 'its run id'}); pass --overwrite to replace them or "
                                   "choose another --out")

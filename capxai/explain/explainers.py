@@ -20,7 +20,7 @@ from zennit.core import Composite
 from capxai.explain.decoder_lrp import Rules
 from capxai.explain.encoder_lrp import COMPOSITES, pixel_relevance
 from capxai.explain.explanation import Explanation
-from capxai.explain.forward import ForwardPass, evaluation_mode, teacher_force
+from capxai.explain.forward import ForwardPass, evaluation_mode, runner_up, teacher_force
 from capxai.explain.gradients import (all_word_gradients, cam_layer, captured_output, grad_cam, guided_relus,
                                       tokens_to_grid, upsample)
 from capxai.explain.generic_lrp import generic_pixel_relevance
@@ -30,6 +30,9 @@ from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.models.contract import attention_of, check_captioner
 from capxai.nn.context import LRPSettings
 from capxai.registry import Registry
+
+
+RUNNER_UP = "<runner-up>"  # contrast= / --contrast: each word against the model's next most likely word there
 
 
 class Explainer(abc.ABC):
@@ -70,12 +73,16 @@ class Explainer(abc.ABC):
                 still what is fed): a word, a word id, or ``[B, T]`` ids.
             contrast: explain "the target rather than this word": the start is ``logit_target - logit_contrast``
                 (Inseq's contrastive attribution; LRP starts with ``+logit`` at the target, ``-logit`` at the
-                contrast). A word, a word id, or ``[B, T]`` ids. Methods without a start (attention) refuse it.
+                contrast). A word, a word id, ``[B, T]`` ids, or ``"<runner-up>"`` (:data:`RUNNER_UP`): at each step
+                the word the model finds most likely after the target ("why this word rather than its second
+                choice"). Methods without a start (attention) refuse it.
         """
         with evaluation_mode(self.captioner, self.encoder):
             prepared = prepare(self.captioner, self.encoder, images, features, captions, beam_size, max_length,
                                self.vocabulary, self.image_size)
             prepared.targets = word_choice(targets, prepared, self.captioner.vocab_size, self.vocabulary, "targets")
+            if isinstance(contrast, str) and contrast == RUNNER_UP:
+                contrast = runner_up(self.captioner, prepared.features, prepared.captions, prepared.explained)
             prepared.contrast = word_choice(contrast, prepared, self.captioner.vocab_size, self.vocabulary,
                                             "contrast")
             if (prepared.targets is not None or prepared.contrast is not None) and not self.takes_a_start:
@@ -111,6 +118,9 @@ class Explainer(abc.ABC):
             heads = forward.stacked("attention").detach().transpose(0, 1) * real[..., None, None]
             explanation.attention_heads, explanation.attention = heads, heads.mean(2)
         explanation.targets, explanation.contrast = prepared.targets, prepared.contrast
+        if prepared.contrast is not None and self.vocabulary is not None:
+            explanation.contrast_words = [[self.vocabulary.words[int(i)] for i in row[:n]] for row, n in
+                                          zip(prepared.contrast, prepared.lengths.tolist())]
         for name, value in fields.items():
             setattr(explanation, name, value)
         return explanation

@@ -36,7 +36,8 @@ class Explanation:
         attention ``[B, T, regions]`` (the multi-head model: mean over heads), attention_heads
             ``[B, T, heads, regions]``, beta ``[B, T]`` (the adaptive model's sentinel share).
         targets ``[B, T]``: the word whose logit was explained at each step, when not the caption's own (else None);
-            contrast ``[B, T]``: the word it was explained against ("target rather than contrast"), or None.
+            contrast ``[B, T]``: the word it was explained against ("target rather than contrast"), or None;
+            contrast_words: those words as strings when a vocabulary was known.
         grid_size ``(h, w)``: the feature grid (regions = h * w), or None when only features were explained.
         method: "lrp", "gradcam", ...; settings: the method's settings; words: the explained words as strings
             when a vocabulary was known.
@@ -61,6 +62,7 @@ class Explanation:
     contrast: Optional[torch.Tensor] = None
     grid_size: Optional[List[int]] = None
     words: Optional[List[List[str]]] = None
+    contrast_words: Optional[List[List[str]]] = None
     run: Dict[str, Any] = dataclasses.field(default_factory=dict)  # which run wrote it (run id, checkpoint), if saved
 
     @property
@@ -96,7 +98,8 @@ class Explanation:
         picked = {name: getattr(self, name)[index.to(getattr(self, name).device)] for name in TENSOR_FIELDS
                   if getattr(self, name) is not None}
         words = None if self.words is None else [self.words[int(i)] for i in index]
-        return dataclasses.replace(self, **picked, words=words)
+        contrast_words = None if self.contrast_words is None else [self.contrast_words[int(i)] for i in index]
+        return dataclasses.replace(self, **picked, words=words, contrast_words=contrast_words)
 
     def save(self, path) -> Path:
         """Writes ``path`` (``.pt``: the tensors, readable with ``torch.load(weights_only=True)``) and ``path`` with
@@ -107,7 +110,7 @@ class Explanation:
         atomic_torch_save(path, tensors)
         atomic_write_json(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "method": self.method, "settings": self.settings, "grid_size": self.grid_size,
-            "words": self.words, "run": self.run, "shapes": {name: list(t.shape) for name, t in tensors.items()}})
+            "words": self.words, "contrast_words": self.contrast_words, "run": self.run, "shapes": {name: list(t.shape) for name, t in tensors.items()}})
         return path
 
     @classmethod
@@ -131,4 +134,5 @@ class Explanation:
         if unknown or missing:
             raise ValueError(f"Explanation.load: {path} has unknown {sorted(unknown)} / lacks {sorted(missing)}")
         return cls(method=meta["method"], settings=meta.get("settings", {}), grid_size=meta.get("grid_size"),
-                   words=meta.get("words"), run=meta.get("run") or {}, **tensors)
+                   words=meta.get("words"), contrast_words=meta.get("contrast_words"), run=meta.get("run") or {},
+                   **tensors)

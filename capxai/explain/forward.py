@@ -65,3 +65,12 @@ def teacher_force(captioner: Captioner, features: torch.Tensor, captions: torch.
         raise TypeError(f"capxai.explain: {type(captioner).__name__}.step must embed the word it is fed exactly "
                         "once per step")
     return ForwardPass(torch.stack(logits, dim=1), initial_state, steps, embeddings)
+
+
+def runner_up(captioner, features: torch.Tensor, captions: torch.Tensor, explained: torch.Tensor) -> torch.Tensor:
+    """``[B, T]``: at each step the word the captioner finds most likely other than the ``explained`` one (its second
+    choice where it chose that word), from one forward of the ``captions`` without gradients."""
+    with torch.no_grad():
+        logits = teacher_force(captioner, features, captions).logits
+    return logits.scatter(-1, explained.unsqueeze(-1), float("-inf")).argmax(-1)
+

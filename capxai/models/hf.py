@@ -21,7 +21,9 @@ from capxai.models.captioner import Captioner, State
 PAD_ID, START_ID, END_ID, UNK_ID = (SPECIALS.index(token) for token in (PAD, START, END, UNK))  # capxai's ids
 CAPXAI_IDS = (PAD_ID, START_ID, END_ID)
 WORD_OFFSET = len(SPECIALS)  # a remapped captioner's id of the model's token j is WORD_OFFSET + j
-SUPPORTED = {"VisionEncoderDecoderModel": "a ViT encoder ('vit') with a GPT-2 decoder ('gpt2')"}
+SUPPORTED = {"VisionEncoderDecoderModel": "a ViT encoder ('vit') with a GPT-2 decoder ('gpt2')",
+             "BlipForConditionalGeneration": "BLIP's captioning model: its ViT and its BERT decoder"}
+CONFIGS = {"VisionEncoderDecoderConfig": "VisionEncoderDecoderModel", "BlipConfig": "BlipForConditionalGeneration"}
 ENCODER_TYPES = ("vit",)
 DECODER_TYPES = ("gpt2",)
 
@@ -34,16 +36,25 @@ def check_supported(model: nn.Module) -> None:
     check_config(model.config)
 
 
-def check_config(config) -> None:
-    """The same check on a model's config (before its weights are read)."""
-    if type(config).__name__ != "VisionEncoderDecoderConfig":
-        architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures named"
-        raise ValueError(f"capxai.models.hf: a {config.model_type!r} model ({architectures}) is not supported; the "
+def check_config(config) -> str:
+    """The same check on a model's config (before its weights are read); returns the model class to load."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_class = CONFIGS.get(type(config).__name__)
+    if model_class is None or (architectures and model_class not in architectures):
+        named = ", ".join(architectures) or "no architectures named"
+        raise ValueError(f"capxai.models.hf: a {config.model_type!r} model ({named}) is not supported; the "
                          f"adapter covers {describe_supported()}")
+    if model_class == "BlipForConditionalGeneration":
+        return model_class
     encoder_type, decoder_type = config.encoder.model_type, config.decoder.model_type
     if encoder_type not in ENCODER_TYPES or decoder_type not in DECODER_TYPES:
         raise ValueError(f"capxai.models.hf: a VisionEncoderDecoderModel with a {encoder_type!r} encoder and a "
                          f"{decoder_type!r} decoder is not supported; the adapter covers {describe_supported()}")
+    return model_class
+
+
+def _is_blip(model: nn.Module) -> bool:
+    return type(model).__name__ == "BlipForConditionalGeneration"
 
 
 def describe_supported() -> str:
@@ -53,15 +64,20 @@ def describe_supported() -> str:
 
 def special_ids(model: nn.Module) -> Tuple[int, int, int]:
     """``(pad, start, end)`` ids of a ``VisionEncoderDecoderModel`` (its config's, else its decoder's; a model without
-    a pad id pads with its end id, as GPT-2 checkpoints do)."""
+    a pad id pads with its end id, as GPT-2 checkpoints do), or of BLIP (its text config's pad, bos ``[DEC]`` and
+    sep ``[SEP]``, what its ``generate`` starts and stops with)."""
     def first(*names):
         values = [getattr(owner, name, None) for owner, name in names]
         return next((value for value in values if value is not None), None)
 
-    config, decoder = model.config, model.config.decoder
-    start = first((config, "decoder_start_token_id"), (decoder, "bos_token_id"))
-    end = first((config, "eos_token_id"), (decoder, "eos_token_id"))
-    pad = first((config, "pad_token_id"), (decoder, "pad_token_id"))
+    if _is_blip(model):
+        text = model.config.text_config
+        start, end, pad = text.bos_token_id, text.sep_token_id, text.pad_token_id
+    else:
+        config, decoder = model.config, model.config.decoder
+        start = first((config, "decoder_start_token_id"), (decoder, "bos_token_id"))
+        end = first((config, "eos_token_id"), (decoder, "eos_token_id"))
+        pad = first((config, "pad_token_id"), (decoder, "pad_token_id"))
     if start is None or end is None:
         raise ValueError("capxai.models.hf: the model's config names no decoder_start_token_id (or bos_token_id) "
                          "or no eos_token_id; set them (model.config.decoder_start_token_id = ...) before splitting")
@@ -86,15 +102,18 @@ class HFImageEncoder(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module) -> "HFImageEncoder":
         check_supported(model)
-        return cls(model.encoder)
+        return cls(model.vision_model if _is_blip(model) else model.encoder)
 
     @property
     def cam_layer(self) -> nn.Module:
         """Grad-CAM's layer: the last encoder block (its output tokens, before the final LayerNorm)."""
-        blocks = getattr(self.vision, "layers", None)  # transformers 5; 4.x kept them in .encoder.layer
-        if blocks is None:
-            blocks = self.vision.encoder.layer
-        return blocks[-1]
+        encoder = getattr(self.vision, "encoder", None)  # ViT (transformers 5): .layers; 4.x: .encoder.layer; BLIP:
+        for blocks in (getattr(self.vision, "layers", None), getattr(encoder, "layers", None),  # .encoder.layers
+                       getattr(encoder, "layer", None)):
+            if blocks is not None:
+                return blocks[-1]
+        raise ValueError(f"HFImageEncoder: no encoder blocks in {type(self.vision).__name__} (.layers, "
+                         ".encoder.layers, .encoder.layer)")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
@@ -112,7 +131,8 @@ class HFCaptioner(Captioner):
     ``i < 4`` is capxai's ``<pad> <start> <end> <unk>`` (mapped to the model's pad, start, end and end), id
     ``WORD_OFFSET + j`` is the model's token ``j``. Its logits are the model's, reordered so (``index_select``, which
     routes relevance exactly); ``<pad>``, ``<start>``, ``<unk>`` and the word copies of the model's special tokens get
-    ``-inf`` (never decoded), so ``<end>`` is decoded where the model ends and greedy decoding equals ``generate``.
+    ``-inf`` (never decoded), so ``<end>`` is decoded where the model ends and greedy decoding equals ``generate``
+    (for a model that does not put its pad or start token first: ``generate`` would emit them, capxai does not).
 
     Activations of a step: ``attention [B, heads, regions]``, the last decoder layer's cross-attention of the new
     word over the encoder's tokens (computed by the eager attention, which the adapter selects for the decoder).
@@ -127,7 +147,8 @@ class HFCaptioner(Captioner):
         self.embedding = self.decoder.get_input_embeddings()
         self.hf_vocab_size = int(self.decoder.config.vocab_size)
         self.feature_dim = int(feature_dim)
-        self.max_positions = int(self.decoder.config.n_positions)
+        config = self.decoder.config
+        self.max_positions = int(getattr(config, "n_positions", None) or config.max_position_embeddings)
         self.hf_special_ids = None if hf_special_ids is None else tuple(hf_special_ids)
         self.vocab_size = self.hf_vocab_size
         if self.hf_special_ids is not None:
@@ -150,6 +171,8 @@ class HFCaptioner(Captioner):
         check_supported(model)
         ids = special_ids(model)
         remap = ids != CAPXAI_IDS if remap is None else remap
+        if _is_blip(model):
+            return cls(model.text_decoder, model.config.vision_config.hidden_size, None, ids if remap else None)
         return cls(model.decoder, model.config.encoder.hidden_size, getattr(model, "enc_to_dec_proj", None),
                    ids if remap else None)
 
@@ -166,8 +189,9 @@ class HFCaptioner(Captioner):
         embedded = torch.cat([state["embedded"], self.embedding(self.to_hf_tokens(words)).unsqueeze(1)], dim=1)
         if embedded.shape[1] > self.max_positions:
             raise ValueError(f"HFCaptioner: a caption longer than the decoder's {self.max_positions} positions "
-                             "(config.n_positions)")
-        output = self.decoder(inputs_embeds=embedded, encoder_hidden_states=state["features"], use_cache=False,
+                             "(config.n_positions / max_position_embeddings)")
+        # a copy: BLIP's text embeddings add the position embeddings into inputs_embeds in place
+        output = self.decoder(inputs_embeds=embedded.clone(), encoder_hidden_states=state["features"], use_cache=False,
                               output_attentions=True, return_dict=True)
         attention = output.cross_attentions[-1][:, :, -1]  # [B, heads, regions]
         logits = output.logits[:, -1]

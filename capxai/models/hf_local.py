@@ -74,9 +74,10 @@ class LocalHFModel:
 
 
 def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LocalHFModel:
-    """A local ``save_pretrained`` folder of a ``VisionEncoderDecoderModel`` (ViT + GPT-2) with its image processor
-    and tokenizer, ready to explain (evaluation mode, on ``device``)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+    """A local ``save_pretrained`` folder of a ``VisionEncoderDecoderModel`` (ViT + GPT-2) or of BLIP's captioning
+    model, with its image processor and tokenizer, ready to explain (evaluation mode, on ``device``)."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -88,23 +89,23 @@ def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (ValueError, OSError, KeyError) as error:
         raise ValueError(f"{folder}/config.json is not a config transformers can read ({error})") from None
-    hf.check_config(config)
+    model_class = hf.check_config(config)
     for needed, what in (("preprocessor_config.json", "image processor (processor.save_pretrained(DIR))"),):
         if not (folder / needed).is_file():
             raise FileNotFoundError(f"{folder} holds no {needed}: the model's {what} is needed to read images")
-    model = VisionEncoderDecoderModel.from_pretrained(folder, local_files_only=True)
+    model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True)
     processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    image_size = int(model.config.encoder.image_size)
+    wrapped = HFCaptioningModel(model).to(device)
+    image_size = wrapped.image_size
     size = dict(getattr(processor, "size", None) or {})
     if (size.get("height"), size.get("width")) != (image_size, image_size):
         raise ValueError(f"{folder}: the image processor resizes to {size}, but the model's ViT takes "
-                         f"{image_size}x{image_size} images (config.encoder.image_size); fix one of them")
+                         f"{image_size}x{image_size} images (its config's image_size); fix one of them")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (ValueError, OSError) as error:
         raise FileNotFoundError(f"{folder} holds no tokenizer transformers can read ({error}); save it with "
                                 "tokenizer.save_pretrained(DIR)") from None
-    wrapped = HFCaptioningModel(model).to(device)
     vocabulary = TokenizerVocabulary.from_tokenizer(tokenizer, wrapped.captioner.hf_vocab_size)
 
     def transform(picture):

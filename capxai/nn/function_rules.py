@@ -120,6 +120,17 @@ def _reverse_subtract(mode, func, args, kwargs):  # Tensor.__rsub__(self, other)
     return _sum(mode, func, args, kwargs, (-1, 1))
 
 
+def _in_place(out_of_place, signs):
+    """``x.add_(y)`` / ``x.sub_(y)`` (BLIP's ``embeddings += position_embeddings``): the rule of the out-of-place sum
+    on a copy of ``x`` (its saved values stay intact), written back into ``x``, whose history then goes through the
+    rule; a caller that ignores the return value sees the same as one that uses it."""
+    def handler(mode, func, args, kwargs):
+        target = args[0]
+        result = _sum(mode, out_of_place, (target.clone(), *args[1:]), kwargs, signs)
+        return target.copy_(result)
+    return handler
+
+
 def _multiply(mode: RelevanceRules, func, args, kwargs):
     a, b = args[0], args[1]
     if not (_carries(a) and _carries(b)):  # scaling by a constant passes the relevance
@@ -269,6 +280,8 @@ _HANDLER_NAMES = {
     _add: ("torch.add", "Tensor.add", "Tensor.__add__", "Tensor.__radd__", "Tensor.__iadd__"),
     _subtract: ("torch.sub", "torch.subtract", "Tensor.sub", "Tensor.__sub__", "Tensor.__isub__"),
     _reverse_subtract: ("Tensor.__rsub__",),
+    _in_place(torch.add, (1, 1)): ("Tensor.add_",),
+    _in_place(torch.sub, (1, -1)): ("Tensor.sub_",),
     _multiply: ("torch.mul", "torch.multiply", "Tensor.mul", "Tensor.__mul__", "Tensor.__rmul__",
                 "Tensor.__imul__"),
     _divide: ("torch.div", "torch.divide", "Tensor.div", "Tensor.__truediv__", "Tensor.__itruediv__"),

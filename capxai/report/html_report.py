@@ -4,6 +4,8 @@ from what the demo's commands wrote in ``RUN_DIR``:
 - ``explain-CAPTIONER/METHOD/explanation.pt`` and ``report-images-CAPTIONER.json`` (``capxai explain`` of a few test
   images; the json names them, their captions and hallucinated words): per word, every method's heatmap side by
   side, LRP's linguistic explanation and the attention map, chosen by clicking the word;
+- ``explain-CAPTIONER-contrast/lrp/explanation.pt`` when there (``capxai explain --method lrp --contrast ...`` of
+  the same images and captions): a third kind of panel, LRP of "this word rather than that one";
 - ``eval-CAPTIONER/`` (``capxai evaluate --explanations``): the explanation tables and plots;
 - ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp,gated}/``: the fine-tuning
   table and the same images' captions before and after fine-tuning, hallucinated words marked;
@@ -18,6 +20,7 @@ from typing import Dict, List, Optional
 from urllib.parse import quote
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -34,6 +37,7 @@ SPLIT_GROUP = "test_beam3"
 METHOD_TITLES = {"lrp": "LRP", "gradcam": "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
                  "guided-backprop": "Guided Backprop", "gradient-x-input": "Gradient x Input",
                  "attention": "Attention"}
+CONTRAST = "lrp-contrast"  # the contrastive LRP panel's key among an example's heatmaps
 VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"),
             ("gated", "explanation-gated fine-tuning"))
 
@@ -46,9 +50,11 @@ def _read_json(path: Path):
 
 
 def captioners_of(run_dir: Path) -> List[str]:
-    """The captioners with an explanation evaluation in ``run_dir`` (``eval-NAME/explanations_test_beam3.json``)."""
-    found = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{SPLIT_GROUP}.json")
-                   if path.parent.name.count("-") == 1)
+    """The captioners with an explanation evaluation in ``run_dir`` (``eval-NAME/explanations_test_beam3.json``);
+    ``eval-NAME-VARIANT`` of a found NAME is that captioner fine-tuned, not a captioner (a name may hold "-":
+    ``hf-vit-gpt2``)."""
+    names = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{SPLIT_GROUP}.json"))
+    found = [name for name in names if not any(name.startswith(other + "-") for other in names)]
     if not found:
         raise FileNotFoundError(f"{run_dir} holds no eval-CAPTIONER/explanations_{SPLIT_GROUP}.json; "
                                 "run the demo (make demo) or capxai evaluate --explanations first")
@@ -66,10 +72,25 @@ def _load_explanations(folder: Path) -> Dict[str, Explanation]:
             for method in METHODS if (folder / method / "explanation.pt").is_file()}
 
 
+def _load_contrast(folder: Path, plain: Explanation) -> Optional[Explanation]:
+    """The contrastive LRP explanation of the report's images, when the run made one: the same captions as the
+    plain explanations, or an error (a contrast of other images would be shown beside the wrong words)."""
+    path = folder / "lrp" / "explanation.pt"
+    if not path.is_file():
+        return None
+    contrast = Explanation.load(path)
+    if contrast.contrast is None or contrast.tokens.shape != plain.tokens.shape or \
+            not torch.equal(contrast.tokens, plain.tokens):
+        raise ValueError(f"{path} is not a contrastive explanation of the report's captions (explain-CAPTIONER); "
+                         f"rerun capxai explain --contrast with the same --images and --captions, or remove {folder}")
+    return contrast
+
+
 def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, Explanation],
-             heatmaps_of: Dict[str, np.ndarray], image: np.ndarray, files: Path, prefix: str) -> dict:
+             heatmaps_of: Dict[str, np.ndarray], image: np.ndarray, files: Path, prefix: str,
+             contrast: Optional[Explanation] = None) -> dict:
     """Writes the example's pictures (the image and, per method and word, its heatmap over the image) and returns
-    its data for the page's script."""
+    its data for the page's script (with ``contrast``, each word's contrast word and LRP map)."""
     folder = files / captioner / str(index)
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / "image.png")
@@ -90,7 +111,12 @@ def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, E
         rows = lrp.normalised_word_relevance()[index].detach().float().cpu().numpy()
         relevance = [[round(float(v), 4) for v in rows[t, :t + 1]] for t in range(length)]
     hallucinated = [t for t, word in enumerate(words) if word in set(chosen.get("hallucinated", []))]
+    contrast_words = None
+    if contrast is not None:
+        contrast_words = (contrast.contrast_words[index][:length] if contrast.contrast_words else
+                          [str(int(i)) for i in contrast.contrast[index][:length]])
     return {"words": words, "fed": ["<start>"] + words[:-1], "heatmaps": heatmaps, "word_relevance": relevance,
+            "contrast_words": contrast_words,
             "probabilities": [round(float(p), 4) for p in first.probabilities[index][:length]],
             "hallucinated": hallucinated, "initial": hallucinated[0] if hallucinated else 0,
             "image": _url(prefix, captioner, index, "image.png")}
@@ -110,6 +136,11 @@ def _example_html(key: str, example: dict, chosen: dict, methods: List[str]) -> 
         panels.append(f"<figure><img class=\"heatmap\" data-method=\"{escape(method)}\" src=\"{escape(source)}\" "
                       f"alt=\"{escape(method)}\"><figcaption>{escape(METHOD_TITLES.get(method, method))}"
                       "</figcaption></figure>")
+    if CONTRAST in example["heatmaps"]:
+        source = example["heatmaps"][CONTRAST][example["initial"]]
+        panels.append(f"<figure><img class=\"heatmap\" data-method=\"{CONTRAST}\" src=\"{escape(source)}\" "
+                      f"alt=\"LRP, contrastive\"><figcaption>LRP: rather than <b class=\"contrast-word\">"
+                      f"{escape(example['contrast_words'][example['initial']])}</b></figcaption></figure>")
     return (f"<section class=\"example\" data-example=\"{escape(key)}\">\n"
             f"<h3>Image {escape(chosen['image_id'])} <span class=\"note\">({about})</span></h3>\n"
             f"<div class=\"caption\">{words}</div>\n"
@@ -214,6 +245,9 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
             continue
         methods = [m for m in METHODS if m in explanations]
         heatmaps_of = {m: e.heatmaps().detach().float().cpu().numpy() for m, e in explanations.items()}  # once
+        contrast = _load_contrast(run_dir / f"explain-{captioner}-contrast", next(iter(explanations.values())))
+        if contrast is not None:
+            heatmaps_of[CONTRAST] = contrast.heatmaps().detach().float().cpu().numpy()
         size = next(iter(heatmaps_of.values())).shape[-1]
         parts.append(f"<h2>Explanations: {escape(captioner)} captioner</h2>")
         for index, (item, path) in enumerate(stoppable(tqdm(list(zip(chosen, paths)),
@@ -221,7 +255,8 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
                                                             disable=not progress))):
             image = np.asarray(Image.open(path).convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
             key = f"{captioner}-{index}"
-            examples[key] = _example(captioner, index, item, explanations, heatmaps_of, image, files, FILES_NAME)
+            examples[key] = _example(captioner, index, item, explanations, heatmaps_of, image, files, FILES_NAME,
+                                     contrast)
             parts.append(_example_html(key, examples[key], item, methods))
     parts.append("<h2>Captions and fine-tuning</h2>")
     table_md = run_dir / "finetune" / "finetune_table.md"

@@ -44,6 +44,8 @@ SCRIPT = """
       img.src = example.heatmaps[img.dataset.method][t];
       img.alt = img.dataset.method + ' explanation of "' + example.words[t] + '"';
     });
+    const contrastWord = section.querySelector('.contrast-word');
+    if (contrastWord && example.contrast_words) { contrastWord.textContent = example.contrast_words[t]; }
     const selected = section.querySelector('.selected-word');
     selected.textContent = '"' + example.words[t] + '" (p = ' + example.probabilities[t].toFixed(2) + ')';
     const box = section.querySelector('.linguistic');
