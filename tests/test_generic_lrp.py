@@ -231,3 +231,39 @@ def test_refusals_of_the_rules_name_what_is_unsupported():
     with pytest.raises(RuntimeError, match="inside capxai.lrp"):
         with cnn.relevance_rules():
             pass
+
+
+def _affine_relevance(handler, function, *arguments, carried, start):
+    """Relevance of ``arguments[carried]`` through ``function`` under the rules, with ``handler`` in place of the
+    rule the mode has for ``function`` when given."""
+    from capxai.nn import function_rules
+
+    saved = function_rules._HANDLERS.get(function)
+    if handler is not None:
+        function_rules._HANDLERS[function] = handler
+    try:
+        with cnn.lrp(eps=1e-6) as settings, cnn.relevance_rules(settings):
+            output = function(*arguments)
+    finally:
+        function_rules._HANDLERS[function] = saved
+    return output, torch.autograd.grad(output, arguments[carried], grad_outputs=start)[0]
+
+
+def test_addmm_takes_the_fused_linear_rule_equal_to_the_general_affine_one():
+    """GPT-2's ``Conv1D`` (``torch.addmm(bias, x, W)``) goes through ``lrp_linear`` (no recomputed forward): the
+    same output and relevance as the general affine rule (``torch.func.vjp`` of the map), and the same refusals;
+    an ``addmm`` with ``beta`` still takes the general rule."""
+    from capxai.nn import function_rules
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 8, dtype=torch.float64, generator=generator).requires_grad_()
+    weight, bias = torch.randn(8, 6, dtype=torch.float64, generator=generator), torch.randn(6, dtype=torch.float64)
+    start = torch.randn(5, 6, dtype=torch.float64, generator=generator)
+    fused = _affine_relevance(None, torch.addmm, bias, x, weight, carried=1, start=start)
+    general = _affine_relevance(function_rules._affine((1,)), torch.addmm, bias, x, weight, carried=1, start=start)
+    assert fused[0].grad_fn is not None and "LinearRelevance" in type(fused[0].grad_fn).__name__
+    torch.testing.assert_close(fused[0], general[0], rtol=0, atol=0)
+    torch.testing.assert_close(fused[1], general[1], rtol=1e-10, atol=1e-10)
+    with cnn.lrp() as settings, cnn.relevance_rules(settings):
+        scaled = torch.addmm(bias, x, weight, beta=0.5)
+    assert "LinearMapRule" in type(scaled.grad_fn).__name__

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from capxai._io import json_writer, text_writer, write_together
+from capxai.interrupts import deferred
 from capxai.data.captions import CaptionDataset
 from capxai.evaluate.captioning import caption_dataset, references_of
 from capxai.evaluate.metrics import caption_metrics
@@ -101,10 +102,11 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
             report["explanations"], f"Explanations of {split} (beam {beam_size}), run {output.run_id}"))
     # All or none (a full disk leaves the earlier run whole); then the earlier run's files this one did not
     # replace go, so that two runs' results are never left side by side.
-    written = write_together(writers)
-    group = result_group(split, beam_size)
-    output.remove_group(group, keep=written)
-    output.record(written, group)
+    with deferred():  # in place and recorded, or neither: a stop between would orphan them
+        written = write_together(writers)
+        group = result_group(split, beam_size)
+        output.remove_group(group, keep=written)
+        output.record(written, group)
     return {**report, "paths": written}
 
 

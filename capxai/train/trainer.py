@@ -25,7 +25,7 @@ from capxai.models.factory import CaptionModel, TrainConfig, build_model, check_
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
 from capxai.models.checkpoint import checkpoint_payload, load_checkpoint
-from capxai.interrupts import raise_pending
+from capxai.interrupts import deferred, raise_pending
 
 
 def caption_loss(model: nn.Module, images: torch.Tensor, captions: torch.Tensor,
@@ -295,8 +295,9 @@ class EpochLoop:
         writers[self.out_dir / "last.pt"] = functools.partial(torch_save, last)
         writers[self.out_dir / "history.json"] = json_writer(history)
         # all or nothing: a full disk on last.pt must not leave a new best.pt beside the old history
-        written += write_together(writers)
-        self.output.record(written, "checkpoints")
+        with deferred():  # in place and recorded, or neither: a stop between would orphan them
+            written += write_together(writers)
+            self.output.record(written, "checkpoints")
 
     def _broadcast_buffers(self) -> None:
         """DDP sends process 0's buffers before each training forward, and each process then updates its own
