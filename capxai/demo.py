@@ -86,6 +86,7 @@ class DemoConfig:
     transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
     hf_arguments: Sequence[str] = HF_RECIPE
     contrast: str = RUNNER_UP  # the report's contrastive LRP panel: each word against this ("" for none)
+    captioners: Sequence[str] = CAPTIONERS  # the captioners the demo trains (a subset: a test's shorter demo)
 
 
 # all five captions per step: on 1000 scenes two would leave the captioners too little to learn from
@@ -199,7 +200,7 @@ class Demo:
 
     def table_stage(self) -> Stage:
         rows = []
-        for captioner in FINETUNED:
+        for captioner in (c for c in FINETUNED if c in self.config.captioners):
             rows += ["--row", f"{captioner}/xe={self.folder('eval', captioner)}"]
             for method in FINETUNE_METHODS:
                 rows += ["--row", f"{captioner}/{method}-xe={self.folder('eval', captioner, method)}"]
@@ -358,24 +359,27 @@ def _check_folder(out: Path, config: DemoConfig, overwrite: bool) -> None:
     atomic_write_json(recorded, wanted)
 
 
-def captioner_devices(device: str, workers: int) -> Dict[str, str]:
+def captioner_devices(device: str, workers: int, captioners: Sequence[str] = CAPTIONERS) -> Dict[str, str]:
     """The ``--device`` of each captioner's commands, checked (``ValueError`` naming ``--device``): the CPU, or
     the visible GPUs in turn when there are several (else the one asked for, or cuda:0, for all)."""
     chosen = run_settings(device).device
     if chosen.type == "cpu":
-        return {captioner: "cpu" for captioner in CAPTIONERS}
+        return {captioner: "cpu" for captioner in captioners}
     count = torch.cuda.device_count()
     if device in ("auto", "cuda") and workers > 1 and count > 1:
-        return {captioner: f"cuda:{index % count}" for index, captioner in enumerate(CAPTIONERS)}
-    return {captioner: str(chosen) for captioner in CAPTIONERS}
+        return {captioner: f"cuda:{index % count}" for index, captioner in enumerate(captioners)}
+    return {captioner: str(chosen) for captioner in captioners}
 
 
 def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = len(CAPTIONERS),
              device: str = "cpu") -> dict:
     """Runs (or resumes) the demo in ``out`` on ``device`` (see the module's docstring); returns the stage times
     written to ``OUT/demo.json``."""
-    devices = captioner_devices(device, workers)  # checked before anything is written
-    if len(set(devices.values())) == 1 and devices[CAPTIONERS[0]] != "cpu":
+    unknown = [captioner for captioner in config.captioners if captioner not in CAPTIONERS]
+    if unknown or not config.captioners:
+        raise ValueError(f"DemoConfig.captioners must be some of {CAPTIONERS}, got {tuple(config.captioners)}")
+    devices = captioner_devices(device, workers, config.captioners)  # checked before anything is written
+    if len(set(devices.values())) == 1 and devices[config.captioners[0]] != "cpu":
         workers = 1  # one GPU: the captioners one after the other, each with the whole GPU
     _check_folder(out, config, overwrite)
     demo = Demo(out, config, devices)
@@ -396,7 +400,7 @@ def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: in
 
     try:
         runner.run_chain("demo", [demo.scenes_stage()])
-        waiting = list(enumerate(CAPTIONERS))  # taken by `workers` threads in turn
+        waiting = list(enumerate(config.captioners))  # taken by `workers` threads in turn
         lock = threading.Lock()
 
         def worker():
@@ -408,7 +412,8 @@ def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: in
                 chain(captioner, demo.captioner_stages(captioner), position)
 
         if workers > 1:
-            threads_ = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(CAPTIONERS)))]
+            threads_ = [threading.Thread(target=worker, daemon=True)
+                        for _ in range(min(workers, len(config.captioners)))]
             for thread in threads_:
                 thread.start()
             while any(thread.is_alive() for thread in threads_):

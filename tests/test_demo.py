@@ -1,5 +1,6 @@
 """The demo (make demo) end to end on a tiny configuration: every stage's result is there, the report is written,
 a second run reuses everything, a missing result is recomputed alone, another configuration is refused."""
+import dataclasses
 import json
 
 import pytest
@@ -115,7 +116,8 @@ def _processes_naming(path) -> list:
 
 def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     """SIGTERM while the workers evaluate: the demo exits 130 with its workers stopped, nothing half-written is left,
-    and the next run finishes, reusing the trained captioners."""
+    and the next run finishes, reusing the trained captioners (the adaptive one: every stage kind, a quarter of the
+    time)."""
     import os
     import signal
     import subprocess
@@ -125,7 +127,8 @@ def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     out = tmp_path / "run"
     script = ("import signal, sys\nsys.path.insert(0, sys.argv[1])\nfrom conftest import TINY_DEMO\n"
               "from capxai import demo\nsignal.signal(signal.SIGTERM, demo._interrupt)\n"
-              "try:\n    demo.run_demo(demo.Path(sys.argv[2]), TINY_DEMO)\nexcept KeyboardInterrupt:\n    sys.exit(130)")
+              "config = demo.dataclasses.replace(TINY_DEMO, captioners=('adaptive',))\n"
+              "try:\n    demo.run_demo(demo.Path(sys.argv[2]), config)\nexcept KeyboardInterrupt:\n    sys.exit(130)")
     tests = os.path.dirname(os.path.abspath(__file__))
     errors = tmp_path / "stderr.txt"
     with open(errors, "w") as stream:
@@ -143,7 +146,7 @@ def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     assert "rerun the same command to resume" in errors.read_text()
     assert _processes_naming(out) == []
     assert not (out / "eval-adaptive" / "metrics_test_beam3.json").exists()  # evaluate writes its files at the end
-    times = demo.run_demo(out, TINY, workers=2)
+    times = demo.run_demo(out, dataclasses.replace(TINY, captioners=("adaptive",)), workers=2)
     assert times["stages"]["adaptive train"]["note"] == "reused"
     assert times["stages"]["adaptive evaluate"]["seconds"] > 0
     assert (out / "report.html").is_file()
@@ -164,3 +167,9 @@ def test_bad_demo_folders_are_refused_in_one_line(tmp_path, kind):
         demo.main(["--out", str(out)])
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["notes.txt"] if kind == "file" else ["run", demo.CONFIG_NAME])
+
+
+def test_unknown_captioners_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"DemoConfig.captioners must be some of \('adaptive'"):
+        demo.run_demo(tmp_path / "run", dataclasses.replace(TINY, captioners=("lstm9000",)))
+    assert not (tmp_path / "run").exists()

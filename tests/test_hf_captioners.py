@@ -230,3 +230,76 @@ def test_bad_models_and_inputs_are_named():
         explain.gradients.tokens_to_grid(torch.zeros(1, 17, 2), (3, 3), 1)
     with pytest.raises(ValueError, match=r"the encoder gives features \[1, 17, 32\], the relevance is for"):
         generic_pixel_relevance(encoder, _images(1), torch.zeros(2, 1, 16, 32), EXACT)
+
+
+class _ImplicitRules(torch.overrides.TorchFunctionMode):
+    """AttnLRP's rules in LXT's "efficient" form, written independently of capxai's: softmax weights and
+    LayerNorm's standard deviation detached (the CP-LRP variant: attention weights constant), GELU as
+    ``x * (gelu(x) / x).detach()``; then Gradient x Input is LRP-0 layer by layer, biases included (at every layer
+    ``R_x = x * W^T (R_y / y)`` with ``R_y = y * grad_y``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax):
+            return func(*args, **kwargs).detach()
+        if func is torch.nn.functional.layer_norm:
+            x, shape = args[0], args[1]
+            weight, bias = (args[2:4] + (None, None))[:2] if len(args) > 2 else (kwargs.get("weight"),
+                                                                                   kwargs.get("bias"))
+            eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+            centred = x - x.mean(-1, keepdim=True)
+            normalised = centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt().detach()
+            return normalised * weight + bias
+        if func is torch.nn.functional.gelu:
+            x = args[0]
+            return x * (func(*args, **kwargs) / x).detach()
+        if func is torch.nn.functional.scaled_dot_product_attention:  # the ViT's attention: written out
+            query, key, value = args[:3]
+            assert not kwargs.get("is_causal") and not kwargs.get("dropout_p")
+            scale = kwargs.get("scale") or query.shape[-1] ** -0.5
+            scores = query @ key.transpose(-2, -1) * scale
+            if kwargs.get("attn_mask") is not None:
+                scores = scores + kwargs["attn_mask"]
+            return scores.softmax(-1).detach() @ value
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_lrp_equals_lxt_style_gradient_x_input(kind):
+    """The independent per-word reference: for each word, Gradient x Input of its logit through the HF decoder run
+    by the HF code itself under LXT's implicit rules (:class:`_ImplicitRules`), with biases and position
+    embeddings as they are, equals capxai's generic LRP (GPT-2 and BLIP) (constant attention, eps 1e-12) on the fed words' embeddings
+    and on the encoder's tokens."""
+    model = _model(dtype=torch.float64, kind=kind)
+    images = _images(2, dtype=torch.float64)
+    captioner, _, features, captions, relevance = _decoder_relevance(model, images, EXACT)
+    decoder = model.text_decoder if kind == "blip" else model.decoder
+    hf_captions = captioner.to_hf_tokens(captions)  # BLIP's own ids (capxai's over them)
+    real = torch.arange(1, captions.shape[1]) <= explained_lengths(captions)[:, None]
+    checked = 0
+    for b in range(captions.shape[0]):
+        for k in range(int(real[b].sum())):
+            fed = hf_captions[b:b + 1, :k + 1]
+            embedded = decoder.get_input_embeddings()(fed).detach().requires_grad_()
+            tokens = features[b:b + 1].detach().clone().requires_grad_()
+            with _ImplicitRules():  # a copy: BLIP adds its position embeddings into inputs_embeds in place
+                logits = decoder(inputs_embeds=embedded.clone(), encoder_hidden_states=tokens,
+                                 use_cache=False).logits
+            logit = logits[0, -1, hf_captions[b, k + 1]]
+            word_grad, token_grad = torch.autograd.grad(logit, (embedded, tokens))
+            torch.testing.assert_close(relevance.words[k, b, :k + 1], (embedded * word_grad).sum(-1)[0],
+                                       rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(relevance.features[k, b], (tokens * token_grad)[0], rtol=1e-6, atol=1e-8)
+            checked += 1
+    assert checked >= 6
+    # on through the ViT to the pixels: LRP-0 of the encoder from the tokens' relevance R_f is Gradient x Input of
+    # sum(f * R_f / f) under the same rules
+    encoder = hf.split(model)[1]
+    pixels = generic_pixel_relevance(encoder, images, relevance.features, EXACT)
+    for k in range(relevance.features.shape[0]):
+        leaf = images.clone().requires_grad_()
+        with _ImplicitRules():
+            tokens = encoder(leaf)
+        share = (relevance.features[k] / tokens).detach()
+        (gradient,) = torch.autograd.grad((tokens * share).sum(), leaf)
+        torch.testing.assert_close(pixels[k], leaf * gradient, rtol=1e-6, atol=1e-8)

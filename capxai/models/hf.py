@@ -1,4 +1,5 @@
-"""Hugging Face image-to-text models as capxai captioners (a ``VisionEncoderDecoderModel``: a ViT encoder and a GPT-2
+"""Hugging Face image-to-text models as capxai captioners: a ``VisionEncoderDecoderModel`` (a ViT encoder and a GPT-2
+decoder with cross-attention) and BLIP's captioning model (``BlipForConditionalGeneration``: its ViT and its BERT
 decoder with cross-attention).
 
 The adapter splits the HF model along capxai's contract (``capxai.models.contract``): :class:`HFImageEncoder` is the
