@@ -63,7 +63,8 @@ TRANSFORMER_RECIPE = ("--hidden", "96", "--heads", "4", "--layers", "2", "--drop
 # each, patches of 8 px. A ViT from scratch is slow to start reading the image: on the quick scenes at lr 1e-3 with
 # dropout 0.1 it captioned every test image alike after 3 epochs; at 3e-3 without dropout it reached validation
 # CIDEr 0.50 at epoch 4 with 50 distinct captions on 300 test images (docs/experiments/hf-captioners/README.md).
-HF_RECIPE = ("--hidden", "64", "--heads", "2", "--layers", "2", "--dropout", "0.0", "--lr", "3e-3", "--batch-size", "32")
+HF_RECIPE = ("--hidden", "64", "--heads", "2", "--layers", "2", "--dropout", "0.0", "--lr", "3e-3",
+             "--batch-size", "32")
 assert all(kind in CAPTIONER_REGISTRY for kind in CAPTIONERS)
 SPLIT, BEAM = "test", 3
 CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"

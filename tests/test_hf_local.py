@@ -163,6 +163,10 @@ def test_bad_folders_are_named(checkpoint, tmp_path):
     folder, _ = checkpoint
     with pytest.raises(FileNotFoundError, match="holds no config.json: not a Hugging Face model folder"):
         load_local(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not a config transformers can read"):
+        load_local(tmp_path / "broken")
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match=r"a 'gpt2' model \(GPT2LMHeadModel\) is not supported; the adapter covers "
                                          r"VisionEncoderDecoderModel \(a ViT encoder"):
@@ -173,6 +177,12 @@ def test_bad_folders_are_named(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"resizes to \{'height': 48, 'width': 48\}, but the model's ViT takes "
                                          "32x32 images"):
         load_local(other)
+    weights = next(other.glob("*.safetensors"))
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:len(intact) // 2])  # a download cut short
+    with pytest.raises(ValueError, match="the model's weights could not be read"):
+        load_local(other)
+    weights.write_bytes(intact)
     (other / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="holds no preprocessor_config.json: the model's image processor"):
         load_local(other)

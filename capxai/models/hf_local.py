@@ -90,10 +90,14 @@ def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
     except (ValueError, OSError, KeyError) as error:
         raise ValueError(f"{folder}/config.json is not a config transformers can read ({error})") from None
     model_class = hf.check_config(config)
-    for needed, what in (("preprocessor_config.json", "image processor (processor.save_pretrained(DIR))"),):
-        if not (folder / needed).is_file():
-            raise FileNotFoundError(f"{folder} holds no {needed}: the model's {what} is needed to read images")
-    model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True)
+    if not (folder / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no preprocessor_config.json: the model's image processor "
+                                "(processor.save_pretrained(DIR)) is needed to read images")
+    try:
+        model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True)
+    except Exception as error:  # truncated or foreign weights: safetensors, torch and transformers raise many types
+        raise ValueError(f"{folder}: the model's weights could not be read ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
     processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     wrapped = HFCaptioningModel(model).to(device)
     image_size = wrapped.image_size
