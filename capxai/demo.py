@@ -86,13 +86,15 @@ class DemoConfig:
     train_arguments: Sequence[str] = CAPTIONER_RECIPE  # the paper's two captioners
     transformer_arguments: Sequence[str] = TRANSFORMER_RECIPE
     hf_arguments: Sequence[str] = HF_RECIPE
+    hf_epochs: int = 0  # the HF captioner's epochs (0: ``epochs``); its ViT, trained from scratch, starts slower
     contrast: str = RUNNER_UP  # the report's contrastive LRP panel: each word against this ("" for none)
     captioners: Sequence[str] = CAPTIONERS  # the captioners the demo trains (a subset: a test's shorter demo)
 
 
-# all five captions per step: on 1000 scenes two would leave the captioners too little to learn from
+# all five captions per step: on 1000 scenes two would leave the captioners too little to learn from; the HF
+# captioner 5 epochs (at 3 its ViT had not started reading the images, HF_RECIPE's comment)
 QUICK = DemoConfig(scenes=(1000, 100, 300), epochs=3, captions_per_image=0, explain_limit=40,
-                   finetuned_explain_limit=40, report_images=4)
+                   finetuned_explain_limit=40, report_images=4, hf_epochs=5)
 
 
 @dataclasses.dataclass
@@ -129,6 +131,10 @@ class Demo:
         device = self.devices.get(captioner, "cpu")
         return ["--device", device] + (["--workers", "0"] if device == "cpu" else [])
 
+    def epochs(self, captioner: str) -> int:
+        """The cross-entropy epochs of a captioner."""
+        return self.config.hf_epochs if captioner == "hf-vit-gpt2" and self.config.hf_epochs else self.config.epochs
+
     def recipe(self, captioner: str) -> Sequence[str]:
         """The training options of a captioner (its size, dropout, learning rate)."""
         return {"transformer": self.config.transformer_arguments,
@@ -140,10 +146,10 @@ class Demo:
         on = self.run_arguments(captioner)
         stages = [
             Stage("train", lambda: ["train", *self.data, "--out", str(trained), "--model", captioner, "--epochs",
-                                    str(self.config.epochs), "--seed", str(self.config.seed),
+                                    str(self.epochs(captioner)), "--seed", str(self.config.seed),
                                     "--captions-per-image", str(self.config.captions_per_image),
                                     *self.recipe(captioner), *on],
-                  lambda: _training_done(trained, self.config.epochs)),
+                  lambda: _training_done(trained, self.epochs(captioner))),
             self._evaluate_stage("evaluate", checkpoint, self.folder("eval", captioner), "all",
                                  self.config.explain_limit, self.config.ablation, on),
             Stage("explain", lambda: self._explain_arguments(captioner),

@@ -173,3 +173,13 @@ def test_unknown_captioners_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"DemoConfig.captioners must be some of \('adaptive'"):
         demo.run_demo(tmp_path / "run", dataclasses.replace(TINY, captioners=("lstm9000",)))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_hf_captioner_may_train_longer_than_the_others(tmp_path):
+    """``hf_epochs``: the ViT trained from scratch needs more epochs than the CNN captioners (QUICK gives it 5); its
+    training stage is complete only after them."""
+    assert demo.QUICK.hf_epochs == 5 and demo.DemoConfig().hf_epochs == 0
+    stages = demo.Demo(tmp_path, dataclasses.replace(TINY, hf_epochs=2))
+    for captioner, epochs in (("hf-vit-gpt2", "2"), ("adaptive", str(TINY.epochs))):
+        train = stages.captioner_stages(captioner)[0].arguments()
+        assert train[train.index("--epochs") + 1] == epochs
