@@ -72,7 +72,7 @@ CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """What the demo runs; ``QUICK`` is the same on a small set (under 10 minutes on 2 cores)."""
+    """What the demo runs; ``QUICK`` is the same on a small set (about 10 minutes on 2 cores)."""
 
     scenes: Sequence[int] = (8000, 1000, 2000)  # train, val, test images
     epochs: int = 4  # cross-entropy epochs of each captioner
@@ -460,7 +460,7 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="the same on a small set (under 10 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="the same on a small set (about 10 minutes on 2 cores)")
     parser.add_argument("--workers", type=int, default=len(CAPTIONERS), choices=range(1, len(CAPTIONERS) + 1),
                         help=f"captioners worked on at once (default {len(CAPTIONERS)}: on the CPU one thread each, "
                         "sharing the cores; on GPUs spread over them when there are several, else one after the "
