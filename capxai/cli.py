@@ -524,8 +524,8 @@ def _add_explain(commands) -> None:
         "explain", help="explain every word of captions: " + ", ".join(METHODS.names()),
         parents=[run_options(precision=False), checkpoint_option(
                      "best.pt or last.pt of capxai train", "a local Hugging Face image-to-text model instead: the "
-                     "folder of its save_pretrained, with its image processor and tokenizer (" + hf.describe_supported() + "; "
-                     "with --images)"),
+                     "folder of its save_pretrained, with its image processor and tokenizer ("
+                     + hf.describe_supported() + "; with --images)"),
                  data_options(False, "explain a whole split of this Karpathy-style json, in shards (resumable; "
                               "under torchrun each process takes its own shards)",
                               IMAGE_ROOT_HELP + " (default: the split file's folder)"),

@@ -243,9 +243,10 @@ class _ImplicitRules(torch.overrides.TorchFunctionMode):
         if func in (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax):
             return func(*args, **kwargs).detach()
         if func is torch.nn.functional.layer_norm:
-            x, shape = args[0], args[1]
-            weight, bias = (args[2:4] + (None, None))[:2] if len(args) > 2 else (kwargs.get("weight"),
-                                                                                   kwargs.get("bias"))
+            x, shape = args[0], tuple(args[1])
+            assert len(shape) == 1  # the HF models' LayerNorms normalise the last dimension
+            weight = args[2] if len(args) > 2 else kwargs.get("weight")
+            bias = args[3] if len(args) > 3 else kwargs.get("bias")
             eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
             centred = x - x.mean(-1, keepdim=True)
             normalised = centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt().detach()

@@ -2,9 +2,9 @@
 that word: LRP (the paper's method, all words in one sweep), Grad-CAM, Guided Grad-CAM, Guided Backprop, Gradient x
 Input and attention, with one call shape (``explainer.explain(images, captions=...)``) and one result type."""
 from capxai.explain.encoder_lrp import COMPOSITES, make_composite
-from capxai.explain.explainers import (GRADIENT_FAMILY, LRP, METHODS, RUNNER_UP, Attention, Explainer, GradCAM, GradientXInput,
-                                       GuidedBackprop, GuidedGradCAM, explain_gradient_family, make_explainer,
-                                       methods_of)
+from capxai.explain.explainers import (GRADIENT_FAMILY, LRP, METHODS, RUNNER_UP, Attention, Explainer, GradCAM,
+                                       GradientXInput, GuidedBackprop, GuidedGradCAM, explain_gradient_family,
+                                       make_explainer, methods_of)
 from capxai.explain.lrp_paths import FAST_PATHS, register_fast_path
 from capxai.explain.explanation import Explanation
 

@@ -110,7 +110,8 @@ class Explanation:
         atomic_torch_save(path, tensors)
         atomic_write_json(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "method": self.method, "settings": self.settings, "grid_size": self.grid_size,
-            "words": self.words, "contrast_words": self.contrast_words, "run": self.run, "shapes": {name: list(t.shape) for name, t in tensors.items()}})
+            "words": self.words, "contrast_words": self.contrast_words, "run": self.run,
+            "shapes": {name: list(t.shape) for name, t in tensors.items()}})
         return path
 
     @classmethod

@@ -73,4 +73,3 @@ def runner_up(captioner, features: torch.Tensor, captions: torch.Tensor, explain
     with torch.no_grad():
         logits = teacher_force(captioner, features, captions).logits
     return logits.scatter(-1, explained.unsqueeze(-1), float("-inf")).argmax(-1)
-

@@ -184,7 +184,8 @@ class HFCaptioner(Captioner):
     def init_state(self, features: torch.Tensor) -> State:
         if self.project is not None:
             features = self.project(features)
-        return {"features": features, "embedded": features.new_zeros(features.shape[0], 0, self.embedding.embedding_dim)}
+        empty = features.new_zeros(features.shape[0], 0, self.embedding.embedding_dim)
+        return {"features": features, "embedded": empty}
 
     def step(self, state: State, words: torch.Tensor) -> Tuple[torch.Tensor, State, Dict[str, torch.Tensor]]:
         embedded = torch.cat([state["embedded"], self.embedding(self.to_hf_tokens(words)).unsqueeze(1)], dim=1)
@@ -192,8 +193,8 @@ class HFCaptioner(Captioner):
             raise ValueError(f"HFCaptioner: a caption longer than the decoder's {self.max_positions} positions "
                              "(config.n_positions / max_position_embeddings)")
         # a copy: BLIP's text embeddings add the position embeddings into inputs_embeds in place
-        output = self.decoder(inputs_embeds=embedded.clone(), encoder_hidden_states=state["features"], use_cache=False,
-                              output_attentions=True, return_dict=True)
+        output = self.decoder(inputs_embeds=embedded.clone(), encoder_hidden_states=state["features"],
+                              use_cache=False, output_attentions=True, return_dict=True)
         attention = output.cross_attentions[-1][:, :, -1]  # [B, heads, regions]
         logits = output.logits[:, -1]
         if self.hf_special_ids is not None:
