@@ -12,6 +12,7 @@ from typing import Callable, NoReturn, Optional, Tuple
 
 from capxai._io import no_space_cause
 from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
+from capxai.nn.function_rules import NoRelevanceRule
 
 
 class CommandError(ValueError):
@@ -118,7 +119,8 @@ def message_of(error: BaseException) -> str:
     return text.splitlines()[0] if text.count("\n") > 3 else text.replace("\n", " ")
 
 
-EXPECTED = (ValueError, OSError)  # bad values, missing / unreadable / unwritable files and folders
+# bad values, missing / unreadable / unwritable files and folders, a model with a part LRP has no rule for
+EXPECTED = (ValueError, OSError, NoRelevanceRule)
 
 
 def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool,

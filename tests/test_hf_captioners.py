@@ -304,3 +304,17 @@ def test_generic_lrp_equals_lxt_style_gradient_x_input(kind):
         share = (relevance.features[k] / tokens).detach()
         (gradient,) = torch.autograd.grad((tokens * share).sum(), leaf)
         torch.testing.assert_close(pixels[k], leaf * gradient, rtol=1e-6, atol=1e-8)
+
+
+def test_gpt2_reordered_and_upcast_attention_is_explained_as_the_plain_one():
+    """GPT-2's ``reorder_and_upcast_attn`` computes the same scores with ``torch.baddbmm``: the generic path takes it
+    (bilinear in q and k, as ``matmul``) and gives the relevance of the plain attention."""
+    images = _images(2)
+    plain = _decoder_relevance(_model(), images, LRPSettings(1e-6, 0.0, "constant"))[4]
+    reordered_model = _model()
+    for block in reordered_model.decoder.transformer.h:
+        block.attn.reorder_and_upcast_attn = block.crossattention.reorder_and_upcast_attn = True
+    reordered = _decoder_relevance(reordered_model, images, LRPSettings(1e-6, 0.0, "constant"))[4]
+    assert reordered.words.abs().sum() > 0
+    torch.testing.assert_close(reordered.words, plain.words, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reordered.features, plain.features, rtol=1e-4, atol=1e-5)

@@ -242,3 +242,19 @@ def test_a_local_blip_checkpoint_decodes_as_generate_and_is_explained(checkpoint
     explanation = Explanation.load(out / "lrp" / "explanation.pt")
     assert torch.equal(explanation.tokens[:, :tokens.shape[1]], tokens[:, :explanation.tokens.shape[1]])
     assert torch.isfinite(explanation.pixel_relevance).all() and explanation.pixel_relevance.abs().sum() > 0
+
+
+def test_a_model_part_lrp_has_no_rule_for_is_named_in_one_line(checkpoint, tmp_path, capsys):
+    """A checkpoint whose GPT-2 uses ``gelu_10`` (GELU clipped with ``torch.clip``, which has no relevance rule): the
+    command answers with the refusal (exit 2, no traceback, not "internal error") and writes nothing."""
+    _, pictures = checkpoint
+    tokenizer = _tokenizer()
+    folder = _save(tmp_path / "clipped", _model(len(tokenizer), tokenizer.eos_token_id, activation="gelu_10"),
+                   tokenizer)
+    out = tmp_path / "out"
+    assert cli.main(["explain", "--hf-model", str(folder), "--images", str(pictures[0]), "--out", str(out),
+                     "--no-figures"]) == 2
+    error = capsys.readouterr().err
+    assert "capxai explain: capxai.nn.relevance_rules: no relevance rule for" in error and "clip" in error
+    assert "internal error" not in error and "Traceback" not in error
+    assert not (out / "lrp" / "explanation.pt").exists()

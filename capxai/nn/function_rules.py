@@ -193,7 +193,8 @@ def _matmul(mode, func, args, kwargs):
 
 def _affine(positions):
     """A map affine in the operands at ``positions`` (their other arguments constant): ``torch.addmm(bias, x, W)``
-    (Hugging Face's GPT-2 ``Conv1D``), ``conv2d(x, W, b)`` (a ViT's patch embedding). Epsilon rule: the bias is in
+    (Hugging Face's GPT-2 ``Conv1D``), ``conv2d(x, W, b)`` (a ViT's patch embedding), ``torch.baddbmm(M, q, k)``
+    (bilinear in ``q`` and ``k``: half each, as ``matmul`` of two signals). Epsilon rule: the bias is in
     the stabilised denominator and absorbs its share, as the linear map's own."""
     def handler(mode, func, args, kwargs):
         carried = [position for position in positions if position < len(args) and _carries(args[position])]
@@ -307,6 +308,7 @@ _HANDLER_NAMES = {
               "Tensor.mm"),
     _einsum: ("torch.einsum",),
     _addmm: ("torch.addmm", "Tensor.addmm"),
+    _affine((1, 2)): ("torch.baddbmm", "Tensor.baddbmm"),  # GPT-2's reorder_and_upcast_attn scores
     _affine((0,)): ("torch.conv1d", "torch.conv2d", "F.conv1d", "F.conv2d"),
     _softmax: ("torch.softmax", "Tensor.softmax", "F.softmax"),
     _layer_norm: ("F.layer_norm",),
