@@ -13,7 +13,8 @@ CMAKE_BUILD := build/cmake
 CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
-.PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-wheels cpp-test clean help
+.PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-bench gpu-prebuild \
+	gpu-wheels cpp-test clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -22,10 +23,12 @@ help:
 	@echo "make durability-check  the slow tests of full disks, concurrent runs and edited files (CI runs it)"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
 	@echo "make demo-check  the quick demo from scratch and its report in headless Chromium (what CI runs)"
-	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the tests on it"
-	@echo "make gpu-check   on a GPU machine: build for its GPU, CUDA tests, compute-sanitizer, GPU benchmarks;"
-	@echo "                 then the quick demo, the scale benchmark and LRP of 5,000 images on the GPU;"
-	@echo "                 report in runs/gpu-check/report.md (needs only torch and nvcc there)"
+	@echo "make cuda-check  build the CUDA variant in $(CUDA_BUILD)/, list its CUDA kernels, run the op tests on it,"
+	@echo "                 rehearse make gpu-check and gpu-bench on it (no GPU needed)"
+	@echo "make gpu-check   on a GPU machine (under 10 min): CUDA tests, compute-sanitizer, GPU op benchmarks;"
+	@echo "                 report in runs/gpu-check/report.md. DRY_RUN=1 rehearses it without a GPU"
+	@echo "make gpu-bench   on a GPU machine, when time is left: quick demo, scale benchmark, LRP of 5,000 images"
+	@echo "make gpu-prebuild  the CUDA build for the GPU machine's torch ($(GPU_TORCH), Python $(GPU_PYTHON)), made here"
 	@echo "make gpu-wheels  wheels of zennit, captum, pycocotools for a GPU machine without network (.whl/)"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
 
@@ -79,16 +82,40 @@ cuda-check: $(STAMP)
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py --quiet build_ext \
 		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
 	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m capxai.info --require-cuda
-	@# the CUDA build's CPU kernels and Python face, through the same tests (CUDA ones run only where a GPU is)
-	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m pytest -q -m "not slow" tests
+	@# the CUDA build's CPU kernels and Python face through the test files that hold CUDA tests (the rest of the
+	@# suite does not touch the build's CUDA half), then make gpu-check's and gpu-bench's rehearsals on this build
+	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m pytest -q -m "not slow" \
+		$$($(PY) -c 'import sys; sys.path.insert(0, "tools"); import gpu_check; print(*gpu_check.cuda_test_files())')
+	$(PY) tools/gpu_check.py check --dry-run
+	$(PY) tools/gpu_check.py bench --dry-run
 
-# Uses .venv when there is one, else the machine's python3: GPU machines often have torch and no network.
+# The GPU machine has torch, nvcc and compute-sanitizer, no network and no .venv: there python3 runs these. Carry
+# build/gpu-prebuilt (make gpu-prebuild) and .whl (make gpu-wheels) with the tree, and nothing compiles there.
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	tools/gpu_check.sh
+	$(GPU_CHECK_PY) tools/gpu_check.py check $(if $(DRY_RUN),--dry-run)
+
+gpu-bench:
+	$(GPU_CHECK_PY) tools/gpu_check.py bench $(if $(DRY_RUN),--dry-run)
+
+# The GPU machines' torch and Python, and the packages of their image that capxai's CUDA tests use (the device
+# tool's KINDS.md, read 2026-11): build/gpu-venv is that machine's Python environment here, for the prebuilt build
+# and for a rehearsal of the check as it will run there:
+#   make gpu-check DRY_RUN=1 GPU_CHECK_PY=build/gpu-venv/bin/python
+# tools/gpu_check.py compares the build's stamp with what runs on the GPU machine and compiles there if they differ.
+GPU_PYTHON ?= 3.12
+GPU_TORCH ?= 2.11.0
+GPU_TORCHVISION ?= 0.26.0
+GPU_VENV := build/gpu-venv
+gpu-prebuild:
+	@test -x $(GPU_VENV)/bin/python || { py=$$(command -v python$(GPU_PYTHON)) || { echo "make gpu-prebuild needs" \
+	  "python$(GPU_PYTHON) (the GPU machine's Python)"; exit 2; }; $$py -m venv $(GPU_VENV); }
+	$(GPU_VENV)/bin/python -m pip install --quiet torch==$(GPU_TORCH) torchvision==$(GPU_TORCHVISION) numpy tqdm \
+		matplotlib pillow scipy scikit-learn pytest pytest-benchmark hypothesis setuptools ninja pybind11 wheel
+	$(GPU_VENV)/bin/python tools/gpu_check.py prebuild --arch $${TORCH_CUDA_ARCH_LIST:-9.0}
 
 # Wheels of what a bare GPU machine (torch, no network) lacks for make gpu-check's explainer tests and end-to-end
-# part, for its Python (GPU_PYTHON, default 3.12), into .whl/ (ignored by git; carry it with the tree).
-GPU_PYTHON ?= 3.12
+# part, for its Python (GPU_PYTHON), into .whl/ (ignored by git; carry it with the tree).
 gpu-wheels:
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

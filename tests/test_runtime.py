@@ -3,9 +3,11 @@ captions drawn per step are those of earlier capxai versions and do not depend o
 training tracks fp32; checkpoints hold CPU tensors; evaluate in two gloo processes equals one process. CUDA (marked,
 run by make gpu-check): train / finetune / evaluate / explain on the GPU equal the CPU; a checkpoint written there
 opens on the CPU; a run resumes on another device; DDP over NCCL."""
+import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,15 @@ from capxai.data.vocabulary import Vocabulary
 from capxai.runtime import RunSettings, run_settings
 from capxai.train import TrainConfig, build_model, load_trained, save_checkpoint, train, train_step
 from capxai.models.checkpoint import on_cpu
+
+# Training validates with CIDEr through pycocoevalcap's PTB tokenizer (Java). A GPU machine without network has
+# neither (make gpu-check cannot carry them: the pycocoevalcap wheel alone is over 100 MB), so the GPU training tests
+# say so there instead of failing; the module itself imports without them (issue 36).
+CAPTION_METRICS_MISSING = ([] if importlib.util.find_spec("pycocoevalcap") else ["pycocoevalcap"]) + (
+    [] if shutil.which("java") else ["java"])
+needs_caption_metrics = pytest.mark.skipif(
+    bool(CAPTION_METRICS_MISSING),
+    reason=f"training validates with CIDEr (pycocoevalcap + Java); missing here: {', '.join(CAPTION_METRICS_MISSING)}")
 
 TINY = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.3, epochs=1, batch_size=8, min_count=1,
                    max_length=12, lr=3e-3, captions_per_image=2)
@@ -305,6 +316,7 @@ def test_torchrun_evaluate_writes_one_result_equal_to_one_process(tiny_trained, 
 
 
 # -- CUDA (make gpu-check) -----------------------------------------------------------------------------------------
+@needs_caption_metrics
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 @pytest.mark.parametrize("model_kind", ["adaptive", "multihead"])
@@ -332,6 +344,7 @@ def test_training_on_cuda_equals_the_cpu(data, tmp_path, monkeypatch, model_kind
         torch.testing.assert_close(states["cuda"]["model"][name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
+@needs_caption_metrics
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 def test_a_gpu_run_resumes_on_the_cpu_and_its_checkpoint_opens_there(data, tmp_path):
@@ -344,6 +357,7 @@ def test_a_gpu_run_resumes_on_the_cpu_and_its_checkpoint_opens_there(data, tmp_p
     assert next(model.parameters()).device.type == "cpu"
 
 
+@needs_caption_metrics
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 def test_fp16_training_with_a_gradient_scaler_runs_on_cuda(data, tmp_path):
@@ -353,6 +367,7 @@ def test_fp16_training_with_a_gradient_scaler_runs_on_cuda(data, tmp_path):
     assert "grad_scaler" in torch.load(tmp_path / "model" / "last.pt", weights_only=True)
 
 
+@needs_caption_metrics
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 def test_evaluate_and_explain_on_cuda_equal_the_cpu(tiny_trained, tmp_path):
@@ -395,6 +410,7 @@ def _nccl_worker(rank, port, data, out):
     torch.distributed.destroy_process_group()
 
 
+@needs_caption_metrics
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two GPUs")
 def test_ddp_over_nccl_trains(data, tmp_path):

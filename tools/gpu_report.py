@@ -29,13 +29,37 @@ def software():
             f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU visible'}")
 
 
+def read_steps(folder):
+    """``steps.json`` of tools/gpu_check.py: {plan, dry_run, steps: [{name, status, seconds, expected_seconds, ...}]}."""
+    payload = read_json(folder / "steps.json")
+    return payload if isinstance(payload, dict) and isinstance(payload.get("steps"), list) else None
+
+
 def steps(folder):
-    rows = []
-    path = folder / "steps.txt"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        name, code, seconds = line.split()
-        rows.append(f"| {name} | {'pass' if code == '0' else f'FAIL (exit {code})'} | {seconds} s |")
-    return ["| step | result | time |", "| --- | --- | --- |"] + rows
+    payload = read_steps(folder)
+    if payload is None:
+        return ["(no steps.json: the check did not run to its end)"]
+    where = "here (no GPU)" if payload.get("dry_run") else "here"
+    rows = ["| step | result | time " + where + " | expected on one H100 | note |", "| --- | --- | --- | --- | --- |"]
+    for step in payload["steps"]:
+        result = step["status"] if step["status"] != "skipped" else f"skipped: {step.get('why', '')}"
+        expected = f"{step['expected_seconds']} s{' (estimate)' if step.get('estimate') else ''}"
+        rows.append(f"| {step['name']} | {result} | {step['seconds']} s | {expected} | {step.get('note', '')} |")
+    total = sum(step["expected_seconds"] for step in payload["steps"])
+    rows += ["", f"Expected device time of the steps: about {total} s on one H100, after the machine's start."]
+    return rows
+
+
+def collected(folder):
+    """The dry run's collection: how many CUDA tests each file holds (``pytest --collect-only -q`` lines)."""
+    path = folder / "collect.log"
+    if not path.exists():
+        return []
+    counts = collections.Counter(line.split("::")[0] for line in path.read_text().splitlines() if "::" in line)
+    summary = [line for line in path.read_text().splitlines() if "collected" in line or "error" in line.lower()]
+    lines = [f"Collected without a GPU: {sum(counts.values())} CUDA tests in {len(counts)} files "
+             f"({summary[-1].strip() if summary else 'no summary line'}).", ""]
+    return lines + [f"- {name}: {count}" for name, count in sorted(counts.items())] + [""]
 
 
 def test_groups(folder):
@@ -44,6 +68,7 @@ def test_groups(folder):
         return ["(no test results: the tests did not run)"]
     counts = collections.defaultdict(collections.Counter)
     failures = []
+    skip_reasons = collections.Counter()
     for case in ElementTree.parse(path).iter("testcase"):
         group = case.get("classname", "?").split(".")[-1]  # "tests.test_lrp_linear" -> the module
         outcome = "passed"
@@ -54,12 +79,15 @@ def test_groups(folder):
                                 f"{(child.get('message') or '').splitlines()[0][:200] if child.get('message') else ''}")
             elif child.tag == "skipped":
                 outcome = "skipped"
+                skip_reasons[(child.get("message") or "?").splitlines()[0][:160]] += 1
         counts[group][outcome] += 1
     lines = ["| test group | passed | failed | skipped |", "| --- | --- | --- | --- |"]
     for group, count in sorted(counts.items()):
         lines.append(f"| {group} | {count['passed']} | {count['failed']} | {count['skipped']} |")
     if failures:
         lines += ["", "Failures:", ""] + [f"- {failure}" for failure in failures]
+    if skip_reasons:
+        lines += ["", "Skipped, by reason:", ""] + [f"- {count}: {reason}" for reason, count in skip_reasons.items()]
     return lines
 
 
@@ -152,17 +180,23 @@ def explain5k(folder):
 def main(argv):
     folder = Path(argv[1] if len(argv) > 1 else "runs/gpu-check")
     info = folder / "info.log"
-    lines = ["# capxai GPU check", "", f"- card: {card()}", f"- software: {software()}"]
+    payload = read_steps(folder) or {}
+    title = f"# capxai `make gpu-{payload.get('plan', 'check')}`{' — dry run without a GPU' if payload.get('dry_run') else ''}"
+    lines = [title, "", f"- card: {card()}", f"- software: {software()}"]
     if info.exists():
         lines += [f"- {line.strip()}" for line in info.read_text().splitlines()[:3]]
     lines += ["", "## Steps", ""] + steps(folder)
-    lines += ["", "## CUDA tests (`pytest -m cuda tests`)", ""] + test_groups(folder)
-    lines += ["", "## compute-sanitizer on `tools/gpu_sanitize.py`", "",
-              f"- {sanitizer(folder, 'memcheck')}", f"- {sanitizer(folder, 'racecheck')}"]
-    lines += ["", "## GPU benchmarks (medians of one run; ratios within that run)", ""] + benchmarks(folder)
-    lines += ["", "## End to end on the GPU", "", f"- {demo_time(folder)}", f"- {explain5k(folder)}", "",
-              "Scale benchmark (`CAPXAI_SCALE=gpu pytest benchmarks/test_scale.py`: VGG16 at 224 px, hidden 512; "
-              "medians of one run):", ""] + scale_benchmark(folder)
+    if payload.get("plan", "check") == "check":
+        lines += ["", "## CUDA tests (`pytest -m cuda` over the test files that hold CUDA tests)", ""]
+        lines += collected(folder) + test_groups(folder)
+        lines += ["", "## compute-sanitizer on `tools/gpu_sanitize.py`", "",
+                  f"- {sanitizer(folder, 'memcheck')}", f"- {sanitizer(folder, 'racecheck')}"]
+        lines += ["", "## GPU benchmarks (medians of one run; ratios within that run; `bound` over `fused` is the "
+                  "fraction of the bound reached, benchmarks/test_bounds.py)", ""] + benchmarks(folder)
+    else:
+        lines += ["", "## End to end on the GPU", "", f"- {demo_time(folder)}", f"- {explain5k(folder)}", "",
+                  "Scale benchmark (`CAPXAI_SCALE=gpu pytest benchmarks/test_scale.py`: VGG16 at 224 px, hidden 512; "
+                  "medians of one run):", ""] + scale_benchmark(folder)
     print("\n".join(lines))
     return 0
 

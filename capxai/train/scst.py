@@ -8,31 +8,38 @@ unchanged). Sampling and re-scoring both run with the captioner's dropout off an
 so the gradient is that of the policy that sampled.
 Re-scoring is teacher-forced, batched over samples and steps.
 """
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from capxai.models import beam_search
 from capxai.models.captioner import Captioner
 from capxai.train.lrp_weights import dropout_off, feature_weights, training_logits
 
 
-class _CorpusCiderScorer(CiderScorer):
-    """pycocoevalcap's CIDEr-D with document frequencies of a fixed corpus (its ``compute_cider`` would set the
-    corpus size to the batch's; the property keeps the corpus's)."""
+@functools.cache
+def _cider_scorers():
+    """pycocoevalcap's CiderScorer and ``CorpusCiderScorer``: its CIDEr-D with document frequencies of a fixed corpus
+    (its ``compute_cider`` would set the corpus size to the batch's; the property keeps the corpus's). Imported on
+    first use: ``capxai.train`` imports this module, and a machine that only runs the ops (a GPU check) lacks
+    pycocoevalcap."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-    corpus_size = 1
+    class CorpusCiderScorer(CiderScorer):
+        corpus_size = 1
 
-    @property
-    def ref_len(self):
-        return np.log(float(self.corpus_size))
+        @property
+        def ref_len(self):
+            return np.log(float(self.corpus_size))
 
-    @ref_len.setter
-    def ref_len(self, value):
-        pass
+        @ref_len.setter
+        def ref_len(self, value):
+            pass
+
+    return CiderScorer, CorpusCiderScorer
 
 
 class _DocumentFrequency(dict):
@@ -54,7 +61,8 @@ class CiderReward:
     def __init__(self, corpus: Sequence[Sequence[str]]):
         if not corpus:
             raise ValueError("CiderReward: the reference corpus is empty")
-        scorer = CiderScorer(n=4, sigma=6.0)
+        cider_scorer, _ = _cider_scorers()
+        scorer = cider_scorer(n=4, sigma=6.0)
         for references in corpus:
             scorer.cook_append(None, list(references))
         scorer.compute_doc_freq()
@@ -65,7 +73,8 @@ class CiderReward:
         """``[N]`` CIDEr-D of ``captions[i]`` against ``references[i]``."""
         if len(captions) != len(references):
             raise ValueError(f"CiderReward: {len(captions)} captions but {len(references)} reference sets")
-        scorer = _CorpusCiderScorer(n=4, sigma=6.0)
+        _, corpus_cider_scorer = _cider_scorers()
+        scorer = corpus_cider_scorer(n=4, sigma=6.0)
         scorer.corpus_size = self.corpus_size
         for caption, refs in zip(captions, references):
             scorer.cook_append(caption, list(refs))

@@ -51,6 +51,17 @@ class FullPrecisionGemms {
   inline static at::Float32Precision saved_ = at::Float32Precision::IEEE;
 };
 
+// x @ weight.t() + bias for 2-D x [N, In], weight [Out, In], bias [Out] (or undefined), under FullPrecisionGemms.
+// Not at::linear / at::addmm with a 1-D bias: on CUDA those take cuBLASLt's bias epilogue, which reads the global
+// TF32 setting and not at::NoTF32Guard. The bias is written into the output first and the GEMM accumulates into it
+// (addmm_out with the output as `self`), which keeps to the guarded cuBLAS GEMM on every PyTorch we build against.
+inline at::Tensor affine_full_precision(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!bias.defined()) return at::mm(x, weight.t());
+  at::Tensor out = bias.expand({x.size(0), weight.size(0)}).contiguous();
+  at::addmm_out(out, out, x, weight.t());
+  return out;
+}
+
 inline bool is_half_precision(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16;
 }

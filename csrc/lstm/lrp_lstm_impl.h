@@ -41,7 +41,7 @@ LstmForward lstm_forward(const LstmArgs& a, double eps, double bias_factor, cons
   if (steps == 0 || batch == 0 || hidden == 0) return fwd;
   // All steps' input projections in one GEMM; then one small GEMM and one fused pass per step.
   const at::Tensor input_gates =
-      at::addmm(a.bias, a.x.view({steps * batch, n_in}), a.weight_ih.t()).view({steps, batch, 4 * hidden});
+      affine_full_precision(a.x.view({steps * batch, n_in}), a.weight_ih, a.bias).view({steps, batch, 4 * hidden});
   at::Tensor gates = at::empty({batch, 4 * hidden}, options);
   at::Tensor cell = a.c0.clone();
   const at::Tensor bias_g = a.bias.narrow(0, 2 * hidden, hidden);
@@ -72,6 +72,15 @@ inline TargetSchedule schedule_targets(const std::vector<int64_t>& last_step, in
   return schedule;
 }
 
+// The slot order as a tensor on `device`. To a GPU from pinned memory, asynchronously: a copy from pageable memory
+// synchronises the host with the stream (a third sync per call, which also waited for the whole forward when the copy
+// came after it). The caching host allocator keeps the pinned block alive until the copy has run.
+inline at::Tensor slots_on_device(const std::vector<int64_t>& slot_target, const at::Device& device) {
+  const at::Tensor host = at::tensor(slot_target, at::TensorOptions().dtype(at::kLong));
+  if (device.is_cpu()) return host;
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 template <typename Passes>
 LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, const char* op) {
   const int64_t targets = a.relevance_h.size(0);
@@ -83,11 +92,10 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   const std::vector<int64_t> last_step = Passes::last_active_steps(a.relevance_h, a.relevance_c, finite);
   if (!finite) raise_lstm_non_finite(a, op);
   const TargetSchedule schedule = schedule_targets(last_step, steps);
+  const at::Tensor slot_target = slots_on_device(schedule.slot_target, options.device());
   at::Tensor non_finite = at::zeros({1}, options.dtype(at::kInt));  // raised by the passes, read once at the end
   const LstmForward fwd = lstm_forward<Passes>(a, eps, bias_factor, non_finite);
 
-  const at::Tensor slot_target =
-      at::tensor(schedule.slot_target, at::TensorOptions().dtype(at::kLong)).to(options.device());
   // One GEMM per step gives both halves of the epsilon rule through the g-rows: Rg / stab(z_g) @ [W_ih_g | W_hh_g].
   const at::Tensor weight_g = at::cat({a.weight_ih.narrow(0, 2 * hidden, hidden),
                                        a.weight_hh.narrow(0, 2 * hidden, hidden)}, 1);  // [H, D + H]
@@ -121,7 +129,7 @@ LstmRelevance lrp_lstm_impl(const LstmArgs& a, double eps, double bias_factor, c
   relevance_h0.index_copy_(0, slot_target, h0_relevance);
   relevance_c0.index_copy_(0, slot_target, carry_cell.view({targets, batch, hidden}));
   // Every check of the result folds into the device flag; one host synchronisation reads it (the schedule's read
-  // of the injected relevance, above, is the other).
+  // of the injected relevance, above, is the other; there is no third: slots_on_device).
   for (const at::Tensor* state : {&relevance_h0, &relevance_c0})
     if (state->numel() > 0) non_finite.bitwise_or_(at::isfinite(*state).logical_not().any());
   relevance_x = round_to(relevance_x, a.result_dtype, non_finite);

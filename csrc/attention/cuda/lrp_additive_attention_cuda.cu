@@ -14,14 +14,15 @@
 namespace capxai {
 namespace {
 
-// Rows (k, b, n) along the grid's y, the value dimension along x: the row's indices are computed once per row, not
+// Rows (k, b, n) along y, the value dimension along x (row_launch): the row's indices are computed once per row, not
 // by a 64-bit division per element (which held the first version at a fifth of the copy bandwidth on an H100).
 template <typename scalar_t>
 __global__ void additive_attention_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ w,
                                           const scalar_t* __restrict__ r, const scalar_t* __restrict__ s,
                                           scalar_t* __restrict__ o, int64_t rows, int64_t batch, int64_t n_values,
                                           int64_t dim, int* __restrict__ non_finite) {
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+  for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows;
+       row += int64_t(gridDim.y) * blockDim.y) {
     const int64_t kb = row / n_values, n = row - kb * n_values, b = kb % batch;
     const scalar_t weight = w[b * n_values + n];
     const scalar_t* v_row = v + (b * n_values + n) * dim;
@@ -56,9 +57,8 @@ at::Tensor lrp_additive_attention_cuda(const at::Tensor& values, const at::Tenso
   }
   AT_DISPATCH_FLOATING_TYPES(args.values.scalar_type(), "lrp_additive_attention_cuda", [&] {
     const int64_t rows = targets * batch * n_values;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((dim + kThreads - 1) / kThreads, 1024)),
-                    static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-    additive_attention_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    const RowLaunch launch = row_launch(rows, dim);
+    additive_attention_kernel<scalar_t><<<launch.grid, launch.block, 0, at::cuda::getCurrentCUDAStream()>>>(
         args.values.const_data_ptr<scalar_t>(), args.weights.const_data_ptr<scalar_t>(),
         ratio.const_data_ptr<scalar_t>(), share.defined() ? share.const_data_ptr<scalar_t>() : nullptr,
         out.mutable_data_ptr<scalar_t>(), rows, batch, n_values, dim, non_finite.mutable_data_ptr<int>());

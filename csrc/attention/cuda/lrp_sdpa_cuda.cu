@@ -44,14 +44,15 @@ __global__ void value_kernel(const scalar_t* __restrict__ v, const scalar_t* __r
   }
 }
 
-// The GEMM formulation's epilogue: rows (k, bh, j) along the grid's y (indices once per row), dv along x.
+// The GEMM formulation's epilogue: rows (k, bh, j) along y (indices once per row), dv along x (row_launch).
 //   out[k, bh, j, e] = scale * (v[bh, j, e] * products[bh, j, k, e] + shares[bh, j or 0, k, e])
 template <typename scalar_t>
 __global__ void gemm_epilogue_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ products,
                                      const scalar_t* __restrict__ shares, scalar_t* __restrict__ out, int64_t rows,
                                      int64_t targets, int64_t batch_heads, int64_t n_keys, int64_t dim_v,
                                      int64_t share_rows, scalar_t scale, int* __restrict__ non_finite) {
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+  for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows;
+       row += int64_t(gridDim.y) * blockDim.y) {
     const EpilogueRow at = epilogue_row(row, targets, batch_heads, n_keys, dim_v, share_rows);
     const scalar_t* v_row = v + at.value;
     const scalar_t* p_row = products + at.product;
@@ -87,10 +88,9 @@ struct CudaSdpa {
                             double factor, at::Tensor& out) {
     const int64_t targets = out.size(0), batch_heads = out.size(1) * out.size(2);
     const int64_t n_keys = out.size(3), dim_v = out.size(4), rows = targets * batch_heads * n_keys;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((dim_v + kThreads - 1) / kThreads, 1024)),
-                    static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    const RowLaunch launch = row_launch(rows, dim_v);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lrp_sdpa_gemm_epilogue_cuda", [&] {
-      gemm_epilogue_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      gemm_epilogue_kernel<scalar_t><<<launch.grid, launch.block, 0, at::cuda::getCurrentCUDAStream()>>>(
           args.v.const_data_ptr<scalar_t>(), products.const_data_ptr<scalar_t>(),
           shares.defined() ? shares.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), rows,
           targets, batch_heads, n_keys, dim_v, shares.defined() ? shares.size(1) : 0,
@@ -105,8 +105,10 @@ at::Tensor lrp_sdpa_cuda(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          std::optional<double> scale) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const FullPrecisionGemms no_tf32;
-  const c10::cuda::CUDAGuard device_guard(q.device());
+  // The checks first: they name a tensor on another device, where a guard built from a CPU q would raise an internal
+  // error instead (the dispatcher picks this kernel when any argument is on CUDA).
   const SdpaArgs args = check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa");
+  const c10::cuda::CUDAGuard device_guard(args.q.device());
   return lrp_sdpa_constant<CudaSdpa>(args, eps, bias_factor);
 }
 
@@ -115,9 +117,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lrp_sdpa_attnlrp_cuda(
     const std::optional<at::Tensor>& attn_mask, double eps, double bias_factor, std::optional<double> scale) {
   const at::NoGradGuard no_grad;  // relevance is not differentiated; inner ATen calls must not track
   const FullPrecisionGemms no_tf32;
-  const c10::cuda::CUDAGuard device_guard(q.device());
   const SdpaArgs args =
       check_lrp_sdpa_args(q, k, v, relevance, attn_mask, eps, bias_factor, scale, "lrp_sdpa_attnlrp");
+  const c10::cuda::CUDAGuard device_guard(args.q.device());  // after the checks, as above
   return lrp_sdpa_attnlrp<CudaSdpa>(args, eps, bias_factor);
 }
 

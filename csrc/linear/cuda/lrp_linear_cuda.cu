@@ -94,7 +94,7 @@ at::Tensor lrp_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   const int64_t n_out = args.weight.size(0);
   const int64_t rows = n_targets * n_rows;
 
-  const at::Tensor z = at::linear(args.x, args.weight, args.bias);
+  const at::Tensor z = affine_full_precision(args.x, args.weight, args.bias);
   at::Tensor ratio = at::empty_like(args.relevance);
   const bool spread_bias = bias_factor != 0.0 && n_in > 0;
   at::Tensor absorbed = spread_bias ? at::empty({rows}, args.x.options()) : at::Tensor();
