@@ -86,6 +86,7 @@ cuda-check: $(STAMP)
 	@# suite does not touch the build's CUDA half), then make gpu-check's and gpu-bench's rehearsals on this build
 	CAPXAI_EXTENSION=$(CURDIR)/$(CUDA_BUILD)/lib/$(EXTENSION) $(PY) -m pytest -q -m "not slow" \
 		$$($(PY) -c 'import sys; sys.path.insert(0, "tools"); import gpu_check; print(*gpu_check.cuda_test_files())')
+	@ls .whl/*.whl >/dev/null 2>&1 || $(MAKE) --no-print-directory gpu-wheels  # what the check would carry
 	$(PY) tools/gpu_check.py check --dry-run
 	$(PY) tools/gpu_check.py bench --dry-run
 

@@ -37,7 +37,7 @@ WHEELS = ROOT / ".whl"
 SITE = ROOT / "build" / "gpu-site"
 STAMP = "stamp.json"
 # Device seconds a step takes on one H100 (the 2026-11-26 run, docs/experiments/gpu/, unless marked an estimate);
-# a machine's start (about 1-2 minutes) comes before them and is not the script's.
+# a machine's start (about 1-2 minutes) comes before them and is not the script's. One lent command runs at most:
 BUDGET_SECONDS = 600
 
 
@@ -280,24 +280,32 @@ def print_plan(ctx: Context, plan: str, steps: List[Step], first: List[tuple]) -
     rows += [(s.name, s.expected_seconds, (s.dry if ctx.dry_run else s.gpu) is not None, s.why) for s in steps]
     total = sum(expected for _, expected, _, _ in rows)
     print(f"make gpu-{plan}{' (dry run: no GPU)' if ctx.dry_run else ''}: {len(rows)} steps, about {total} s of "
-          f"device time on one H100 after the machine's start (budget {BUDGET_SECONDS} s for make gpu-check)")
+          f"device time on one H100 after the machine's start (one lent command may run {BUDGET_SECONDS} s)")
     for name, expected, runs, why in rows:
         print(f"  {name:<10} ~{expected:>4} s  {'runs' if runs else 'skipped: ' + why}")
     return total
 
 
-def run_plan(plan: str, ctx: Context) -> int:
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    for stale in ("steps.json", "tests.xml", "bench.json", "scale.json", "explain5k.json", "report.md"):
-        (ctx.out / stale).unlink(missing_ok=True)
-    if not ctx.dry_run and not _probe(ctx.python)["capability"]:
+def run_plan(plan: str, ctx: Context, only: Optional[set] = None) -> int:
+    running = _probe(ctx.python)
+    if not ctx.dry_run and not running["capability"]:
         print(f"make gpu-{plan}: no CUDA GPU is visible to {ctx.python}; on a machine without one, run "
               f"`make gpu-{plan} DRY_RUN=1` (the rehearsal). Nothing was built or run.", file=sys.stderr)
         return 2
-    first = [("build", 50 if prebuilt_mismatch(_probe(ctx.python)) and not ctx.dry_run else 5)]
+    first = [("build", 50 if prebuilt_mismatch(running) and not ctx.dry_run else 5)]
     if plan == "check":
         first.append(("wheels", 5))
     steps = PLANS[plan](ctx)
+    if only is not None:
+        unknown = only - {step.name for step in steps} - {name for name, _ in first}
+        if unknown:
+            print(f"make gpu-{plan}: no step {sorted(unknown)}; its steps: "
+                  f"{[name for name, _ in first] + [step.name for step in steps]}", file=sys.stderr)
+            return 2
+        steps = [step for step in steps if step.name in only]
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    for stale in ("steps.json", "tests.xml", "bench.json", "scale.json", "explain5k.json", "report.md"):
+        (ctx.out / stale).unlink(missing_ok=True)
     print_plan(ctx, plan, steps, first)
     records = [run_function(ctx, "build", first[0][1], build_step)]
     if plan == "check":
@@ -349,13 +357,16 @@ def main(argv=None) -> int:
     parser.add_argument("--python", default=None, help="the Python with torch (default: this one)")
     parser.add_argument("--out", type=Path, default=None, help="folder of logs and the report "
                         "(default runs/gpu-check, or runs/gpu-bench)")
+    parser.add_argument("--only", default=None, help="comma-separated steps of the plan to run (the build always "
+                        "runs): e.g. gpu-bench's scale,explain5k in two lent calls of under 10 minutes each")
     parser.add_argument("--arch", default="9.0", help="prebuild: TORCH_CUDA_ARCH_LIST (default 9.0: H100, H200)")
     args = parser.parse_args(argv)
     python = args.python or sys.executable
     if args.plan == "prebuild":
         return prebuild(python, args.arch)
     out = args.out or ROOT / "runs" / f"gpu-{args.plan}{'-dry' if args.dry_run else ''}"
-    return run_plan(args.plan, Context(python=python, out=out.resolve(), dry_run=args.dry_run))
+    only = set(args.only.split(",")) if args.only else None
+    return run_plan(args.plan, Context(python=python, out=out.resolve(), dry_run=args.dry_run), only)
 
 
 if __name__ == "__main__":

@@ -53,12 +53,12 @@ class FullPrecisionGemms {
 
 // x @ weight.t() + bias for 2-D x [N, In], weight [Out, In], bias [Out] (or undefined), under FullPrecisionGemms.
 // Not at::linear / at::addmm with a 1-D bias: on CUDA those take cuBLASLt's bias epilogue, which reads the global
-// TF32 setting and not at::NoTF32Guard. The bias is written into the output first and the GEMM accumulates into it
-// (addmm_out with the output as `self`), which keeps to the guarded cuBLAS GEMM on every PyTorch we build against.
+// TF32 setting and not at::NoTF32Guard. A plain GEMM, then the bias in its own pass (a pass over [N, Out], small
+// next to the GEMM). Not addmm_out into an output that holds the bias either: on the CPU (torch 2.11 and 2.14) that
+// aliasing gives wrong sums when N = 1.
 inline at::Tensor affine_full_precision(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!bias.defined()) return at::mm(x, weight.t());
-  at::Tensor out = bias.expand({x.size(0), weight.size(0)}).contiguous();
-  at::addmm_out(out, out, x, weight.t());
+  at::Tensor out = at::mm(x, weight.t());
+  if (bias.defined()) out.add_(bias);
   return out;
 }
 
