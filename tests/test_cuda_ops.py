@@ -162,7 +162,8 @@ def test_non_contiguous_inputs(name, device):
 def test_fused_sdpa_pass_in_half_precision_with_masks(mask, half, mode, device, monkeypatch):
     """The fused value pass (which CUDA never picks on its own: CAPXAI_SDPA_VALUE_PASS=fused) in float16 / bfloat16
     with bool and causal masks, against the float64 reference of the same rounded inputs, within the precision
-    tolerance (docs/LRP_RULES_ADDENDUM.md: two units of the final rounding, relative to value and scale)."""
+    tolerance (docs/LRP_RULES.md (Part 2), "Precision": two units of the final rounding, relative to value and
+    scale)."""
     monkeypatch.setenv("CAPXAI_SDPA_VALUE_PASS", "fused")
     inputs = {name: value.to(half) for name, value in make_sdpa_inputs(2, 3, 9, 33, 16, 24, 2, torch.float32,
                                                                        device).items()}
