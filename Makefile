@@ -14,7 +14,7 @@ CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
 .PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-bench gpu-prebuild \
-	gpu-wheels cpp-test clean help
+	gpu-wheels cpp-test lint clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -31,6 +31,7 @@ help:
 	@echo "make gpu-prebuild  the CUDA build for the GPU machine's torch ($(GPU_TORCH), Python $(GPU_PYTHON)), made here"
 	@echo "make gpu-wheels  wheels of zennit, captum, pycocotools for a GPU machine without network (.whl/)"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
+	@echo "make lint        ruff over the Python code (pyproject.toml's [tool.ruff]; CI runs it)"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -130,6 +131,9 @@ cpp-test: $(STAMP)
 		-DCUDA_TOOLKIT_ROOT_DIR=$(CURDIR)/$(CUDA_SHIM) -DCUDAToolkit_ROOT=$(CURDIR)/$(CUDA_SHIM) >/dev/null
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+lint: $(STAMP)
+	$(PY) -m ruff check capxai tests benchmarks tools examples
 
 clean:
 	rm -rf build runs/bench $(EXTENSION) *.egg-info

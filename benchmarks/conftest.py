@@ -11,7 +11,8 @@ REFERENCES = ("fused", "lrp")  # the method a group's ratios are relative to: th
 
 
 def pytest_report_header(config):
-    return f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA available: {torch.cuda.is_available()}"
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+            f"CUDA available: {torch.cuda.is_available()}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -11,7 +11,6 @@ bfloat16 inputs in float32 (docs/LRP_RULES.md (Part 2), "Precision"), so in half
 price of that choice (casts, float32 GEMMs without tensor cores), measured, not hidden.
 Run: ``pytest benchmarks/test_bounds.py --benchmark-only`` (on a GPU also ``-k cuda``; ``make gpu-check`` does).
 """
-import os
 
 import pytest
 import torch

@@ -105,7 +105,8 @@ CUDA = [pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.
 @pytest.mark.parametrize("method", ["fused", "gradient_x_input"])
 def test_explain_all_words_gpu(benchmark, method, device):
     """The explanations issue's GPU benchmark: all words of B = 32 captions (fewer if
-    CAPXAI_BENCH_VGG_BATCH says so), VGG16 on 224x224, LRP (fused ops, encoder fast path) against one batched Gradient x Input pass, float32."""
+    CAPXAI_BENCH_VGG_BATCH says so), VGG16 on 224x224, LRP (fused ops, encoder fast path) against one batched
+    Gradient x Input pass, float32."""
     encoder, captioner, images, captions = _setup("vgg16")
     encoder, captioner = encoder.to(device), captioner.to(device)
     images, captions = images[:32].to(device), captions[:32].to(device)

@@ -1,8 +1,8 @@
 """Cost of LRP-inference fine-tuning against baseline fine-tuning: one cross-entropy fine-tuning step (forward,
 backward, Adam) of the captioners, 32 images x 5 captions of 16 words, SceneCNN on 96x96 images, float32, in two
 sizes: "scenes" (the demo's: hidden 128, a 64-word vocabulary) and "coco" (the paper's decoder: hidden 512, a
-10000-word vocabulary, where the output layer is a large share of the decoder). Issue 11's target: an LRP step costs at most 1.3x a baseline
-step (an epoch is steps plus a validation pass that is the same for both).
+10000-word vocabulary, where the output layer is a large share of the decoder). Issue 11's target: an LRP step
+costs at most 1.3x a baseline step (an epoch is steps plus a validation pass that is the same for both).
 
 Where the extra cost is: the LRP weights (the explained word's row of ``W_o`` and the two-term rule: O(H) a word,
 without gradient) and a second output-layer forward and backward for the weighted logits (``[N, H] x [H, V]`` three

@@ -126,11 +126,11 @@ def _train(args) -> int:
     run = _run_of(args)
     from capxai.models import CAPTIONERS
 
-    problems = CAPTIONERS.get(args.model).check(argparse.Namespace(model=args.model, hidden=args.hidden,
+    problems = CAPTIONERS[args.model].check(argparse.Namespace(model=args.model, hidden=args.hidden,
                                                                    heads=args.heads, layers=args.layers))
     if problems:
         raise CommandError(f"--model {args.model} with --hidden {args.hidden} --heads {args.heads}: {problems[0]}")
-    encoder = args.encoder or CAPTIONERS.get(args.model).encoder or "scene"
+    encoder = args.encoder or CAPTIONERS[args.model].encoder or "scene"
     config = TrainConfig(model=args.model, encoder=encoder,
                          encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
                          finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
@@ -212,7 +212,8 @@ def _evaluate(args) -> int:
     run = _run_of(args)
     explanations = None
     if args.explain_limit is not None and args.explanations is None:
-        raise CommandError("--explain-limit needs --explanations (it limits the images whose explanations are measured)")
+        raise CommandError("--explain-limit needs --explanations "
+                           "(it limits the images whose explanations are measured)")
     if args.explanations is not None:  # checked before any work
         explanations = ExplanationSettings(
             methods=methods_of_option(args.explanations), batch_size=args.explain_batch_size,
@@ -309,7 +310,7 @@ def _explain(args) -> int:
     if args.images is not None and run.distributed:
         raise CommandError("--images runs in one process; explain a whole split (--split-file) under torchrun")
     if args.contrast is not None:
-        no_start = [method for method in methods if not METHODS.get(method).takes_a_start]
+        no_start = [method for method in methods if not METHODS[method].takes_a_start]
         if no_start:
             raise CommandError(f"--contrast applies to methods that explain a logit; {', '.join(no_start)} does "
                                "not (choose the other methods with --method)")
@@ -407,7 +408,8 @@ def _add_train(commands) -> None:
     training.add_argument("--encoder", choices=ENCODERS.names(),
                           help="image encoder (default: the one the --model kind reads, else scene): "
                                + ENCODERS.describe())
-    training.add_argument("--encoder-weights", type=existing_file, help="local state_dict file for a torchvision encoder")
+    training.add_argument("--encoder-weights", type=existing_file,
+                          help="local state_dict file for a torchvision encoder")
     training.add_argument("--freeze-encoder", action="store_true",
                           help="keep the encoder's weights fixed (default: fine-tune it with the captioner)")
     training.add_argument("--hidden", type=POSITIVE, default=512)
@@ -500,8 +502,9 @@ def _add_evaluate(commands) -> None:
                             "'Visual share of a word')")
     evaluating.add_argument("--instances", type=existing_file, help="COCO instances json of the split (default: "
                             "annotations/instances_SPLIT.json beside the split file, when present)")
-    evaluating.add_argument("--synonyms", type=existing_file, help="CHAIR-style synonyms file (default: synonyms.txt beside "
-                            "the split file, when present, else CHAIR's own table for the 80 COCO categories)")
+    evaluating.add_argument("--synonyms", type=existing_file,
+                            help="CHAIR-style synonyms file (default: synonyms.txt beside the split file, when "
+                                 "present, else CHAIR's own table for the 80 COCO categories)")
     evaluating.add_argument("--explanations", metavar="METHODS", help="also measure explanations of the captions: "
                             f"'all' or some of {', '.join(METHODS.names())} (comma-separated): grounding, pointing "
                             "game, ablation, hallucination detection")
@@ -512,8 +515,9 @@ def _add_evaluate(commands) -> None:
                             "ablation")
     evaluating.add_argument("--ablation-patches", type=POSITIVE, default=20, help="patches blanked per word")
     evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
-    evaluating.add_argument("--explain-limit", type=POSITIVE, help="measure explanations on N images spread evenly over "
-                            "the split (captions, metrics and CHAIR still use every image)")
+    evaluating.add_argument("--explain-limit", type=POSITIVE,
+                            help="measure explanations on N images spread evenly over the split (captions, metrics "
+                                 "and CHAIR still use every image)")
     evaluating.set_defaults(run=_evaluate)
 
 

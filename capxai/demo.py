@@ -12,15 +12,16 @@ is complete, so an interrupted demo resumes where it stopped:
    two, ``capxai finetune`` with LRP, with explanation-gated labels and with the baseline, and ``capxai evaluate``
    of the fine-tuned models (both methods read the two terms the output layer sums, which the transformer and GPT-2
    do not have);
-3. ``capxai finetune-table`` (before / baseline / LRP / gated, with intervals) and ``capxai report`` -> ``OUT/report.html``.
+3. ``capxai finetune-table`` (before / baseline / LRP / gated, with intervals) and ``capxai report`` ->
+   ``OUT/report.html``.
 
 Everything lands in ``OUT`` (``runs/demo``; ``runs/demo-quick`` with ``--quick``): one folder per command, the
 workers' logs in ``OUT/logs``, the stage times in ``OUT/demo.json``. A folder that holds a demo of other settings is
 refused (``--overwrite`` starts it afresh).
 
 ``--device`` (default auto: the GPU when one is visible): every command runs there. On the CPU the four captioners
-train at once, sharing the cores; on one GPU one after the other, with several GPUs spread over them. The recipe is the same
-on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
+train at once, sharing the cores; on one GPU one after the other, with several GPUs spread over them. The recipe is
+the same on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
 the last digits, and a caption that differs in one word changes its image's scores). Where the work runs is not a
 setting of the demo folder: a demo started on the CPU may be resumed on a GPU.
 """
@@ -247,7 +248,8 @@ def choose_report_images(evaluation: Path, scenes: Path, count: int) -> List[dic
         wrong = chair.get(str(image_id), {}).get("mscoco_hallucinated_words", [])
         item = {"image_id": image_id, "file": str(Path(entry.get("filepath", "")) / entry["filename"]),
                 "caption": caption, "probe": entry.get("probe"), "hallucinated": [w for w, _ in wrong]}
-        (hallucinated if wrong and entry.get("probe") else probe_correct if entry.get("probe") else ordinary).append(item)
+        group = hallucinated if wrong and entry.get("probe") else probe_correct if entry.get("probe") else ordinary
+        group.append(item)
     first = max(1, count // 2)
     chosen = hallucinated[:first] + probe_correct[:1]
     chosen += ordinary[:count - len(chosen)]

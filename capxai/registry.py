@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from typing import Dict, Generic, Iterator, List, Optional, TypeVar
 
 T = TypeVar("T")
@@ -24,8 +25,18 @@ class Entry(Generic[T]):
     help: str
 
 
-class Registry(Generic[T]):
-    """Named entries of one kind, in registration order.
+class UnknownChoice(KeyError, ValueError):
+    """A name no registry entry has: a KeyError (the Mapping protocol) and a ValueError (bad input), whose message
+    names the choices."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """Named entries of one kind, in registration order: a read-only ``Mapping`` from name to value
+    (``registry[name]``, ``registry.items()`` gives ``(name, value)`` pairs, ``registry.get(name)`` is None for an
+    unknown name) with ``register``, and each entry's help (``registry.help(name)``, ``registry.entries()``).
 
     Example:
         >>> METHODS.register("my-method", MyExplainer, help="what it shows")
@@ -71,12 +82,13 @@ class Registry(Generic[T]):
         self._load_plugins()
         return list(self._entries)
 
-    def get(self, name: str) -> T:
-        """The value registered under ``name``; a ValueError naming the choices for an unknown one."""
+    def __getitem__(self, name: str) -> T:
+        """The value registered under ``name``; an UnknownChoice (KeyError and ValueError) naming the choices for an
+        unknown one."""
         self._load_plugins()
-        if name not in self._entries:
-            raise ValueError(f"capxai: unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} "
-                             f"{name!r}; choose one of {self.names()}")
+        if not isinstance(name, str) or name not in self._entries:
+            raise UnknownChoice(f"capxai: unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} "
+                                f"{name!r}; choose one of {self.names()}")
         return self._entries[name].value
 
     def help(self, name: str) -> str:
@@ -86,12 +98,10 @@ class Registry(Generic[T]):
         """``name: help`` lines, for a command's help text."""
         return "; ".join(f"{name}: {self.help(name)}" if self.help(name) else name for name in self.names())
 
-    def items(self) -> Iterator[Entry[T]]:
+    def entries(self) -> List[Entry[T]]:
+        """Every entry with its name, value and help, in registration order."""
         self._load_plugins()
-        return iter(list(self._entries.values()))
-
-    def __getitem__(self, name: str) -> T:
-        return self.get(name)
+        return list(self._entries.values())
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self.names()

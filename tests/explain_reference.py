@@ -132,10 +132,11 @@ def multihead_word(model, features, captions, k, keep, eps=0.01, bias_factor=0.0
 
 
 @torch.no_grad()
-def reference_feature_weights(output, first, second, logits, skipped, eps, labels=None, common=False, visual_only=False):
-    """LRP-inference fine-tuning's feature weights, row by row from the op references: the epsilon rule through W_o for one word (the top word, or the label),
-    the two-term sum rule, then R / max + 1 with each vector's own maximum or one common maximum; the second
-    (language) vector keeps 1 when ``visual_only``."""
+def reference_feature_weights(output, first, second, logits, skipped, eps, labels=None, common=False,
+                              visual_only=False):
+    """LRP-inference fine-tuning's feature weights, row by row from the op references: the epsilon rule through W_o
+    for one word (the top word, or the label), the two-term sum rule, then R / max + 1 with each vector's own maximum
+    or one common maximum; the second (language) vector keeps 1 when ``visual_only``."""
     weights_first, weights_second = torch.ones_like(first), torch.ones_like(second)
     for index in np.ndindex(*first.shape[:-1]):
         word = int(labels[index]) if labels is not None else int(logits[index].argmax())

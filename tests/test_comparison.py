@@ -1,7 +1,6 @@
 """The fine-tuning results table: means, t intervals over seeds, image intervals, paired differences, undefined
 values, and refusals (rows on other images, a row given twice, unpaired seed counts)."""
 import json
-import math
 
 import pytest
 from scipy import stats
@@ -105,8 +104,6 @@ def test_cli_refuses_a_bad_row(tmp_path, capsys):
 def _with_images(evaluation: dict, rng, hallucinating: float) -> dict:
     """``evaluation`` with per-image records for 300 images: CIDEr, CHAIR's words, probe flags."""
     import copy
-
-    import numpy as np
 
     evaluation = copy.deepcopy(evaluation)
     images = [str(i) for i in range(300)]

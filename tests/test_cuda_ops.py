@@ -64,7 +64,8 @@ def _tensor_arguments(name):
 
 
 def _each_tensor_argument():
-    return [pytest.param(name, argument, id=f"{name}-{argument}") for name in OPS for argument in _tensor_arguments(name)]
+    return [pytest.param(name, argument, id=f"{name}-{argument}")
+            for name in OPS for argument in _tensor_arguments(name)]
 
 
 # -- host synchronisations --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
     assert set(detection["statistics"]) == {"model", *methods} and detection["words"] > 50
     assert set(results["grounding"]) == {"uniform", *methods}
     assert set(results["ablation"]["image"]) == {"random", *methods}
-    for method, entry in results["grounding"].items():
+    for entry in results["grounding"].values():
         for score in [*entry["thresholds"].values(), entry["pointing_game"]]:
             assert score["value"] is None or 0.0 <= score["value"] <= 1.0
     assert set(results["ablation"]["words"]) <= {"random", "lrp", "gradient-x-input"}

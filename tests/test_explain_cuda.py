@@ -7,7 +7,8 @@ import torch
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present"),
               pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")]
-pytest.importorskip("zennit", reason="capxai.explain needs zennit (installed by make test; a bare GPU machine may lack it)")
+pytest.importorskip("zennit",
+                    reason="capxai.explain needs zennit (installed by make test; a bare GPU machine may lack it)")
 
 import capxai  # noqa: E402
 import capxai.explain as explain  # noqa: E402

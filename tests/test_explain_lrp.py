@@ -204,7 +204,7 @@ def test_gradient_x_input_identity(kind):
     assert_matches(lrp.pixel_relevance, gradient.pixel_relevance, rtol=1e-7)
 
 
-# -- the paper code's bugs (docs/LRP_RULES.md, "LSTM cell") must not come back -------------------------------------------
+# -- the paper code's bugs (docs/LRP_RULES.md, "LSTM cell") must not come back -------------------------------------
 @pytest.mark.parametrize("kind", ["adaptive", "multihead"])
 def test_lstm_rule_uses_b_ih_plus_b_hh(kind):
     """The paper's explainer built the pre-activation with ``b_ih + b_ih``. With b_hh large and b_ih zero, that

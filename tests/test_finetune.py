@@ -112,7 +112,7 @@ def test_one_step_follows_the_two_term_loss(kind):
                 parameter -= 0.1 * parameter.grad
     changed = 0
     for (name, got), want in zip(model.state_dict().items(), expected.state_dict().values()):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     start = Model()
     for got, initial in zip(model.parameters(), start.parameters()):
         changed += not torch.equal(got, initial)

@@ -7,11 +7,10 @@ import torch
 
 from capxai import cli
 from capxai.data.annotations import load_split_annotations
-from capxai.data.vocabulary import Vocabulary
 from capxai.evaluate.objects import ObjectWords
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
 from capxai.ops.reference import lrp_linear_reference, stabilize
-from capxai.train import FinetuneConfig, FinetuneObjective, feature_weights, finetune, load_trained, stop_word_mask
+from capxai.train import FinetuneConfig, FinetuneObjective, feature_weights, finetune, load_trained
 from capxai.train.label_gates import object_phrases
 from capxai.train.lrp_weights import Weighting
 from capxai.train.methods import FINETUNE_METHODS
@@ -22,7 +21,8 @@ from explain_reference import reference_feature_weights
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
 OBJECTS = ObjectWords({"ball": [], "box": []})
 CAPTIONS = torch.tensor([[1, 4, 8, 6, 2], [1, 7, 9, 6, 2], [1, 5, 6, 2, 0]])
-# target positions (captions[:, 1:]): row 0 "a red ball": ball at 2; row 1 "box of ball": box 0, ball 2; row 2 "the ball"
+# target positions (captions[:, 1:]): row 0 "a red ball": ball at 2; row 1 "box of ball": box 0, ball 2;
+# row 2 "the ball"
 
 
 def _captioner(kind, seed=0, dropout=0.0):

@@ -83,7 +83,7 @@ def test_files_written_together_name_the_one_that_did_not_fit_and_replace_none(t
 def test_other_failures_are_not_called_a_full_disk(tmp_path):
     with pytest.raises(ZeroDivisionError), _io.atomic_path(tmp_path / "x") as temporary:
         Path(temporary).write_text("half")
-        1 / 0
+        _ = 1 / 0
     assert not list(tmp_path.iterdir())
 
 
@@ -152,7 +152,8 @@ def test_a_report_on_a_full_disk_keeps_the_earlier_page_and_pictures(tiny_demo, 
     for limit, where in ((4096, "a picture"), (largest_picture + 1, "the page")):
         if where == "the page":  # every picture fits, the page (made larger than any picture) does not
             document = html_report.document
-            monkeypatch.setattr(html_report, "document", lambda *a: document(*a) + " " * (largest_picture + 2))
+            monkeypatch.setattr(html_report, "document",
+                                lambda *a, document=document: document(*a) + " " * (largest_picture + 2))
         with file_size_limit(limit):
             status = cli.main(["report", str(run_dir), "--overwrite"])
         error = _one_line(capsys)

@@ -42,8 +42,8 @@ def _model(seed=0, dtype=torch.float32, without_offsets=False, kind="vit-gpt2"):
             parameter.normal_(0.0, 0.1 if norm else 0.5)
             if norm and name.endswith("weight"):
                 parameter.add_(1.0)
-            if without_offsets and (name.endswith("bias") or "wpe" in name or "position" in name or "cls_token" in name or
-                                    "class_embedding" in name):
+            if without_offsets and (name.endswith("bias") or "wpe" in name or "position" in name
+                                    or "cls_token" in name or "class_embedding" in name):
                 parameter.zero_()  # what makes LRP conservative: nothing added to the signal absorbs relevance
     return model.to(dtype)
 
@@ -269,8 +269,8 @@ class _ImplicitRules(torch.overrides.TorchFunctionMode):
 def test_generic_lrp_equals_lxt_style_gradient_x_input(kind):
     """The independent per-word reference: for each word, Gradient x Input of its logit through the HF decoder run
     by the HF code itself under LXT's implicit rules (:class:`_ImplicitRules`), with biases and position
-    embeddings as they are, equals capxai's generic LRP (GPT-2 and BLIP) (constant attention, eps 1e-12) on the fed words' embeddings
-    and on the encoder's tokens."""
+    embeddings as they are, equals capxai's generic LRP (GPT-2 and BLIP) (constant attention, eps 1e-12) on the fed
+    words' embeddings and on the encoder's tokens."""
     model = _model(dtype=torch.float64, kind=kind)
     images = _images(2, dtype=torch.float64)
     captioner, _, features, captions, relevance = _decoder_relevance(model, images, EXACT)

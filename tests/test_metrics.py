@@ -34,3 +34,28 @@ def test_bad_input_is_named():
         caption_metrics(REFERENCES, {9: "a ball"})
     with pytest.raises(ValueError, match=r"empty candidate captions for image ids \[1\]"):
         caption_metrics(REFERENCES, {1: "  "})
+
+
+def test_meteor_starts_once_per_process_and_a_broken_one_is_replaced():
+    """METEOR's Java process (5-15 s to load its tables) is started once and reused: equal scores from the same
+    process; after a failed call the next call gets a new one."""
+    from capxai.evaluate import metrics
+
+    metrics.shared_meteor.cache_clear()
+    candidates = {1: "a ball next to a box", 2: "stars above a moon", 3: "a tent"}
+    first = caption_metrics(REFERENCES, candidates, metrics=("METEOR",))
+    meteor = metrics.shared_meteor()
+    assert caption_metrics(REFERENCES, candidates, metrics=("METEOR",)) == first
+    assert metrics.shared_meteor() is meteor and meteor.meteor_p.poll() is None
+    assert metrics.shared_meteor.cache_info().misses == 1
+
+    def broken(gts, res):
+        meteor.lock.acquire()  # as pycocoevalcap's scorer holds it when a read fails
+        raise BrokenPipeError("METEOR died")
+
+    meteor.compute_score = broken
+    with pytest.raises(BrokenPipeError):
+        caption_metrics(REFERENCES, candidates, metrics=("METEOR",))
+    assert meteor.meteor_p.poll() is not None and not meteor.lock.locked()  # stopped, its lock free
+    assert caption_metrics(REFERENCES, candidates, metrics=("METEOR",)) == first
+    assert metrics.shared_meteor() is not meteor

@@ -41,7 +41,8 @@ def test_lstm_cell_matches_torch_and_its_backward_is_the_op():
     ours = capxai.nn.LSTMCell(5, 6).to(DTYPE)
     theirs = torch.nn.LSTMCell(5, 6).to(DTYPE)
     theirs.load_state_dict(ours.state_dict())
-    x, h, c = torch.randn(3, 5, dtype=DTYPE, requires_grad=True), torch.randn(3, 6, dtype=DTYPE), torch.randn(3, 6, dtype=DTYPE)
+    x = torch.randn(3, 5, dtype=DTYPE, requires_grad=True)
+    h, c = torch.randn(3, 6, dtype=DTYPE), torch.randn(3, 6, dtype=DTYPE)
     with capxai.lrp(eps=0.05, bias_factor=1.0):
         h_new, c_new = ours(x, (h, c))
         relevance_h = torch.randn_like(h_new)

@@ -1,7 +1,6 @@
 """Precision of the ops (docs/LRP_RULES.md (Part 2), "Precision"): float16 / bfloat16 inputs against the float64
 reference of the same (rounded) inputs within the stated tolerance, on the CPU and (marked) CUDA; torch.autocast
 through the ops and the capxai.nn modules; immunity to TF32 / reduced-precision float32 GEMMs; bad mixes of dtypes."""
-import math
 
 import pytest
 import torch
@@ -124,7 +123,8 @@ def test_float16_overflow_is_named(device):
                                           torch.ones(2, 4, dtype=torch.bfloat16, device=d)),
      "weights must have the dtype of values"),
     (lambda d: ops.lrp_sdpa(*(torch.ones(1, 1, 2, 4, dtype=torch.float16, device=d),) * 4,
-                            attn_mask=torch.zeros(2, 2, device=d)), "attn_mask must be bool .True = attend. or the dtype"),
+                            attn_mask=torch.zeros(2, 2, device=d)),
+     "attn_mask must be bool .True = attend. or the dtype"),
     (lambda d: ops.lrp_lstm(torch.ones(2, 1, 3, dtype=torch.bfloat16, device=d),
                             *(torch.zeros(1, 2, dtype=torch.bfloat16, device=d),) * 2,
                             torch.ones(8, 3, dtype=torch.bfloat16, device=d), torch.ones(8, 2, device=d), None, None,

@@ -102,7 +102,8 @@ def test_report_in_a_real_browser(browser, run_dir):
     browser.save_screenshot(str(shots / "2-after-click.png"))
     section.screenshot(str(shots / "3-example.png"))
 
-    for name, heading in (("4-fine-tuning.png", "Captions and fine-tuning"), ("5-measures.png", "Measuring the explanations")):
+    for name, heading in (("4-fine-tuning.png", "Captions and fine-tuning"),
+                          ("5-measures.png", "Measuring the explanations")):
         browser.execute_script("Array.from(document.querySelectorAll('h2')).find(h => h.textContent === arguments[0])"
                                ".scrollIntoView();", heading)
         browser.save_screenshot(str(shots / name))

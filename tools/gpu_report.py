@@ -30,7 +30,8 @@ def software():
 
 
 def read_steps(folder):
-    """``steps.json`` of tools/gpu_check.py: {plan, dry_run, steps: [{name, status, seconds, expected_seconds, ...}]}."""
+    """``steps.json`` of tools/gpu_check.py:
+    {plan, dry_run, steps: [{name, status, seconds, expected_seconds, ...}]}."""
     payload = read_json(folder / "steps.json")
     return payload if isinstance(payload, dict) and isinstance(payload.get("steps"), list) else None
 
@@ -155,7 +156,8 @@ def scale_benchmark(folder):
             train.append(f"| {name} {info['precision']} | B={info['batch']} ({info['captions']} captions) | "
                          f"{median * 1e3:.1f} ms | {info['images_per_second']:.1f} images/s |")
         elif "workers" in info:
-            loader.append(f"| loader {info['device']}, {info['workers']} worker{'s' if info['workers'] != 1 else ''} | {info['images']} images | "
+            loader.append(f"| loader {info['device']}, {info['workers']} worker{'s' if info['workers'] != 1 else ''} | "
+                          f"{info['images']} images | "
                           f"{median * 1e3:.1f} ms | {info['images_per_second']:.1f} images/s |")
     lines = []
     if explain:
@@ -181,7 +183,8 @@ def main(argv):
     folder = Path(argv[1] if len(argv) > 1 else "runs/gpu-check")
     info = folder / "info.log"
     payload = read_steps(folder) or {}
-    title = f"# capxai `make gpu-{payload.get('plan', 'check')}`{' — dry run without a GPU' if payload.get('dry_run') else ''}"
+    title = (f"# capxai `make gpu-{payload.get('plan', 'check')}`"
+             f"{' — dry run without a GPU' if payload.get('dry_run') else ''}")
     lines = [title, "", f"- card: {card()}", f"- software: {software()}"]
     if info.exists():
         lines += [f"- {line.strip()}" for line in info.read_text().splitlines()[:3]]

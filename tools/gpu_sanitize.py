@@ -6,7 +6,8 @@ result is also checked against the op's CPU kernel (verified against the referen
 1e-9 of the result's scale; in float32 the CUDA result's error against the float64 CPU result is at most
 ``FLOAT32_SLACK`` times the float32 CPU kernel's own error (summation order differs, the accuracy must not); in
 float16 / bfloat16 (computed in float32 on both devices, rounded once) at most twice the larger of the CPU kernel's
-error and one rounding. Both formulations of lrp_sdpa's relevance_v run (fused pass, GEMMs). The script exits 1 if any call disagrees, so a run under the sanitizer checks values too.
+error and one rounding. Both formulations of lrp_sdpa's relevance_v run (fused pass, GEMMs). The script exits 1 if
+any call disagrees, so a run under the sanitizer checks values too.
 
     compute-sanitizer --tool memcheck python tools/gpu_sanitize.py
 """

@@ -20,8 +20,8 @@ from capxai.report.figures import word_figures
 from capxai.interrupts import stoppable
 
 def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
-                   methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1, max_length: int = 16,
-                   composite: str = "paper", overwrite: bool = False, figures: bool = True,
+                   methods: Sequence[str], captions: Optional[Sequence[str]] = None, beam_size: int = 1,
+                   max_length: int = 16, composite: str = "paper", overwrite: bool = False, figures: bool = True,
                    checkpoint=None, contrast: Optional[str] = None,
                    transform: Optional[Callable] = None) -> Dict[str, Path]:
     """Explains ``image_paths`` (their own captions, or ``captions``) with each method: ``OUT/METHOD/explanation.pt``

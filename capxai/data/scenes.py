@@ -1,15 +1,15 @@
 """Built-in scenes: procedurally drawn images with exact object boxes and grammar-made captions, written as COCO and
 Karpathy-style json, so the same loading code serves scenes and COCO.
 
-Each image (default 96x96 RGB) holds 1-3 objects (plus the partners the bias adds) of 12 categories that differ in shape and texture, in varied
-colours, sizes and positions, on a cluttered background. The training split carries planted co-occurrence biases: six
-pairs (``CO_OCCURRENCE``, every category in one pair, the first of each a solid shape); when the first category is
-present, its partner is added with probability ``CO_OCCURRENCE_RATE``. ``HIDDEN_PARTNER_RATE`` of the added partners
-sit behind the first object, wholly covered by it, yet every caption names them (as COCO annotators name the fork
-behind the plate): a captioner learns to name the partner from the first object alone, which is what makes it name
-the partner on the test split's "probe" images, where the first category is present and the partner is not.
-Hidden objects keep their exact box (the extent of their own pixels, drawn beneath the cover) and their instances
-carry ``"hidden": true``. Everything is deterministic from the seed.
+Each image (default 96x96 RGB) holds 1-3 objects (plus the partners the bias adds) of 12 categories that differ in shape
+and texture, in varied colours, sizes and positions, on a cluttered background. The training split carries planted
+co-occurrence biases: six pairs (``CO_OCCURRENCE``, every category in one pair, the first of each a solid shape); when
+the first category is present, its partner is added with probability ``CO_OCCURRENCE_RATE``. ``HIDDEN_PARTNER_RATE`` of
+the added partners sit behind the first object, wholly covered by it, yet every caption names them (as COCO annotators
+name the fork behind the plate): a captioner learns to name the partner from the first object alone, which is what makes
+it name the partner on the test split's "probe" images, where the first category is present and the partner is not.
+Hidden objects keep their exact box (the extent of their own pixels, drawn beneath the cover) and their instances carry
+``"hidden": true``. Everything is deterministic from the seed.
 
 Why these settings (issue 11, measured with the demo recipe): the earlier design (three pairs, half of the partners
 faint instead of hidden) gave the adaptive captioner a partner hallucination on only 5.7 % of 300 probes, too weak to

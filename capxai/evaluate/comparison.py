@@ -136,8 +136,8 @@ def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) 
     same order in every row of a captioner (they pair each method with baseline). Every variant ``METHOD-X`` of a
     captioner with a ``baseline-X`` row gets a difference row ``METHOD-X - baseline-X``: per seed, then mean and t
     interval over seeds, and for the caption and hallucination columns (``PAIRED``) each seed's per-image paired
-    bootstrap interval (``image_ci``). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images", "cells": {column:
-    {"mean", "seeds", "seed_ci", "image_ci"}}}], "differences": [...]}``."""
+    bootstrap interval (``image_ci``). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images",
+    "cells": {column: {"mean", "seeds", "seed_ci", "image_ci"}}}], "differences": [...]}``."""
     table = {"columns": [name for name, _, _ in COLUMNS], "rows": [], "differences": []}
     by_key, image_sets = {}, {}
     for captioner, variant, evaluations in rows:

@@ -127,13 +127,14 @@ def _mean_over_images(images: np.ndarray, values: np.ndarray) -> dict:
 
 
 def evaluate_explanations(model, dataset: CaptionDataset, data: HallucinationData,
-                          settings: ExplanationSettings = ExplanationSettings(), vocabulary=None,
+                          settings: Optional[ExplanationSettings] = None, vocabulary=None,
                           progress: bool = True, run: Optional[RunSettings] = None) -> dict:
     """Explains the model's captions of ``dataset`` with every method of ``settings`` and measures them against
     ``data`` (boxes, CHAIR's ground truth). Returns ``{"settings", "images", "grounding", "ablation",
     "detection"}`` (see :func:`tables_markdown` for what each holds). ``run``: image-decoding workers and, under
     torchrun, the share of the batches this process explains (every process must call; process 0 gets the result,
-    the others None)."""
+    the others None). ``settings``: None for the defaults."""
+    settings = settings if settings is not None else ExplanationSettings()
     run = run if run is not None else RunSettings()
 
     vocabulary = vocabulary if vocabulary is not None else getattr(model, "vocabulary", None) or dataset.vocabulary

@@ -2,7 +2,9 @@
 with its PTB tokenizer (Java), and SPICE when its Stanford CoreNLP jars are present (it downloads them at first use,
 which fails without network: then SPICE is skipped with one line saying why and the other metrics still run).
 Results are ``{"overall": {...}, "imgToEval": {...}}``, the format other captioning tools (e.g. CHAIR) read."""
+import atexit
 import contextlib
+import functools
 import io
 import shutil
 import sys
@@ -22,14 +24,34 @@ def _spice_available() -> bool:
 METRICS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
 
+@functools.cache
+def shared_meteor():
+    """One METEOR scorer per process, reused by every call: its Java process loads the paraphrase tables at start
+    (5-15 s on these machines), after which a call costs milliseconds (it writes nothing to its unread stderr pipe:
+    checked over 50 calls). Stopped at exit, and replaced if a call fails (``caption_metrics``)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    atexit.register(_stop_meteor, meteor)
+    return meteor
+
+
+def _stop_meteor(meteor) -> None:
+    """Kills METEOR's Java process without its ``__del__``, which waits for a lock that a failed call leaves held."""
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+    if meteor.lock.locked():
+        meteor.lock.release()
+
+
 def _scorers(metrics: Sequence[str]):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.spice.spice import Spice
 
-    makers = {"Bleu": (lambda: Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), "METEOR": (Meteor, ["METEOR"]),
+    makers = {"Bleu": (lambda: Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]),
+              "METEOR": (shared_meteor, ["METEOR"]),
               "ROUGE_L": (Rouge, ["ROUGE_L"]), "CIDEr": (Cider, ["CIDEr"]), "SPICE": (Spice, ["SPICE"])}
     return [(makers[name][0](), makers[name][1]) for name in metrics]
 
@@ -76,15 +98,22 @@ def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping
     per_image: Dict[int, Dict[str, float]] = {i: {} for i in image_ids}
     chosen = [name for name in metrics if name != "SPICE" or with_spice]
     for scorer, names in _scorers(chosen):
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints its n-gram counts
-            score, scores = scorer.compute_score(gts, res)
+        shared = names == ["METEOR"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints its n-gram counts
+                score, scores = scorer.compute_score(gts, res)
+        except Exception:
+            if shared:  # a broken Java process is not reused
+                _stop_meteor(scorer)
+                shared_meteor.cache_clear()
+            raise
         scores_per_name = scores if len(names) > 1 else [scores]
         for name, corpus_value, image_values in zip(names, score if len(names) > 1 else [score], scores_per_name):
             overall[name] = float(corpus_value)
             for image_id, value in zip(gts.keys(), image_values):
                 per_image[image_id][name] = value if isinstance(value, dict) else float(value)
         close = getattr(scorer, "close", None)
-        if close is not None:
+        if close is not None and not shared:
             close()
     return {"overall": overall, "imgToEval": {str(i): {"image_id": i, **v} for i, v in per_image.items()}}
 

@@ -46,7 +46,8 @@ def logit_start(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
     """``logits [..., V]``, ``tokens`` / ``mask`` / ``contrast`` ``[...]``: the logit of each token on its index,
     minus the contrast's on its own, zero where the mask is."""
     weight = mask.unsqueeze(-1).to(logits.dtype)
-    start = torch.zeros_like(logits).scatter_(-1, tokens.unsqueeze(-1), logits.gather(-1, tokens.unsqueeze(-1)) * weight)
+    start = torch.zeros_like(logits).scatter_(-1, tokens.unsqueeze(-1),
+                                              logits.gather(-1, tokens.unsqueeze(-1)) * weight)
     if contrast is not None:
         index = contrast.unsqueeze(-1)
         start.scatter_add_(-1, index, -logits.gather(-1, index) * weight)

@@ -67,7 +67,7 @@ def make_composite(composite: Union[str, Composite], eps: float = 0.01) -> Compo
     if composite not in COMPOSITES:
         raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES.names()} or a zennit Composite, "
                          f"got {composite!r}")
-    return COMPOSITES.get(composite)(eps)
+    return COMPOSITES[composite](eps)
 
 
 def grid_relevance(feature_relevance: torch.Tensor, grid_size) -> torch.Tensor:

@@ -159,8 +159,8 @@ class LRP(Explainer):
         super().__init__(model, encoder, vocabulary=vocabulary, image_size=image_size)
         LRPSettings(eps, bias_factor, attention_mode)  # validates eps, bias_factor and the mode
         if not (isinstance(composite, Composite) or composite in COMPOSITES):
-            raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES.names()} or a zennit Composite, "
-                             f"got {composite!r}")
+            raise ValueError(f"capxai.explain.LRP: composite must be one of {COMPOSITES.names()} "
+                             f"or a zennit Composite, got {composite!r}")
         if path not in PATHS:
             raise ValueError(f"capxai.explain.LRP: path must be one of {PATHS}, got {path!r}")
         if path == "fused" and not has_fast_path(self.captioner):
@@ -398,7 +398,7 @@ def methods_of(method: str) -> List[str]:
 
 def make_explainer(method: str, model, vocabulary, composite: Union[str, Composite] = "paper") -> Explainer:
     """The registered explainer ``method`` on ``model``; ``composite`` goes to the methods that take one (LRP)."""
-    explainer = METHODS.get(method)
+    explainer = METHODS[method]
     if "composite" in inspect.signature(explainer).parameters:
         return explainer(model, composite=composite, vocabulary=vocabulary)
     return explainer(model, vocabulary=vocabulary)

@@ -64,7 +64,8 @@ def load_checkpoint(path, map_location="cpu", kind: Optional[str] = None) -> dic
             raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data, which capxai refuses "
                              f"to load, as loading them could run code from the file ({refused[0]}); only open "
                              "checkpoints written by capxai train") from None
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt (not a torch file: {_last_line(error)})") from None
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt "
+                         f"(not a torch file: {_last_line(error)})") from None
     except Exception as error:  # torch raises many types for a broken file
         raise ValueError(f"checkpoint {path} is unreadable or corrupt ({type(error).__name__}: "
                          f"{_last_line(error)})") from None

@@ -95,9 +95,9 @@ class TrainConfig:
 
 
 # (field, lowest allowed, is the lowest itself allowed) for the numbers of a TrainConfig
-_LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), ("layers", 1, True), ("image_size", 32, True),
-           ("max_length", 1, True), ("min_count", 1, True), ("epochs", 1, True), ("batch_size", 1, True),
-           ("captions_per_image", 0, True), ("lr", 0.0, False), ("clip_norm", 0.0, False),
+_LIMITS = (("hidden", 1, True), ("attention_dim", 1, True), ("heads", 1, True), ("layers", 1, True),
+           ("image_size", 32, True), ("max_length", 1, True), ("min_count", 1, True), ("epochs", 1, True),
+           ("batch_size", 1, True), ("captions_per_image", 0, True), ("lr", 0.0, False), ("clip_norm", 0.0, False),
            ("decay_factor", 0.0, False), ("decay_patience", 0, True), ("dropout", 0.0, True))
 
 
@@ -128,7 +128,7 @@ def check_config(config: "TrainConfig") -> list:
     if config.encoder_lr is not None and not (isinstance(config.encoder_lr, (int, float)) and config.encoder_lr > 0):
         problems.append(f"encoder_lr must be > 0, got {config.encoder_lr!r}")
     if not problems and config.model in CAPTIONERS:
-        kind = CAPTIONERS.get(config.model)
+        kind = CAPTIONERS[config.model]
         problems += kind.check(config)
         if kind.encoder is not None and config.encoder != kind.encoder:
             problems.append(f"model {config.model} reads the tokens of its own encoder: use encoder "
@@ -151,8 +151,8 @@ class CaptionModel(nn.Module):
 
 def build_model(config: TrainConfig, vocab_size: int) -> CaptionModel:
     """The encoder and captioner a config names (``ENCODERS``, ``CAPTIONERS``), freshly initialised."""
-    encoder = ENCODERS.get(config.encoder)(config)
-    captioner = CAPTIONERS.get(config.model).build(config, vocab_size, encoder.channels)
+    encoder = ENCODERS[config.encoder](config)
+    captioner = CAPTIONERS[config.model].build(config, vocab_size, encoder.channels)
     return CaptionModel(encoder, captioner, config.image_size)
 
 

@@ -16,8 +16,8 @@ MODES = ("constant", "attnlrp")
 
 @dataclasses.dataclass(frozen=True)
 class LRPSettings:
-    """Rule settings of docs/LRP_RULES.md: ``eps`` (stabiliser), ``bias_factor`` (share of absorbed relevance given back;
-    1 makes every rule conservative) and ``mode`` of attention ("constant": weights are constants, the paper;
+    """Rule settings of docs/LRP_RULES.md: ``eps`` (stabiliser), ``bias_factor`` (share of absorbed relevance given
+    back; 1 makes every rule conservative) and ``mode`` of attention ("constant": weights are constants, the paper;
     "attnlrp": AttnLRP's rules through the attention scores)."""
 
     eps: float = 0.01

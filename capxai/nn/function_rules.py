@@ -4,11 +4,11 @@ Embedding, sums and products, LayerNorm, GELU/ReLU/tanh, softmax, means) returns
 
 A ``TorchFunctionMode`` sees every torch function the model calls while it records the graph and puts the function's
 rule (``capxai.nn.rules``, docs/LRP_RULES.md "The generic path") in its place: the epsilon rule for linear maps and
-sums, the LSTM rule for ``torch.nn.LSTMCell``, the identity rule for elementwise nonlinearities, signal-take-all for gates, AttnLRP's uniform rule for the
-product of two signals and its identity rule for LayerNorm; softmax weights are constants (mode "constant") or get
-AttnLRP's softmax rule (mode "attnlrp"). Functions that only move values (views, concatenation, indexing) keep their
-gradient, which routes relevance exactly. Any other function on a relevance-carrying tensor raises an error naming
-it, rather than returning a gradient that is not a relevance.
+sums, the LSTM rule for ``torch.nn.LSTMCell``, the identity rule for elementwise nonlinearities, signal-take-all for
+gates, AttnLRP's uniform rule for the product of two signals and its identity rule for LayerNorm; softmax weights are
+constants (mode "constant") or get AttnLRP's softmax rule (mode "attnlrp"). Functions that only move values (views,
+concatenation, indexing) keep their gradient, which routes relevance exactly. Any other function on a relevance-carrying
+tensor raises an error naming it, rather than returning a gradient that is not a relevance.
 
 Only tensors that carry relevance count: those that require grad. Freeze the model's parameters and make its
 inputs leaves that require grad (what ``capxai.explain`` does), so that a parameter added to a signal is a bias.

@@ -9,4 +9,5 @@ from capxai.ops.attention import lrp_additive_attention, lrp_sdpa
 from capxai.ops.linear import lrp_linear
 from capxai.ops.lstm import lrp_lstm, lrp_lstm_cell
 
-__all__ = ["lrp_linear", "lrp_lstm", "lrp_lstm_cell", "lrp_additive_attention", "lrp_sdpa", "reference", "cuda_built", "op_names"]
+__all__ = ["lrp_linear", "lrp_lstm", "lrp_lstm_cell", "lrp_additive_attention", "lrp_sdpa", "reference", "cuda_built",
+           "op_names"]

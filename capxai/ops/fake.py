@@ -26,7 +26,8 @@ def _lrp_lstm_fake(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, relevance_
 
 @torch.library.register_fake("capxai::lrp_additive_attention")
 def _lrp_additive_attention_fake(values, weights, relevance, eps=0.01, bias_factor=0.0):
-    torch._check(values.dim() == 3, lambda: f"lrp_additive_attention: values must be [B, N, D], got {list(values.shape)}")
+    torch._check(values.dim() == 3,
+                 lambda: f"lrp_additive_attention: values must be [B, N, D], got {list(values.shape)}")
     return relevance.new_empty((*relevance.shape[:-2], *values.shape))
 
 

@@ -7,8 +7,8 @@ from what the demo's commands wrote in ``RUN_DIR``:
 - ``explain-CAPTIONER-contrast/lrp/explanation.pt`` when there (``capxai explain --method lrp --contrast ...`` of
   the same images and captions): a third kind of panel, LRP of "this word rather than that one";
 - ``eval-CAPTIONER/`` (``capxai evaluate --explanations``): the explanation tables and plots;
-- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp,gated}/``: the fine-tuning
-  table and the same images' captions before and after fine-tuning, hallucinated words marked;
+- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp,gated}/``: the
+  fine-tuning table and the same images' captions before and after fine-tuning, hallucinated words marked;
 - ``demo.json``: how long each stage took.
 
 The page reads nothing from the network and needs no server: open it from the disk.

@@ -231,8 +231,8 @@ def _label_inputs(method, config: FinetuneConfig, split_file: Path) -> dict:
 
 def _make_step(model, config: FinetuneConfig, skipped, train_set, max_length: int, run: RunSettings, optimizer,
                scaler, labels: dict):
-    """``(step(batch) -> loss, epoch statistics)`` of the chosen objective. SCST samples with torch's global generator, whose state
-    ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
+    """``(step(batch) -> loss, epoch statistics)`` of the chosen objective. SCST samples with torch's global
+    generator, whose state ``last.pt`` keeps, so a resumed run draws what an uninterrupted one would."""
     vocabulary = train_set.vocabulary
     method = FINETUNE_METHODS[config.method]
     if config.objective == "xe":

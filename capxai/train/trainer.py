@@ -206,11 +206,12 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
 @dataclasses.dataclass(kw_only=True)
 class EpochLoop:
     """The epochs of a training or fine-tuning run: batches in a seeded order (a distributed sampler under torchrun),
-    decoded by the run's DataLoader workers (kept between epochs) and moved to its device, one ``step(batch) ->
-    loss`` each (a tensor, read at the end of the epoch), validation CIDEr, learning-rate decay on plateau, and after every epoch ``best.pt`` (highest
-    validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and ``history.json``, written
-    atomically by rank 0 and recorded in the output folder's manifest. The captions of a step are drawn in this
-    process (:func:`~capxai.data.captions.choose_captions`), so a run's result does not depend on the workers.
+    decoded by the run's DataLoader workers (kept between epochs) and moved to its device, one ``step(batch) -> loss``
+    each (a tensor, read at the end of the epoch), validation CIDEr, learning-rate decay on plateau, and after every
+    epoch ``best.pt`` (highest validation CIDEr), ``last.pt`` (everything resuming needs), ``vocabulary.json`` and
+    ``history.json``, written atomically by rank 0 and recorded in the output folder's manifest. The captions of a step
+    are drawn in this process (:func:`~capxai.data.captions.choose_captions`), so a run's result does not depend on the
+    workers.
 
     ``payload`` goes into both checkpoints (at least the model's ``config``: :func:`load_trained` reads it)."""
 
