@@ -14,12 +14,13 @@ CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
 .PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-bench gpu-prebuild \
-	gpu-wheels cpp-test lint clean help
+	gpu-wheels cpp-test lint e2e-check clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
 	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
-	@echo "make test-all    the test suite including slow tests"
+	@echo "make test-all    the test suite including slow and end-to-end tests"
+	@echo "make e2e-check   the end-to-end tests: an interrupted demo, gloo, torchrun (CI runs it)"
 	@echo "make durability-check  the slow tests of full disks, concurrent runs and edited files (CI runs it)"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
 	@echo "make demo-check  the quick demo from scratch and its report in headless Chromium (what CI runs)"
@@ -66,11 +67,16 @@ demo-check: build browser
 	$(PY) -m capxai.demo --quick
 	CAPXAI_REPORT_RUN=runs/demo-quick $(PY) -m pytest -q tests/test_report_browser.py
 
-test: build browser
-	$(PY) -m pytest -q -m "not slow" --durations=15 tests
+test: build
+	$(PY) -m pytest -q -m "not slow and not e2e" --durations=15 tests
 
 test-all: build browser
 	$(PY) -m pytest -q tests
+
+# End to end across processes: the interrupted demo, evaluate over gloo and under torchrun (the browser test on the
+# quick demo's report is make demo-check's)
+e2e-check: build
+	$(PY) -m pytest -q -m "e2e and not slow" --durations=5 tests --ignore=tests/test_report_browser.py
 
 durability-check: build browser
 	$(PY) -m pytest -q -m slow tests/test_full_disk.py tests/test_run_lock.py tests/test_changed_files.py

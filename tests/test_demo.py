@@ -114,6 +114,7 @@ def _processes_naming(path) -> list:
     return found
 
 
+@pytest.mark.e2e
 def test_interrupted_demo_stops_its_workers_and_resumes(tmp_path):
     """SIGTERM while the workers evaluate: the demo exits 130 with its workers stopped, nothing half-written is left,
     and the next run finishes, reusing the trained captioners (the adaptive one: every stage kind, a quarter of the

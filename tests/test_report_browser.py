@@ -3,8 +3,8 @@ system chromedriver; no browser download): every image loads, clicking a word ch
 linguistic explanation, the console has no errors; hostile text in the data (markup, script) is shown, never run.
 Screenshots go to RUN_DIR/screenshots/ (look at them).
 
-The report is the tiny demo's of the test session, or the one in ``$CAPXAI_REPORT_RUN`` (``.ci/run`` points it at
-the ``make demo QUICK=1`` run)."""
+The report is the one in ``$CAPXAI_REPORT_RUN`` (``make demo-check``, which CI runs, points it at the ``make demo
+QUICK=1`` run), else the tiny demo's of the test session. End to end (marked ``e2e``): not in ``make test``."""
 import os
 import shutil
 import tempfile
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
 CHROMIUM = ("chromium", "chromium-browser")
 
 

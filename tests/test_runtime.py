@@ -283,6 +283,7 @@ def _results(folder):
             if path.name != "manifest.json" and not path.name.startswith(".")}
 
 
+@pytest.mark.e2e
 def test_evaluate_in_two_gloo_processes_equals_one_process(tiny_trained, tmp_path):
     best, data = tiny_trained
     _evaluate(best, data, tmp_path / "one", RunSettings())
@@ -294,6 +295,7 @@ def test_evaluate_in_two_gloo_processes_equals_one_process(tiny_trained, tmp_pat
     assert json.loads((tmp_path / "one" / "explanations_test_beam2.json").read_text())["images"] == 7
 
 
+@pytest.mark.e2e
 def test_torchrun_evaluate_writes_one_result_equal_to_one_process(tiny_trained, tmp_path):
     """The command as a user runs it: ``torchrun --nproc_per_node 2 -m capxai evaluate`` (gloo on the CPU) writes
     one set of result files, equal to one process's, and prints its summary once."""
