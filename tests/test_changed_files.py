@@ -9,7 +9,7 @@ from capxai import cli
 from capxai.data import scenes
 from capxai.outputs import MANIFEST, OutputFolder
 from capxai.train import train
-from _tiny import TINY
+from helpers import TINY
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from capxai import cli
 from capxai.data import scenes
 from capxai.data.vocabulary import Vocabulary
 from capxai.train import TrainConfig, train
-from _tiny import TINY
+from helpers import TINY
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 import capxai.explain as explain
 from capxai.models import hf
-from test_explain_lrp import make_captioner, make_encoder
+from helpers import make_captioner, make_encoder
 
 IMAGES = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 CAPTIONS = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]])

@@ -12,12 +12,10 @@ import warnings
 import pytest
 import torch
 
-from _compare import assert_matches
 from capxai import ops
 from capxai.ops import reference
-from test_lrp_attention import make_additive_inputs, make_mask, make_sdpa_inputs
-from test_lrp_linear import make_inputs as make_linear_inputs
-from test_lrp_lstm import make_lstm_inputs
+from helpers import (assert_matches, make_additive_inputs, make_linear_inputs, make_lstm_inputs, make_mask,
+                     make_sdpa_inputs)
 
 needs_gpu = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")]
 

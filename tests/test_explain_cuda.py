@@ -12,8 +12,7 @@ pytest.importorskip("zennit",
 
 import capxai  # noqa: E402
 import capxai.explain as explain  # noqa: E402
-from test_explain_lrp import features_of, make_captioner, make_captions, make_encoder  # noqa: E402
-from _compare import assert_matches  # noqa: E402
+from helpers import assert_matches, features_of, make_captioner, make_captions, make_encoder  # noqa: E402
 
 LRP_SETTINGS = {"lrp": dict(attention_mode="constant"), "lrp-attnlrp": dict(attention_mode="attnlrp")}
 

@@ -12,52 +12,9 @@ from capxai.explain.decoder_lrp import Rules
 from capxai.explain.lrp_paths import decoder_relevance
 from capxai.explain.encoder_lrp import ExactMergeBatchNorm, fast_relevance, plain_layers, zennit_relevance
 from capxai.explain.forward import teacher_force
-from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TorchvisionEncoder
+from capxai.models import TorchvisionEncoder
 from explain_reference import adaptive_word, multihead_word
-from _compare import assert_matches
-
-VOCAB, CHANNELS = 30, 24
-
-
-def make_captioner(kind, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    if kind == "adaptive":
-        model = AdaptiveAttentionCaptioner(VOCAB, CHANNELS, hidden=16, attention_dim=8, dropout=0.5)
-    else:
-        model = MultiHeadCaptioner(VOCAB, CHANNELS, hidden=16, heads=4, dropout=0.5)
-    with torch.no_grad():  # every bias and weight away from its initial pattern (b_ih != b_hh, all non-zero)
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.to(dtype).eval()
-
-
-def make_encoder(dtype=torch.float64, seed=1):
-    torch.manual_seed(seed)
-    encoder = SceneCNN(channels=CHANNELS)
-    with torch.no_grad():  # BatchNorm with non-trivial statistics, so that merging it matters
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-    return encoder.to(dtype).eval()
-
-
-def make_captions(batch=3, length=7, seed=2):
-    generator = torch.Generator().manual_seed(seed)
-    captions = torch.randint(4, VOCAB, (batch, length), generator=generator)
-    captions[:, 0] = 1
-    captions[:, -1] = 2
-    if batch > 1:  # a shorter caption: padding after its <end>
-        captions[0, 4], captions[0, 5:] = 2, 0
-    return captions
-
-
-def features_of(batch=3, regions=9, seed=3, dtype=torch.float64):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, regions, CHANNELS, generator=generator, dtype=dtype)
-
+from helpers import CHANNELS, assert_matches, features_of, make_captioner, make_captions, make_encoder
 
 CONFIGS = [("adaptive", "constant", None), ("multihead", "constant", None), ("multihead", "attnlrp", None),
            ("multihead", "constant", 1)]

@@ -11,8 +11,7 @@ import capxai.explain as explain
 from capxai.explain.forward import teacher_force
 from capxai.explain.gradients import last_conv
 from capxai.train import load_trained
-from test_explain_lrp import make_captioner, make_captions, make_encoder
-from _compare import assert_matches
+from helpers import assert_matches, make_captioner, make_captions, make_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require:UserWarning",
                                         "ignore:Setting backward hooks on ReLU:UserWarning")

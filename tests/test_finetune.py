@@ -20,6 +20,7 @@ from capxai.train import (CiderReward, FinetuneConfig, FinetuneObjective, featur
 from capxai.models.checkpoint import load_checkpoint, save_checkpoint
 from capxai.train.lrp_weights import _explained_output_relevance
 from explain_reference import reference_feature_weights
+from helpers import free_port, training_batch, training_model
 from capxai.train.scst import sample_captions, self_critical_advantage, sequence_log_probs
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "the", "ball", "box", "red", "of"]
@@ -308,15 +309,13 @@ def test_table_from_real_evaluations(tiny_trained, tmp_path, capsys):
 
 
 def _ddp_finetune_worker(rank, port, steps, result_path):
-    from test_training import _batch, _model
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    model = _model()
+    model = training_model()
     ddp = torch.nn.parallel.DistributedDataParallel(FinetuneObjective(model, _SKIPPED_20))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(steps):
-        batch = _batch(step, 8)
+        batch = training_batch(step, 8)
         images, captions = batch["images"][rank * 4:(rank + 1) * 4], batch["captions"][rank * 4:(rank + 1) * 4]
         optimizer.zero_grad()
         ddp(images, captions.reshape(-1, captions.shape[-1]), torch.arange(4).repeat_interleave(2)).backward()
@@ -331,15 +330,13 @@ _SKIPPED_20 = torch.tensor([True] * 4 + [False, True] * 8)  # a 20-word vocabula
 
 def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path):
     """LRP fine-tuning under DistributedDataParallel: two processes on half a batch each == one on all of it."""
-    from test_training import _batch, _free_port, _model
-
     steps = 2
-    mp.spawn(_ddp_finetune_worker, args=(_free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
-    model = _model()
+    mp.spawn(_ddp_finetune_worker, args=(free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    model = training_model()
     objective = FinetuneObjective(model, _SKIPPED_20)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(steps):
-        batch = _batch(step, 8)
+        batch = training_batch(step, 8)
         optimizer.zero_grad()
         objective(batch["images"], batch["captions"].reshape(-1, batch["captions"].shape[-1]),
                   torch.arange(8).repeat_interleave(2)).backward()

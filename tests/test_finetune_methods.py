@@ -272,10 +272,10 @@ def test_two_gloo_processes_equal_the_average_of_their_halves(tmp_path, method):
     """Under DistributedDataParallel each process gates / penalises the object phrases of its own captions and the
     gradients are averaged: two processes equal one process stepping on the mean of the two halves' losses."""
     import torch.multiprocessing as mp
-    from test_training import _free_port
+    from helpers import free_port
 
     features = torch.randn(4, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    mp.spawn(_ddp_methods_worker, args=(_free_port(), "adaptive", method, features, str(tmp_path / "ddp.pt")),
+    mp.spawn(_ddp_methods_worker, args=(free_port(), "adaptive", method, features, str(tmp_path / "ddp.pt")),
              nprocs=2, join=True)
     objective = FinetuneObjective(_Model("adaptive"), None, **DDP_METHODS[method])
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.5)

@@ -19,7 +19,7 @@ from capxai import _io, cli
 from capxai.data import scenes
 from capxai.models.checkpoint import save_checkpoint
 from capxai.train import train
-from _tiny import TINY
+from helpers import TINY
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from capxai.explain.decoder_lrp import Rules
 from capxai.explain.forward import teacher_force
 from capxai.explain.lrp_paths import decoder_relevance
 from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner, SceneCNN, TransformerCaptioner
-from _compare import assert_matches
+from helpers import assert_matches
 
 VOCAB, CHANNELS = 30, 12
 FIELDS = ("features", "words", "initial_state")

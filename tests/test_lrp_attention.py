@@ -5,45 +5,10 @@ import math
 import pytest
 import torch
 
-from _compare import assert_matches
 from capxai.ops import lrp_additive_attention, lrp_sdpa
 from capxai.ops.reference import (bilinear_score_rule, lrp_additive_attention_reference, lrp_sdpa_reference,
                                   sdpa_forward_reference, sdpa_value_rule, softmax_rule)
-
-
-def _random(generator, dtype, device):
-    return lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)
-
-
-def make_additive_inputs(batch, n_values, dim, n_targets, dtype, device, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    random = _random(generator, dtype, device)
-    relevance_shape = (batch, dim) if n_targets is None else (n_targets, batch, dim)
-    return dict(values=random(batch, n_values, dim), weights=torch.softmax(random(batch, n_values), -1),
-                relevance=random(*relevance_shape))
-
-
-def make_sdpa_inputs(batch, heads, n_queries, n_keys, dim, dim_v, n_targets, dtype, device, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    random = _random(generator, dtype, device)
-    relevance_shape = (batch, heads, n_queries, dim_v)
-    relevance_shape = relevance_shape if n_targets is None else (n_targets, *relevance_shape)
-    return dict(q=random(batch, heads, n_queries, dim), k=random(batch, heads, n_keys, dim),
-                v=random(batch, heads, n_keys, dim_v), relevance=random(*relevance_shape))
-
-
-def make_mask(kind, batch, heads, n_queries, n_keys, dtype, device, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    if kind is None:
-        return None
-    if kind == "causal":
-        return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
-    allowed = torch.rand(batch, 1, n_queries, n_keys, generator=generator) > 0.3
-    allowed[..., 0] = True
-    if kind == "bool":
-        return allowed.to(device)
-    bias = torch.randn(batch, 1, n_queries, n_keys, generator=generator, dtype=dtype) * 0.5
-    return torch.where(allowed, bias, torch.tensor(-math.inf, dtype=dtype)).to(device)  # "float"
+from helpers import assert_matches, make_additive_inputs, make_mask, make_sdpa_inputs
 
 
 # -- additive attention -------------------------------------------------------------------------------------------

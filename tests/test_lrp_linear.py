@@ -6,17 +6,7 @@ import torch
 
 from capxai.ops import lrp_linear
 from capxai.ops.reference import lrp_linear_reference, stabilize
-
-
-def make_inputs(n_rows, n_in, n_out, n_targets, dtype, device, with_bias=True, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-
-    def random(*shape):
-        return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
-
-    relevance_shape = (n_rows, n_out) if n_targets is None else (n_targets, n_rows, n_out)
-    return dict(x=random(n_rows, n_in), weight=random(n_out, n_in), bias=random(n_out) if with_bias else None,
-                relevance=random(*relevance_shape))
+from helpers import make_linear_inputs as make_inputs
 
 
 SHAPES = [  # (N, In, Out): odd sizes, batch 1, N > 1024, wide outputs

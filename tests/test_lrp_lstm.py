@@ -4,22 +4,9 @@ import math
 import pytest
 import torch
 
-from _compare import assert_matches
 from capxai.ops import lrp_lstm, lrp_lstm_cell
 from capxai.ops.reference import _lstm_forward, lrp_lstm_cell_reference, lrp_lstm_reference
-
-
-def make_lstm_inputs(steps, batch, n_in, hidden, n_targets, dtype, device, with_bias=True, with_cell=True, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-
-    def random(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(device)
-
-    relevance_shape = (steps, batch, hidden) if n_targets is None else (n_targets, steps, batch, hidden)
-    return dict(x=random(steps, batch, n_in), h0=random(batch, hidden), c0=random(batch, hidden),
-                weight_ih=random(4 * hidden, n_in, scale=0.5), weight_hh=random(4 * hidden, hidden, scale=0.5),
-                bias_ih=random(4 * hidden) if with_bias else None, bias_hh=random(4 * hidden) if with_bias else None,
-                relevance_h=random(*relevance_shape), relevance_c=random(*relevance_shape) if with_cell else None)
+from helpers import assert_matches, make_lstm_inputs
 
 
 def word_targets(inputs):

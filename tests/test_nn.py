@@ -6,7 +6,7 @@ from zennit.composites import LayerMapComposite
 from zennit.rules import Epsilon
 
 import capxai
-from _compare import assert_matches
+from helpers import assert_matches
 from capxai.ops import lrp_additive_attention, lrp_linear, lrp_lstm, lrp_sdpa
 
 DTYPE = torch.float64

@@ -16,7 +16,7 @@ import capxai.explain as explain
 from capxai.explain.forward import teacher_force
 from capxai.models import Captioner, SceneCNN, TransformerCaptioner, beam_search, greedy
 from capxai.models.contract import check_captioner
-from _compare import assert_matches
+from helpers import assert_matches
 
 ROOT = Path(__file__).resolve().parents[1]
 

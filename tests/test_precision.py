@@ -6,12 +6,10 @@ import pytest
 import torch
 
 import capxai
-from _compare import assert_matches
 from capxai import ops
 from capxai.ops import reference
-from test_lrp_attention import make_additive_inputs, make_mask, make_sdpa_inputs
-from test_lrp_linear import make_inputs as make_linear_inputs
-from test_lrp_lstm import make_lstm_inputs
+from helpers import (assert_matches, make_additive_inputs, make_linear_inputs, make_lstm_inputs, make_mask,
+                     make_sdpa_inputs)
 
 # The stated tolerance (the addendum): |result - reference| <= TOL * (|reference| + max |reference|), reference in
 # float64 on the same half-precision inputs. Two units of the final rounding (2^-8 bfloat16, 2^-11 float16): the

@@ -10,6 +10,7 @@ from capxai import cli
 from capxai.explain import METHODS
 from capxai.report.html_report import build_report
 from capxai.report.page import markdown_to_html
+from helpers import HOSTILE, SHOWN, hostile_report
 
 
 class Page(HTMLParser):
@@ -160,107 +161,6 @@ def test_the_report_follows_the_umask(tiny_demo, tmp_path):
 
 
 # -- crafted data sets: whatever text the data holds is shown as text on the page, never run -------------------------
-HOSTILE = {
-    "word": '<img src=x onerror="window.__pwned=1">',  # a generated word (the vocabulary is the captions' words)
-    "breakout": "</script><script>window.__pwned=2</script>",  # would end the page's json script element
-    "comment": "<!--<script>",  # would make the browser's parser swallow the page's own </script>
-    "category": '<b onmouseover="window.__pwned=3">ball</b>',  # a category name (probes, CHAIR, tables)
-    "image_id": "<script>window.__pwned=4</script>",
-    "captioner": "<svg onload=window.__pwned=5>#?%",  # a folder name: no "/", no "-"; "#?%" must not break URLs
-    "file": "<img src=x onerror=window.__pwned=6>.png",  # an image's file name (not shown; must not leak either)
-}
-SHOWN = ("word", "breakout", "comment", "category", "image_id", "captioner")
-
-
-def _copy_report_inputs(source, target) -> None:
-    """Only what the report reads (a full run is large); the explanations' tensors are linked, not copied."""
-    import shutil
-
-    target.mkdir(parents=True)
-    for folder in source.glob("eval-*"):
-        shutil.copytree(folder, target / folder.name)
-    for tensors in source.glob("explain-*/*/explanation.pt"):
-        copy = target / tensors.relative_to(source)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.symlink_to(tensors.resolve())
-        shutil.copy(tensors.with_suffix(".json"), copy.with_suffix(".json"))
-    for chosen in source.glob("report-images-*.json"):
-        shutil.copy(chosen, target / chosen.name)
-        for item in json.loads(chosen.read_text()):
-            (target / "scenes" / item["file"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / "scenes" / item["file"], target / "scenes" / item["file"])
-    for name in ("finetune/finetune_table.md", "demo.json"):
-        if (source / name).is_file():
-            (target / name).parent.mkdir(exist_ok=True)
-            shutil.copy(source / name, target / name)
-
-
-def _rename_captioner(run, old: str, new: str) -> None:
-    """The captioner ``old`` as ``new``: its evaluations, explanations and report list."""
-    for path in [*run.glob(f"eval-{old}"), *run.glob(f"eval-{old}-*"), run / f"explain-{old}",
-                 run / f"report-images-{old}.json"]:
-        path.rename(path.with_name(path.name.replace(old, new, 1)))
-
-
-def _edit_json(path, change) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def _poison_words(run) -> None:
-    """The first caption of every explanation starts with hostile words; its report image has a hostile file name,
-    image id and category names."""
-    import shutil
-
-    def change(meta):
-        meta["words"][0][:3] = [HOSTILE["word"], HOSTILE["breakout"], HOSTILE["comment"]]
-    for meta in run.glob("explain-*/*/explanation.json"):
-        _edit_json(meta, change)
-
-    def choose(items):
-        image = run / "scenes" / items[0]["file"]
-        shutil.copy(image, image.with_name(HOSTILE["file"]))  # copied: the captioners may show the same image
-        items[0].update(file=str(image.with_name(HOSTILE["file"]).relative_to(run / "scenes")),
-                        image_id=HOSTILE["image_id"], hallucinated=[HOSTILE["word"]],
-                        probe={"present": HOSTILE["category"], "absent": HOSTILE["category"]})
-    for chosen in run.glob("report-images-*.json"):
-        _edit_json(chosen, choose)
-
-
-def _poison_captions(run) -> None:
-    """A hostile image id and caption first in every CHAIR result (the before/after fine-tuning table)."""
-    def change(chair):
-        entry = {"words": [HOSTILE["word"], HOSTILE["breakout"], HOSTILE["category"]], "hallucination_idxs": [2]}
-        chair["chair"]["imgToEval"] = {HOSTILE["image_id"]: entry, **chair["chair"]["imgToEval"]}
-    for path in run.glob("eval-*/hallucination_*.json"):
-        _edit_json(path, change)
-
-
-def _poison_tables(run) -> None:
-    """Hostile cells in the markdown tables and stage times."""
-    row = f"\n| {HOSTILE['category']} | {HOSTILE['breakout']} |\n|---|---|\n| {HOSTILE['word']} | 1 |\n"
-    for path in [*run.glob("eval-*/explanations_*.md"), run / "finetune" / "finetune_table.md"]:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text((path.read_text() if path.is_file() else "# table\n") + row)
-    times = {"stages": {HOSTILE["category"]: {"seconds": 1.0}}, "total_seconds_this_run": 1.0,
-             "machine": HOSTILE["comment"] + HOSTILE["image_id"]}
-    (run / "demo.json").write_text(json.dumps(times))
-
-
-def hostile_report(source, target):
-    """The report of run ``source``'s inputs, copied to ``target`` with hostile text (:data:`HOSTILE`) in every
-    string that reaches the page: words, image ids, file names, category names, a captioner's name, tables."""
-    from capxai.report.html_report import captioners_of
-
-    _copy_report_inputs(source, target)
-    _rename_captioner(target, captioners_of(target)[0], HOSTILE["captioner"])
-    _poison_words(target)
-    _poison_captions(target)
-    _poison_tables(target)
-    return build_report(target, progress=False)
-
-
 def test_hostile_data_is_escaped_in_the_page(tiny_demo, tmp_path):
     """No raw hostile markup in the page, only two script elements (the page's own), and the embedded json still
     gives back the words exactly. (The browser test runs the same page.)"""

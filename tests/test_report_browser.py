@@ -116,7 +116,7 @@ def test_report_in_a_real_browser(browser, run_dir):
 @pytest.fixture(scope="module")
 def hostile_run(run_dir, tmp_path_factory):
     """The report of ``run_dir``'s inputs with hostile text in every string the page shows (test_report.HOSTILE)."""
-    from test_report import hostile_report
+    from helpers import hostile_report
 
     target = tmp_path_factory.mktemp("hostile") / "run"
     hostile_report(run_dir, target)
@@ -132,7 +132,7 @@ def test_hostile_data_is_shown_as_text_and_never_runs(browser, hostile_run):
     after clicking the words; nothing of it runs, no element of it exists, every picture still loads."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from test_report import HOSTILE, SHOWN
+    from helpers import HOSTILE, SHOWN
 
     browser.get_log("browser")  # what earlier pages logged
     browser.get((hostile_run / "report.html").resolve().as_uri())

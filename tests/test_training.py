@@ -2,7 +2,6 @@
 on the same global batch."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ import torch.multiprocessing as mp
 from capxai.data import scenes
 from capxai.train import (TrainConfig, build_model, caption_loss, load_checkpoint, save_checkpoint, train,
                           train_step)
-
-TINY = TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.0, epochs=2, batch_size=8, min_count=1,
-                   max_length=12, lr=3e-3)
+from helpers import TINY_TRAINING, free_port, training_batch, training_model
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +21,7 @@ def tiny_scenes(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["adaptive", "multihead", "transformer"])
 def test_train_resume_and_best_checkpoint(tiny_scenes, tmp_path, model):
-    config = TrainConfig(**{**TINY.__dict__, "model": model})
+    config = TrainConfig(**{**TINY_TRAINING.__dict__, "model": model})
     out = tmp_path / model
     history = train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, out, progress=False)
     assert [e["epoch"] for e in history["epochs"]] == [0, 1]
@@ -49,29 +46,14 @@ def test_checkpoint_errors_are_named(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt", "ok.pt"]
 
 
-def _batch(seed, size):
-    generator = torch.Generator().manual_seed(seed)
-    captions = torch.randint(3, 20, (size, 2, 6), generator=generator)
-    captions[..., 0] = 1
-    return {"images": torch.randn(size, 3, 32, 32, generator=generator), "captions": captions,
-            "caption_mask": torch.ones(size, 2, dtype=torch.bool)}
-
-
-def _model():
-    torch.manual_seed(0)
-    model = build_model(TrainConfig(**{**TINY.__dict__, "image_size": 32}), vocab_size=20)
-    model.encoder.eval()  # BatchNorm with running statistics: identical in every process
-    return model
-
-
 def _ddp_worker(rank, port, steps, result_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    model = _model()
+    model = training_model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradient: rounding is not amplified
     for step in range(steps):
-        batch = _batch(step, 8)
+        batch = training_batch(step, 8)
         half = {name: value[rank * 4:(rank + 1) * 4] for name, value in batch.items()}
         train_step(ddp, optimizer, half, clip_norm=1e9)
     if rank == 0:
@@ -79,27 +61,21 @@ def _ddp_worker(rank, port, steps, result_path):
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path):
     steps = 3
-    mp.spawn(_ddp_worker, args=(_free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
-    model = _model()
+    mp.spawn(_ddp_worker, args=(free_port(), steps, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    model = training_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradient: rounding is not amplified
     for step in range(steps):
-        train_step(model, optimizer, _batch(step, 8), clip_norm=1e9)
+        train_step(model, optimizer, training_batch(step, 8), clip_norm=1e9)
     ddp_state = torch.load(tmp_path / "ddp.pt")
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ddp_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_loss_ignores_padding():
-    model = _model()
-    batch = _batch(0, 2)
+    model = training_model()
+    batch = training_batch(0, 2)
     padded = {**batch, "captions": torch.cat([batch["captions"], torch.zeros(2, 2, 3, dtype=torch.long)], -1)}
     torch.testing.assert_close(caption_loss(model, **{k: padded[k] for k in ("images", "captions", "caption_mask")}),
                                caption_loss(model, **{k: batch[k] for k in ("images", "captions", "caption_mask")}))
@@ -147,7 +123,7 @@ def test_load_trained_restores_the_model_and_names_bad_files(tiny_scenes, tmp_pa
     from capxai.train import load_trained
 
     out = tmp_path / "run"
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    config = TrainConfig(**{**TINY_TRAINING.__dict__, "epochs": 1})
     train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, out, progress=False)
     model, vocabulary, loaded_config = load_trained(out / "best.pt")
     saved = load_checkpoint(out / "best.pt")["model"]
@@ -165,7 +141,7 @@ def test_frozen_encoder_stays_as_initialised(tiny_scenes, tmp_path):
     from capxai.data.vocabulary import Vocabulary
     from capxai.train.trainer import set_seed
 
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "finetune_encoder": False})
+    config = TrainConfig(**{**TINY_TRAINING.__dict__, "epochs": 1, "finetune_encoder": False})
     train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, tmp_path, progress=False)
     trained = load_checkpoint(tmp_path / "last.pt")["model"]
     set_seed(config.seed)
@@ -178,7 +154,7 @@ def test_frozen_encoder_stays_as_initialised(tiny_scenes, tmp_path):
 
 
 def test_encoder_learning_rate_is_its_own(tiny_scenes, tmp_path):
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "encoder_lr": 7e-3})
+    config = TrainConfig(**{**TINY_TRAINING.__dict__, "epochs": 1, "encoder_lr": 7e-3})
     train(config, tiny_scenes / "dataset_scenes.json", tiny_scenes, tmp_path, progress=False)
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     assert [group["lr"] for group in groups] == [config.lr, 7e-3]

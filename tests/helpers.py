@@ -1,0 +1,301 @@
+"""The one home of the test helpers: no test file imports from another (issue 37); what several share lives here.
+
+- comparison: :func:`assert_matches` and its tolerances (:data:`RTOL`);
+- tiny configurations: :data:`TINY` (the CLI-level tests) and :data:`TINY_TRAINING` (the training tests), built on
+  first use;
+- input builders for the ops: :func:`make_linear_inputs`, :func:`make_lstm_inputs`, :func:`make_additive_inputs`,
+  :func:`make_sdpa_inputs`, :func:`make_mask`;
+- tiny captioners for the explainers: :func:`make_captioner`, :func:`make_encoder`, :func:`make_captions`,
+  :func:`features_of`;
+- training under DistributedDataParallel: :func:`training_batch`, :func:`training_model`, :func:`free_port`;
+- a report with hostile text in every string it shows: :func:`hostile_report`, :data:`HOSTILE`, :data:`SHOWN`.
+
+It imports only torch at module level (capxai's modules inside the helpers that use them): the op tests, the CUDA
+ones among them, import it without pulling in the training, explanation and report stacks (tests/test_gpu_check.py
+collects the CUDA test files without what a GPU machine lacks).
+"""
+import functools
+import json
+import math
+import socket
+
+import torch
+
+# -- comparison -------------------------------------------------------------------------------------------------------
+# docs/LRP_RULES.md, property 2: fused kernel == reference.
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def assert_matches(actual, expected, rtol=None):
+    """Elementwise ``|a - e| <= rtol * (|e| + max|e|)``: relative to each value and to the tensor's scale.
+
+    Relevance sums terms of both signs; where they cancel, a value is small next to its terms and only the scale of
+    the tensor says what rounding it may carry.
+    """
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype and actual.device == expected.device
+    rtol = RTOL[expected.dtype] if rtol is None else rtol
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-30)
+
+
+# -- tiny configurations ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _tiny_configs():
+    from capxai.train import TrainConfig
+
+    return {
+        # The smallest training configuration the CLI-level tests share (a captioner that trains in seconds on tiny
+        # scenes; what it learns does not matter to them).
+        "TINY": TrainConfig(hidden=8, attention_dim=8, heads=2, dropout=0.0, epochs=1, batch_size=4, min_count=1,
+                            max_length=8, image_size=32),
+        # The training tests' configuration (tests/test_training.py): its loss falls within two epochs.
+        "TINY_TRAINING": TrainConfig(hidden=16, attention_dim=16, heads=2, dropout=0.0, epochs=2, batch_size=8,
+                                     min_count=1, max_length=12, lr=3e-3),
+    }
+
+
+def __getattr__(name):
+    """:data:`TINY` and :data:`TINY_TRAINING`, built on first use, so that importing this module does not import
+    capxai.train."""
+    if name in ("TINY", "TINY_TRAINING"):
+        return _tiny_configs()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- input builders for the ops ---------------------------------------------------------------------------------------
+def make_linear_inputs(n_rows, n_in, n_out, n_targets, dtype, device, with_bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+    relevance_shape = (n_rows, n_out) if n_targets is None else (n_targets, n_rows, n_out)
+    return dict(x=random(n_rows, n_in), weight=random(n_out, n_in), bias=random(n_out) if with_bias else None,
+                relevance=random(*relevance_shape))
+
+
+def make_lstm_inputs(steps, batch, n_in, hidden, n_targets, dtype, device, with_bias=True, with_cell=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(device)
+
+    relevance_shape = (steps, batch, hidden) if n_targets is None else (n_targets, steps, batch, hidden)
+    return dict(x=random(steps, batch, n_in), h0=random(batch, hidden), c0=random(batch, hidden),
+                weight_ih=random(4 * hidden, n_in, scale=0.5), weight_hh=random(4 * hidden, hidden, scale=0.5),
+                bias_ih=random(4 * hidden) if with_bias else None, bias_hh=random(4 * hidden) if with_bias else None,
+                relevance_h=random(*relevance_shape), relevance_c=random(*relevance_shape) if with_cell else None)
+
+
+def _random(generator, dtype, device):
+    return lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+
+def make_additive_inputs(batch, n_values, dim, n_targets, dtype, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    random = _random(generator, dtype, device)
+    relevance_shape = (batch, dim) if n_targets is None else (n_targets, batch, dim)
+    return dict(values=random(batch, n_values, dim), weights=torch.softmax(random(batch, n_values), -1),
+                relevance=random(*relevance_shape))
+
+
+def make_sdpa_inputs(batch, heads, n_queries, n_keys, dim, dim_v, n_targets, dtype, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    random = _random(generator, dtype, device)
+    relevance_shape = (batch, heads, n_queries, dim_v)
+    relevance_shape = relevance_shape if n_targets is None else (n_targets, *relevance_shape)
+    return dict(q=random(batch, heads, n_queries, dim), k=random(batch, heads, n_keys, dim),
+                v=random(batch, heads, n_keys, dim_v), relevance=random(*relevance_shape))
+
+
+def make_mask(kind, batch, heads, n_queries, n_keys, dtype, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if kind is None:
+        return None
+    if kind == "causal":
+        return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
+    allowed = torch.rand(batch, 1, n_queries, n_keys, generator=generator) > 0.3
+    allowed[..., 0] = True
+    if kind == "bool":
+        return allowed.to(device)
+    bias = torch.randn(batch, 1, n_queries, n_keys, generator=generator, dtype=dtype) * 0.5
+    return torch.where(allowed, bias, torch.tensor(-math.inf, dtype=dtype)).to(device)  # "float"
+
+
+# -- tiny captioners for the explainers -------------------------------------------------------------------------------
+VOCAB, CHANNELS = 30, 24
+
+
+def make_captioner(kind, dtype=torch.float64, seed=0):
+    from capxai.models import AdaptiveAttentionCaptioner, MultiHeadCaptioner
+
+    torch.manual_seed(seed)
+    if kind == "adaptive":
+        model = AdaptiveAttentionCaptioner(VOCAB, CHANNELS, hidden=16, attention_dim=8, dropout=0.5)
+    else:
+        model = MultiHeadCaptioner(VOCAB, CHANNELS, hidden=16, heads=4, dropout=0.5)
+    with torch.no_grad():  # every bias and weight away from its initial pattern (b_ih != b_hh, all non-zero)
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.to(dtype).eval()
+
+
+def make_encoder(dtype=torch.float64, seed=1):
+    from capxai.models import SceneCNN
+
+    torch.manual_seed(seed)
+    encoder = SceneCNN(channels=CHANNELS)
+    with torch.no_grad():  # BatchNorm with non-trivial statistics, so that merging it matters
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return encoder.to(dtype).eval()
+
+
+def make_captions(batch=3, length=7, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(4, VOCAB, (batch, length), generator=generator)
+    captions[:, 0] = 1
+    captions[:, -1] = 2
+    if batch > 1:  # a shorter caption: padding after its <end>
+        captions[0, 4], captions[0, 5:] = 2, 0
+    return captions
+
+
+def features_of(batch=3, regions=9, seed=3, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, regions, CHANNELS, generator=generator, dtype=dtype)
+
+
+# -- training under DistributedDataParallel ---------------------------------------------------------------------------
+def training_batch(seed, size):
+    """A batch of ``size`` random 32x32 images with two random captions each (a 20-word vocabulary)."""
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(3, 20, (size, 2, 6), generator=generator)
+    captions[..., 0] = 1
+    return {"images": torch.randn(size, 3, 32, 32, generator=generator), "captions": captions,
+            "caption_mask": torch.ones(size, 2, dtype=torch.bool)}
+
+
+def training_model():
+    """The same captioner in every process: :data:`TINY_TRAINING` at 32x32, seed 0, its encoder in eval mode."""
+    from capxai.train import TrainConfig, build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(**{**_tiny_configs()["TINY_TRAINING"].__dict__, "image_size": 32})
+    model = build_model(config, vocab_size=20)
+    model.encoder.eval()  # BatchNorm with running statistics: identical in every process
+    return model
+
+
+def free_port():
+    """A free TCP port on 127.0.0.1 (the rendezvous of a gloo process group)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- crafted data sets: whatever text the data holds is shown as text on the page, never run -------------------------
+HOSTILE = {
+    "word": '<img src=x onerror="window.__pwned=1">',  # a generated word (the vocabulary is the captions' words)
+    "breakout": "</script><script>window.__pwned=2</script>",  # would end the page's json script element
+    "comment": "<!--<script>",  # would make the browser's parser swallow the page's own </script>
+    "category": '<b onmouseover="window.__pwned=3">ball</b>',  # a category name (probes, CHAIR, tables)
+    "image_id": "<script>window.__pwned=4</script>",
+    "captioner": "<svg onload=window.__pwned=5>#?%",  # a folder name: no "/", no "-"; "#?%" must not break URLs
+    "file": "<img src=x onerror=window.__pwned=6>.png",  # an image's file name (not shown; must not leak either)
+}
+SHOWN = ("word", "breakout", "comment", "category", "image_id", "captioner")
+
+
+def _copy_report_inputs(source, target) -> None:
+    """Only what the report reads (a full run is large); the explanations' tensors are linked, not copied."""
+    import shutil
+
+    target.mkdir(parents=True)
+    for folder in source.glob("eval-*"):
+        shutil.copytree(folder, target / folder.name)
+    for tensors in source.glob("explain-*/*/explanation.pt"):
+        copy = target / tensors.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.symlink_to(tensors.resolve())
+        shutil.copy(tensors.with_suffix(".json"), copy.with_suffix(".json"))
+    for chosen in source.glob("report-images-*.json"):
+        shutil.copy(chosen, target / chosen.name)
+        for item in json.loads(chosen.read_text()):
+            (target / "scenes" / item["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / "scenes" / item["file"], target / "scenes" / item["file"])
+    for name in ("finetune/finetune_table.md", "demo.json"):
+        if (source / name).is_file():
+            (target / name).parent.mkdir(exist_ok=True)
+            shutil.copy(source / name, target / name)
+
+
+def _rename_captioner(run, old: str, new: str) -> None:
+    """The captioner ``old`` as ``new``: its evaluations, explanations and report list."""
+    for path in [*run.glob(f"eval-{old}"), *run.glob(f"eval-{old}-*"), run / f"explain-{old}",
+                 run / f"report-images-{old}.json"]:
+        path.rename(path.with_name(path.name.replace(old, new, 1)))
+
+
+def _edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _poison_words(run) -> None:
+    """The first caption of every explanation starts with hostile words; its report image has a hostile file name,
+    image id and category names."""
+    import shutil
+
+    def change(meta):
+        meta["words"][0][:3] = [HOSTILE["word"], HOSTILE["breakout"], HOSTILE["comment"]]
+    for meta in run.glob("explain-*/*/explanation.json"):
+        _edit_json(meta, change)
+
+    def choose(items):
+        image = run / "scenes" / items[0]["file"]
+        shutil.copy(image, image.with_name(HOSTILE["file"]))  # copied: the captioners may show the same image
+        items[0].update(file=str(image.with_name(HOSTILE["file"]).relative_to(run / "scenes")),
+                        image_id=HOSTILE["image_id"], hallucinated=[HOSTILE["word"]],
+                        probe={"present": HOSTILE["category"], "absent": HOSTILE["category"]})
+    for chosen in run.glob("report-images-*.json"):
+        _edit_json(chosen, choose)
+
+
+def _poison_captions(run) -> None:
+    """A hostile image id and caption first in every CHAIR result (the before/after fine-tuning table)."""
+    def change(chair):
+        entry = {"words": [HOSTILE["word"], HOSTILE["breakout"], HOSTILE["category"]], "hallucination_idxs": [2]}
+        chair["chair"]["imgToEval"] = {HOSTILE["image_id"]: entry, **chair["chair"]["imgToEval"]}
+    for path in run.glob("eval-*/hallucination_*.json"):
+        _edit_json(path, change)
+
+
+def _poison_tables(run) -> None:
+    """Hostile cells in the markdown tables and stage times."""
+    row = f"\n| {HOSTILE['category']} | {HOSTILE['breakout']} |\n|---|---|\n| {HOSTILE['word']} | 1 |\n"
+    for path in [*run.glob("eval-*/explanations_*.md"), run / "finetune" / "finetune_table.md"]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text((path.read_text() if path.is_file() else "# table\n") + row)
+    times = {"stages": {HOSTILE["category"]: {"seconds": 1.0}}, "total_seconds_this_run": 1.0,
+             "machine": HOSTILE["comment"] + HOSTILE["image_id"]}
+    (run / "demo.json").write_text(json.dumps(times))
+
+
+def hostile_report(source, target):
+    """The report of run ``source``'s inputs, copied to ``target`` with hostile text (:data:`HOSTILE`) in every
+    string that reaches the page: words, image ids, file names, category names, a captioner's name, tables."""
+    from capxai.report.html_report import build_report, captioners_of
+
+    _copy_report_inputs(source, target)
+    _rename_captioner(target, captioners_of(target)[0], HOSTILE["captioner"])
+    _poison_words(target)
+    _poison_captions(target)
+    _poison_tables(target)
+    return build_report(target, progress=False)
