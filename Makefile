@@ -18,7 +18,7 @@ export MAX_JOBS ?= 2
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
-	@echo "make test        set up, then run the test suite (pytest, slow tests excluded)"
+	@echo "make test        set up, then run the test suite (pytest; slow and end-to-end tests excluded)"
 	@echo "make test-all    the test suite including slow and end-to-end tests"
 	@echo "make e2e-check   the end-to-end tests: an interrupted demo, gloo, torchrun (CI runs it)"
 	@echo "make durability-check  the slow tests of full disks, concurrent runs and edited files (CI runs it)"
