@@ -101,3 +101,22 @@ def test_the_check_plan_fits_the_device_budget(tmp_path):
     assert {"tests", "memcheck", "racecheck", "bench"} <= {step.name for step in steps if step.gpu}
     compile_there, wheels = 50, 5
     assert sum(step.expected_seconds for step in steps if step.gpu) + compile_there + wheels <= 8 * 60
+
+
+def test_the_report_lists_each_step_and_why_tests_were_skipped(tmp_path):
+    """The report's steps table (result, time here, expected device time) and the skipped CUDA tests by reason:
+    what the README promises for the GPU training tests that need pycocoevalcap and Java."""
+    (tmp_path / "steps.json").write_text(json.dumps({"plan": "check", "dry_run": False, "steps": [
+        {"name": "build", "status": "pass", "seconds": 3, "expected_seconds": 5, "estimate": False,
+         "note": "the prebuilt build, nothing compiled"},
+        {"name": "memcheck", "status": "fail (exit 99)", "seconds": 12, "expected_seconds": 15, "estimate": False}]}))
+    (tmp_path / "tests.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.test_runtime" name="test_training_on_cuda">'
+        '<skipped message="training validates with CIDEr (pycocoevalcap + Java); missing here: java"/></testcase>'
+        '<testcase classname="tests.test_cuda_ops" name="test_rows"/></testsuite></testsuites>')
+    report = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_report.py"), str(tmp_path)], capture_output=True,
+                            text=True, check=True).stdout
+    assert "| build | pass | 3 s | 5 s | the prebuilt build, nothing compiled |" in report
+    assert "| memcheck | fail (exit 99) | 12 s | 15 s |" in report
+    assert "| test_runtime | 0 | 0 | 1 |" in report and "| test_cuda_ops | 1 | 0 | 0 |" in report
+    assert "- 1: training validates with CIDEr (pycocoevalcap + Java); missing here: java" in report

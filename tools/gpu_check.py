@@ -90,6 +90,7 @@ class Context:
     extension: Optional[Path] = None
     notes: dict = dataclasses.field(default_factory=dict)  # step -> a line for the report
     gpu_machine_python: bool = False  # the running torch and Python are the prebuilt build's (the GPU machine's)
+    running: dict = dataclasses.field(default_factory=dict)  # _probe(python), read once per plan
 
 
 # -- the build ------------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def build_step(ctx: Context) -> int:
     reuses) make cuda-check's CUDA build for this machine's torch instead; with the GPU machine's torch and Python
     (``--python build/gpu-venv/bin/python``, what make gpu-prebuild installs) it rehearses that machine exactly."""
     log = ctx.out / "build.log"
-    running = _probe(ctx.python)
+    running = ctx.running
     mismatch = prebuilt_mismatch(running)
     stamp = json.loads((PREBUILT / STAMP).read_text()) if (PREBUILT / STAMP).exists() else None
     with open(log, "w") as out:
@@ -202,8 +203,8 @@ def check_steps(ctx: Context) -> List[Step]:
 
 def bench_steps(ctx: Context) -> List[Step]:
     py, out = ctx.python, ctx.out
-    missing = [name for name in ("zennit", "captum", "pycocotools", "pycocoevalcap")
-               if not _importable(py, name)] + ([] if shutil.which("java") else ["java"])
+    missing = _absent(py, ("zennit", "captum", "pycocotools", "pycocoevalcap")) + (
+        [] if shutil.which("java") else ["java"])
     demo = Step("demo", 240, [py, "-m", "capxai.demo", "--quick", "--device", "cuda", "--out",
                               str(out / "demo-quick"), "--overwrite"], estimate=True,
                 why="the quick demo runs on the CPU in CI (make demo-check)")
@@ -224,9 +225,10 @@ def bench_steps(ctx: Context) -> List[Step]:
     ]
 
 
-def _importable(python: str, module: str) -> bool:
-    return subprocess.run([python, "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec('{module}') "
-                           "is None)"], capture_output=True).returncode == 0
+def _absent(python: str, modules) -> List[str]:
+    """Which of ``modules`` ``python`` cannot import (one process for all)."""
+    code = f"import importlib.util; print(*[m for m in {list(modules)!r} if importlib.util.find_spec(m) is None])"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
 
 
 PLANS = {"check": check_steps, "bench": bench_steps}
@@ -286,7 +288,7 @@ def print_plan(ctx: Context, plan: str, steps: List[Step], first: List[tuple]) -
 
 
 def run_plan(plan: str, ctx: Context, only: Optional[set] = None) -> int:
-    running = _probe(ctx.python)
+    running = ctx.running
     if not ctx.dry_run and not running["capability"]:
         print(f"make gpu-{plan}: no CUDA GPU is visible to {ctx.python}; on a machine without one, run "
               f"`make gpu-{plan} DRY_RUN=1` (the rehearsal). Nothing was built or run.", file=sys.stderr)
@@ -332,9 +334,9 @@ def run_plan(plan: str, ctx: Context, only: Optional[set] = None) -> int:
     return 1 if failed or report.returncode else 0
 
 
-def prebuild(python: str, arch: str) -> int:
-    """The CUDA build for ``python``'s torch (the GPU machine's, installed here), with the stamp ``check`` matches."""
-    running = _probe(python)
+def prebuild(python: str, running: dict, arch: str) -> int:
+    """The CUDA build for ``python``'s torch (the GPU machine's, installed here; ``running``: its ``_probe``), with the
+    stamp ``check`` matches."""
     PREBUILT.mkdir(parents=True, exist_ok=True)
     code = _compile(python, PREBUILT, arch, PREBUILT / "build.log")
     if code:
@@ -361,11 +363,18 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="9.0", help="prebuild: TORCH_CUDA_ARCH_LIST (default 9.0: H100, H200)")
     args = parser.parse_args(argv)
     python = args.python or sys.executable
+    try:
+        running = _probe(python)
+    except (OSError, subprocess.CalledProcessError, ValueError) as error:
+        print(f"gpu_check: --python {python} cannot run torch ({type(error).__name__}: {error}); give a Python "
+              "that has torch", file=sys.stderr)
+        return 2
     if args.plan == "prebuild":
-        return prebuild(python, args.arch)
+        return prebuild(python, running, args.arch)
     out = args.out or ROOT / "runs" / f"gpu-{args.plan}{'-dry' if args.dry_run else ''}"
     only = set(args.only.split(",")) if args.only else None
-    return run_plan(args.plan, Context(python=python, out=out.resolve(), dry_run=args.dry_run), only)
+    return run_plan(args.plan, Context(python=python, out=out.resolve(), dry_run=args.dry_run, running=running),
+                    only)
 
 
 if __name__ == "__main__":
