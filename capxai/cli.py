@@ -7,30 +7,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
-from capxai.cli_checks import (CommandError, Parser, existing_file, existing_folder, float_between,
-                               guided_decoding_setting, int_at_least, output_file, output_folder, run_command)
+from capxai.cli_checks import CommandError, Parser, run_command
+from capxai.commands.settings import (CocoSplitOptions, DataOptions, EncoderRulesOptions, ExplainOptions,
+                                     GlobalOptions, ModelOptions, OutputOptions, ReportOptions, TableOptions)
 from capxai.data import scenes
-from capxai.runtime import BACKENDS, DEVICES_HELP, PRECISIONS, default_workers, run_settings
-
-POSITIVE, COUNT = int_at_least(1), int_at_least(0)
+from capxai.options import add_options, from_args, output_file
+from capxai.runtime import RunOptions
 
 
 def run_options(precision: bool) -> Parser:
     """The run options every computing command takes (argparse parent); ``precision``: training's autocast too."""
-    parent = Parser(add_help=False)
-    group = parent.add_argument_group("run options")
-    group.add_argument("--device", default="auto", help=f"where to run: {DEVICES_HELP}; under torchrun each process "
-                       "takes the GPU of its LOCAL_RANK (default auto)")
-    if precision:
-        group.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                           help="training arithmetic: fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler, "
-                           "GPU only); explanations stay float32 (default fp32)")
-    group.add_argument("--workers", type=COUNT, default=None, help="processes decoding images (0: in this process; "
-                       f"default {default_workers()} here: the cores less one, at most 8); results do not depend on it")
-    group.add_argument("--dist-backend", choices=list(BACKENDS), default="auto", help="torchrun's process group: "
-                       "auto (nccl on CUDA, gloo on the CPU), nccl or gloo")
+    parent, group = _parent("run options")
+    add_options(group, RunOptions, exclude=() if precision else ("precision",))
     return parent
 
 
@@ -40,11 +30,12 @@ def _parent(title: str) -> tuple[Parser, argparse._ArgumentGroup]:
     return parent, parent.add_argument_group(title)
 
 
-def data_options(required: bool, split_file_help: str, image_root_help: str) -> Parser:
+def data_options(required: bool, split_file_help: Optional[str] = None, image_root_help: Optional[str] = None) \
+        -> Parser:
     """``--split-file`` and ``--image-root``: where a command reads its images and captions."""
     parent, group = _parent("data")
-    group.add_argument("--split-file", type=existing_file, required=required, help=split_file_help)
-    group.add_argument("--image-root", type=existing_folder, required=required, help=image_root_help)
+    helps = {name: text for name, text in (("split_file", split_file_help), ("image_root", image_root_help)) if text}
+    add_options(group, DataOptions, help=helps, required=("split_file", "image_root") if required else ())
     return parent
 
 
@@ -53,11 +44,11 @@ def checkpoint_option(help_text: str, hf_model_help: Optional[str] = None) -> Pa
     Hugging Face checkpoint folder), one of the two."""
     parent, group = _parent("model")
     if hf_model_help is None:
-        group.add_argument("--checkpoint", type=existing_file, required=True, help=help_text)
-        return parent
-    either = group.add_mutually_exclusive_group(required=True)
-    either.add_argument("--checkpoint", type=existing_file, help=help_text)
-    either.add_argument("--hf-model", type=existing_folder, metavar="DIR", help=hf_model_help)
+        add_options(group, ModelOptions, only=["checkpoint"], help={"checkpoint": help_text},
+                    required=["checkpoint"])
+    else:
+        add_options(group.add_mutually_exclusive_group(required=True), ModelOptions,
+                    help={"checkpoint": help_text, "hf_model": hf_model_help})
     return parent
 
 
@@ -65,18 +56,9 @@ def output_options(out_help: str, overwrite_help: str, out_type=None) -> Parser:
     """``--out`` (required) and ``--overwrite``: where a command writes, and whether it may replace what capxai
     wrote there before (files capxai did not write are never replaced)."""
     parent, group = _parent("output")
-    group.add_argument("--out", type=out_type or output_folder, required=True, help=out_help)
-    group.add_argument("--overwrite", action="count", default=0, help=overwrite_help + "; given twice, also "
-                       "files you changed after capxai wrote them (refused otherwise)")
-    group.add_argument("--force", action="store_true", help="the same as --overwrite given twice")
-    return parent
-
-
-def decoding_options(beam_size: int, beam_help: str) -> Parser:
-    """``--beam-size`` and ``--max-length``: how a command decodes the model's captions."""
-    parent, group = _parent("decoding")
-    group.add_argument("--beam-size", type=POSITIVE, default=beam_size, help=beam_help)
-    group.add_argument("--max-length", type=POSITIVE, help="words per caption at most (default: the training's)")
+    add_options(group, OutputOptions, help={"out": out_help, "overwrite": overwrite_help + "; given twice, also "
+                                            "files you changed after capxai wrote them (refused otherwise)"},
+                type={"out": out_type} if out_type else None)
     return parent
 
 
@@ -84,20 +66,24 @@ def composite_option(help_prefix: str) -> Parser:
     """``--composite``: the LRP rules of the encoder, read from the registry of composites."""
     from capxai.explain import COMPOSITES
     parent, group = _parent("encoder rules")
-    group.add_argument("--composite", default="paper", choices=COMPOSITES.names(),
-                       help=help_prefix + COMPOSITES.describe())
+    add_options(group, EncoderRulesOptions, help={"composite": help_prefix + COMPOSITES.describe()})
     return parent
 
 
 def _run_of(args):
     """The checked run settings of a command's options (a bad value stops it before any work)."""
-    workers = args.workers if args.workers is not None else default_workers()
-    return run_settings(args.device, getattr(args, "precision", "fp32"), workers, args.dist_backend)
+    return from_args(RunOptions, args).settings()
+
+
+def _command_parser(commands, name: str, help: str, parents: Iterable[Parser], settings: type) -> Parser:
+    """A subcommand whose own options are the command-line fields of ``settings`` (a dataclass)."""
+    parser = commands.add_parser(name, help=help, parents=list(parents))
+    add_options(parser, settings)
+    return parser
 
 
 def _data_scenes(args) -> int:
-    config = scenes.SceneConfig(train=args.train, val=args.val, test=args.test, image_size=args.size, seed=args.seed,
-                                probe_fraction=args.probe_fraction)
+    config = from_args(scenes.SceneConfig, args)
     out = scenes.generate(args.out, config, overwrite=args.overwrite)
     print(f"wrote {config.train}/{config.val}/{config.test} train/val/test scenes to {out}")
     return 0
@@ -124,21 +110,7 @@ def _train(args) -> int:
     from capxai.train import TrainConfig, train
 
     run = _run_of(args)
-    from capxai.models import CAPTIONERS
-
-    problems = CAPTIONERS[args.model].check(argparse.Namespace(model=args.model, hidden=args.hidden,
-                                                                   heads=args.heads, layers=args.layers))
-    if problems:
-        raise CommandError(f"--model {args.model} with --hidden {args.hidden} --heads {args.heads}: {problems[0]}")
-    encoder = args.encoder or CAPTIONERS[args.model].encoder or "scene"
-    config = TrainConfig(model=args.model, encoder=encoder,
-                         encoder_weights=str(args.encoder_weights) if args.encoder_weights else None,
-                         finetune_encoder=not args.freeze_encoder, encoder_lr=args.encoder_lr,
-                         hidden=args.hidden, layers=args.layers,
-                         attention_dim=args.attention_dim or args.hidden, heads=args.heads, dropout=args.dropout,
-                         epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
-                         lr=args.lr, image_size=args.image_size, max_length=args.max_length, seed=args.seed,
-                         min_count=args.min_count)
+    config = from_args(TrainConfig, args)
     history = train(config, args.split_file, args.image_root, args.out, overwrite=args.overwrite, run=run)
     if run.rank != 0:
         return 0
@@ -151,13 +123,7 @@ def _finetune(args) -> int:
     from capxai.train import FinetuneConfig, finetune
 
     run = _run_of(args)
-    config = FinetuneConfig(method=args.method, objective=args.objective, epochs=args.epochs, lr=args.lr,
-                            batch_size=args.batch_size, captions_per_image=args.captions_per_image,
-                            samples_per_image=args.samples_per_image, eps=args.eps, seed=args.seed,
-                            stop_words=str(args.stop_words) if args.stop_words else None, clamp=args.clamp,
-                            threshold=args.threshold, penalty=args.penalty,
-                            synonyms=str(args.synonyms) if args.synonyms else None,
-                            instances=str(args.instances) if args.instances else None)
+    config = from_args(FinetuneConfig, args)
     history = finetune(config, args.checkpoint, args.split_file, args.image_root, args.out, overwrite=args.overwrite,
                        run=run)
     if run.rank != 0:
@@ -211,14 +177,12 @@ def _evaluate(args) -> int:
 
     run = _run_of(args)
     explanations = None
-    if args.explain_limit is not None and args.explanations is None:
+    if args.limit is not None and args.explanations is None:
         raise CommandError("--explain-limit needs --explanations "
                            "(it limits the images whose explanations are measured)")
     if args.explanations is not None:  # checked before any work
-        explanations = ExplanationSettings(
-            methods=methods_of_option(args.explanations), batch_size=args.explain_batch_size,
-            composite=args.composite, pointing_tolerance=args.pointing_tolerance, grid=args.ablation_grid,
-            patches=args.ablation_patches, ablation=not args.no_ablation, limit=args.explain_limit)
+        explanations = from_args(ExplanationSettings, args, methods=methods_of_option(args.explanations),
+                                 composite=args.composite)
     output = check_outputs(args.out, args.split, args.beam_size, args.overwrite)
     model, vocabulary, config = load_trained(args.checkpoint, device=run.device)
     run.join()
@@ -331,7 +295,7 @@ def _explain(args) -> int:
         written = explain_images(model, vocabulary, image_size=image_size, image_paths=args.images,
                                  out_dir=args.out, methods=methods, captions=args.captions,
                                  beam_size=args.beam_size, max_length=max_length, composite=args.composite,
-                                 overwrite=args.overwrite, figures=not args.no_figures,
+                                 overwrite=args.overwrite, figures=args.figures,
                                  checkpoint=args.checkpoint or args.hf_model, contrast=args.contrast,
                                  transform=transform)
         print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
@@ -348,13 +312,15 @@ def _explain(args) -> int:
 
 
 def build_parser() -> Parser:
-    """The ``capxai`` parser; its choices and help read the registries (methods, composites, encoders, captioner
-    kinds), so an entry registered by a user's package (``capxai.registry``) appears here. Options several commands
-    take come from one parent each (``run_options``, ``data_options``, ``checkpoint_option``, ``output_options``,
-    ``decoding_options``, ``composite_option``), so they read and check the same everywhere."""
+    """The ``capxai`` parser. Every option is a field of a settings dataclass (:mod:`capxai.options`): its default,
+    choices and check are written there once, and the command turns the parsed values back into that dataclass.
+    Choices and help read the registries (methods, composites, encoders, captioner kinds) when the parser is built,
+    so an entry registered by a user's package (``capxai.registry``) appears here. Options several commands take
+    come from one parent each (``run_options``, ``data_options``, ``checkpoint_option``, ``output_options``,
+    ``composite_option``), so they read and check the same everywhere."""
     parser = Parser(prog="capxai", description="Explain and improve image-captioning models. Bad input stops a "
                     "command before any work with one line naming the problem (exit status 2).")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_options(parser, GlobalOptions)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add_command in (_add_data, _add_train, _add_finetune, _add_finetune_table, _add_evaluate, _add_explain,
                         _add_report):
@@ -369,196 +335,83 @@ REPLACE_RESULTS = "(all its files; files capxai did not write are never replaced
 def _add_data(commands) -> None:
     data = commands.add_parser("data", help="make or prepare data sets").add_subparsers(
         dest="data_command", required=True, parser_class=Parser)
-    make_scenes = data.add_parser("scenes", help="generate the built-in scenes (COCO + Karpathy json, images)",
-                                  parents=[output_options("output folder (new or empty; with --overwrite: scenes "
-                                                          "capxai wrote before)", "replace the scenes capxai wrote "
-                                                          "in --out (nothing else there is touched)")])
-    make_scenes.add_argument("--train", type=COUNT, default=8000)
-    make_scenes.add_argument("--val", type=COUNT, default=1000)
-    make_scenes.add_argument("--test", type=COUNT, default=2000)
-    make_scenes.add_argument("--size", type=int_at_least(32), default=96, help="image side in pixels (>= 32)")
-    make_scenes.add_argument("--seed", type=COUNT, default=0)
-    make_scenes.add_argument("--probe-fraction", type=float_between(0, 1), default=0.5,
-                             help="share of test images that are co-occurrence probes")
-    make_scenes.set_defaults(run=_data_scenes)
-
-    make_coco = data.add_parser("coco", help="a Karpathy-style split json from COCO-format caption files "
-                                "(read with pycocotools), for train / evaluate",
-                                parents=[output_options("the split json to write", "replace a split json capxai "
-                                                        "wrote", out_type=output_file)])
-    make_coco.add_argument("--split", nargs=3, action="append", required=True,
-                           metavar=("NAME", "CAPTIONS_JSON", "IMAGE_FOLDER"),
-                           help="e.g. --split train annotations/captions_train2014.json train2014 (repeat per split; "
-                           "IMAGE_FOLDER relative to the image root given to train)")
-    make_coco.add_argument("--dataset", default="coco", help="name recorded in the json")
-    make_coco.set_defaults(run=_data_coco)
+    _command_parser(data, "scenes", "generate the built-in scenes (COCO + Karpathy json, images)",
+                    [output_options("output folder (new or empty; with --overwrite: scenes capxai wrote before)",
+                                    "replace the scenes capxai wrote in --out (nothing else there is touched)")],
+                    scenes.SceneConfig).set_defaults(run=_data_scenes)
+    _command_parser(data, "coco", "a Karpathy-style split json from COCO-format caption files (read with "
+                    "pycocotools), for train / evaluate",
+                    [output_options("the split json to write", "replace a split json capxai wrote",
+                                    out_type=output_file)],
+                    CocoSplitOptions).set_defaults(run=_data_coco)
 
 
 def _add_train(commands) -> None:
-    from capxai.models import CAPTIONERS, ENCODERS
-    training = commands.add_parser("train", help="train a captioner with cross-entropy (resumes from OUT/last.pt)",
-                                   parents=[run_options(precision=True),
-                                            data_options(True, "Karpathy-style json, e.g. dataset_scenes.json or "
-                                                         "dataset_coco.json", IMAGE_ROOT_HELP),
-                                            output_options("checkpoint folder", "start afresh, replacing the "
-                                                           "checkpoints capxai train wrote in --out (default: "
-                                                           "resume from its last.pt)")])
-    training.add_argument("--model", choices=CAPTIONERS.names(), default="adaptive",
-                          help="captioner kind: " + CAPTIONERS.describe())
-    training.add_argument("--encoder", choices=ENCODERS.names(),
-                          help="image encoder (default: the one the --model kind reads, else scene): "
-                               + ENCODERS.describe())
-    training.add_argument("--encoder-weights", type=existing_file,
-                          help="local state_dict file for a torchvision encoder")
-    training.add_argument("--freeze-encoder", action="store_true",
-                          help="keep the encoder's weights fixed (default: fine-tune it with the captioner)")
-    training.add_argument("--hidden", type=POSITIVE, default=512)
-    training.add_argument("--attention-dim", type=POSITIVE, help="additive attention's score space (default: "
-                          "--hidden)")
-    training.add_argument("--heads", type=POSITIVE, default=8, help="attention heads (multihead, transformer)")
-    training.add_argument("--layers", type=POSITIVE, default=2, help="decoder layers of the transformer")
-    training.add_argument("--dropout", type=float_between(0, 1, high_open=True), default=0.5)
-    training.add_argument("--epochs", type=POSITIVE, default=10, help="total epochs (may grow when resuming)")
-    training.add_argument("--batch-size", type=POSITIVE, default=32)
-    training.add_argument("--captions-per-image", type=COUNT, default=0,
-                          help="captions of each image per step, drawn at random (0: all)")
-    training.add_argument("--max-length", type=POSITIVE, default=16, help="words per caption at most")
-    training.add_argument("--lr", type=float_between(0, 10, low_open=True), default=5e-4)
-    training.add_argument("--encoder-lr", type=float_between(0, 10, low_open=True),
-                          help="learning rate of the encoder (default: --lr)")
-    training.add_argument("--image-size", type=int_at_least(32), default=96)
-    training.add_argument("--min-count", type=POSITIVE, default=5, help="rarer words become <unk>")
-    training.add_argument("--seed", type=COUNT, default=0)
-    training.set_defaults(run=_train)
+    from capxai.train import TrainConfig
+    _command_parser(commands, "train", "train a captioner with cross-entropy (resumes from OUT/last.pt)",
+                    [run_options(precision=True), data_options(True, image_root_help=IMAGE_ROOT_HELP),
+                     output_options("checkpoint folder", "start afresh, replacing the checkpoints capxai train wrote "
+                                    "in --out (default: resume from its last.pt)")],
+                    TrainConfig).set_defaults(run=_train)
 
 
 def _add_finetune(commands) -> None:
-    tuning = commands.add_parser("finetune", help="fine-tune a trained captioner: LRP-inference or baseline, "
-                                 "cross-entropy or self-critical (resumes from OUT/last.pt)",
-                                 parents=[run_options(precision=True), checkpoint_option("best.pt of capxai train"),
-                                          data_options(True, "Karpathy-style json it was trained on", IMAGE_ROOT_HELP),
-                                          output_options("checkpoint folder", "start afresh, replacing the "
-                                                         "checkpoints capxai finetune wrote in --out (default: "
-                                                         "resume from its last.pt)")])
-    from capxai.train.methods import FINETUNE_METHODS, describe_methods
-
-    tuning.add_argument("--method", choices=list(FINETUNE_METHODS), required=True, help=describe_methods())
-    tuning.add_argument("--objective", choices=["xe", "scst"], default="xe",
-                        help="xe: cross-entropy; scst: self-critical with a CIDEr-D reward")
-    tuning.add_argument("--epochs", type=POSITIVE, default=1, help="total epochs (may grow when resuming)")
-    tuning.add_argument("--lr", type=float_between(0, 10, low_open=True),
-                        help="learning rate (default 5e-4 for xe, 5e-5 for scst: the paper's)")
-    tuning.add_argument("--batch-size", type=POSITIVE, default=32)
-    tuning.add_argument("--captions-per-image", type=COUNT, default=0, help="xe: captions of each image per step "
-                        "(0: all)")
-    tuning.add_argument("--samples-per-image", type=POSITIVE, default=5, help="scst: sampled captions per image")
-    tuning.add_argument("--eps", type=float_between(0, 10, low_open=True), default=0.01,
-                        help="LRP epsilon (> 0: a logit of exactly 0 would divide by zero)")
-    tuning.add_argument("--stop-words", type=existing_file, help="one stop word per line (default: capxai's "
-                        "English list)")
-    tuning.add_argument("--clamp", type=float_between(0, 10, low_open=True),
-                        help="clamp every gradient element to [-CLAMP, CLAMP] instead of clipping the gradient norm "
-                        "(the paper's code: 0.1)")
-    tuning.add_argument("--threshold", type=float_between(0, 1), default=0.5,
-                        help="gated: the visual share under which an object phrase's cross-entropy is masked")
-    tuning.add_argument("--penalty", type=float_between(0, 1000), default=1.0,
-                        help="share-penalty: the weight lambda of mean(1 - visual share) of object words")
-    tuning.add_argument("--synonyms", type=existing_file, help="object words (CHAIR-style synonyms file) for the "
-                        "methods that read them (default: synonyms.txt beside the split file, else COCO's)")
-    tuning.add_argument("--instances", type=existing_file, help="oracle: the training split's COCO instances json "
-                        "(default: annotations/instances_train.json beside the split file)")
-    tuning.add_argument("--seed", type=COUNT, default=0)
-    tuning.set_defaults(run=_finetune)
+    from capxai.train import FinetuneConfig
+    _command_parser(commands, "finetune", "fine-tune a trained captioner: LRP-inference or baseline, cross-entropy "
+                    "or self-critical (resumes from OUT/last.pt)",
+                    [run_options(precision=True), checkpoint_option("best.pt of capxai train"),
+                     data_options(True, "Karpathy-style json it was trained on", IMAGE_ROOT_HELP),
+                     output_options("checkpoint folder", "start afresh, replacing the checkpoints capxai finetune "
+                                    "wrote in --out (default: resume from its last.pt)")],
+                    FinetuneConfig).set_defaults(run=_finetune)
 
 
 def _add_finetune_table(commands) -> None:
-    tabling = commands.add_parser("finetune-table", help="the fine-tuning results table (json and markdown) from "
-                                  "evaluations of the cross-entropy, baseline and LRP fine-tuned models",
-                                  parents=[output_options("folder for finetune_table.json/.md", "replace a table "
-                                                          "capxai wrote there before")])
-    tabling.add_argument("--row", action="append", required=True, metavar="CAPTIONER/VARIANT=FOLDER[,FOLDER...]",
-                         help="one row: the evaluation folders of its seeds (capxai evaluate --explanations lrp); "
-                         "variants lrp-X and baseline-X of a captioner also get a difference row")
-    tabling.add_argument("--split", default="test", help="the evaluated split (default test)")
-    tabling.add_argument("--beam-size", type=POSITIVE, default=3, help="the evaluations' beam size (default 3)")
-    tabling.set_defaults(run=_finetune_table)
+    _command_parser(commands, "finetune-table", "the fine-tuning results table (json and markdown) from evaluations "
+                    "of the cross-entropy, baseline and LRP fine-tuned models",
+                    [output_options("folder for finetune_table.json/.md", "replace a table capxai wrote there "
+                                    "before")],
+                    TableOptions).set_defaults(run=_finetune_table)
 
 
 def _add_evaluate(commands) -> None:
-    from capxai.explain import METHODS
-    evaluating = commands.add_parser(
-        "evaluate", help="caption a split with a trained model and score it (BLEU, METEOR, ROUGE-L, CIDEr, SPICE "
-        "when available; CHAIR and probe hallucination when instances and synonyms are found)",
-        parents=[run_options(precision=False), checkpoint_option("best.pt or last.pt of capxai train"),
-                 data_options(True, "Karpathy-style json", IMAGE_ROOT_HELP),
-                 decoding_options(3, "beams when decoding the captions"),
-                 composite_option("LRP rules of the encoder (with --explanations): "),
-                 output_options("folder for captions, metrics, hallucination", "replace the results of an earlier "
-                                "run " + REPLACE_RESULTS)])
-    evaluating.add_argument("--split", choices=["train", "val", "test"], default="test")
-    evaluating.add_argument("--guided-decoding", type=guided_decoding_setting, metavar="THRESHOLD:PENALTY",
-                            help="explanation-guided beam search: an object word whose visual relevance share is "
-                            "below THRESHOLD (0..1] loses up to PENALTY nats (e.g. 0.5:2; docs/LRP_RULES.md, "
-                            "'Visual share of a word')")
-    evaluating.add_argument("--instances", type=existing_file, help="COCO instances json of the split (default: "
-                            "annotations/instances_SPLIT.json beside the split file, when present)")
-    evaluating.add_argument("--synonyms", type=existing_file,
-                            help="CHAIR-style synonyms file (default: synonyms.txt beside the split file, when "
-                                 "present, else CHAIR's own table for the 80 COCO categories)")
-    evaluating.add_argument("--explanations", metavar="METHODS", help="also measure explanations of the captions: "
-                            f"'all' or some of {', '.join(METHODS.names())} (comma-separated): grounding, pointing "
-                            "game, ablation, hallucination detection")
-    evaluating.add_argument("--explain-batch-size", type=POSITIVE, default=50, help="images explained at once")
-    evaluating.add_argument("--pointing-tolerance", type=float_between(0, 1000), default=0.0,
-                            help="pixels a box is grown by in the pointing game")
-    evaluating.add_argument("--ablation-grid", type=POSITIVE, default=8, help="patches per image side for image "
-                            "ablation")
-    evaluating.add_argument("--ablation-patches", type=POSITIVE, default=20, help="patches blanked per word")
-    evaluating.add_argument("--no-ablation", action="store_true", help="skip the ablation experiments")
-    evaluating.add_argument("--explain-limit", type=POSITIVE,
-                            help="measure explanations on N images spread evenly over the split (captions, metrics "
-                                 "and CHAIR still use every image)")
+    from capxai.evaluate.explanations import ExplanationSettings
+    from capxai.evaluate.settings import EvaluateOptions
+    evaluating = _command_parser(
+        commands, "evaluate", "caption a split with a trained model and score it (BLEU, METEOR, ROUGE-L, CIDEr, "
+        "SPICE when available; CHAIR and probe hallucination when instances and synonyms are found)",
+        [run_options(precision=False), checkpoint_option("best.pt or last.pt of capxai train"),
+         data_options(True, "Karpathy-style json", IMAGE_ROOT_HELP),
+         composite_option("LRP rules of the encoder (with --explanations): "),
+         output_options("folder for captions, metrics, hallucination", "replace the results of an earlier run "
+                        + REPLACE_RESULTS)],
+        EvaluateOptions)
+    add_options(evaluating.add_argument_group("explanations (with --explanations)"), ExplanationSettings)
     evaluating.set_defaults(run=_evaluate)
 
 
 def _add_explain(commands) -> None:
     from capxai.explain import METHODS
     from capxai.models import hf
-    explaining = commands.add_parser(
-        "explain", help="explain every word of captions: " + ", ".join(METHODS.names()),
-        parents=[run_options(precision=False), checkpoint_option(
-                     "best.pt or last.pt of capxai train", "a local Hugging Face image-to-text model instead: the "
-                     "folder of its save_pretrained, with its image processor and tokenizer ("
-                     + hf.describe_supported() + "; with --images)"),
-                 data_options(False, "explain a whole split of this Karpathy-style json, in shards (resumable; "
-                              "under torchrun each process takes its own shards)",
-                              IMAGE_ROOT_HELP + " (default: the split file's folder)"),
-                 decoding_options(1, "beams when decoding the model's captions"),
-                 composite_option("LRP rules of the encoder: "),
-                 output_options("output folder (one folder per method)", "replace explanations of an earlier run "
-                                + REPLACE_RESULTS)])
-    explaining.add_argument("--images", type=existing_file, nargs="+", help="image files to explain")
-    explaining.add_argument("--captions", nargs="+", help="one caption per image to explain (default: the model's "
-                            "own, decoded)")
-    explaining.add_argument("--split", choices=["train", "val", "test"], default="test")
-    explaining.add_argument("--limit", type=POSITIVE, help="explain the first N images of the split only")
-    explaining.add_argument("--shard-size", type=POSITIVE, default=32, help="images per shard file")
-    explaining.add_argument("--method", default="lrp", choices=METHODS.names() + ["all"],
-                            help="the method (or all): " + METHODS.describe())
-    explaining.add_argument("--no-figures", action="store_true", help="with --images: write explanation.pt only")
-    explaining.add_argument("--contrast", metavar="WORD", help="explain each word rather than WORD: the start is "
-                            "the word's logit minus WORD's (methods that explain a logit); '<runner-up>': rather "
-                            "than the model's next most likely word at each step")
-    explaining.set_defaults(run=_explain)
+    _command_parser(
+        commands, "explain", "explain every word of captions: " + ", ".join(METHODS.names()),
+        [run_options(precision=False),
+         checkpoint_option("best.pt or last.pt of capxai train", "a local Hugging Face image-to-text model instead: "
+                           "the folder of its save_pretrained, with its image processor and tokenizer ("
+                           + hf.describe_supported() + "; with --images)"),
+         data_options(False, "explain a whole split of this Karpathy-style json, in shards (resumable; under "
+                      "torchrun each process takes its own shards)", IMAGE_ROOT_HELP + " (default: the split "
+                      "file's folder)"),
+         composite_option("LRP rules of the encoder: "),
+         output_options("output folder (one folder per method)", "replace explanations of an earlier run "
+                        + REPLACE_RESULTS)],
+        ExplainOptions).set_defaults(run=_explain)
 
 
 def _add_report(commands) -> None:
-    reporting = commands.add_parser("report", help="the HTML report of a demo folder (RUN_DIR/report.html): per "
-                                    "word heatmaps of every method, metric tables and plots, fine-tuning results")
-    reporting.add_argument("run_dir", type=existing_folder, metavar="RUN_DIR", help="what make demo wrote, e.g. "
-                           "runs/demo")
-    reporting.add_argument("--overwrite", action="store_true", help="replace the report written there before")
-    reporting.set_defaults(run=_report)
+    _command_parser(commands, "report", "the HTML report of a demo folder (RUN_DIR/report.html): per word heatmaps "
+                    "of every method, metric tables and plots, fine-tuning results", [],
+                    ReportOptions).set_defaults(run=_report)
 
 
 def _report(args) -> int:

@@ -1,14 +1,12 @@
-"""The validation layer of the ``capxai`` command: argument types that check values as they are parsed, one error
-style for every command, and signals that stop a command cleanly.
+"""How every ``capxai`` command runs: one error style, and signals that stop a command cleanly (the argument types
+that check values as they are parsed are :mod:`capxai.options`'s).
 
 Error style (exit status 2, no traceback unless ``--debug``):
 ``capxai <command>: <what is wrong, naming the option or file>; <what to do>``.
 """
 import argparse
-import math
 import sys
-from pathlib import Path
-from typing import Callable, NoReturn, Optional, Tuple
+from typing import Callable, NoReturn, Optional
 
 from capxai._io import no_space_cause
 from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
@@ -26,87 +24,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message}; see '{self.prog} --help'", file=sys.stderr)
         sys.exit(2)
-
-
-# -- argument types: each raises ArgumentTypeError, which argparse reports with the option's name ----------------
-def _number(kind: Callable, text: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
-                                         f"got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def int_at_least(lowest: int) -> Callable[[str], int]:
-    """An integer ``>= lowest``."""
-
-    def parse(text: str) -> int:
-        value = _number(int, text)
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {text!r}")
-        return value
-
-    return parse
-
-
-def float_between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
-    """A finite float in the interval ``low .. high`` (``*_open``: the end itself excluded)."""
-
-    def parse(text: str) -> float:
-        value = _number(float, text)
-        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text!r}")
-        return value
-
-    return parse
-
-
-def existing_file(text: str) -> Path:
-    """A path to a file that exists (not a folder)."""
-    path = Path(text)
-    if not text:
-        raise argparse.ArgumentTypeError("must be a file path, got ''")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
-    return path
-
-
-def existing_folder(text: str) -> Path:
-    """A path to a folder that exists."""
-    path = Path(text)
-    if not text or not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if path.exists() else
-                                         f"{text!r} does not exist")
-    return path
-
-
-def output_folder(text: str) -> Path:
-    """Where a command writes its folder: not an existing file, and not inside one."""
-    path = Path(text)
-    if not text:
-        raise argparse.ArgumentTypeError("must be a folder path, got ''")
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    for parent in path.absolute().parents:
-        if parent.exists() and not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be a folder")
-    return path
-
-
-def output_file(text: str) -> Path:
-    """Where a command writes one file: not an existing folder, in a folder that can exist."""
-    path = Path(text)
-    if not text or path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name" if text else "must be a file "
-                                         "path, got ''")
-    output_folder(str(path.parent))
-    return path
 
 
 # -- running a command ---------------------------------------------------------------------------------------------
@@ -185,13 +102,3 @@ def _run(name: str, command: Callable[[], int], debug: bool, resumable: bool, st
         print(f"capxai {name}: internal error ({type(error).__name__}: {message_of(error)}); rerun with --debug "
               "for the traceback and report it", file=sys.stderr)
         return 1
-
-
-def guided_decoding_setting(text: str) -> Tuple[float, float]:
-    """``THRESHOLD:PENALTY`` of ``--guided-decoding``: a threshold in (0, 1] and a penalty >= 0 (nats)."""
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"must be THRESHOLD:PENALTY (e.g. 0.5:2), got {text!r}")
-    threshold = float_between(0, 1, low_open=True)(parts[0])
-    penalty = float_between(0, 1000)(parts[1])
-    return threshold, penalty

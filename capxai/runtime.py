@@ -1,12 +1,14 @@
 """Run settings shared by every command (train, finetune, evaluate, explain, the demo): where the work runs
 (``--device``), in what precision training runs (``--precision``), how many processes decode images
-(``--workers``), and the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on the CPU).
+(``--workers``), and the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on the CPU), defined once in
+:class:`RunOptions`.
 
 One small object, :class:`RunSettings`, is made once from the options (:func:`run_settings`) and handed down; the
 library functions take it as ``run=``. Training and fine-tuning build their model, so their default is
 :func:`run_settings` with its defaults (the GPU when one is visible, float32, images decoded in the calling
 process); the functions that are handed a model (captioning, evaluation, explaining a split) keep it where it is
-and default to ``RunSettings()`` (no workers, one process). Imported by any layer of capxai; imports none.
+and default to ``RunSettings()`` (no workers, one process). Imported by any layer of capxai; imports none but
+:mod:`capxai.options` (which imports nothing of capxai).
 
 Why explanations stay float32: every LRP rule divides by a forward value (``R * x w / stab(z)``); in bfloat16 a
 pre-activation keeps 8 bits of mantissa, so a ``z`` that is a small difference of large terms loses most of its
@@ -22,6 +24,8 @@ import threading
 from typing import Callable, Optional
 
 import torch
+
+from capxai.options import COUNT, option
 
 DEVICES_HELP = "auto (the GPU when one is visible, else the CPU), cpu, cuda or cuda:N"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -247,6 +251,28 @@ def run_settings(device: str = "auto", precision: str = "fp32", workers: int = 0
         # the current device: where the DataLoader's pinning thread and torch's default CUDA context go
         torch.cuda.set_device(chosen)
     return RunSettings(chosen, precision, workers, resolved, rank, world)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The run options of every computing command, as given (``--device``, ``--precision``, ``--workers``,
+    ``--dist-backend``); :meth:`settings` checks them into :class:`RunSettings`."""
+
+    device: str = option("auto", help=f"where to run: {DEVICES_HELP}; under torchrun each process takes the GPU of "
+                         "its LOCAL_RANK (default auto)")
+    precision: str = option("fp32", choices=tuple(PRECISIONS), help="training arithmetic: fp32, or bf16 / fp16 "
+                            "autocast (fp16 with a gradient scaler, GPU only); explanations stay float32 (default "
+                            "fp32)")
+    workers: Optional[int] = option(None, type=COUNT, help="processes decoding images (0: in this process; default "
+                                    f"{default_workers()} here: the cores less one, at most 8); results do not depend "
+                                    "on it")
+    dist_backend: str = option("auto", choices=BACKENDS, help="torchrun's process group: auto (nccl on CUDA, gloo "
+                               "on the CPU), nccl or gloo")
+
+    def settings(self) -> RunSettings:
+        """The checked :class:`RunSettings` (``workers`` None: :func:`default_workers`)."""
+        workers = self.workers if self.workers is not None else default_workers()
+        return run_settings(self.device, self.precision, workers, self.dist_backend)
 
 
 def default_run(run: Optional[RunSettings]) -> RunSettings:

@@ -407,7 +407,7 @@ def _snapshot(root: Path) -> dict:
 
 
 def test_the_suite_is_large_enough():
-    assert len(CASES) >= 417, len(CASES)  # the README says 417
+    assert len(CASES) >= 417, len(CASES)  # docs/guide/safety.md says 417
 
 
 @pytest.mark.parametrize("build", CASES)

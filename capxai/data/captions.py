@@ -16,6 +16,7 @@ from capxai.interrupts import stoppable
 
 # Karpathy's COCO split calls the extra training images "restval".
 SPLIT_ALIASES = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+SPLITS = tuple(SPLIT_ALIASES)  # the split names every command takes
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

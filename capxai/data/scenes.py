@@ -28,8 +28,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from capxai._io import atomic_write_json, atomic_write_text, raise_if_no_space, staging_folder, sync_folder
+from capxai.data.captions import SPLITS
 from capxai.outputs import MANIFEST, OutputFolder, write_manifest
 from capxai.interrupts import stoppable
+from capxai.options import COUNT, float_between, int_at_least, option
 
 # category -> (shape drawn, synonyms used in captions and by CHAIR-style hallucination metrics)
 CATEGORIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
@@ -81,16 +83,18 @@ class Scene:
 class SceneConfig:
     """Sizes and seed of a generated set (defaults: the demo's data)."""
 
-    train: int = 8000
-    val: int = 1000
-    test: int = 2000
-    image_size: int = 96
-    seed: int = 0
-    probe_fraction: float = 0.5  # of the test split: 1000 probe images by default
+    train: int = option(8000, type=COUNT, help="training images")
+    val: int = option(1000, type=COUNT, help="validation images")
+    test: int = option(2000, type=COUNT, help="test images")
+    image_size: int = option(96, flag="--size", type=int_at_least(32), help="image side in pixels (>= 32)")
+    seed: int = option(0, type=COUNT)
+    # of the test split: 1000 probe images by default
+    probe_fraction: float = option(0.5, type=float_between(0, 1), help="share of test images that are "
+                                   "co-occurrence probes")
     captions_per_image: int = 5
 
     def __post_init__(self):
-        for name in ("train", "val", "test"):
+        for name in SPLITS:
             if getattr(self, name) < 0:
                 raise ValueError(f"SceneConfig: {name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 32:
@@ -373,7 +377,7 @@ def _process_alive(pid: int) -> bool:
 def _write(root: Path, config: SceneConfig, progress: bool) -> None:
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORY_NAMES)]
     category_id = {c["name"]: c["id"] for c in categories}
-    per_split = {split: {"images": [], "instances": [], "captions": []} for split in ("train", "val", "test")}
+    per_split = {split: {"images": [], "instances": [], "captions": []} for split in SPLITS}
     karpathy = []
     rng = np.random.default_rng(config.seed)
     probe_pairs = list(CO_OCCURRENCE.items())

@@ -47,6 +47,8 @@ class Explainer(abc.ABC):
             ``model.image_size`` when present (models from ``load_trained`` carry it).
     """
 
+    title = ""  # the method's name in figures and reports (empty: its registry name)
+
     method = ""
     takes_a_start = True  # the method explains a logit (False: attention weights, read off the forward)
 
@@ -150,6 +152,8 @@ class LRP(Explainer):
             modules and ordinary layers; docs/LRP_RULES.md, "The generic path").
     """
 
+    title = "LRP"  # what the report and the tables call it
+
     method = "lrp"
 
     def __init__(self, model, encoder: Optional[nn.Module] = None, composite: Union[str, Composite] = "paper",
@@ -226,6 +230,8 @@ class GradCAM(_GradientMethod):
     Captum's ``LayerGradCam`` with ``relu_attributions=True``, batched over words; ``pixel_map`` is the map
     upsampled to the image (``upsample_mode``)."""
 
+    title = "Grad-CAM"  # what the report and the tables call it
+
     method = "gradcam"
 
     def __init__(self, model, encoder: Optional[nn.Module] = None, layer: Optional[nn.Module] = None,
@@ -268,6 +274,8 @@ class GuidedBackprop(_GradientMethod):
     """Guided Backprop (Springenberg et al. 2015) of every word's logit to the pixels, as Captum's
     ``GuidedBackprop`` (the encoder's ReLUs pass only positive gradients), batched over words."""
 
+    title = "Guided Backprop"  # what the report and the tables call it
+
     method = "guided-backprop"
 
     def _guided_gradient(self, prepared: Prepared):
@@ -286,6 +294,8 @@ class GuidedGradCAM(GradCAM, GuidedBackprop):
     """Guided Grad-CAM (Selvaraju et al. 2017): Guided Backprop times the upsampled Grad-CAM map, as Captum's
     ``GuidedGradCam`` (whose default upsampling is "nearest")."""
 
+    title = "Guided Grad-CAM"  # what the report and the tables call it
+
     method = "guided-gradcam"
 
     def __init__(self, model, encoder: Optional[nn.Module] = None, layer: Optional[nn.Module] = None,
@@ -302,6 +312,8 @@ class GuidedGradCAM(GradCAM, GuidedBackprop):
 class GradientXInput(_GradientMethod):
     """Gradient x Input of every word's logit: pixels (``image * d logit / d image``), feature grid and word
     embeddings (``sum_d e_d * d logit / d e_d`` per fed word), batched over words."""
+
+    title = "Gradient x Input"  # what the report and the tables call it
 
     method = "gradient-x-input"
 
@@ -326,6 +338,8 @@ class Attention(Explainer):
     """The model's own attention at each step: the adaptive model's ``alpha`` over the regions (and the sentinel
     share ``beta``), the multi-head model's weights per head and their mean; ``pixel_map`` upsampled to the image
     when the feature grid's shape is known."""
+
+    title = "Attention"  # what the report and the tables call it
 
     method = "attention"
     takes_a_start = False

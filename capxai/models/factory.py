@@ -15,6 +15,7 @@ from capxai.models import hf
 from capxai.models.encoders import SceneCNN, TorchvisionEncoder
 from capxai.models.multihead import MultiHeadCaptioner
 from capxai.models.transformer import TransformerCaptioner
+from capxai.options import COUNT, POSITIVE, existing_file, float_between, int_at_least, option
 from capxai.registry import Registry
 
 
@@ -65,30 +66,48 @@ ENCODERS.register("resnet101", lambda config: TorchvisionEncoder("resnet101", co
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "adaptive"  # a captioner kind of CAPTIONERS: "adaptive", "multihead", "transformer"...
-    encoder: str = "scene"  # an encoder of ENCODERS: "scene", "vgg16", "resnet101"...
-    encoder_weights: Optional[str] = None
-    finetune_encoder: bool = True
-    encoder_lr: Optional[float] = None  # None: lr; a CNN trained from scratch may learn faster with more
-    hidden: int = 512
-    attention_dim: int = 512
-    heads: int = 8
-    layers: int = 2  # transformer decoder layers
-    dropout: float = 0.5
-    image_size: int = 96
-    max_length: int = 16
-    min_count: int = 5
-    epochs: int = 10
-    batch_size: int = 32
-    captions_per_image: int = 0  # > 0: that many of each image's captions, drawn anew each step; 0: all
-    lr: float = 5e-4
+    """How a captioner is built and trained (``capxai train``'s options; a checkpoint stores it).
+    ``encoder`` None: the encoder the captioner kind reads, else "scene"; ``attention_dim`` None: ``hidden``."""
+
+    model: str = option("adaptive", choices=lambda: CAPTIONERS.names(),
+                        help=lambda: "captioner kind: " + CAPTIONERS.describe())
+    encoder: Optional[str] = option(None, choices=lambda: ENCODERS.names(), help=lambda: "image encoder (default: "
+                                    "the one the --model kind reads, else scene): " + ENCODERS.describe())
+    encoder_weights: Optional[str] = option(None, type=existing_file, to_field=str,
+                                            help="local state_dict file for a torchvision encoder")
+    finetune_encoder: bool = option(True, flag="--freeze-encoder", help="keep the encoder's weights fixed (default: "
+                                    "fine-tune it with the captioner)")
+    # None: lr; a CNN trained from scratch may learn faster with more
+    encoder_lr: Optional[float] = option(None, type=float_between(0, 10, low_open=True),
+                                         help="learning rate of the encoder (default: --lr)")
+    hidden: int = option(512, type=POSITIVE)
+    attention_dim: Optional[int] = option(None, type=POSITIVE, help="additive attention's score space (default: "
+                                          "--hidden)")
+    heads: int = option(8, type=POSITIVE, help="attention heads (multihead, transformer)")
+    layers: int = option(2, type=POSITIVE, help="decoder layers of the transformer")
+    dropout: float = option(0.5, type=float_between(0, 1, high_open=True))
+    image_size: int = option(96, type=int_at_least(32))
+    max_length: int = option(16, type=POSITIVE, help="words per caption at most")
+    min_count: int = option(5, type=POSITIVE, help="rarer words become <unk>")
+    epochs: int = option(10, type=POSITIVE, help="total epochs (may grow when resuming)")
+    batch_size: int = option(32, type=POSITIVE)
+    captions_per_image: int = option(0, type=COUNT, help="captions of each image per step, drawn anew each step "
+                                     "(0: all)")
+    lr: float = option(5e-4, type=float_between(0, 10, low_open=True))
     betas: tuple = (0.8, 0.999)
-    clip_norm: float = 2.0
-    decay_factor: float = 0.8
-    decay_patience: int = 1
-    seed: int = 0
+    clip_norm: float = option(2.0, type=float_between(0, 1e6, low_open=True), help="gradients are clipped to this "
+                              "norm")
+    decay_factor: float = option(0.8, type=float_between(0, 1, low_open=True), help="the learning rate is "
+                                 "multiplied by this when validation CIDEr stops improving")
+    decay_patience: int = option(1, type=COUNT, help="epochs without improvement before the learning rate decays")
+    seed: int = option(0, type=COUNT)
 
     def __post_init__(self):
+        if self.encoder is None:
+            kind = CAPTIONERS.get(self.model)
+            self.encoder = (kind.encoder if kind is not None else None) or "scene"
+        if self.attention_dim is None:
+            self.attention_dim = self.hidden
         problems = check_config(self)
         if problems:
             raise ValueError(f"TrainConfig: {problems[0]}")

@@ -34,12 +34,14 @@ from capxai.data.captions import path_under
 
 REPORT_NAME, FILES_NAME = "report.html", "report_files"
 SPLIT_GROUP = "test_beam3"
-METHOD_TITLES = {"lrp": "LRP", "gradcam": "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
-                 "guided-backprop": "Guided Backprop", "gradient-x-input": "Gradient x Input",
-                 "attention": "Attention"}
 CONTRAST = "lrp-contrast"  # the contrastive LRP panel's key among an example's heatmaps
 VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"),
             ("gated", "explanation-gated fine-tuning"))
+
+
+def method_title(method: str) -> str:
+    """A method's name on the page: its explainer's ``title`` (the registry's), else the registered name."""
+    return getattr(METHODS.get(method), "title", "") or method
 
 
 def _read_json(path: Path):
@@ -134,7 +136,7 @@ def _example_html(key: str, example: dict, chosen: dict, methods: List[str]) -> 
     for method in methods:
         source = example["heatmaps"][method][example["initial"]]
         panels.append(f"<figure><img class=\"heatmap\" data-method=\"{escape(method)}\" src=\"{escape(source)}\" "
-                      f"alt=\"{escape(method)}\"><figcaption>{escape(METHOD_TITLES.get(method, method))}"
+                      f"alt=\"{escape(method)}\"><figcaption>{escape(method_title(method))}"
                       "</figcaption></figure>")
     if CONTRAST in example["heatmaps"]:
         source = example["heatmaps"][CONTRAST][example["initial"]]

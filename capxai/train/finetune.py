@@ -18,12 +18,13 @@ from capxai.data.annotations import load_split_annotations
 from capxai.data.captions import image_id_of, open_split
 from capxai.evaluate.objects import ObjectWords
 from capxai.explain.guided_decoding import object_word_mask
+from capxai.options import COUNT, POSITIVE, existing_file, float_between, option
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
 from capxai.models.checkpoint import load_checkpoint
 from capxai.train.label_gates import object_phrases
 from capxai.train.lrp_weights import PAPER, FinetuneObjective, load_stop_words, stop_word_mask
-from capxai.train.methods import FINETUNE_METHODS
+from capxai.train.methods import FINETUNE_METHODS, describe_methods
 from capxai.train.scst import CiderReward, scst_loss
 from capxai.models.contract import check_captioner
 from capxai.models.factory import choice_problems, limit_problems, load_trained
@@ -43,24 +44,39 @@ class FinetuneConfig:
     split file, else COCO's); ``instances``: the training split's instances json for ``oracle`` (None:
     ``annotations/instances_train.json`` beside the split file)."""
 
-    method: str = "lrp"
-    objective: str = "xe"  # or "scst"
-    epochs: int = 1
-    lr: Optional[float] = None
-    batch_size: int = 32
-    captions_per_image: int = 0  # "xe": captions of each image per step (0: all)
-    samples_per_image: int = 5  # "scst": sampled captions per image
-    eps: float = 0.01
+    method: str = option("lrp", choices=lambda: list(FINETUNE_METHODS), required=True,
+                         help=lambda: describe_methods())
+    objective: str = option("xe", choices=OBJECTIVES, help="xe: cross-entropy; scst: self-critical with a CIDEr-D "
+                            "reward")
+    epochs: int = option(1, type=POSITIVE, help="total epochs (may grow when resuming)")
+    lr: Optional[float] = option(None, type=float_between(0, 10, low_open=True), help="learning rate (default "
+                                 + ", ".join(
+                                     f"{rate:g} for {objective}" for objective, rate in DEFAULT_LR.items())
+                                 + ": the paper's)")
+    batch_size: int = option(32, type=POSITIVE)
+    captions_per_image: int = option(0, type=COUNT, help="xe: captions of each image per step (0: all)")
+    samples_per_image: int = option(5, type=POSITIVE, help="scst: sampled captions per image")
+    eps: float = option(0.01, type=float_between(0, 10, low_open=True),
+                        help="LRP epsilon (> 0: a logit of exactly 0 would divide by zero)")
     clip_norm: float = 2.0
-    clamp: Optional[float] = None
-    threshold: float = 0.5
-    penalty: float = 1.0
-    synonyms: Optional[str] = None
-    instances: Optional[str] = None
+    clamp: Optional[float] = option(None, type=float_between(0, 10, low_open=True), help="clamp every gradient "
+                                    "element to [-CLAMP, CLAMP] instead of clipping the gradient norm (the paper's "
+                                    "code: 0.1)")
+    threshold: float = option(0.5, type=float_between(0, 1), help="gated: the visual share under which an object "
+                              "phrase's cross-entropy is masked")
+    penalty: float = option(1.0, type=float_between(0, 1000), help="share-penalty: the weight lambda of mean(1 - "
+                            "visual share) of object words")
+    synonyms: Optional[str] = option(None, type=existing_file, to_field=str, help="object words (CHAIR-style "
+                                     "synonyms file) for the methods that read them (default: synonyms.txt beside "
+                                     "the split file, else COCO's)")
+    instances: Optional[str] = option(None, type=existing_file, to_field=str, help="oracle: the training split's "
+                                      "COCO instances json (default: annotations/instances_train.json beside the "
+                                      "split file)")
     decay_factor: float = 0.8
     decay_patience: int = 1
-    seed: int = 0
-    stop_words: Optional[str] = None
+    seed: int = option(0, type=COUNT)
+    stop_words: Optional[str] = option(None, type=existing_file, to_field=str, help="one stop word per line "
+                                       "(default: capxai's English list)")
 
     def __post_init__(self):
         problems = check_finetune_config(self)
