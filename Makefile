@@ -20,6 +20,7 @@ help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
 	@echo "make test        set up, then run the test suite (pytest; slow and end-to-end tests excluded)"
 	@echo "make test-all    the test suite including slow and end-to-end tests"
+	@echo "make docs        the documentation site (Sphinx, warnings as errors) -> runs/docs/index.html (CI runs it)"
 	@echo "make e2e-check   the end-to-end tests: an interrupted demo, gloo, torchrun (CI runs it)"
 	@echo "make durability-check  the slow tests of full disks, concurrent runs and edited files (CI runs it)"
 	@echo "make bench       pytest-benchmark suites; JSON under runs/bench/"
@@ -72,6 +73,14 @@ test: build
 
 test-all: build browser
 	$(PY) -m pytest -q tests
+
+# The documentation site (docs/site: Sphinx, autodoc with napoleon, MyST pages), warnings as errors, built afresh (-E:
+# autodoc does not notice a changed docstring otherwise). Its tutorials run as tests in make test
+# (tests/test_tutorials.py).
+.PHONY: docs
+docs: $(STAMP) $(EXTENSION)
+	$(PY) -m sphinx -E -W --keep-going -q -b html -d build/docs-doctrees docs/site runs/docs
+	@echo "runs/docs/index.html"
 
 # End to end across processes: the interrupted demo, evaluate over gloo and under torchrun (the browser test on the
 # quick demo's report is make demo-check's)

@@ -22,25 +22,29 @@ class Explanation:
     Fields a method does not produce are None.
 
     Attributes:
-        tokens ``[B, T]``: the explained words (caption positions 1..L-1; ``<pad>`` after a caption's end).
-        lengths ``[B]``: explained words per caption (the rest of a row is padding and carries zeros everywhere).
-        logits ``[B, T]``: the raw logit of each explained word (the relevance put in by LRP); probabilities ``[B, T]``.
-        captions ``[B, L]``: the teacher-forced captions (``<start>`` first).
-        feature_relevance ``[B, T, regions, C]``: on the encoder's feature grid (what the decoder received).
-        pixel_relevance ``[B, T, 3, H, W]``: per colour channel (LRP, Guided Backprop, Guided Grad-CAM, Gradient x
-            Input). pixel_map ``[B, T, H, W]``: a one-channel map upsampled to the image (Grad-CAM, attention).
-        word_relevance ``[B, T, T]``: row t holds the relevance of the words fed at steps 0..t (``<start>``, w1 .. wt)
-            for word t+1, summed over the embedding; zeros above the diagonal.
-        initial_state_relevance ``[B, T]``: what LRP gives the decoder's initial states (non-zero only with a bias
+        tokens: ``[B, T]`` the explained words (caption positions 1..L-1; ``<pad>`` after a caption's end).
+        lengths: ``[B]`` explained words per caption (the rest of a row is padding and carries zeros everywhere).
+        logits: ``[B, T]`` the raw logit of each explained word (the relevance put in by LRP).
+        probabilities: ``[B, T]`` the probability of each explained word.
+        captions: ``[B, L]`` the teacher-forced captions (``<start>`` first).
+        feature_relevance: ``[B, T, regions, C]`` on the encoder's feature grid (what the decoder received).
+        pixel_relevance: ``[B, T, 3, H, W]`` per colour channel (LRP, Guided Backprop, Guided Grad-CAM, Gradient x
+            Input).
+        pixel_map: ``[B, T, H, W]`` a one-channel map upsampled to the image (Grad-CAM, attention).
+        word_relevance: ``[B, T, T]`` row t holds the relevance of the words fed at steps 0..t (``<start>``, w1 ..
+            wt) for word t+1, summed over the embedding; zeros above the diagonal.
+        initial_state_relevance: ``[B, T]`` what LRP gives the decoder's initial states (non-zero only with a bias
             share, ``bias_factor > 0``).
-        attention ``[B, T, regions]`` (the multi-head model: mean over heads), attention_heads
-            ``[B, T, heads, regions]``, beta ``[B, T]`` (the adaptive model's sentinel share).
-        targets ``[B, T]``: the word whose logit was explained at each step, when not the caption's own (else None);
-            contrast ``[B, T]``: the word it was explained against ("target rather than contrast"), or None;
-            contrast_words: those words as strings when a vocabulary was known.
-        grid_size ``(h, w)``: the feature grid (regions = h * w), or None when only features were explained.
-        method: "lrp", "gradcam", ...; settings: the method's settings; words: the explained words as strings
-            when a vocabulary was known.
+        attention: ``[B, T, regions]`` (the multi-head model: mean over heads).
+        attention_heads: ``[B, T, heads, regions]``.
+        beta: ``[B, T]`` the adaptive model's sentinel share.
+        targets: ``[B, T]`` the word whose logit was explained at each step, when not the caption's own (else None).
+        contrast: ``[B, T]`` the word it was explained against ("target rather than contrast"), or None.
+        contrast_words: those words as strings when a vocabulary was known.
+        grid_size: ``(h, w)`` the feature grid (regions = h * w), or None when only features were explained.
+        method: "lrp", "gradcam", ...
+        settings: the method's settings.
+        words: the explained words as strings when a vocabulary was known.
     """
 
     tokens: torch.Tensor

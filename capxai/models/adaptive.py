@@ -15,8 +15,11 @@ class AdaptiveAttentionCaptioner(Captioner):
     ``sentinel``, ``alpha [regions]``, ``beta``, ``context`` (c_hat), ``h2``, ``c2``.
 
     Args:
-        vocab_size: words incl. specials. feature_dim: C of the encoder grid. hidden: H of both LSTMs, of the
-            projected regions and of the embedding. attention_dim: size of the attention score space.
+        vocab_size: words incl. specials.
+        feature_dim: C of the encoder grid.
+        hidden: H of both LSTMs, of the projected regions and of the embedding.
+        attention_dim: size of the attention score space.
+        dropout: before the output layer.
     """
 
     output_terms = ("context", "h2")  # the activations whose sum the output layer reads

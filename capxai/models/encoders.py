@@ -39,8 +39,9 @@ class TorchvisionEncoder(nn.Module):
     """VGG16 (``features[:-1]``: 14x14x512 for 224 input) or ResNet-101 (up to ``layer4``: 7x7x2048).
 
     Args:
-        name: "vgg16" or "resnet101". weights: path of a local state_dict for the torchvision model; None gives
-            random initialisation with a warning (no pretrained weights can be downloaded here).
+        name: "vgg16" or "resnet101".
+        weights: path of a local state_dict for the torchvision model; None gives random initialisation with a
+            warning (no pretrained weights can be downloaded here).
     """
 
     def __init__(self, name: str = "vgg16", weights: Optional[str] = None):

@@ -13,7 +13,11 @@ class MultiHeadCaptioner(Captioner):
     ``gate``, ``gated``.
 
     Args:
-        vocab_size, feature_dim, hidden (H, divisible by heads), heads (8 in the paper), dropout.
+        vocab_size: words incl. specials.
+        feature_dim: C of the encoder grid.
+        hidden: H, divisible by ``heads``.
+        heads: attention heads (8 in the paper).
+        dropout: before the output layer.
     """
 
     output_terms = ("gated", "h")  # the activations whose sum the output layer reads

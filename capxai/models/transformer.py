@@ -49,9 +49,15 @@ class TransformerCaptioner(Captioner):
     attention baseline shows) and ``hidden`` (the last layer's normalised output, which ``output`` reads).
 
     Args:
-        vocab_size, feature_dim (C of the encoder grid), hidden (H, divisible by heads), layers, heads,
-        mlp (width of each layer's MLP; default 4 H), activation ("gelu" or "relu"), dropout,
-        max_positions (longest caption + 1 it can decode).
+        vocab_size: words incl. specials.
+        feature_dim: C of the encoder grid.
+        hidden: H, divisible by ``heads``.
+        layers: decoder layers.
+        heads: attention heads.
+        mlp: width of each layer's MLP (0: 4 H).
+        activation: "gelu" or "relu".
+        dropout: dropout rate.
+        max_positions: the longest caption + 1 it can decode.
     """
 
     output_terms = None  # the output layer reads one activation: LRP-inference fine-tuning does not apply yet

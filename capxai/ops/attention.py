@@ -16,7 +16,10 @@ def lrp_additive_attention(values: Tensor, weights: Tensor, relevance: Tensor, e
     scores or the query. A visual sentinel (Lu et al. 2017) is simply one more value.
 
     Args:
-        values ``[B, N, D]``, weights ``[B, N]``, relevance of the context ``[B, D]`` or ``[K, B, D]``.
+        values: ``[B, N, D]``.
+        weights: the attention weights ``[B, N]``.
+        relevance: relevance of the context ``[B, D]``, or ``[K, B, D]`` for K targets.
+        eps, bias_factor: the stabiliser and the share of absorbed relevance given back (1 = conservative).
 
     Returns:
         ``[B, N, D]`` or ``[K, B, N, D]``.
@@ -34,14 +37,19 @@ def lrp_sdpa(q: Tensor, k: Tensor, v: Tensor, relevance: Tensor, attn_mask: Opti
     ``A V`` and ``q k^T`` by the uniform bilinear rule, the softmax by AttnLRP's rule. Masked pairs get nothing.
 
     Args:
-        q ``[B, h, Lq, d]``, k ``[B, h, Lk, d]``, v ``[B, h, Lk, dv]``; relevance of the output
-        ``[B, h, Lq, dv]`` or ``[K, B, h, Lq, dv]`` for K targets; attn_mask as in
-        ``torch.nn.functional.scaled_dot_product_attention`` (bool, True = attend, or additive float,
-        broadcastable to ``[B, h, Lq, Lk]``); scale defaults to ``1 / sqrt(d)``.
+        q: queries ``[B, h, Lq, d]``.
+        k: keys ``[B, h, Lk, d]``.
+        v: values ``[B, h, Lk, dv]``.
+        relevance: relevance of the output ``[B, h, Lq, dv]``, or ``[K, B, h, Lq, dv]`` for K targets.
+        attn_mask: as in ``torch.nn.functional.scaled_dot_product_attention`` (bool, True = attend, or additive
+            float, broadcastable to ``[B, h, Lq, Lk]``), or None.
+        mode: ``"constant"`` or ``"attnlrp"``.
+        eps, bias_factor: the stabiliser and the share of absorbed relevance given back (1 = conservative).
+        scale: defaults to ``1 / sqrt(d)``.
 
     Returns:
-        mode "constant": relevance_v ``[(K,) B, h, Lk, dv]``; mode "attnlrp": ``(relevance_q, relevance_k,
-        relevance_v)``.
+        Mode ``"constant"``: ``relevance_v [(K,) B, h, Lk, dv]``; mode ``"attnlrp"``: ``(relevance_q,
+        relevance_k, relevance_v)``.
     """
     if mode == "constant":
         return torch.ops.capxai.lrp_sdpa(q, k, v, relevance, attn_mask, eps, bias_factor, scale)

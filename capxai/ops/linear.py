@@ -25,7 +25,8 @@ def lrp_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         ``[N, In]`` or ``[K, N, In]``, matching ``relevance``.
 
     Raises:
-        TypeError / ValueError naming the argument on wrong dtypes, shapes, devices or NaN/Inf inputs.
+        TypeError: an argument of the wrong dtype (the error names it).
+        ValueError: an argument of the wrong shape or on the wrong device, or NaN/Inf inputs (named likewise).
 
     Example:
         >>> layer = torch.nn.Linear(4, 3)

@@ -18,12 +18,16 @@ def lrp_lstm(x: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Te
     at steps after its last non-zero injected relevance.
 
     Args:
-        x: inputs ``[T, B, D]``. h0, c0: initial states ``[B, H]``.
-        weight_ih ``[4H, D]``, weight_hh ``[4H, H]``, bias_ih / bias_hh ``[4H]`` or None: ``torch.nn.LSTM``
-            layout (gates i, f, g, o), e.g. ``lstm.weight_ih_l0``.
+        x: inputs ``[T, B, D]``.
+        h0, c0: initial states ``[B, H]``.
+        weight_ih: ``[4H, D]``, ``torch.nn.LSTM`` layout (gates i, f, g, o), e.g. ``lstm.weight_ih_l0``.
+        weight_hh: ``[4H, H]``, the same layout.
+        bias_ih, bias_hh: ``[4H]`` each, or None.
         relevance_h: relevance injected at each step's hidden state ``[T, B, H]``, or ``[K, T, B, H]`` for K
-            targets (e.g. all T words of a caption). relevance_c: the same at the cell state, or None.
-        eps: stabiliser ``>= 0``. bias_factor: share of absorbed relevance given back (1 = conservative).
+            targets (e.g. all T words of a caption).
+        relevance_c: the same at the cell state, or None.
+        eps: stabiliser ``>= 0``.
+        bias_factor: share of absorbed relevance given back (1 = conservative).
 
     Returns:
         ``(relevance_x [(K,) T, B, D], relevance_h0 [(K,) B, H], relevance_c0 [(K,) B, H])``.
@@ -39,8 +43,11 @@ def lrp_lstm_cell(x: Tensor, h_prev: Tensor, c_prev: Tensor, weight_ih: Tensor, 
     """One step of :func:`lrp_lstm` (``torch.nn.LSTMCell`` layout).
 
     Args:
-        x ``[B, D]``, h_prev / c_prev ``[B, H]``, weights and biases as in :func:`lrp_lstm`,
-        relevance_h / relevance_c ``[B, H]`` or ``[K, B, H]``.
+        x: ``[B, D]``.
+        h_prev, c_prev: ``[B, H]``.
+        weight_ih, weight_hh, bias_ih, bias_hh: as in :func:`lrp_lstm`.
+        relevance_h, relevance_c: ``[B, H]`` or ``[K, B, H]`` (``relevance_c`` may be None).
+        eps, bias_factor: as in :func:`lrp_lstm`.
 
     Returns:
         ``(relevance_x [(K,) B, D], relevance_h_prev [(K,) B, H], relevance_c_prev [(K,) B, H])``.

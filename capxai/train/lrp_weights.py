@@ -113,12 +113,15 @@ def feature_weights(output: nn.Linear, first: torch.Tensor, second: torch.Tensor
     ``weighting`` says: the label, one normalisation, the visual term only).
 
     Args:
-        output: the output layer ``W_o, b_o``. first, second: its two inputs ``[..., H]`` (before dropout).
+        output: the output layer ``W_o, b_o``.
+        first, second: its two inputs ``[..., H]`` (before dropout).
         logits: ``W_o (first + second) + b_o`` without dropout, ``[..., V]``.
-        skipped: ``[V]`` bool, words that get weight 1 (``stop_word_mask``). valid: ``[...]`` bool, steps to
-            weigh (None: all); the others get 1. eps: the epsilon rule's stabiliser.
-        weighting: the method's choices (default: the paper's). labels: ``[...]`` the ground-truth words
-            (needed when ``weighting.word == "label"``).
+        skipped: ``[V]`` bool, words that get weight 1 (``stop_word_mask``).
+        valid: ``[...]`` bool, steps to weigh (None: all); the others get 1.
+        eps: the epsilon rule's stabiliser.
+        weighting: the method's choices (default: the paper's).
+        labels: ``[...]`` the ground-truth words (needed when ``weighting.word == "label"``).
+
     Returns:
         ``(weights_first, weights_second, explained)``: ``[..., H]`` each, in ``[0, 2]``, no gradient; ``explained
         [...]`` marks the steps whose top word was explained.
@@ -177,11 +180,16 @@ class FinetuneObjective(nn.Module):
     gates, ``2 CE + penalty * mean(1 - share)`` for the share penalty; each CE a mean over real (unmasked) words.
 
     Args:
-        model: encoder + captioner (``CaptionModel``). skipped: ``[V]`` bool, words the LRP weights leave at 1
-            (None: no weights). eps: the epsilon rule's stabiliser. pad: the padding id.
-        weighting: the LRP weights' choices (:class:`Weighting`). gate: None, "explanation" (mask object phrases
-            whose head noun's visual share is below ``threshold``) or "annotation" (mask the phrases
-            ``phrases.hidden`` marks). penalty: weight of the share penalty (0: none).
+        model: encoder + captioner (``CaptionModel``).
+        skipped: ``[V]`` bool, words the LRP weights leave at 1 (None: no weights).
+        eps: the epsilon rule's stabiliser.
+        pad: the padding id.
+        weighting: the LRP weights' choices (:class:`Weighting`).
+        gate: None, "explanation" (mask object phrases whose head noun's visual share is below ``threshold``) or
+            "annotation" (mask the phrases ``phrases.hidden`` marks).
+        threshold: the visual share below which the "explanation" gate masks a phrase.
+        penalty: weight of the share penalty (0: none).
+
     ``phrases`` (:class:`capxai.train.label_gates.ObjectPhrases`) is needed by the gates and the penalty.
     """
 
