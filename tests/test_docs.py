@@ -64,3 +64,14 @@ def test_the_documentation_site_builds_with_warnings_as_errors(tmp_path):
     assert all(part in rules for part in ("Part 1", "Part 2", "Part 3"))
     tutorials = sorted(path.stem for path in (ROOT / "docs" / "site" / "tutorials").glob("*.md"))
     assert all((tmp_path / "tutorials" / f"{name}.html").is_file() for name in tutorials)
+
+
+def test_every_guide_page_is_on_the_site():
+    guide = sorted(path.stem for path in (ROOT / "docs" / "guide").glob("*.md"))
+    on_site = sorted(path.stem for path in (ROOT / "docs" / "site" / "guide").glob("*.md"))
+    assert guide == on_site, "each docs/guide/NAME.md needs docs/site/guide/NAME.md (an include of it)"
+    index = (ROOT / "docs" / "site" / "index.md").read_text()
+    missing = [name for name in guide if f"\nguide/{name}\n" not in index]
+    assert not missing, f"docs/site/index.md's Guide toctree lacks {missing}"
+    for name in guide:
+        assert f"../../guide/{name}.md" in (ROOT / "docs" / "site" / "guide" / f"{name}.md").read_text()

@@ -2,6 +2,7 @@
 
 The API pages are autodoc over the installed package (the editable install of the repository), the Markdown pages
 (tutorials, the LRP rules) go through myst-parser. The tutorials' code runs as tests (tests/test_tutorials.py)."""
+import re
 import sys
 from pathlib import Path
 
@@ -37,12 +38,16 @@ napoleon_attr_annotations = True
 # myst: the rules document writes its math in code spans and $...$; tutorials are plain fenced code
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
+# docs/guide/finetuning.md goes from # to ### (a heading level skipped): shown as it is rather than failing the build
+suppress_warnings = ["myst.header"]
 
 html_theme = "furo"
 html_title = "capxai"
 html_static_path = []
 
 ADDENDUM = ROOT / "docs" / "LRP_RULES_ADDENDUM.md"
+GUIDE = ROOT / "docs" / "guide"
+RULES_LINK = re.compile(r"\[([^\]]+)\]\(\.\./LRP_RULES\.md\)")
 
 
 def _rules_with_addendum(app, docname, source):
@@ -51,5 +56,13 @@ def _rules_with_addendum(app, docname, source):
         source[0] += f"\n```{{include}} ../{ADDENDUM.name}\n```\n"
 
 
+def _guide_links_to_the_rules_page(app, relative_path, parent_docname, content):
+    """The guide (docs/guide/*.md, included by guide/*.md here) links the rules as the file beside it; on the site
+    that file is the rules page."""
+    if (Path(app.srcdir) / relative_path).resolve().parent == GUIDE:
+        content[0] = RULES_LINK.sub(lambda link: f"{{doc}}`{link.group(1)} </rules>`", content[0])
+
+
 def setup(app):
     app.connect("source-read", _rules_with_addendum)
+    app.connect("include-read", _guide_links_to_the_rules_page)
