@@ -7,16 +7,18 @@ from what the demo's commands wrote in ``RUN_DIR``:
 - ``explain-CAPTIONER-contrast/lrp/explanation.pt`` when there (``capxai explain --method lrp --contrast ...`` of
   the same images and captions): a third kind of panel, LRP of "this word rather than that one";
 - ``eval-CAPTIONER/`` (``capxai evaluate --explanations``): the explanation tables and plots;
-- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-{baseline,lrp,gated}/``: the
-  fine-tuning table and the same images' captions before and after fine-tuning, hallucinated words marked;
-- ``demo.json``: how long each stage took.
+- ``finetune/finetune_table.md`` (``capxai finetune-table``) and ``eval-CAPTIONER-VARIANT/``: the fine-tuning
+  table and the same images' captions before and after fine-tuning, hallucinated words marked;
+- ``demo.json``: how long each stage took, and the definitions the demo ran with (:class:`RunDefinitions`: the
+  evaluated split and beam, the fine-tuning variants and their titles, the captioners fine-tuned).
 
 The page reads nothing from the network and needs no server: open it from the disk.
 """
+import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import numpy as np
@@ -25,6 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from capxai._io import atomic_path, raise_if_no_space, staging_folder, sync_folder
+from capxai.evaluate.run import result_group
+from capxai.evaluate.settings import EvaluateOptions
 from capxai.explain import METHODS, Explanation
 from capxai.report.figures import overlay
 from capxai.report.page import document, escape, markdown_to_html, table
@@ -33,10 +37,40 @@ from capxai.interrupts import stoppable
 from capxai.data.captions import path_under
 
 REPORT_NAME, FILES_NAME = "report.html", "report_files"
-SPLIT_GROUP = "test_beam3"
 CONTRAST = "lrp-contrast"  # the contrastive LRP panel's key among an example's heatmaps
-VARIANTS = (("", "cross-entropy"), ("baseline", "baseline fine-tuning"), ("lrp", "LRP-inference fine-tuning"),
-            ("gated", "explanation-gated fine-tuning"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDefinitions:
+    """What a run evaluated, as the demo records it in ``demo.json`` ("definitions"): the split and beam of its
+    evaluations, its fine-tuning variants (``eval-CAPTIONER-NAME``) with their titles, the captioners it fine-tuned
+    (None: any). A folder without them gets ``capxai evaluate``'s defaults and no fine-tuning variants."""
+
+    split: str = EvaluateOptions().split
+    beam_size: int = EvaluateOptions().beam_size
+    variants: Tuple[Tuple[str, str], ...] = ()
+    finetuned: Optional[Tuple[str, ...]] = None
+
+    @property
+    def group(self) -> str:
+        """The evaluations' result group, e.g. "test_beam3"."""
+        return result_group(self.split, self.beam_size)
+
+
+def definitions_of(run_dir: Path) -> RunDefinitions:
+    """The definitions ``run_dir``'s ``demo.json`` records (see :class:`RunDefinitions`), checked."""
+    path = run_dir / "demo.json"
+    recorded = _read_json(path).get("definitions") if path.is_file() else None
+    if recorded is None:
+        return RunDefinitions()
+    try:
+        variants = tuple((str(name), str(title)) for name, title in recorded.get("variants", ()))
+        finetuned = recorded.get("finetuned")
+        return RunDefinitions(split=str(recorded["split"]), beam_size=int(recorded["beam_size"]), variants=variants,
+                              finetuned=None if finetuned is None else tuple(map(str, finetuned)))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: its definitions are not the demo's (split, beam_size, variants, finetuned): "
+                         f"{error!r}") from None
 
 
 def method_title(method: str) -> str:
@@ -51,14 +85,15 @@ def _read_json(path: Path):
         raise ValueError(f"cannot read {path} ({error})") from None
 
 
-def captioners_of(run_dir: Path) -> List[str]:
-    """The captioners with an explanation evaluation in ``run_dir`` (``eval-NAME/explanations_test_beam3.json``);
-    ``eval-NAME-VARIANT`` of a found NAME is that captioner fine-tuned, not a captioner (a name may hold "-":
-    ``hf-vit-gpt2``)."""
-    names = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{SPLIT_GROUP}.json"))
+def captioners_of(run_dir: Path, group: Optional[str] = None) -> List[str]:
+    """The captioners with an explanation evaluation in ``run_dir`` (``eval-NAME/explanations_GROUP.json``, GROUP
+    the run's, e.g. test_beam3); ``eval-NAME-VARIANT`` of a found NAME is that captioner fine-tuned, not a captioner
+    (a name may hold "-": ``hf-vit-gpt2``)."""
+    group = group or definitions_of(run_dir).group
+    names = sorted(path.parent.name[len("eval-"):] for path in run_dir.glob(f"eval-*/explanations_{group}.json"))
     found = [name for name in names if not any(name.startswith(other + "-") for other in names)]
     if not found:
-        raise FileNotFoundError(f"{run_dir} holds no eval-CAPTIONER/explanations_{SPLIT_GROUP}.json; "
+        raise FileNotFoundError(f"{run_dir} holds no eval-CAPTIONER/explanations_{group}.json; "
                                 "run the demo (make demo) or capxai evaluate --explanations first")
     return found
 
@@ -159,11 +194,14 @@ def _marked_caption(entry: Optional[dict]) -> str:
                     for i, word in enumerate(entry["words"]))
 
 
-def _before_after(run_dir: Path, captioner: str, limit: int = 8) -> str:
+def _before_after(run_dir: Path, captioner: str, definitions: RunDefinitions, limit: int = 8) -> str:
+    if definitions.finetuned is not None and captioner not in definitions.finetuned:
+        return f"<p class=\"note\">This run does not fine-tune the {escape(captioner)} captioner.</p>"
+    variants = (("", "cross-entropy"),) + definitions.variants
     chairs = {}
-    for variant, _ in VARIANTS:
+    for variant, _ in variants:
         folder = run_dir / "-".join(part for part in ("eval", captioner, variant) if part)
-        path = folder / f"hallucination_{SPLIT_GROUP}.json"
+        path = folder / f"hallucination_{definitions.group}.json"
         if path.is_file():
             chairs[variant] = _read_json(path)["chair"]["imgToEval"]
     if len(chairs) < 2:
@@ -173,9 +211,9 @@ def _before_after(run_dir: Path, captioner: str, limit: int = 8) -> str:
     chosen = [image_id for image_id, entry in before.items()
               if any(chairs[v].get(image_id, {}).get("hallucination_idxs") for v in chairs)][:limit]
     rows = "".join("<tr><td>" + escape(image_id) + "</td>" + "".join(
-        f"<td>{_marked_caption(chairs[v].get(image_id)) if v in chairs else ''}</td>" for v, _ in VARIANTS) + "</tr>"
+        f"<td>{_marked_caption(chairs[v].get(image_id)) if v in chairs else ''}</td>" for v, _ in variants) + "</tr>"
         for image_id in chosen)
-    head = "".join(f"<th>{escape(title)}</th>" for _, title in VARIANTS)
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in variants)
     return (f"<table><thead><tr><th>image</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"<p class=\"note\">The first {len(chosen)} test images whose caption names an absent object under some "
             "model (wavy red: CHAIR's hallucinated words).</p>")
@@ -201,10 +239,11 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     target, files = run_dir / REPORT_NAME, run_dir / FILES_NAME
     if (target.exists() or files.exists()) and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    captioners = captioners_of(run_dir)
+    definitions = definitions_of(run_dir)
+    captioners = captioners_of(run_dir, definitions.group)
     staging = staging_folder(run_dir, ".report-")  # the user's folder mode: others who open the page see the pictures
     try:
-        body, examples = _body(run_dir, captioners, staging, progress)
+        body, examples = _body(run_dir, captioners, definitions, staging, progress)
         # The page is written (not yet renamed) before the pictures are swapped in: a disk that fills up on the
         # page leaves the earlier page and its pictures as they were.
         with atomic_path(target) as page:
@@ -221,8 +260,9 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     return target
 
 
-def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
-    evaluations = {c: _read_json(run_dir / f"eval-{c}" / f"explanations_{SPLIT_GROUP}.json") for c in captioners}
+def _body(run_dir: Path, captioners: List[str], definitions: RunDefinitions, files: Path, progress: bool):
+    group = definitions.group
+    evaluations = {c: _read_json(run_dir / f"eval-{c}" / f"explanations_{group}.json") for c in captioners}
     parts = ["<h1>capxai: explaining and improving image captioners</h1>",
              "<p>Every word a captioner says, explained by LRP, Grad-CAM, Guided Grad-CAM, Guided Backprop, "
              "Gradient x Input and attention; the explanations measured, used to find hallucinated objects, and "
@@ -266,14 +306,14 @@ def _body(run_dir: Path, captioners: List[str], files: Path, progress: bool):
         parts.append(markdown_to_html(table_md.read_text(), heading_offset=2))
     for captioner in captioners:
         parts.append(f"<h3>Captions before and after fine-tuning: {escape(captioner)}</h3>")
-        parts.append(_before_after(run_dir, captioner))
+        parts.append(_before_after(run_dir, captioner, definitions))
     parts.append("<h2>Measuring the explanations</h2>")
     grounding_plot(evaluations, files / "grounding.png")
     roc_plot(evaluations, files / "roc.png")
     parts.append(f"<div class=\"plots\"><img src=\"{FILES_NAME}/grounding.png\" alt=\"grounding over thresholds\">"
                  f"<img src=\"{FILES_NAME}/roc.png\" alt=\"ROC curves of hallucination detection\"></div>")
     for captioner in captioners:
-        markdown = run_dir / f"eval-{captioner}" / f"explanations_{SPLIT_GROUP}.md"
+        markdown = run_dir / f"eval-{captioner}" / f"explanations_{group}.md"
         if markdown.is_file():
             parts.append(f"<h3>{escape(captioner)} captioner</h3>")
             body = markdown.read_text().partition("\n")[2]  # without its title: the heading above says it

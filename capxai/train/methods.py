@@ -21,10 +21,12 @@ from capxai.train.lrp_weights import Weighting
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneMethod:
-    """What a method changes: LRP weights of the output features (``weighting``), a mask on ground-truth object
-    phrases (``gate``: "explanation" or "annotation"), the share penalty; which inputs it needs."""
+    """What a method changes (``title``: what tables call it): LRP weights of the output features (``weighting``),
+    a mask on ground-truth object phrases (``gate``: "explanation" or "annotation"), the share penalty; which inputs
+    it needs."""
 
     description: str
+    title: str  # its name in tables and reports
     weighting: Optional[Weighting] = None
     gate: Optional[str] = None
     penalty: bool = False
@@ -41,23 +43,25 @@ class FinetuneMethod:
 
 
 FINETUNE_METHODS = {
-    "baseline": FinetuneMethod("the same schedule and loss scale without weights (2 CE)"),
+    "baseline": FinetuneMethod("the same schedule and loss scale without weights (2 CE)",
+                               title="baseline fine-tuning"),
     "lrp": FinetuneMethod("Sun et al.: output features weighted by the LRP relevance of the top word",
-                          weighting=Weighting()),
+                          title="LRP-inference fine-tuning", weighting=Weighting()),
     "lrp-label": FinetuneMethod("control: explain the ground-truth word instead of the top word",
-                                weighting=Weighting(word="label")),
+                                title="LRP fine-tuning, label explained", weighting=Weighting(word="label")),
     "lrp-objects": FinetuneMethod("control: weigh only steps whose top word names an object",
-                                  weighting=Weighting(objects_only=True)),
+                                  title="LRP fine-tuning, object words only", weighting=Weighting(objects_only=True)),
     "lrp-common": FinetuneMethod("control: one normalisation (the larger maximum) for both vectors",
+                                 title="LRP fine-tuning, one normalisation",
                                  weighting=Weighting(normalisation="common")),
     "lrp-visual": FinetuneMethod("control: weights on the visual term only (the language term keeps 1)",
-                                 weighting=Weighting(terms="visual")),
+                                 title="LRP fine-tuning, visual term only", weighting=Weighting(terms="visual")),
     "gated": FinetuneMethod("mask the cross-entropy of object phrases whose label's visual share is below "
-                            "--threshold", gate="explanation"),
+                            "--threshold", title="explanation-gated fine-tuning", gate="explanation"),
     "oracle": FinetuneMethod("mask the cross-entropy of object phrases the annotations mark hidden (upper bound; "
-                             "needs the instances file)", gate="annotation"),
+                             "needs the instances file)", title="oracle-gated fine-tuning", gate="annotation"),
     "share-penalty": FinetuneMethod("add --penalty * mean(1 - visual share) of ground-truth object words",
-                                    penalty=True),
+                                    title="share-penalty fine-tuning", penalty=True),
 }
 
 

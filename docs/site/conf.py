@@ -38,8 +38,6 @@ napoleon_attr_annotations = True
 # myst: the rules document writes its math in code spans and $...$; tutorials are plain fenced code
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
-# docs/guide/finetuning.md goes from # to ### (a heading level skipped): shown as it is rather than failing the build
-suppress_warnings = ["myst.header"]
 
 html_theme = "furo"
 html_title = "capxai"
