@@ -42,13 +42,18 @@ from tqdm import tqdm
 
 from capxai._io import atomic_write_json
 from capxai.data.captions import image_id_of, load_karpathy
+from capxai.evaluate.run import result_group
+from capxai.evaluate.settings import EvaluateOptions
 from capxai.explain import METHODS as METHOD_REGISTRY, RUNNER_UP
 from capxai.models import CAPTIONERS as CAPTIONER_REGISTRY
-from capxai.runtime import DEVICES_HELP, run_settings
+from capxai.options import add_options, option
+from capxai.runtime import DEVICES_HELP, RunOptions, run_settings
+from capxai.train.methods import FINETUNE_METHODS as FINETUNE_REGISTRY
 
 CAPTIONERS = ("adaptive", "multihead", "transformer", "hf-vit-gpt2")  # kinds of capxai.models.CAPTIONERS
 FINETUNED = ("adaptive", "multihead")  # LRP-inference fine-tuning weights the two terms their output layer sums
-# the paper's method, capxai's explanation-gated labels (issue 23) and the baseline they are compared with
+# the paper's method, capxai's explanation-gated labels (issue 23) and the baseline they are compared with (names of
+# capxai.train.methods.FINETUNE_METHODS, whose titles the report shows)
 FINETUNE_METHODS = ("baseline", "lrp", "gated")
 METHODS = tuple(METHOD_REGISTRY.names())  # every registered method (what `--method all` explains)
 # The paper's two captioners (sized in issue 11 to reach test CIDEr >= 1.6 with all five captions of an image in
@@ -67,7 +72,9 @@ TRANSFORMER_RECIPE = ("--hidden", "96", "--heads", "4", "--layers", "2", "--drop
 HF_RECIPE = ("--hidden", "64", "--heads", "2", "--layers", "2", "--dropout", "0.0", "--lr", "3e-3",
              "--batch-size", "32")
 assert all(kind in CAPTIONER_REGISTRY for kind in CAPTIONERS)
-SPLIT, BEAM = "test", 3
+assert all(method in FINETUNE_REGISTRY for method in FINETUNE_METHODS)
+SPLIT, BEAM = EvaluateOptions().split, EvaluateOptions().beam_size  # capxai evaluate's defaults
+GROUP = result_group(SPLIT, BEAM)  # the evaluations' result files: eval-*/explanations_GROUP.json
 CONFIG_NAME, TIMES_NAME = "demo_config.json", "demo.json"
 
 
@@ -176,7 +183,7 @@ class Demo:
 
     def _evaluate_stage(self, name: str, checkpoint: str, out: Path, methods: str, limit: int, ablation: bool,
                         on: Sequence[str]):
-        group = f"{SPLIT}_beam{BEAM}"
+        group = GROUP
         files = [out / f"{kind}_{group}.json" for kind in ("captions", "metrics", "hallucination", "explanations")]
         files.append(out / f"explanations_{group}.md")  # written last
         return Stage(name, lambda: ["evaluate", "--checkpoint", checkpoint, *self.data, "--split", SPLIT,
@@ -233,7 +240,7 @@ def _training_done(folder: Path, epochs: int) -> bool:
 def choose_report_images(evaluation: Path, scenes: Path, count: int) -> List[dict]:
     """Test images for the report: probe images whose caption names the absent partner first (the hallucination
     the paper explains), then a probe image captioned correctly, then ordinary images; in split order."""
-    group = f"{SPLIT}_beam{BEAM}"
+    group = GROUP
     captions = {entry["image_id"]: entry["caption"]
                 for entry in json.loads((evaluation / f"captions_{group}.json").read_text())}
     chair = json.loads((evaluation / f"hallucination_{group}.json").read_text())["chair"]["imgToEval"]
@@ -450,25 +457,47 @@ def _write_times(out: Path, runner: Runner, started: float, config: DemoConfig, 
     gpus = sorted({torch.cuda.get_device_name(torch.device(d)) for d in devices.values() if d != "cpu"})
     times = {"stages": runner.times, "total_seconds_this_run": round(time.perf_counter() - started, 1),
              "machine": f"{os.cpu_count()} CPU cores" + (f", {', '.join(gpus)}" if gpus else ""),
-             "devices": devices, "config": dataclasses.asdict(config)}
+             "devices": devices, "config": dataclasses.asdict(config), "definitions": _definitions(config)}
     atomic_write_json(out / TIMES_NAME, times)
     return times
+
+
+def _definitions(config: DemoConfig) -> dict:
+    """What the report reads of this run (capxai.report.html_report.RunDefinitions): the evaluated split and beam,
+    the fine-tuning variants with their titles, the captioners fine-tuned."""
+    return {"split": SPLIT, "beam_size": BEAM,
+            "variants": [[method, FINETUNE_REGISTRY[method].title] for method in FINETUNE_METHODS],
+            "finetuned": [captioner for captioner in FINETUNED if captioner in config.captioners]}
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """``python -m capxai.demo``'s options (``--device`` is the commands' own, :class:`capxai.runtime.RunOptions`)."""
+
+    out: Optional[Path] = option(None, type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
+    quick: bool = option(False, help="the same on a small set (about 10 minutes on 2 cores)")
+    workers: int = option(len(CAPTIONERS), type=int, choices=range(1, len(CAPTIONERS) + 1),
+                          help=f"captioners worked on at once (default {len(CAPTIONERS)}: on the CPU one thread each, "
+                          "sharing the cores; on GPUs spread over them when there are several, else one after the "
+                          "other)")
+    overwrite: bool = option(False, help="start afresh: remove what an earlier demo wrote")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m capxai.demo``'s parser: its options are the fields of :class:`DemoOptions` and ``--device``."""
     parser = argparse.ArgumentParser(prog="python -m capxai.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="demo folder (default runs/demo, runs/demo-quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="the same on a small set (about 10 minutes on 2 cores)")
-    parser.add_argument("--workers", type=int, default=len(CAPTIONERS), choices=range(1, len(CAPTIONERS) + 1),
-                        help=f"captioners worked on at once (default {len(CAPTIONERS)}: on the CPU one thread each, "
-                        "sharing the cores; on GPUs spread over them when there are several, else one after the "
-                        "other)")
-    parser.add_argument("--device", default="auto", help=f"where every command runs: {DEVICES_HELP} (default auto)")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier demo wrote")
+    add_options(parser, DemoOptions)
+    add_options(parser, RunOptions, only=["device"], help={"device": f"where every command runs: {DEVICES_HELP} "
+                                                                    "(default auto)"})
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DemoConfig()
     for name in ("SIGTERM", "SIGHUP"):  # stop the workers too: they run in sessions of their own

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from capxai import cli
+from capxai import cli, demo
 from capxai.data.scenes import SceneConfig
 from capxai.options import POSITIVE, add_options, default_of, from_args, option, options_of
 from capxai.train import FinetuneConfig, TrainConfig
@@ -36,6 +36,7 @@ def _resolved(value):
 
 ROOT = cli.build_parser()
 COMMANDS = _commands(ROOT)
+DEMO = demo.build_parser()
 
 
 def test_every_command_is_found():
@@ -58,11 +59,18 @@ def test_every_option_default_and_choice_comes_from_its_dataclass(words, parser)
         assert action.choices == _resolved(spec.choices), (words, name)
 
 
+def test_the_demo_options_come_from_dataclasses_too():
+    for action in _own_actions(DEMO):
+        settings, name = action.settings_field
+        field, spec = options_of(settings)[name]
+        assert action.default == default_of(field) and action.choices == _resolved(spec.choices), name
+
+
 def test_cli_source_types_no_default_or_choices():
-    """The static half: no ``add_argument(..., default=/choices=)`` in cli.py (an option typed there would slip
-    past the dataclasses)."""
+    """The static half: no ``add_argument`` in cli.py or demo.py (an option typed there would slip past the
+    dataclasses)."""
     typed = []
-    for node in ast.walk(ast.parse(CLI_SOURCE.read_text())):
+    for node in ast.walk(ast.parse(CLI_SOURCE.read_text() + Path(demo.__file__).read_text())):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
             typed += [f"line {node.lineno}: {kw.arg}=" for kw in node.keywords if kw.arg in ("default", "choices")]
             typed.append(f"line {node.lineno}: add_argument (use capxai.options.add_options)")
