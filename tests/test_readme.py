@@ -112,3 +112,19 @@ def test_readme_commands_use_options_that_exist(line):
     known = {flag for action in parser._actions for flag in action.option_strings}
     used = [word for word in words if word.startswith("--")]
     assert used and set(used) <= known, set(used) - known
+
+
+def test_the_other_numbers_are_in_the_files_next_to_them():
+    """Outside the results block and the code, each number the README quotes stands in a sentence naming the
+    file that holds it (a date, a time), or is the package's own requirement (Python 3.10+)."""
+    prose = re.sub(r"```.*?```", "", README.replace(_block("results"), ""), flags=re.S)
+    for sentence in re.split(r"(?<=[.;])\s", " ".join(prose.split())):
+        numbers = re.findall(r"\d+ min \d+ s|\d{4}-\d{2}-\d{2}", sentence)
+        if not numbers:
+            continue
+        cited = [ROOT / path for path in re.findall(r"`((?:docs|tests)/[^`]+\.md)`", sentence)]
+        assert cited, f"README: {numbers} without the file they come from: {sentence!r}"
+        text = "\n".join(path.read_text() for path in cited)
+        assert all(number in text for number in numbers), (numbers, sentence)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.10"' in pyproject and "Python 3.10+" in README
