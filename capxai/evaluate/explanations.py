@@ -30,6 +30,7 @@ from capxai.explain.explainers import GRADIENT_FAMILY, explain_gradient_family
 from capxai.models import beam_search
 from capxai.runtime import RunSettings
 from capxai.interrupts import stoppable
+from capxai.options import POSITIVE, float_between, option
 
 __all__ = ["ExplanationSettings", "evaluate_explanations", "spread_positions", "tables_markdown", "roc_points"]
 
@@ -43,17 +44,20 @@ class ExplanationSettings:
     methods: Sequence[str] = dataclasses.field(default_factory=lambda: tuple(METHODS.names()))
     beam_size: int = 3
     max_length: int = 16
-    batch_size: int = 50
+    batch_size: int = option(50, flag="--explain-batch-size", type=POSITIVE, help="images explained at once")
     composite: str = "paper"
-    pointing_tolerance: float = 0.0  # pixels of the model's input a box is grown by in the pointing game
-    grid: int = 8
-    patches: int = 20
+    pointing_tolerance: float = option(0.0, type=float_between(0, 1000), help="pixels of the model's input a box "
+                                       "is grown by in the pointing game")
+    grid: int = option(8, flag="--ablation-grid", type=POSITIVE, help="patches per image side for image ablation")
+    patches: int = option(20, flag="--ablation-patches", type=POSITIVE, help="patches blanked per word")
     deleted_words: int = 3
     min_preceding: int = 6
-    ablation: bool = True
+    ablation: bool = option(True, flag="--no-ablation", help="skip the ablation experiments")
     curve_steps: int = 8  # points of the insertion / deletion curves after 0 (faithfulness.curves)
     seed: int = 0
-    limit: Optional[int] = None  # explain N images spread evenly over the split (None: all)
+    limit: Optional[int] = option(None, flag="--explain-limit", type=POSITIVE, help="measure explanations on N "
+                                  "images spread evenly over the split (captions, metrics and CHAIR still use every "
+                                  "image)")
     guidance: Optional[Callable] = None  # the captions' beam-search score adjustment (guided decoding), if any
 
     def __post_init__(self):
