@@ -14,7 +14,7 @@ CUDA_SHIM := build/cuda-toolkit
 export MAX_JOBS ?= 2
 
 .PHONY: demo demo-check test test-all durability-check bench build browser cuda-check gpu-check gpu-bench gpu-prebuild \
-	gpu-wheels cpp-test lint e2e-check clean help
+	gpu-wheels cpp-test lint e2e-check wheel-check clean help
 
 help:
 	@echo "make demo        set up .venv, build the extension, run the main job (writes runs/demo/)"
@@ -34,6 +34,8 @@ help:
 	@echo "make gpu-wheels  wheels of zennit, captum, pycocotools for a GPU machine without network (.whl/)"
 	@echo "make cpp-test    build csrc/ with CMake and run the C++ tests with ctest"
 	@echo "make lint        ruff over the Python code (pyproject.toml's [tool.ruff]; CI runs it)"
+	@echo "make wheel-check python -m build (sdist, wheel from it, isolated), both installed in a fresh venv"
+	@echo "                 (build/wheel-check/venv), the op tests against the installed package (CI runs it)"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -149,6 +151,15 @@ cpp-test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check capxai tests benchmarks tools examples
+
+# capxai as a user installs it (issue 37): the sdist and the wheel built from it by python -m build in build isolation,
+# torch in each build environment pinned to the dev venv's (the extension loads only under the torch it was compiled
+# against); a fresh venv with that torch from the package registry (35-100 s here, as a user gets it, with nothing of
+# the dev venv on its path), the wheel with its core dependencies, the op tests run from outside the checkout against
+# the installed package; then pip's own isolated build of the sdist installed over it. Steps and times:
+# tools/wheel_check.sh. Everything under build/wheel-check/ (5.5 GB; each isolated build takes 5.5 GB more in /tmp).
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) tools/wheel_check.sh $(PY)
 
 clean:
 	rm -rf build runs/bench $(EXTENSION) *.egg-info

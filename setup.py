@@ -3,7 +3,10 @@
 C++ kernels always (OpenMP, -O3). CUDA kernels when a GPU is visible and nvcc is found, or when FORCE_CUDA=1
 (the torchvision/detectron2 convention, for building on a machine without a GPU); CAPXAI_NO_CUDA=1 turns CUDA off;
 CAPXAI_DEBUG_INFO=1 keeps the C++ debug info (-g), which is left out by default.
-Build as `pip install --no-build-isolation -e .` (isolation would pull a second multi-GB torch).
+Development: `pip install --no-build-isolation -e .` (make build), against the venv's torch, in about a minute.
+Isolated builds (`pip install .`, of the sdist, `python -m build`) put torch in the build environment (about 5 GB,
+35 s to 2 min here): it must be the torch the package will run with, which a build constraint pins (pyproject.toml's
+[build-system] says how; make wheel-check does it).
 """
 import glob
 import importlib.util

@@ -11,6 +11,8 @@ import torch
 
 EXTENSION_PATH_VARIABLE = "CAPXAI_EXTENSION"
 BUILD_HINT = "build it with `make build` (or `pip install --no-build-isolation -e .`) in the capxai checkout"
+REBUILD_HINT = ("or rebuild capxai against the torch installed: `make build` in a checkout, or `pip install "
+                "--no-build-isolation --force-reinstall --no-deps` of its sdist or folder")
 
 
 def _load_from_file(path):
@@ -39,7 +41,7 @@ def _check_torch_matches(module):
     running = torch.__version__.split("+")[0]
     if module.torch_version != running:
         raise ImportError(f"capxai._C was built against torch {module.torch_version} but torch {running} is "
-                          f"imported; rebuild the extension: {BUILD_HINT}.")
+                          f"imported: install torch=={module.torch_version}, {REBUILD_HINT}.")
 
 
 extension = _load()

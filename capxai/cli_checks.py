@@ -9,6 +9,7 @@ import sys
 from typing import Callable, NoReturn, Optional
 
 from capxai._io import no_space_cause
+from capxai._optional import MissingExtra
 from capxai.interrupts import Interrupted, StopSignals  # noqa: F401 (Interrupted: part of this module's API)
 from capxai.nn.function_rules import NoRelevanceRule
 
@@ -36,8 +37,9 @@ def message_of(error: BaseException) -> str:
     return text.splitlines()[0] if text.count("\n") > 3 else text.replace("\n", " ")
 
 
-# bad values, missing / unreadable / unwritable files and folders, a model with a part LRP has no rule for
-EXPECTED = (ValueError, OSError, NoRelevanceRule)
+# bad values, missing / unreadable / unwritable files and folders, a model with a part LRP has no rule for, an optional
+# package the command needs (its message names the extra: pip install 'capxai[...]')
+EXPECTED = (ValueError, OSError, NoRelevanceRule, MissingExtra)
 
 
 def run_command(name: str, command: Callable[[], int], debug: bool, resumable: bool,

@@ -16,7 +16,6 @@ from capxai.data.captions import default_transform, image_id_of, open_image, ope
 from capxai.explain import Explanation, make_explainer
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings
-from capxai.report.figures import word_figures
 from capxai.interrupts import stoppable
 
 def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[Path], out_dir,
@@ -36,6 +35,8 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     out_dir = Path(out_dir)
     if captions is not None and len(captions) != len(image_paths):
         raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
+    if figures:  # before any work: the figures need matplotlib (capxai[report])
+        from capxai.report.figures import word_figures
     output = OutputFolder(out_dir, "explain")
     for method in methods:
         target = out_dir / method / "explanation.pt"

@@ -16,11 +16,13 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from capxai._optional import require
 from capxai.data.vocabulary import END, PAD, SPECIALS, START, UNK
 from capxai.models.captioner import Captioner, State
 
 PAD_ID, START_ID, END_ID, UNK_ID = (SPECIALS.index(token) for token in (PAD, START, END, UNK))  # capxai's ids
 CAPXAI_IDS = (PAD_ID, START_ID, END_ID)
+HF_PURPOSE = "a Hugging Face captioner or encoder (capxai.models.hf)"
 WORD_OFFSET = len(SPECIALS)  # a remapped captioner's id of the model's token j is WORD_OFFSET + j
 SUPPORTED = {"VisionEncoderDecoderModel": "a ViT encoder ('vit') with a GPT-2 decoder ('gpt2')",
              "BlipForConditionalGeneration": "BLIP's captioning model: its ViT and its BERT decoder"}
@@ -243,6 +245,7 @@ def _calls_torch_gelu(activation: nn.Module) -> bool:
 
 def vit(image_size: int = 96, patch_size: int = 8, width: int = 64, layers: int = 2, heads: int = 2) -> HFImageEncoder:
     """A fresh Hugging Face ViT (built from its config, no download) as capxai's encoder."""
+    require("transformers", HF_PURPOSE)
     from transformers import ViTModel
 
     return HFImageEncoder(ViTModel(_vit_config(image_size, patch_size, width, layers, heads), add_pooling_layer=False))
@@ -251,6 +254,7 @@ def vit(image_size: int = 96, patch_size: int = 8, width: int = 64, layers: int 
 def gpt2(vocab_size: int, feature_dim: int, width: int = 64, layers: int = 2, heads: int = 2, max_positions: int = 24,
          dropout: float = 0.1) -> HFCaptioner:
     """A fresh Hugging Face GPT-2 with cross-attention over ``feature_dim``-wide tokens as capxai's captioner."""
+    require("transformers", HF_PURPOSE)
     from transformers import GPT2LMHeadModel
 
     config = _gpt2_config(vocab_size, width, layers, heads, max_positions, dropout)
@@ -263,6 +267,7 @@ def vit_gpt2(vocab_size: int, image_size: int = 96, patch_size: int = 8, width: 
     """A ``VisionEncoderDecoderModel`` (ViT + GPT-2) built from configs, no download, sized for 2 CPU cores by
     default. Token ids follow capxai's vocabulary (``<pad>`` 0, ``<start>`` 1, ``<end>`` 2), so ``generate`` and
     capxai's decoding agree; GELU is ``F.gelu`` (``"gelu"``), which the generic LRP path covers."""
+    require("transformers", HF_PURPOSE)
     from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(

@@ -9,6 +9,7 @@ from typing import Callable, List, Sequence, Union
 import torch
 from torch import nn
 
+from capxai._optional import require
 from capxai.data.vocabulary import SPECIALS, Vocabulary
 from capxai.models import hf
 
@@ -76,7 +77,7 @@ class LocalHFModel:
 def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LocalHFModel:
     """A local ``save_pretrained`` folder of a ``VisionEncoderDecoderModel`` (ViT + GPT-2) or of BLIP's captioning
     model, with its image processor and tokenizer, ready to explain (evaluation mode, on ``device``)."""
-    import transformers
+    transformers = require("transformers", "a Hugging Face model folder (--hf-model)")
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     folder = Path(folder)

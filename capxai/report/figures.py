@@ -4,15 +4,15 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
+from capxai._io import atomic_path
+from capxai._optional import require
+from capxai.explain import Explanation
+
+require("matplotlib", "capxai's figures (capxai report, the word figures of capxai explain)").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from capxai._io import atomic_path  # noqa: E402
-from capxai.explain import Explanation  # noqa: E402
 
 SIGNED_COLOURS, UNSIGNED_COLOURS = "bwr", "inferno"
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from capxai._optional import require
 from capxai.models import beam_search
 from capxai.models.captioner import Captioner
 from capxai.train.lrp_weights import dropout_off, feature_weights, training_logits
@@ -26,7 +27,7 @@ def _cider_scorers():
     (its ``compute_cider`` would set the corpus size to the batch's; the property keeps the corpus's). Imported on
     first use: ``capxai.train`` imports this module, and a machine that only runs the ops (a GPU check) lacks
     pycocoevalcap."""
-    from pycocoevalcap.cider.cider_scorer import CiderScorer
+    CiderScorer = require("pycocoevalcap.cider.cider_scorer", "SCST's CIDEr reward").CiderScorer
 
     class CorpusCiderScorer(CiderScorer):
         corpus_size = 1

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from capxai._optional import require
 from capxai._io import file_sha256, json_writer, torch_save, write_together
 from capxai.data.captions import CaptionDataset, EpochOrder, choose_captions, collate, load_karpathy, open_split
 from capxai.data.vocabulary import SPECIALS, Vocabulary
@@ -150,6 +151,7 @@ def train(config: TrainConfig, split_file, image_root, out_dir, progress: bool =
     problems = check_config(config)
     if problems:
         raise ValueError(f"TrainConfig: {problems[0]}")
+    require("pycocoevalcap", "training (its validation CIDEr)")
     split_sha256 = file_sha256(split_file)
     last_path = out_dir / "last.pt"
     targets = [out_dir / name for name in TRAIN_FILES]
