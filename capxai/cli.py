@@ -168,6 +168,7 @@ def _finetune_table(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from capxai._optional import require
     from capxai.data.captions import image_id_of, open_split
     from capxai.evaluate.hallucination import load_hallucination_data
     from capxai.evaluate.explanations import ExplanationSettings, tables_markdown
@@ -175,6 +176,7 @@ def _evaluate(args) -> int:
     from capxai.models import load_trained
     from capxai._io import file_sha256
 
+    require("pycocoevalcap", "capxai evaluate (its caption metrics)")  # before the model captions a whole split
     run = _run_of(args)
     explanations = None
     if args.limit is not None and args.explanations is None:

@@ -140,3 +140,18 @@ def test_a_command_without_its_extra_is_one_line_naming_it(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip() == ("capxai report: capxai's figures (capxai report, the word figures of capxai "
                                      "explain) needs matplotlib, which is not installed: pip install 'capxai[report]'")
+
+
+def test_evaluate_without_the_caption_metrics_says_so_before_any_work(tmp_path):
+    """`capxai evaluate` where pycocoevalcap is not installed stops before loading a model or captioning a split."""
+    (tmp_path / "best.pt").write_bytes(b"not read: the check comes first")
+    (tmp_path / "split.json").write_text("{}")
+    code = ("import sys\nsys.modules['pycocoevalcap'] = None\nfrom capxai.cli import main\n"
+            f"sys.exit(main(['evaluate', '--checkpoint', {str(tmp_path / 'best.pt')!r}, '--split-file', "
+            f"{str(tmp_path / 'split.json')!r}, '--image-root', {str(tmp_path)!r}, '--out', "
+            f"{str(tmp_path / 'out')!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == ("capxai evaluate: capxai evaluate (its caption metrics) needs pycocoevalcap, "
+                                     "which is not installed: pip install 'capxai[eval]'")
+    assert not (tmp_path / "out").exists()

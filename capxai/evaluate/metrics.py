@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Mapping, Sequence
 
+from capxai._optional import require
 from capxai._io import atomic_write_json, raise_if_no_space
 
 
@@ -75,6 +76,7 @@ def caption_metrics(references: Mapping[int, Sequence[str]], candidates: Mapping
     empty = [image_id for image_id, caption in candidates.items() if not str(caption).strip()]
     if empty:
         raise ValueError(f"caption_metrics: empty candidate captions for image ids {empty[:5]}")
+    require("pycocoevalcap", "caption_metrics (BLEU, METEOR, ROUGE-L, CIDEr)")
     if shutil.which("java") is None:
         raise RuntimeError("caption_metrics: pycocoevalcap needs Java (java on PATH) for tokenisation and METEOR")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
