@@ -24,11 +24,17 @@ train at once, sharing the cores; on one GPU one after the other, with several G
 the same on every device, so the numbers stay comparable (a GPU sums in another order: captions and scores may differ in
 the last digits, and a caption that differs in one word changes its image's scores). Where the work runs is not a
 setting of the demo folder: a demo started on the CPU may be resumed on a GPU.
+
+``run_demo(..., in_process=True)`` runs the same commands as calls of ``capxai.cli.main`` in the calling process, one
+after the other (the tests' tiny demo: a command's own process costs seconds to start Python and torch, and METEOR's
+Java once per evaluation).
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -37,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -264,10 +271,12 @@ def choose_report_images(evaluation: Path, scenes: Path, count: int) -> List[dic
 
 
 class Runner:
-    """Runs stages as ``python -m capxai`` processes, logs to ``OUT/logs``, times every stage, stops all on Ctrl-C."""
+    """Runs stages as ``python -m capxai`` processes, logs to ``OUT/logs``, times every stage, stops all on Ctrl-C.
+    With ``in_process``, each stage is a call of ``capxai.cli.main`` in this process instead (one at a time: a
+    command's output goes to ``sys.stdout`` and its training seeds the global random generators)."""
 
-    def __init__(self, out: Path, threads: int):
-        self.out, self.threads = out, threads
+    def __init__(self, out: Path, threads: int, in_process: bool = False):
+        self.out, self.threads, self.in_process = out, threads, in_process
         self.times: Dict[str, dict] = {}
         self.children: List[subprocess.Popen] = []
         self.lock = threading.Lock()
@@ -295,22 +304,44 @@ class Runner:
             bar.close()
 
     def _run(self, log_name: str, arguments: List[str]) -> None:
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-                       "PYTHONUNBUFFERED": "1"}
         log = self.out / "logs" / f"{log_name}.log"
         with open(log, "a") as handle:
             handle.write(f"\n$ capxai {' '.join(arguments)}\n")
             handle.flush()
-            with self.lock:  # stop() cannot slip between the check and the registration
-                if self.stopping.is_set():
-                    raise KeyboardInterrupt
-                child = subprocess.Popen([sys.executable, "-m", "capxai", *arguments], stdout=handle,
-                                         stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-                self.children.append(child)
-            code = child.wait()
+            code = self._call(arguments, handle) if self.in_process else self._spawn(arguments, handle)
         if code != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
             raise RuntimeError(f"capxai {arguments[0]} failed (exit {code}); the end of {log}:\n{tail}")
+
+    def _spawn(self, arguments: List[str], log) -> int:
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+                       "PYTHONUNBUFFERED": "1"}
+        with self.lock:  # stop() cannot slip between the check and the registration
+            if self.stopping.is_set():
+                raise KeyboardInterrupt
+            child = subprocess.Popen([sys.executable, "-m", "capxai", *arguments], stdout=log,
+                                     stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+            self.children.append(child)
+        return child.wait()
+
+    @staticmethod
+    def _call(arguments: List[str], log) -> int:
+        """``capxai.cli.main(arguments)`` writing to ``log``; the random generators its training seeds (Python's,
+        numpy's, torch's) are given back as they were, as if the command had run in a process of its own."""
+        from capxai import cli
+
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        try:
+            with torch.random.fork_rng(devices=cuda), contextlib.redirect_stdout(log), \
+                    contextlib.redirect_stderr(log):
+                code = cli.main(arguments)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        if code in (130, 143):  # Ctrl-C or SIGTERM stopped the command (its exit status): the demo stops too
+            raise KeyboardInterrupt
+        return code
 
     def _record(self, key: str, seconds: Optional[float], bar) -> None:
         with self.lock:
@@ -388,23 +419,26 @@ def captioner_devices(device: str, workers: int, captioners: Sequence[str] = CAP
 
 
 def run_demo(out: Path, config: DemoConfig, overwrite: bool = False, workers: int = len(CAPTIONERS),
-             device: str = "cpu") -> dict:
+             device: str = "cpu", in_process: bool = False) -> dict:
     """Runs (or resumes) the demo in ``out`` on ``device`` (see the module's docstring); returns the stage times
-    written to ``OUT/demo.json``."""
+    written to ``OUT/demo.json``. ``in_process``: every command a call in this process, one after the other
+    (``workers`` is then 1), rather than a process of its own."""
     unknown = [captioner for captioner in config.captioners if captioner not in CAPTIONERS]
     if unknown or not config.captioners:
         raise ValueError(f"DemoConfig.captioners must be some of {CAPTIONERS}, got {tuple(config.captioners)}")
     devices = captioner_devices(device, workers, config.captioners)  # checked before anything is written
     if len(set(devices.values())) == 1 and devices[config.captioners[0]] != "cpu":
         workers = 1  # one GPU: the captioners one after the other, each with the whole GPU
+    if in_process:
+        workers = 1  # the commands share this process's output streams and random generators
     _check_folder(out, config, overwrite)
     demo = Demo(out, config, devices)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    runner = Runner(out, threads)
+    runner = Runner(out, threads, in_process)
     started = time.perf_counter()
+    how = "in this process" if in_process else f"{workers} worker(s) x {threads} thread(s)"
     print(f"capxai demo -> {out} ({'quick' if config == QUICK else 'full'}: {config.scenes[0]} training scenes, "
-          f"{config.epochs} epochs; {workers} worker(s) x {threads} thread(s) on "
-          f"{', '.join(sorted(set(devices.values())))}; logs in {out / 'logs'})")
+          f"{config.epochs} epochs; {how} on {', '.join(sorted(set(devices.values())))}; logs in {out / 'logs'})")
     errors: List[BaseException] = []
 
     def chain(label, stages, position):

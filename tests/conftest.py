@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import capxai
+from helpers import torch_threads
 
 # docs/LRP_RULES.md, property 2: fused kernel == reference.
 TOLERANCES = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -79,9 +80,11 @@ TINY_DEMO = _tiny_demo_config()
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A finished demo on a tiny configuration (every stage, the four captioners, the report): (folder, stage
-    times)."""
+    times). Its commands run in this process, one thread, one after the other (a process of its own cost each about
+    4 s to start; test_demo.py's e2e test runs the demo's processes)."""
     from capxai import demo
 
     out = tmp_path_factory.mktemp("demo") / "run"
-    times = demo.run_demo(out, TINY_DEMO, workers=2)
+    with torch_threads(1):
+        times = demo.run_demo(out, TINY_DEMO, in_process=True)
     return out, times

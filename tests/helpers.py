@@ -2,7 +2,7 @@
 
 - comparison: :func:`assert_matches` and its tolerances (:data:`RTOL`);
 - tiny configurations: :data:`TINY` (the CLI-level tests) and :data:`TINY_TRAINING` (the training tests), built on
-  first use;
+  first use; :func:`torch_threads` (the tiny demo's one thread);
 - input builders for the ops: :func:`make_linear_inputs`, :func:`make_lstm_inputs`, :func:`make_additive_inputs`,
   :func:`make_sdpa_inputs`, :func:`make_mask`;
 - tiny captioners for the explainers: :func:`make_captioner`, :func:`make_encoder`, :func:`make_captions`,
@@ -14,6 +14,7 @@ It imports only torch at module level (capxai's modules inside the helpers that 
 ones among them, import it without pulling in the training, explanation and report stacks (tests/test_gpu_check.py
 collects the CUDA test files without what a GPU machine lacks).
 """
+import contextlib
 import functools
 import json
 import math
@@ -61,6 +62,21 @@ def __getattr__(name):
     if name in ("TINY", "TINY_TRAINING"):
         return _tiny_configs()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to ``count`` inside the block, and back afterwards.
+
+    The tiny demo runs with one (as each of ``make demo``'s workers does on 2 cores): its models are too small to gain
+    from a second thread, and a second one spins while the other core is busy. In this process on the 2-core VM, one
+    thread took 38 s, two 127 s (docs/experiments/test-tiers/README.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- input builders for the ops ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from capxai import demo
 from capxai._io import atomic_write_json
 
 from conftest import TINY_DEMO as TINY
+from helpers import torch_threads
 
 
 def test_every_stage_ran_and_wrote_its_result(tiny_demo):
@@ -25,8 +26,8 @@ def test_every_stage_ran_and_wrote_its_result(tiny_demo):
         assert (out / f"explain-{captioner}-contrast" / "lrp" / "explanation.pt").is_file()
         tuning = ("finetune lrp", "finetune baseline", "finetune gated", "evaluate lrp", "evaluate gated")
         stages = ("train", "evaluate", "explain", "explain contrast") + (tuning if tuned else ())
-        for stage in stages:
-            assert times["stages"][f"{captioner} {stage}"]["seconds"] > 0
+        for stage in stages:  # run, not reused (a stage in this process may round to 0.0 s)
+            assert times["stages"][f"{captioner} {stage}"]["seconds"] is not None
         assert tuned or not (out / f"finetune-{captioner}-lrp").exists()
     assert demo.CAPTIONERS == ("adaptive", "multihead", "transformer", "hf-vit-gpt2")
     table = json.loads((out / "finetune" / "finetune_table.json").read_text())
@@ -42,15 +43,84 @@ def test_second_run_reuses_every_stage_and_recomputes_only_what_is_missing(tiny_
     out, _ = tiny_demo
     checkpoint = out / "captioner-adaptive" / "best.pt"
     before = checkpoint.stat().st_mtime_ns
-    times = demo.run_demo(out, TINY, workers=1)
+    with torch_threads(1):
+        times = demo.run_demo(out, TINY, in_process=True)
     assert all(entry.get("note") == "reused" for name, entry in times["stages"].items()
                if name not in ("finetune table", "report"))
     assert checkpoint.stat().st_mtime_ns == before
     (out / "eval-multihead-lrp" / "metrics_test_beam3.json").unlink()  # as if stopped during that evaluation
-    times = demo.run_demo(out, TINY, workers=1)
-    recomputed = [name for name, entry in times["stages"].items() if entry.get("seconds")]
+    with torch_threads(1):
+        times = demo.run_demo(out, TINY, in_process=True)
+    recomputed = [name for name, entry in times["stages"].items() if entry.get("note") != "reused"]
     assert recomputed == ["multihead evaluate lrp", "finetune table", "report"]
     assert "reused" in capsys.readouterr().out
+
+
+def test_commands_in_process_leave_the_process_as_they_found_it(tiny_trained, tmp_path):
+    """A command run in this process (the tests' demo) writes its output to its log, and leaves the random
+    generators its training seeded, torch's threads, the signal handlers, the working folder and the output streams
+    as they were; a failing one names its log, as a process of its own does."""
+    import os
+    import random
+    import signal
+    import sys
+
+    import numpy as np
+    import torch
+
+    _, data = tiny_trained
+    runner = demo.Runner(tmp_path, threads=1, in_process=True)
+    train = ["train", "--split-file", str(data / "dataset_scenes.json"), "--image-root", str(data), "--epochs", "1",
+             "--seed", "5", "--device", "cpu", "--workers", "0", *TINY.train_arguments]
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+
+    def state():
+        return (torch.random.get_rng_state(), random.getstate(), str(np.random.get_state()), torch.get_num_threads(),
+                signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), os.getcwd(), sys.stdout, sys.stderr)
+
+    before = state()
+    with torch_threads(1):
+        runner.run_chain("adaptive", [demo.Stage("train", lambda: [*train, "--out", str(tmp_path / "model")],
+                                                 lambda: False)])
+    after = state()
+    assert torch.equal(before[0], after[0]) and before[1:] == after[1:]
+    assert (tmp_path / "model" / "best.pt").is_file()
+    assert "$ capxai train" in (tmp_path / "logs" / "adaptive.log").read_text()
+    with pytest.raises(RuntimeError, match=r"(?s)capxai train failed \(exit 2\).*adaptive\.log.*argument --hidden"):
+        runner.run_chain("adaptive", [demo.Stage("train", lambda: [*train, "--out", str(tmp_path / "other"),
+                                                                   "--hidden", "0"], lambda: False)])
+    assert state()[3:] == before[3:]
+
+
+def test_ctrl_c_during_a_command_in_process_stops_the_demo(tmp_path):
+    """Ctrl-C while a command runs in this process stops the demo (KeyboardInterrupt, as in the demo's own process),
+    not reported as a command that failed."""
+    import os
+    import signal
+    import threading
+
+    runner = demo.Runner(tmp_path, threads=1, in_process=True)
+    log = tmp_path / "logs" / "demo.log"
+    scenes = ["data", "scenes", "--out", str(tmp_path / "scenes"), "--train", "100000", "--val", "1", "--test", "1"]
+    finished = threading.Event()
+
+    def ctrl_c_once_drawing():  # the command's progress bar in its log: it is inside the command (minutes of work)
+        while not finished.wait(0.05):
+            if log.is_file() and "scenes:" in log.read_text():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    pressing = threading.Thread(target=ctrl_c_once_drawing)
+    pressing.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_chain("demo", [demo.Stage("scenes", lambda: scenes, lambda: False)])
+    finally:
+        finished.set()
+        pressing.join()
+    assert "capxai data scenes: interrupted" in log.read_text()
 
 
 def test_a_folder_with_other_settings_is_refused(tiny_demo):
