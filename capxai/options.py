@@ -108,8 +108,12 @@ def add_options(parser, settings: type, only: Optional[Iterable[str]] = None, ex
             continue
         field, spec = fields[name]
         must = spec.required or name in set(required)
-        kwargs: Dict[str, Any] = {"help": (help or {}).get(name, _resolved(spec.help)) or None}
         default = default_of(field)
+        text = (help or {}).get(name, _resolved(spec.help))
+        shown = default is not None and not isinstance(default, bool) and spec.action != "count"
+        if shown and "default" not in (text or ""):  # the field's default, said once, where the user looks for it
+            text = f"{text} (default {default})" if text else f"default {default}"
+        kwargs: Dict[str, Any] = {"help": text or None}
         action = spec.action or (("store_false" if default else "store_true") if field.type in (bool, "bool")
                                  else None)
         if action in ("store_true", "store_false", "count"):

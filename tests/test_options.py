@@ -126,3 +126,13 @@ def test_add_options_from_a_dataclass():
     assert not any(action.dest == "api_only" for action in parser._actions)
     with pytest.raises(ValueError, match="no command-line field 'api_only'"):
         add_options(argparse.ArgumentParser(), _Demo, only=["api_only"])
+
+
+@pytest.mark.parametrize("words,parser", COMMANDS, ids=[" ".join(words) for words, _ in COMMANDS])
+def test_the_help_says_each_default(words, parser):
+    for action in _own_actions(parser):
+        if action.default is None or isinstance(action.default, bool) or isinstance(action, argparse._CountAction):
+            continue
+        assert "default" in action.help, (words, action.dest)
+        if "(default " in action.help or action.help.startswith("default "):
+            assert f"default {action.default}" in action.help, (words, action.dest, action.help)
