@@ -56,6 +56,9 @@ class RelevanceRules(TorchFunctionMode):
         super().__init__()
         self.settings = settings
         self._weights: Dict[int, weakref.ref] = {}  # gates and attention weights: constant factors of a product
+        # an RMS-type normaliser's statistics (constants): "moment" (a power of a signal, its mean, plus eps), "scale"
+        # (its rsqrt / sqrt / reciprocal); id -> (tensor, kind)
+        self._statistics: Dict[int, tuple] = {}
 
     def mark_weight(self, tensor: Tensor) -> Tensor:
         self._weights[id(tensor)] = weakref.ref(tensor)
@@ -64,6 +67,34 @@ class RelevanceRules(TorchFunctionMode):
     def is_weight(self, value) -> bool:
         reference = self._weights.get(id(value)) if isinstance(value, Tensor) else None
         return reference is not None and reference() is value
+
+    def mark_statistic(self, tensor: Tensor, kind: str) -> Tensor:
+        self._statistics[id(tensor)] = (weakref.ref(tensor), kind)
+        return tensor
+
+    def statistic_kind(self, value) -> Optional[str]:
+        """"moment", "scale" or None: what ``value`` is of an RMS-type normaliser (see :func:`_power`)."""
+        entry = self._statistics.get(id(value)) if isinstance(value, Tensor) else None
+        return entry[1] if entry is not None and entry[0]() is value else None
+
+    def _follow_statistics(self, func, args, kwargs, result):
+        """A function of statistics is one: a moment stays a moment through means, sums and added constants, and
+        becomes a scale through ``rsqrt``, ``sqrt``, ``reciprocal`` or a negative power."""
+        kinds = {self.statistic_kind(x) for x in (*args, *kwargs.values())} - {None}
+        if not kinds or not isinstance(result, Tensor):
+            return result
+        kind = "moment" if "moment" in kinds else "scale"
+        if kind == "moment" and (func in _INVERSES or (func in _POWERS and _exponent(args, kwargs) < 0)):
+            kind = "scale"
+        return self.mark_statistic(result, kind)
+
+    def refuse_moments(self, func, operands) -> None:
+        """A signal combined with a raw moment of a signal (``x * x.pow(2)``) has no rule: only its inverse square
+        root (or reciprocal) scales a signal, as an RMS normaliser does."""
+        if any(self.statistic_kind(x) == "moment" for x in operands):
+            raise NoRelevanceRule(f"capxai.nn.relevance_rules: {_name(func)} of a signal and a power of a signal "
+                                  "that is not a normaliser's scale (only rsqrt / sqrt / reciprocal of a moment "
+                                  "scales a signal: RMSNorm); no relevance rule for it")
 
     def _keep_weight_mark(self, args, result):
         """A view or copy of weights (``alpha.unsqueeze(-1)``) is weights too."""
@@ -75,7 +106,8 @@ class RelevanceRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not torch.is_grad_enabled() or not (_carries(args) or _carries(tuple(kwargs.values()))):
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            return self._follow_statistics(func, args, kwargs, result) if self._statistics else result
         handler = _HANDLERS.get(func)
         if handler is not None:
             return handler(self, func, args, kwargs)
@@ -98,6 +130,7 @@ def _plain(func, args, kwargs):
 
 def _sum(mode: RelevanceRules, func, args, kwargs, signs):
     """``a + b`` / ``a - b`` (``signs`` of the two operands, as written): epsilon rule over the carrying terms."""
+    mode.refuse_moments(func, args[:2])
     z = _plain(func, args, kwargs)
     alpha = kwargs.get("alpha", 1)
     terms, term_signs = [], []
@@ -133,6 +166,7 @@ def _in_place(out_of_place, signs):
 
 def _multiply(mode: RelevanceRules, func, args, kwargs):
     a, b = args[0], args[1]
+    mode.refuse_moments(func, (a, b))
     if not (_carries(a) and _carries(b)):  # scaling by a constant passes the relevance
         source = a if _carries(a) else b
         return PassRule.apply(source, _plain(func, args, kwargs))
@@ -142,10 +176,31 @@ def _multiply(mode: RelevanceRules, func, args, kwargs):
 
 
 def _divide(mode, func, args, kwargs):
+    mode.refuse_moments(func, args[:2])
     if _carries(args[1]):
         raise NoRelevanceRule("capxai.nn.relevance_rules: no relevance rule for a division by a "
                                   "relevance-carrying tensor (a normalisation: use torch.nn.LayerNorm)")
     return PassRule.apply(args[0], _plain(func, args, kwargs))
+
+
+def _exponent(args, kwargs):
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent", 2)  # torch.square: 2
+    return exponent.item() if isinstance(exponent, Tensor) and exponent.numel() == 1 else exponent
+
+
+def _power(mode: RelevanceRules, func, args, kwargs):
+    """``x.pow(p)`` / ``x ** p`` / ``torch.square(x)`` of a signal: the moment of an RMS-type normaliser
+    (``x * rsqrt(mean(x ** 2) + eps)``: Hugging Face's RMSNorm of LLaMA, Qwen, Gemma, SmolVLM; QK-norm). AttnLRP's
+    identity rule on the normalisation holds the statistic constant: the power is computed without relevance and
+    marked a moment; its ``rsqrt`` (``sqrt``, ``reciprocal``) is a scale, and a signal times a scale passes its
+    relevance unchanged (the identity rule, exact). A moment used any other way (``x * x ** 2``) is refused."""
+    exponent = _exponent(args, kwargs)
+    if _carries(exponent) or not isinstance(exponent, (int, float)):
+        raise NoRelevanceRule(f"capxai.nn.relevance_rules: {_name(func)} with a tensor exponent has no relevance "
+                              "rule")
+    if exponent == 1:
+        return PassRule.apply(args[0], _plain(func, args, kwargs))
+    return mode.mark_statistic(_plain(func, args, kwargs), "moment" if exponent > 0 else "scale")
 
 
 def _pass(mode, func, args, kwargs):
@@ -301,6 +356,7 @@ _HANDLER_NAMES = {
     _pass: ("torch.neg", "Tensor.neg", "Tensor.__neg__", "torch.relu", "Tensor.relu", "F.relu", "torch.tanh",
             "Tensor.tanh", "F.tanh", "F.gelu", "F.silu", "F.elu", "F.leaky_relu", "F.softplus", "F.mish"),
     _gate: ("torch.sigmoid", "Tensor.sigmoid", "F.sigmoid"),
+    _power: ("torch.pow", "Tensor.pow", "Tensor.__pow__", "torch.square", "Tensor.square"),
     _reduce(True): ("torch.mean", "Tensor.mean"),
     _reduce(False): ("torch.sum", "Tensor.sum"),
     _linear: ("F.linear",),
@@ -309,13 +365,16 @@ _HANDLER_NAMES = {
     _einsum: ("torch.einsum",),
     _addmm: ("torch.addmm", "Tensor.addmm"),
     _affine((1, 2)): ("torch.baddbmm", "Tensor.baddbmm"),  # GPT-2's reorder_and_upcast_attn scores
-    _affine((0,)): ("torch.conv1d", "torch.conv2d", "F.conv1d", "F.conv2d"),
+    _affine((0,)): ("torch.conv1d", "torch.conv2d", "torch.conv3d", "F.conv1d", "F.conv2d", "F.conv3d"),
     _softmax: ("torch.softmax", "Tensor.softmax", "F.softmax"),
     _layer_norm: ("F.layer_norm",),
     _sdpa: ("F.scaled_dot_product_attention",),
     _lstm_cell: ("torch.lstm_cell",),
 }
 _HANDLERS = {function: handler for handler, names in _HANDLER_NAMES.items() for function in _functions(*names)}
+_POWERS = frozenset(_functions("torch.pow", "Tensor.pow", "Tensor.__pow__", "torch.square", "Tensor.square"))
+_INVERSES = frozenset(_functions("torch.rsqrt", "Tensor.rsqrt", "torch.sqrt", "Tensor.sqrt", "torch.reciprocal",
+                                 "Tensor.reciprocal"))
 
 # functions that only select, copy or rearrange values: their gradient routes relevance exactly
 _ROUTING = frozenset(_functions(
