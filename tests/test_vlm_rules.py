@@ -141,3 +141,28 @@ def test_a_power_used_other_than_as_a_normaliser_is_refused(misuse):
     x = torch.randn(2, 4, dtype=torch.float64)
     with pytest.raises(NoRelevanceRule, match="relevance rule"):
         relevance(misuse, x)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_whole_llama_decoder_conserves(attention):
+    """A tiny LLaMA (grouped-query attention, RoPE, RMSNorm, SwiGLU; no biases) through the generic path in mode
+    "constant": the explained logit is shared by the input embeddings up to float32 (HF's RMSNorm upcast)."""
+    from transformers import LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                         attn_implementation=attention)
+    torch.manual_seed(6)
+    model = frozen(LlamaForCausalLM(config))
+    embeddings = model.get_input_embeddings()(torch.tensor([[1, 5, 7, 9, 3]]))
+    relevances = []
+    for word in (0, 1):
+        x = embeddings.detach().clone().requires_grad_()
+        with capxai.lrp(eps=EPS) as settings, relevance_rules(settings):
+            z = model(inputs_embeds=x, use_cache=False).logits[0, -1]
+        start = torch.zeros_like(z)
+        start[word] = z[word].detach()
+        (r,) = torch.autograd.grad(z, x, grad_outputs=start)
+        torch.testing.assert_close(r.sum(), z[word].detach(), **FLOAT32_SUM)
+        relevances.append(r)
+    assert not torch.allclose(relevances[0], relevances[1])  # two words, two explanations
