@@ -166,3 +166,44 @@ def test_a_whole_llama_decoder_conserves(attention):
         torch.testing.assert_close(r.sum(), z[word].detach(), **FLOAT32_SUM)
         relevances.append(r)
     assert not torch.allclose(relevances[0], relevances[1])  # two words, two explanations
+
+
+def test_a_tiny_llava_explains_pixels_and_text_and_conserves():
+    """LLaVA (a CLIP vision tower, an MLP projector, a LLaMA; the image features placed into the text embeddings
+    by ``masked_scatter``, which routes relevance as its gradient does): with biases, position and class embeddings
+    zeroed, the explained logit is shared by the pixels and the text embeddings (mode "constant", up to float32:
+    HF's RMSNorm); the placeholder tokens the image replaced get none."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    text = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=63, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default", image_seq_length=16)
+    torch.manual_seed(7)
+    model = frozen(LlavaForConditionalGeneration(config))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "position_embedding" in name or "class_embedding" in name:
+                parameter.zero_()
+    ids = torch.tensor([[1] + [63] * 16 + [5, 7, 9]])
+    leaves = []
+
+    def as_leaf(module, inputs, output):
+        leaves.append(output.detach().requires_grad_())
+        return leaves[-1]
+
+    hook = model.get_input_embeddings().register_forward_hook(as_leaf)
+    pixels = torch.rand(1, 3, 32, 32, dtype=torch.float64).requires_grad_()
+    try:
+        with capxai.lrp(eps=EPS) as settings, relevance_rules(settings):
+            z = model(input_ids=ids, pixel_values=pixels, use_cache=False).logits[0, -1]
+    finally:
+        hook.remove()
+    start = torch.zeros_like(z)
+    start[z.argmax()] = z.max().detach()
+    to_pixels, to_text = torch.autograd.grad(z, [pixels, leaves[0]], grad_outputs=start)
+    torch.testing.assert_close(to_pixels.sum() + to_text.sum(), z.max().detach(), **FLOAT32_SUM)
+    assert to_pixels.abs().sum() > 0 and bool(torch.isfinite(to_pixels).all())
+    assert to_text[0, 1:17].abs().sum() == 0  # the image placeholders: replaced by the image features

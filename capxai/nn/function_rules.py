@@ -389,7 +389,8 @@ _ROUTING = frozenset(_functions(
     "Tensor.__setitem__", "Tensor.select", "Tensor.narrow", "Tensor.index_select", "Tensor.gather", "Tensor.split",
     "Tensor.chunk", "Tensor.unbind", "Tensor.repeat", "Tensor.repeat_interleave", "Tensor.masked_fill",
     "Tensor.to", "Tensor.float", "Tensor.double", "Tensor.type", "Tensor.type_as", "Tensor.movedim", "Tensor.flip",
-    "Tensor.roll", "Tensor.T", "Tensor.mT", "Tensor.tile", "Tensor.view_as", "Tensor.__iter__"))
+    "Tensor.roll", "Tensor.T", "Tensor.mT", "Tensor.tile", "Tensor.view_as", "Tensor.__iter__",
+    "torch.masked_scatter", "Tensor.masked_scatter"))  # VLMs: image tokens placed into the text embeddings
 
 
 @contextlib.contextmanager
