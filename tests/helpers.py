@@ -315,3 +315,83 @@ def hostile_report(source, target):
     _poison_captions(target)
     _poison_tables(target)
     return build_report(target, progress=False)
+
+
+# -- tiny vision-language models of Hugging Face families (issue 38), random weights, float64 ---------------------
+def frozen(module):
+    """``module`` in float64, eval mode, its parameters frozen (constants to the relevance rules)."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.double().eval()
+
+
+def _llama_config(**values):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**values)
+
+
+TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=64)
+VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+              patch_size=8)
+
+
+def _llava():
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION, projection_dim=16), text_config=_llama_config(**TEXT),
+                         image_token_index=63, vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         image_seq_length=16)
+    ids = torch.tensor([[1] + [63] * 16 + [5, 7, 9]])  # 4 x 4 patches of 8 px, the class token dropped
+    return LlavaForConditionalGeneration(config), dict(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32)), 63
+
+
+def _qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=8, fullatt_block_indexes=[1])
+    text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, bos_token_id=1, eos_token_id=2)
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=60, video_token_id=61,
+                              vision_start_token_id=62, vision_end_token_id=63)
+    # a 16 px image: 4 x 4 patches of 4 px over 2 frames (Conv3d), merged 2 x 2 into 4 tokens; multimodal RoPE
+    inputs = dict(input_ids=torch.tensor([[1, 62] + [60] * 4 + [63, 5, 7]]), pixel_values=torch.rand(16, 96),
+                  image_grid_thw=torch.tensor([[1, 4, 4]]))
+    return Qwen2_5_VLForConditionalGeneration(config), inputs, 60
+
+
+def _idefics3():
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    config = Idefics3Config(vision_config=VISION, text_config=dict(TEXT, model_type="llama"), scale_factor=2,
+                            image_token_id=63)
+    # SmolVLM's shape: SigLIP patches, pixel shuffle 2 x 2 (16 patches -> 4 tokens), a LLaMA
+    inputs = dict(input_ids=torch.tensor([[1] + [63] * 4 + [5, 7]]), pixel_values=torch.rand(1, 1, 3, 32, 32))
+    return Idefics3ForConditionalGeneration(config), inputs, 63
+
+
+def _paligemma():
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    config = PaliGemmaConfig(vision_config=dict(VISION, vision_use_head=False, projection_dim=16),
+                             text_config=dict(TEXT, head_dim=8), image_token_index=63, projection_dim=16)
+    inputs = dict(input_ids=torch.tensor([[63] * 16 + [2, 5, 7]]), pixel_values=torch.rand(1, 3, 32, 32))
+    return PaliGemmaForConditionalGeneration(config), inputs, 63
+
+
+TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma}
+
+
+def tiny_vlm(family: str, seed: int = 0):
+    """``(model, inputs, image token id)`` of a tiny VLM of ``family`` (``TINY_VLMS``): frozen, float64, biases,
+    position and class embeddings zeroed (so that the rules conserve exactly), inputs in float64."""
+    torch.manual_seed(seed)
+    model, inputs, image_token = TINY_VLMS[family]()
+    model = frozen(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "position_embedding" in name or "class_embedding" in name:
+                parameter.zero_()
+    inputs = {name: value.double() if value.is_floating_point() else value for name, value in inputs.items()}
+    return model, inputs, image_token

@@ -318,6 +318,21 @@ def _sdpa(mode, func, args, kwargs):
     return SDPARelevance.apply(q, k, v, mask, mode.settings, values.get("scale"))
 
 
+def _masked_scatter(mode, func, args, kwargs):
+    """``base.masked_scatter(mask, source)`` (a VLM placing its image features into the text embeddings): values
+    placed, so the gradient routes relevance exactly; written as an ``index_put`` and a ``where``, whose backward
+    has a batching rule (``masked_scatter``'s runs once per word under the vmapped backward)."""
+    names = ("input", "mask", "source")
+    values = dict(zip(names, args), **kwargs)
+    base, mask, source = values["input"], values["mask"], values["source"]
+    if _carries(mask):
+        raise NoRelevanceRule("capxai.nn.relevance_rules: masked_scatter with a relevance-carrying mask")
+    mask = mask.expand_as(base)
+    where = mask.nonzero(as_tuple=True)
+    placed = torch.zeros_like(base).index_put(where, source.reshape(-1)[:where[0].numel()])
+    return torch.where(mask, placed, base)
+
+
 def _lstm_cell(mode, func, args, kwargs):
     """``torch.nn.LSTMCell``'s kernel: the fused LSTM rule, as capxai.nn.LSTMCell's."""
     names = ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")
@@ -370,6 +385,7 @@ _HANDLER_NAMES = {
     _layer_norm: ("F.layer_norm",),
     _sdpa: ("F.scaled_dot_product_attention",),
     _lstm_cell: ("torch.lstm_cell",),
+    _masked_scatter: ("torch.masked_scatter", "Tensor.masked_scatter"),
 }
 _HANDLERS = {function: handler for handler, names in _HANDLER_NAMES.items() for function in _functions(*names)}
 _POWERS = frozenset(_functions("torch.pow", "Tensor.pow", "Tensor.__pow__", "torch.square", "Tensor.square"))
@@ -390,7 +406,7 @@ _ROUTING = frozenset(_functions(
     "Tensor.chunk", "Tensor.unbind", "Tensor.repeat", "Tensor.repeat_interleave", "Tensor.masked_fill",
     "Tensor.to", "Tensor.float", "Tensor.double", "Tensor.type", "Tensor.type_as", "Tensor.movedim", "Tensor.flip",
     "Tensor.roll", "Tensor.T", "Tensor.mT", "Tensor.tile", "Tensor.view_as", "Tensor.__iter__",
-    "torch.masked_scatter", "Tensor.masked_scatter"))  # VLMs: image tokens placed into the text embeddings
+))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,82 @@
+"""LRP of a vision-language model's caption, every word in one vmapped backward (issue 38; docs/LRP_RULES.md Part 3,
+"The blocks of vision-language models").
+
+The model (a Hugging Face ``...ForConditionalGeneration`` of LLaVA, Qwen2.5-VL, Idefics3 / SmolVLM, PaliGemma: any
+whose forward takes ``pixel_values`` and ``input_ids`` and places the image features into the text embeddings) runs
+once, teacher-forced on prompt + caption, inside ``capxai.lrp()`` and ``capxai.nn.relevance_rules()``; the pixels and
+the text embeddings (the output of ``get_input_embeddings()``) are the leaves. Word k of the caption starts from its
+logit at the step before it; the backward is vmapped over the words, in chunks (``chunk_size``) that bound the
+memory of one backward, with the same result as all at once.
+"""
+import dataclasses
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from capxai.explain.generic_lrp import frozen
+from capxai.nn import relevance_rules
+from capxai.nn.context import LRPSettings, lrp
+
+
+@dataclasses.dataclass
+class VLMRelevance:
+    """Relevance of each explained word (K of them) on the model's inputs.
+
+    Attributes:
+        pixels: ``[K, *pixel_values.shape]``, relevance on the processor's pixel values (per channel).
+        tokens: ``[K, L]``, relevance on each input token (its embedding's relevance summed over dimensions): the
+            prompt, the earlier caption words; the image placeholders get none (the image features replace them).
+        logits: ``[K]``, the explained logits (each word's start relevance).
+    """
+
+    pixels: torch.Tensor
+    tokens: torch.Tensor
+    logits: torch.Tensor
+
+
+def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
+                  settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None) -> VLMRelevance:
+    """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
+    (``[K]``, positions in the sequence, each > 0): word k's start is its logit at position ``caption_positions[k] -
+    1`` (what the model predicted there). ``inputs`` are the processor's (``pixel_values``, ``input_ids``, and what
+    the family adds: ``image_grid_thw``, ``pixel_attention_mask``...). ``settings``: eps, bias_factor and attention
+    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once)."""
+    ids = inputs["input_ids"]
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"vlm_relevance: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
+    positions = torch.as_tensor(caption_positions, dtype=torch.long, device=ids.device).flatten()
+    if positions.numel() == 0 or int(positions.min()) < 1 or int(positions.max()) >= ids.shape[1]:
+        raise ValueError(f"vlm_relevance: caption_positions must be in [1, {ids.shape[1] - 1}], got "
+                         f"{positions.tolist()}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"vlm_relevance: chunk_size must be >= 1, got {chunk_size}")
+    settings = settings if settings is not None else LRPSettings()
+    pixels = inputs["pixel_values"].detach().clone().requires_grad_(True)
+    leaves = []
+
+    def as_leaf(module, arguments, output):
+        leaves.append(output.detach().requires_grad_(True))
+        return leaves[-1]
+
+    hook = model.get_input_embeddings().register_forward_hook(as_leaf)
+    try:
+        with frozen(model), lrp(settings.eps, settings.bias_factor, settings.mode) as active, \
+                relevance_rules(active):
+            logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]  # [L, V]
+    finally:
+        hook.remove()
+    if len(leaves) != 1:
+        raise ValueError(f"vlm_relevance: the model embedded its tokens {len(leaves)} times; expected once")
+    embeddings = leaves[0]
+    steps = positions - 1
+    explained = logits.detach()[steps, ids[0, positions]]  # [K]
+    start = logits.new_zeros(positions.numel(), *logits.shape)
+    start[torch.arange(positions.numel()), steps, ids[0, positions]] = explained
+    backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, [pixels, embeddings], target,
+                                                                  retain_graph=True))
+    chunks = start.split(chunk_size or positions.numel())
+    results = [backward(chunk) for chunk in chunks]
+    to_pixels = torch.cat([pixel for pixel, _ in results])
+    to_tokens = torch.cat([token for _, token in results]).sum(-1)[:, 0]  # [K, L]
+    return VLMRelevance(pixels=to_pixels, tokens=to_tokens, logits=explained)

@@ -1,0 +1,45 @@
+"""Every word of a VLM's caption explained in one vmapped backward (capxai.explain.vlm_lrp, issue 38): on tiny
+models of two families, all words at once equal one at a time and in chunks, each word's relevance on the pixels
+and the text conserves its logit (offsets zeroed, float64; float32's precision in HF's RMSNorm), a word gets nothing
+from the words after it, and bad input is named."""
+import pytest
+import torch
+
+from capxai.explain.vlm_lrp import vlm_relevance
+from capxai.nn.context import LRPSettings
+
+pytest.importorskip("transformers")
+from helpers import tiny_vlm  # noqa: E402
+
+SETTINGS = LRPSettings(eps=1e-12)
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3-smolvlm"])
+def test_all_words_at_once_equal_one_at_a_time_and_chunks(family):
+    model, inputs, image_token = tiny_vlm(family, seed=11)
+    length = inputs["input_ids"].shape[1]
+    caption = torch.arange(length - 3, length)  # the last three tokens: the caption
+    together = vlm_relevance(model, inputs, caption, SETTINGS)
+    chunked = vlm_relevance(model, inputs, caption, SETTINGS, chunk_size=2)
+    for k, position in enumerate(caption):
+        alone = vlm_relevance(model, inputs, position[None], SETTINGS)
+        torch.testing.assert_close(together.pixels[k], alone.pixels[0], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(together.tokens[k], alone.tokens[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(chunked.pixels, together.pixels, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(chunked.tokens, together.tokens, rtol=1e-10, atol=1e-13)
+    totals = together.pixels.flatten(1).sum(1) + together.tokens.sum(1)
+    torch.testing.assert_close(totals, together.logits, rtol=1e-6, atol=0)  # conserved, word by word
+    for k, position in enumerate(caption):
+        assert together.tokens[k, position:].abs().sum() == 0  # the word itself and later ones: causal
+    placeholders = inputs["input_ids"][0] == image_token
+    assert together.tokens[:, placeholders].abs().sum() == 0 and together.pixels.abs().sum() > 0
+
+
+def test_bad_input_is_named():
+    model, inputs, _ = tiny_vlm("llava", seed=11)
+    with pytest.raises(ValueError, match="caption_positions must be in"):
+        vlm_relevance(model, inputs, torch.tensor([0]), SETTINGS)
+    with pytest.raises(ValueError, match=r"input_ids must be \[1, L\]"):
+        vlm_relevance(model, {**inputs, "input_ids": inputs["input_ids"].repeat(2, 1)}, torch.tensor([3]), SETTINGS)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        vlm_relevance(model, inputs, torch.tensor([3]), SETTINGS, chunk_size=0)
