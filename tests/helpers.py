@@ -376,7 +376,10 @@ def _paligemma():
 
     config = PaliGemmaConfig(vision_config=dict(VISION, vision_use_head=False, projection_dim=16),
                              text_config=dict(TEXT, head_dim=8), image_token_index=63, projection_dim=16)
-    inputs = dict(input_ids=torch.tensor([[63] * 16 + [2, 5, 7]]), pixel_values=torch.rand(1, 3, 32, 32))
+    # a prefix LM: the image and the prompt (type 0) attend both ways, the caption (type 1, the last three tokens)
+    # causally; without token_type_ids every token would see the caption's later words
+    inputs = dict(input_ids=torch.tensor([[63] * 16 + [2, 5, 7]]), pixel_values=torch.rand(1, 3, 32, 32),
+                  token_type_ids=torch.tensor([[0] * 16 + [1, 1, 1]]))
     return PaliGemmaForConditionalGeneration(config), inputs, 63
 
 

@@ -27,11 +27,14 @@ class VLMRelevance:
         pixels: ``[K, *pixel_values.shape]``, relevance on the processor's pixel values (per channel).
         tokens: ``[K, L]``, relevance on each input token (its embedding's relevance summed over dimensions): the
             prompt, the earlier caption words; the image placeholders get none (the image features replace them).
+        image_tokens: ``[K, N]``, relevance on the N image tokens as the language model reads them (the image
+            features at the placeholders, in order; summed over dimensions): the map on the image's token grid.
         logits: ``[K]``, the explained logits (each word's start relevance).
     """
 
     pixels: torch.Tensor
     tokens: torch.Tensor
+    image_tokens: torch.Tensor
     logits: torch.Tensor
 
 
@@ -59,24 +62,36 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
         leaves.append(output.detach().requires_grad_(True))
         return leaves[-1]
 
-    hook = model.get_input_embeddings().register_forward_hook(as_leaf)
+    merged = []  # what the language model reads: the text embeddings with the image features placed in them
+
+    def read_merged(module, arguments, keywords):
+        merged.append(keywords.get("inputs_embeds"))
+
+    hooks = [model.get_input_embeddings().register_forward_hook(as_leaf),
+             model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)]
     try:
         with frozen(model), lrp(settings.eps, settings.bias_factor, settings.mode) as active, \
                 relevance_rules(active):
             logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]  # [L, V]
     finally:
-        hook.remove()
-    if len(leaves) != 1:
-        raise ValueError(f"vlm_relevance: the model embedded its tokens {len(leaves)} times; expected once")
-    embeddings = leaves[0]
+        for hook in hooks:
+            hook.remove()
+    if len(leaves) != 1 or len(merged) != 1 or merged[0] is None:
+        raise ValueError(f"vlm_relevance: {type(model).__name__} embedded its tokens {len(leaves)} times and fed its "
+                         f"language model {len(merged)} times with inputs_embeds; expected once each (a family whose "
+                         "forward does not place image features into the text embeddings is not covered)")
+    embeddings, language_input = leaves[0], merged[0]
     steps = positions - 1
     explained = logits.detach()[steps, ids[0, positions]]  # [K]
     start = logits.new_zeros(positions.numel(), *logits.shape)
     start[torch.arange(positions.numel()), steps, ids[0, positions]] = explained
-    backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, [pixels, embeddings], target,
-                                                                  retain_graph=True))
+    backward = torch.func.vmap(lambda target: torch.autograd.grad(
+        logits, [pixels, embeddings, language_input], target, retain_graph=True))
     chunks = start.split(chunk_size or positions.numel())
     results = [backward(chunk) for chunk in chunks]
-    to_pixels = torch.cat([pixel for pixel, _ in results])
-    to_tokens = torch.cat([token for _, token in results]).sum(-1)[:, 0]  # [K, L]
-    return VLMRelevance(pixels=to_pixels, tokens=to_tokens, logits=explained)
+    to_pixels = torch.cat([result[0] for result in results])
+    to_tokens = torch.cat([result[1] for result in results]).sum(-1)[:, 0]  # [K, L]
+    to_language_input = torch.cat([result[2] for result in results]).sum(-1)[:, 0]  # [K, L]
+    image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
+    return VLMRelevance(pixels=to_pixels, tokens=to_tokens, image_tokens=to_language_input[:, image_rows],
+                        logits=explained)
