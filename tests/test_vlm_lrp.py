@@ -5,7 +5,7 @@ from the words after it, and bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.vlm_lrp import vlm_relevance
+from capxai.explain.vlm_lrp import caption, vlm_relevance
 from capxai.nn.context import LRPSettings
 
 pytest.importorskip("transformers")
@@ -50,3 +50,19 @@ def test_bad_input_is_named():
         vlm_relevance(model, {**inputs, "input_ids": inputs["input_ids"].repeat(2, 1)}, torch.tensor([3]), SETTINGS)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         vlm_relevance(model, inputs, torch.tensor([3]), SETTINGS, chunk_size=0)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_VLMS))
+def test_the_explained_words_are_the_models_own_greedy_caption(family):
+    """Teacher forcing on the caption ``generate`` gave reproduces it: each explained logit is the largest at its
+    step, so what is explained is what the model said."""
+    model, inputs, image_token = tiny_vlm(family, seed=11)
+    cut = int((inputs["input_ids"][0] == image_token).nonzero().max()) + 2  # the image and one prompt token
+    prompt = {name: value[:, :cut] if name in ("input_ids", "token_type_ids") else value
+              for name, value in inputs.items()}
+    extended, positions = caption(model, prompt, max_new_tokens=3)
+    assert positions.tolist() == list(range(cut, extended["input_ids"].shape[1])) and len(positions) >= 1
+    explained = vlm_relevance(model, extended, positions, SETTINGS)
+    with torch.no_grad():
+        logits = model(**extended, use_cache=False).logits[0]
+    torch.testing.assert_close(explained.logits, logits[positions - 1].max(-1).values)

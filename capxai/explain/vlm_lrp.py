@@ -38,6 +38,26 @@ class VLMRelevance:
     logits: torch.Tensor
 
 
+def caption(model: nn.Module, inputs: Dict[str, torch.Tensor], max_new_tokens: int = 16):
+    """The model's own greedy caption (its ``generate``) of the image and prompt in ``inputs`` (the processor's,
+    ``input_ids [1, L]``): ``(inputs with the caption appended, the caption's positions [C])``, ready for
+    :func:`vlm_relevance`. The per-token inputs grow with the caption: ``attention_mask`` with ones,
+    ``token_type_ids`` with ones (a prefix LM such as PaliGemma reads the caption as its causal suffix)."""
+    ids = inputs["input_ids"]
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"caption: input_ids must be [1, L] (one image and its prompt), got {list(ids.shape)}")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    added = generated.shape[1] - ids.shape[1]
+    if added < 1:
+        raise ValueError("caption: the model generated no token (its first word ended the caption)")
+    extended = dict(inputs, input_ids=generated)
+    for name, fill in (("attention_mask", 1), ("token_type_ids", 1)):
+        if name in inputs:
+            extended[name] = torch.cat([inputs[name], inputs[name].new_full((1, added), fill)], 1)
+    return extended, torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
+
+
 def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
                   settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None) -> VLMRelevance:
     """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
