@@ -386,15 +386,63 @@ def _paligemma():
 TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma}
 
 
-def tiny_vlm(family: str, seed: int = 0):
-    """``(model, inputs, image token id)`` of a tiny VLM of ``family`` (``TINY_VLMS``): frozen, float64, biases,
-    position and class embeddings zeroed (so that the rules conserve exactly), inputs in float64."""
+def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
+    """``(model, inputs, image token id)`` of a tiny VLM of ``family`` (``TINY_VLMS``): frozen, float64, inputs in
+    float64; biases, position and class embeddings zeroed (so that the rules conserve exactly) unless ``offsets``."""
     torch.manual_seed(seed)
     model, inputs, image_token = TINY_VLMS[family]()
     model = frozen(model)
+    inputs = {name: value.double() if value.is_floating_point() else value for name, value in inputs.items()}
+    if offsets:
+        return model, inputs, image_token
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("bias") or "position_embedding" in name or "class_embedding" in name:
                 parameter.zero_()
-    inputs = {name: value.double() if value.is_floating_point() else value for name, value in inputs.items()}
     return model, inputs, image_token
+
+
+class ImplicitRules(torch.overrides.TorchFunctionMode):
+    """AttnLRP's rules in LXT's implicit ("efficient") form, written independently of capxai's mode: softmax weights
+    detached (constant attention), LayerNorm's standard deviation and RMSNorm's ``rsqrt`` detached, a sigmoid
+    detached (a gate, CLIP's quick GELU), GELU and SiLU as ``x * (f(x) / x).detach()``, the product of two signals
+    halved (``(a * b.detach() + a.detach() * b) / 2``), attention written out with its weights detached. Gradient x
+    Input through a model run in this mode is then LRP layer by layer with the offsets as they are (epsilon -> 0)."""
+
+    SOFTMAX = (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax)
+    DETACHED = (torch.rsqrt, torch.Tensor.rsqrt, torch.sigmoid, torch.Tensor.sigmoid, torch.nn.functional.sigmoid)
+    RATIO = (torch.nn.functional.gelu, torch.nn.functional.silu)
+    PRODUCT = (torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SOFTMAX or func in self.DETACHED:
+            return func(*args, **kwargs).detach()
+        if func in self.RATIO:
+            x = args[0]
+            return x * (func(*args, **kwargs) / x).detach()
+        if func in self.PRODUCT and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args[:2]):
+            a, b = args[:2]
+            return (a * b.detach() + a.detach() * b) / 2
+        if func is torch.nn.functional.layer_norm:
+            x, shape = args[0], tuple(args[1])
+            weight, bias = (args[i] if len(args) > i else kwargs.get(name) for i, name in ((2, "weight"), (3, "bias")))
+            eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+            dims = tuple(range(-len(shape), 0))
+            centred = x - x.mean(dims, keepdim=True)
+            normalised = centred / (centred.pow(2).mean(dims, keepdim=True) + eps).sqrt().detach()
+            # contiguous, as F.layer_norm's output (a pixel shuffle after it views it)
+            return (normalised * (1 if weight is None else weight) + (0 if bias is None else bias)).contiguous()
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+            values = dict(zip(names, args), **kwargs)
+            query, key, value, mask = values["query"], values["key"], values["value"], values.get("attn_mask")
+            if key.shape[-3] != query.shape[-3]:
+                key, value = (t.repeat_interleave(query.shape[-3] // t.shape[-3], dim=-3) for t in (key, value))
+            scores = query @ key.transpose(-2, -1) * (values.get("scale") or query.shape[-1] ** -0.5)
+            if values.get("is_causal"):
+                mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            return scores.softmax(-1).detach() @ value
+        return func(*args, **kwargs)

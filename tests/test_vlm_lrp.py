@@ -9,7 +9,7 @@ from capxai.explain.vlm_lrp import caption, vlm_relevance
 from capxai.nn.context import LRPSettings
 
 pytest.importorskip("transformers")
-from helpers import TINY_VLMS, tiny_vlm  # noqa: E402
+from helpers import TINY_VLMS, ImplicitRules, tiny_vlm  # noqa: E402
 
 SETTINGS = LRPSettings(eps=1e-12)
 
@@ -66,3 +66,30 @@ def test_the_explained_words_are_the_models_own_greedy_caption(family):
     with torch.no_grad():
         logits = model(**extended, use_cache=False).logits[0]
     torch.testing.assert_close(explained.logits, logits[positions - 1].max(-1).values)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_VLMS))
+def test_equals_gradient_x_input_under_the_implicit_rules_with_offsets(family):
+    """The independent per-word reference: Gradient x Input of each word's logit through the family's own HF code
+    run under the rules in implicit form (tests/helpers.py ImplicitRules), biases and position embeddings as they
+    are, equals capxai's relevance on the pixels and the text (constant attention, eps 1e-12)."""
+    model, inputs, _ = tiny_vlm(family, seed=13, offsets=True)
+    length = inputs["input_ids"].shape[1]
+    positions = torch.arange(length - 2, length)
+    explained = vlm_relevance(model, inputs, positions, SETTINGS)
+    for k, position in enumerate(positions):
+        pixels = inputs["pixel_values"].clone().requires_grad_()
+        leaves = []
+        hook = model.get_input_embeddings().register_forward_hook(
+            lambda module, arguments, output, leaves=leaves: leaves.append(output.detach().requires_grad_())
+            or leaves[-1])
+        try:
+            with ImplicitRules():
+                logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
+        finally:
+            hook.remove()
+        logit = logits[position - 1, inputs["input_ids"][0, position]]
+        to_pixels, to_text = torch.autograd.grad(logit, [pixels, leaves[0]])
+        torch.testing.assert_close(explained.pixels[k], pixels.detach() * to_pixels, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(explained.tokens[k], (leaves[0].detach() * to_text).sum(-1)[0], rtol=1e-5,
+                                   atol=1e-9)
