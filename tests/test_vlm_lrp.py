@@ -5,7 +5,7 @@ from the words after it, and bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.vlm_lrp import caption, vlm_relevance
+from capxai.explain.vlm_lrp import caption, image_token_grid, image_token_map, vlm_relevance
 from capxai.nn.context import LRPSettings
 
 pytest.importorskip("transformers")
@@ -93,3 +93,26 @@ def test_equals_gradient_x_input_under_the_implicit_rules_with_offsets(family):
         torch.testing.assert_close(explained.pixels[k], pixels.detach() * to_pixels, rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(explained.tokens[k], (leaves[0].detach() * to_text).sum(-1)[0], rtol=1e-5,
                                    atol=1e-9)
+
+
+GRIDS = {"llava": (4, 4), "qwen2.5-vl": (2, 2), "idefics3-smolvlm": (2, 2), "paligemma": (4, 4)}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_VLMS))
+def test_the_image_tokens_on_the_grid_of_the_image(family):
+    """LLaVA and PaliGemma: 32 px in patches of 8 (4 x 4); Qwen2.5-VL: 4 x 4 patches merged 2 x 2; Idefics3: 4 x 4
+    patches pixel-shuffled 2 x 2."""
+    model, inputs, _ = tiny_vlm(family, seed=11)
+    explained = vlm_relevance(model, inputs, torch.tensor([inputs["input_ids"].shape[1] - 1]), SETTINGS)
+    placed = image_token_map(explained, model, inputs)
+    assert placed.shape == (1, *GRIDS[family])
+    torch.testing.assert_close(placed.flatten(1), explained.image_tokens)
+
+
+def test_several_tiles_are_refused_by_name():
+    model, inputs, _ = tiny_vlm("llava", seed=11)
+    with pytest.raises(ValueError, match="do not form the grid of one image"):
+        image_token_grid(model, inputs, 20)
+    model, inputs, _ = tiny_vlm("qwen2.5-vl", seed=11)
+    with pytest.raises(ValueError, match="one image of one frame"):
+        image_token_grid(model, {**inputs, "image_grid_thw": torch.tensor([[2, 4, 4]])}, 8)

@@ -115,3 +115,32 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
     return VLMRelevance(pixels=to_pixels, tokens=to_tokens, image_tokens=to_language_input[:, image_rows],
                         logits=explained)
+
+
+def image_token_grid(model: nn.Module, inputs: Dict[str, torch.Tensor], count: int):
+    """``(rows, columns)`` of the ``count`` image tokens of one image as the language model reads them, row by row:
+    Qwen2-VL / Qwen2.5-VL from ``image_grid_thw`` over the merge size (one frame); the families whose image becomes
+    a square of tokens (LLaVA without tiles, PaliGemma, Idefics3 / SmolVLM with one tile) from the square root.
+    Several images, frames or tiles are refused by name (their grids are not placed yet)."""
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:
+        if grid.shape[0] != 1 or int(grid[0, 0]) != 1:
+            raise ValueError(f"image_token_grid: one image of one frame is placed, got image_grid_thw "
+                             f"{grid.tolist()}")
+        merge = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
+        rows, columns = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
+    else:
+        side = int(round(count ** 0.5))
+        rows, columns = side, side
+    if rows * columns != count:
+        raise ValueError(f"image_token_grid: {count} image tokens do not form the grid of one image "
+                         f"({rows} x {columns}); several images or tiles (e.g. Idefics3's image splitting, "
+                         "LLaVA-NeXT's any-resolution) are not placed yet")
+    return rows, columns
+
+
+def image_token_map(relevance: VLMRelevance, model: nn.Module, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[K, rows, columns]``: each word's relevance on the image tokens, placed on the image's token grid
+    (:func:`image_token_grid`)."""
+    rows, columns = image_token_grid(model, inputs, relevance.image_tokens.shape[1])
+    return relevance.image_tokens.reshape(-1, rows, columns)
