@@ -116,3 +116,22 @@ def test_several_tiles_are_refused_by_name():
     model, inputs, _ = tiny_vlm("qwen2.5-vl", seed=11)
     with pytest.raises(ValueError, match="one image of one frame"):
         image_token_grid(model, {**inputs, "image_grid_thw": torch.tensor([[2, 4, 4]])}, 8)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_gradient_x_input_of_every_word_at_once(family):
+    """Gradient x Input through the same batched backward: each word's equals its own autograd gradient times the
+    inputs, and it is not LRP (the rules change the result)."""
+    model, inputs, _ = tiny_vlm(family, seed=13, offsets=True)
+    length = inputs["input_ids"].shape[1]
+    positions = torch.arange(length - 2, length)
+    together = vlm_relevance(model, inputs, positions, method="gradient-x-input")
+    pixels = inputs["pixel_values"].clone().requires_grad_()
+    logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
+    for k, position in enumerate(positions):
+        (gradient,) = torch.autograd.grad(logits[position - 1, inputs["input_ids"][0, position]], pixels,
+                                          retain_graph=True)
+        torch.testing.assert_close(together.pixels[k], gradient * pixels.detach(), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(together.pixels, vlm_relevance(model, inputs, positions, SETTINGS).pixels)
+    with pytest.raises(ValueError, match="method must be one of"):
+        vlm_relevance(model, inputs, positions, method="occlusion")

@@ -8,6 +8,7 @@ the text embeddings (the output of ``get_input_embeddings()``) are the leaves. W
 logit at the step before it; the backward is vmapped over the words, in chunks (``chunk_size``) that bound the
 memory of one backward, with the same result as all at once.
 """
+import contextlib
 import dataclasses
 from typing import Dict, Optional
 
@@ -58,13 +59,21 @@ def caption(model: nn.Module, inputs: Dict[str, torch.Tensor], max_new_tokens: i
     return extended, torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
 
 
+VLM_METHODS = ("lrp", "gradient-x-input")
+
+
 def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
-                  settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None) -> VLMRelevance:
+                  settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None,
+                  method: str = "lrp") -> VLMRelevance:
     """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
     (``[K]``, positions in the sequence, each > 0): word k's start is its logit at position ``caption_positions[k] -
     1`` (what the model predicted there). ``inputs`` are the processor's (``pixel_values``, ``input_ids``, and what
     the family adds: ``image_grid_thw``, ``pixel_attention_mask``...). ``settings``: eps, bias_factor and attention
-    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once)."""
+    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once). ``method``: "lrp"
+    (the rules of docs/LRP_RULES.md Part 3) or "gradient-x-input" (each input times the gradient of the word's logit,
+    the same backward without the rules)."""
+    if method not in VLM_METHODS:
+        raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
     ids = inputs["input_ids"]
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"vlm_relevance: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
@@ -90,8 +99,11 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     hooks = [model.get_input_embeddings().register_forward_hook(as_leaf),
              model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)]
     try:
-        with frozen(model), lrp(settings.eps, settings.bias_factor, settings.mode) as active, \
-                relevance_rules(active):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen(model))
+            if method == "lrp":
+                stack.enter_context(relevance_rules(stack.enter_context(
+                    lrp(settings.eps, settings.bias_factor, settings.mode))))
             logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]  # [L, V]
     finally:
         for hook in hooks:
@@ -104,14 +116,18 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     steps = positions - 1
     explained = logits.detach()[steps, ids[0, positions]]  # [K]
     start = logits.new_zeros(positions.numel(), *logits.shape)
-    start[torch.arange(positions.numel()), steps, ids[0, positions]] = explained
-    backward = torch.func.vmap(lambda target: torch.autograd.grad(
-        logits, [pixels, embeddings, language_input], target, retain_graph=True))
+    # LRP starts from the logit itself; Gradient x Input from its gradient (1), times the inputs after
+    start[torch.arange(positions.numel()), steps, ids[0, positions]] = explained if method == "lrp" else 1.0
+    leaves_read = [pixels, embeddings, language_input]
+    backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, leaves_read, target, retain_graph=True))
     chunks = start.split(chunk_size or positions.numel())
     results = [backward(chunk) for chunk in chunks]
-    to_pixels = torch.cat([result[0] for result in results])
-    to_tokens = torch.cat([result[1] for result in results]).sum(-1)[:, 0]  # [K, L]
-    to_language_input = torch.cat([result[2] for result in results]).sum(-1)[:, 0]  # [K, L]
+    per_input = [torch.cat([result[i] for result in results]) for i in range(3)]
+    if method == "gradient-x-input":
+        per_input = [gradient * leaf.detach() for gradient, leaf in zip(per_input, leaves_read)]
+    to_pixels = per_input[0]
+    to_tokens = per_input[1].sum(-1)[:, 0]  # [K, L]
+    to_language_input = per_input[2].sum(-1)[:, 0]  # [K, L]
     image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
     return VLMRelevance(pixels=to_pixels, tokens=to_tokens, image_tokens=to_language_input[:, image_rows],
                         logits=explained)
