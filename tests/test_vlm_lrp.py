@@ -135,3 +135,19 @@ def test_gradient_x_input_of_every_word_at_once(family):
     assert not torch.allclose(together.pixels, vlm_relevance(model, inputs, positions, SETTINGS).pixels)
     with pytest.raises(ValueError, match="method must be one of"):
         vlm_relevance(model, inputs, positions, method="occlusion")
+
+
+@pytest.mark.parametrize("family", sorted(TINY_VLMS))
+def test_attnlrp_mode_through_the_attention_scores(family):
+    """Mode "attnlrp" (AttnLRP's softmax rule, relevance also through the queries and keys): finite, all words at
+    once equal one at a time, and not the constant mode's result (the scores now get relevance)."""
+    model, inputs, _ = tiny_vlm(family, seed=11)
+    length = inputs["input_ids"].shape[1]
+    positions = torch.arange(length - 2, length)
+    attnlrp = LRPSettings(eps=1e-12, mode="attnlrp")
+    together = vlm_relevance(model, inputs, positions, attnlrp)
+    assert bool(torch.isfinite(together.pixels).all()) and bool(torch.isfinite(together.tokens).all())
+    alone = vlm_relevance(model, inputs, positions[1:], attnlrp)
+    torch.testing.assert_close(together.pixels[1], alone.pixels[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(together.tokens[1], alone.tokens[0], rtol=1e-10, atol=1e-13)
+    assert not torch.allclose(together.tokens, vlm_relevance(model, inputs, positions, SETTINGS).tokens)
