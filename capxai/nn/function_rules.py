@@ -327,6 +327,12 @@ def _masked_scatter(mode, func, args, kwargs):
     base, mask, source = values["input"], values["mask"], values["source"]
     if _carries(mask):
         raise NoRelevanceRule("capxai.nn.relevance_rules: masked_scatter with a relevance-carrying mask")
+    return scatter_by_index(base, mask, source)
+
+
+def scatter_by_index(base: Tensor, mask: Tensor, source: Tensor) -> Tensor:
+    """``base.masked_scatter(mask, source)`` as an ``index_put`` and a ``where``: the same values, and a backward
+    that vmaps (torch has no batching rule for ``masked_scatter``'s)."""
     mask = mask.expand_as(base)
     where = mask.nonzero(as_tuple=True)
     placed = torch.zeros_like(base).index_put(where, source.reshape(-1)[:where[0].numel()])
