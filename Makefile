@@ -40,9 +40,7 @@ help:
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# --no-compile: Python compiles a module's bytecode when it is first imported instead of pip compiling every
-	@# file of every package (a fresh venv: 64.5 s -> 47.3 s on the 2-core VM; most of torch's files are never read)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
 # The editable install compiles capxai._C in place (CPU kernels; CUDA ones too when a GPU is visible, FORCE_CUDA=1).
