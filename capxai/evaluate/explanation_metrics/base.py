@@ -2,6 +2,7 @@
 they see of a batch (:class:`Batch`, :class:`Explained`), the store of their per-word records
 (:class:`Measurements`), the interval record of their tables (:class:`Interval`) and the conversion of records to the
 results json (:func:`to_json`)."""
+import abc
 import contextlib
 import dataclasses
 import functools
@@ -159,7 +160,7 @@ class Explained:
         return torch.stack([self.heatmaps[m.row, m.t] for m in self.mentions]) if self.mentions else None
 
 
-class ExplanationMetric:
+class ExplanationMetric(abc.ABC):
     """One measurement of explanations. A metric measures its ``baseline`` once a batch (the uniform map, random
     patches, the model's own statistics: what an explanation must beat) and every method's explanation, each as a
     list of per-word records (frozen dataclasses with the word's ``image``), and reduces them to its table.
@@ -182,29 +183,29 @@ class ExplanationMetric:
         """Whether it runs under ``settings`` (an :class:`~capxai.evaluate.explanations.ExplanationSettings`)."""
         return settings.ablation or not self.ablation
 
+    @abc.abstractmethod
     def baseline(self, batch: Batch) -> list:
         """The baseline's records of ``batch``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def measure(self, batch: Batch, explained: Explained) -> list:
         """The records of one method's explanation of ``batch``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def table(self, records: Dict[str, list]) -> dict:
         """The json of the table of ``records`` (``{baseline or method: records}``, baseline first)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def markdown(self, table: Optional[dict]) -> List[str]:
         """The lines of its markdown section, from its ``table`` json (None: not written)."""
-        raise NotImplementedError
 
 
 class PerMethodMetric(ExplanationMetric):
     """A metric whose table is one summary record per method (and baseline): ``{name: summary json}``."""
 
+    @abc.abstractmethod
     def summarise(self, records: list):
         """The summary record of one method's (or the baseline's) per-word ``records``."""
-        raise NotImplementedError
 
     def table(self, records: Dict[str, list]) -> dict:
         return {method: self.summarise(rows).to_json() for method, rows in records.items()}
