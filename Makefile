@@ -70,8 +70,12 @@ demo-check: build browser
 	$(PY) -m capxai.demo --quick
 	CAPXAI_REPORT_RUN=runs/demo-quick $(PY) -m pytest -q tests/test_report_browser.py
 
+# pytest-xdist: one worker per core, one torch thread each (tests/conftest.py), the tests sharing an expensive session
+# fixture in one worker (--dist loadgroup); on the 2-core VM pytest 309-347 s -> 224 s
+# (docs/experiments/test-tiers/README.md). TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
 test: build
-	$(PY) -m pytest -q -m "not slow and not e2e" --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -p no:benchmark -m "not slow and not e2e" --durations=15 tests
 
 test-all: build browser
 	$(PY) -m pytest -q tests

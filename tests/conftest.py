@@ -1,9 +1,35 @@
 """Shared fixtures: the devices to run on (CPU always; CUDA when a GPU is present) and tolerances per dtype."""
+import os
+
 import pytest
 import torch
 
 import capxai
 from helpers import torch_threads
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers on the 2-core VM) each worker, and every process it starts,
+    gets one intra-op thread: two workers of two threads each would leave OpenMP threads spinning at every barrier for
+    a core the other worker holds (docs/experiments/test-tiers/README.md measured 3.4x slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+# Session fixtures that cost tens of seconds: under pytest-xdist each worker would build its own, so every test
+# using one runs in one worker (``--dist loadgroup``); the other tests are spread one by one.
+SHARED_EXPENSIVE_FIXTURES = ("tiny_demo", "grounded_model")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_EXPENSIVE_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+
 
 # docs/LRP_RULES.md, property 2: fused kernel == reference.
 TOLERANCES = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
