@@ -263,6 +263,7 @@ def _explain(args) -> int:
     from capxai.explain import METHODS, RUNNER_UP, methods_of
     from capxai.models import load_trained
     from capxai.models.hf_local import load_local
+    from capxai.models.vlm import is_vlm_folder
 
     run = _run_of(args)
     methods = methods_of(args.method)
@@ -280,6 +281,10 @@ def _explain(args) -> int:
         if no_start:
             raise CommandError(f"--contrast applies to methods that explain a logit; {', '.join(no_start)} does "
                                "not (choose the other methods with --method)")
+    if args.hf_model is not None and is_vlm_folder(args.hf_model):
+        return _explain_vlm(args, run)
+    if args.prompt is not None:
+        raise CommandError("--prompt goes with --hf-model of a vision-language model (the text read with the image)")
     if args.hf_model is not None:
         if args.images is None:
             raise CommandError("--hf-model explains --images (a split's captions are read with capxai's vocabulary; "
@@ -310,6 +315,31 @@ def _explain(args) -> int:
                             contrast=args.contrast)
     print(f"process {run.rank + 1}/{run.world_size}: " if run.distributed else "", end="")
     print(f"wrote {len(written)} shard files under {args.out} (existing complete shards kept)")
+    return 0
+
+
+def _explain_vlm(args, run) -> int:
+    """``capxai explain --hf-model DIR`` of a vision-language model (:mod:`capxai.models.vlm`)."""
+    from capxai.commands.explain_run import explain_vlm_images
+    from capxai.explain import RUNNER_UP
+    from capxai.explain.vlm import VLM_EXPLAINERS
+    from capxai.models.vlm import load_vlm
+
+    if args.images is None:
+        raise CommandError("--hf-model explains --images")
+    methods = list(VLM_EXPLAINERS) if args.method == "all" else [args.method]
+    if methods[0] not in VLM_EXPLAINERS:
+        raise CommandError(f"--method {args.method} is not offered for a vision-language model; choose from "
+                           f"{', '.join(VLM_EXPLAINERS)} or all")
+    if args.beam_size != 1:
+        raise CommandError("a vision-language model's caption is its own greedy generate (--beam-size 1)")
+    if args.contrast == RUNNER_UP:
+        raise CommandError(f"--contrast {RUNNER_UP} is not offered for a vision-language model; give a word")
+    vlm = load_vlm(args.hf_model, device=run.device, prompt=args.prompt)
+    written = explain_vlm_images(vlm, image_paths=args.images, out_dir=args.out, methods=methods,
+                                 captions=args.captions, max_length=args.max_length or 16, contrast=args.contrast,
+                                 overwrite=args.overwrite, figures=args.figures, checkpoint=args.hf_model)
+    print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
     return 0
 
 

@@ -446,3 +446,82 @@ class ImplicitRules(torch.overrides.TorchFunctionMode):
                 scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             return scores.softmax(-1).detach() @ value
         return func(*args, **kwargs)
+
+
+# -- the same tiny families saved as a user's save_pretrained folder, with a processor of each family -------------
+VLM_WORDS = ("USER ASSISTANT Assistant User user assistant : . Describe the image in one sentence caption en a an red "
+             "blue green circle square triangle star and with on of is there two three").split()
+CHAT_TEMPLATES = {
+    "qwen2.5-vl": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == "
+                  "'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+                  "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                  "{% endif %}",
+    "idefics3-smolvlm": "{% for m in messages %}{{ m['role'] | capitalize }}:{% for c in m['content'] %}{% if "
+                        "c['type'] == 'image' %}<image>{% else %} {{ c['text'] }}{% endif %}{% endfor %}"
+                        "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}",
+}
+FAMILY_TOKENS = {  # token -> id, as the tiny models' configs place them
+    "llava": {"<image>": 63}, "paligemma": {"<image>": 63}, "idefics3-smolvlm": {"<image>": 63},
+    "qwen2.5-vl": {"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63},
+}
+EXTRA_SPECIALS = {"qwen2.5-vl": ["<|im_start|>", "<|im_end|>"],
+                  "idefics3-smolvlm": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]}
+
+
+def tiny_tokenizer(family: str):
+    """A word-level tokenizer of 64 tokens (``<pad> <s> </s> <unk>``, the family's image tokens at the ids its tiny
+    config uses, a few words of the scenes' captions), as transformers' ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"] + EXTRA_SPECIALS.get(family, [])
+    fixed = FAMILY_TOKENS[family]
+    words = [w for w in specials + list(VLM_WORDS) if w not in fixed]
+    vocabulary, free = {}, iter(i for i in range(64) if i not in fixed.values())
+    for word in words:
+        vocabulary[word] = next(free)
+    for index in free:
+        vocabulary[f"w{index}"] = index
+    vocabulary.update(fixed)
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[4:] + list(fixed)})
+    return tokenizer
+
+
+def tiny_processor(family: str):
+    """The family's processor over :func:`tiny_tokenizer`, sized for the tiny model's image (32 px; Qwen2.5-VL 16
+    px): as many image tokens as the tiny config places."""
+    import transformers as hf
+
+    tokenizer = tiny_tokenizer(family)
+    if family == "llava":
+        images = hf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        return hf.LlavaProcessor(images, tokenizer, patch_size=8, vision_feature_select_strategy="default",
+                                 num_additional_image_tokens=1)
+    if family == "paligemma":
+        images = hf.SiglipImageProcessor(size={"height": 32, "width": 32})
+        images.image_seq_length = 16
+        return hf.PaliGemmaProcessor(images, tokenizer)
+    if family == "qwen2.5-vl":
+        images = hf.Qwen2VLImageProcessor(patch_size=4, temporal_patch_size=2, merge_size=2,
+                                          size={"shortest_edge": 256, "longest_edge": 256})
+        videos = hf.Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2)
+        return hf.Qwen2_5_VLProcessor(images, tokenizer, videos, chat_template=CHAT_TEMPLATES[family])
+    if family == "idefics3-smolvlm":
+        images = hf.Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
+                                           max_image_size={"longest_edge": 32})
+        return hf.Idefics3Processor(images, tokenizer, image_seq_len=4, chat_template=CHAT_TEMPLATES[family])
+    raise ValueError(family)
+
+
+def tiny_vlm_folder(family: str, folder, seed: int = 0):
+    """A tiny VLM of ``family`` (random weights, float32) and its processor saved to ``folder`` as a user's
+    ``save_pretrained`` folder; returns the folder."""
+    torch.manual_seed(seed)
+    model = TINY_VLMS[family]()[0].eval()
+    model.save_pretrained(folder)
+    tiny_processor(family).save_pretrained(folder)
+    return folder

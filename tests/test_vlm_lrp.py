@@ -5,7 +5,8 @@ from the words after it, and bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.vlm_lrp import caption, image_token_grid, image_token_map, vlm_relevance
+from capxai.explain.vlm_lrp import image_token_grid, image_token_map, vlm_relevance
+from capxai.models.vlm import generate_caption as caption
 from capxai.nn.context import LRPSettings
 
 pytest.importorskip("transformers")

@@ -35,8 +35,8 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     out_dir = Path(out_dir)
     if captions is not None and len(captions) != len(image_paths):
         raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
-    if figures:  # before any work: the figures need matplotlib (capxai[report])
-        from capxai.report.figures import word_figures
+    if figures:
+        _figures_ready()
     output = OutputFolder(out_dir, "explain")
     for method in methods:
         target = out_dir / method / "explanation.pt"
@@ -52,14 +52,64 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
         explanation = make_explainer(method, model, vocabulary, composite).explain(
             images, captions=list(captions) if captions is not None else None, beam_size=beam_size,
             max_length=max_length, contrast=contrast)
-        explanation.run = run
-        output.remove_group(method)
-        path = explanation.save(out_dir / method / "explanation.pt")
-        files = [path, path.with_suffix(".json")]
-        if figures:
-            files += word_figures(explanation, display, out_dir / method, names)
-        output.record(files, method)
-        written[method] = path
+        written[method] = _write(output, out_dir, explanation, run, display if figures else None, names)
+    return written
+
+
+def _figures_ready() -> None:
+    """Before any work: the figures need matplotlib (capxai[report]); without it this names the extra."""
+    import capxai.report.figures  # noqa: F401
+
+
+def _write(output: OutputFolder, out_dir: Path, explanation: Explanation, run: dict, display, names,
+           fed_words=None) -> Path:
+    """One method's run: the earlier files of its folder removed, ``explanation.pt`` (+ ``.json``) and, with
+    ``display`` (the images ``[B, H, W, 3]``), a figure per image and word; recorded in the output's manifest."""
+    explanation.run = run
+    output.remove_group(explanation.method)
+    path = explanation.save(out_dir / explanation.method / "explanation.pt")
+    files = [path, path.with_suffix(".json")]
+    if display is not None:
+        from capxai.report.figures import word_figures
+
+        files += word_figures(explanation, display, out_dir / explanation.method, names, fed_words)
+    output.record(files, explanation.method)
+    return path
+
+
+def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Sequence[str],
+                       captions: Optional[Sequence[str]] = None, max_length: int = 16,
+                       contrast: Optional[str] = None, overwrite: bool = False, figures: bool = True,
+                       checkpoint=None, chunk_size: Optional[int] = None) -> Dict[str, Path]:
+    """What :func:`explain_images` writes, for a vision-language model (:class:`capxai.models.vlm.VisionLanguageModel`,
+    explained by :func:`capxai.explain.vlm.explain_vlm`): each image at the size its processor gives it, the
+    figures' word strips showing the prompt's relevance before the caption's words."""
+    from capxai.explain.vlm import explain_one, stack_rows
+
+    out_dir = Path(out_dir)
+    if captions is not None and len(captions) != len(image_paths):
+        raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
+    if figures:
+        _figures_ready()
+    output = OutputFolder(out_dir, "explain")
+    for method in methods:
+        target = out_dir / method / "explanation.pt"
+        output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
+    pictures = [open_image(Path(path)) for path in image_paths]
+    contrast_id = None if contrast is None else vlm.token_id(contrast)
+    forced = [vlm.caption(picture, max_length) if captions is None else vlm.teacher_forced(picture, captions[i])
+              for i, picture in enumerate(pictures)]
+    names, run, written = _unique_names(image_paths), _run_stamp(output, checkpoint), {}
+    for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
+        explanation = stack_rows([explain_one(vlm, one, method, contrast=contrast_id, chunk_size=chunk_size)
+                                  for one in forced])
+        height, width = explanation.heatmaps().shape[-2:]
+        display = torch.stack([torch.from_numpy(np.asarray(picture.convert("RGB").resize((width, height)),
+                                                           dtype=np.float32)) for picture in pictures]) / 255.0
+        # the token fed at step 0 is the prompt's last, then the caption's words
+        fed = [vlm.token_texts(explanation.captions[row, :1].tolist()) + words[:-1]
+               for row, words in enumerate(explanation.words)]
+        written[method] = _write(output, out_dir, explanation, run, display if figures else None, names, fed)
     return written
 
 

@@ -77,6 +77,9 @@ class ExplainOptions:
     contrast: Optional[str] = option(None, metavar="WORD", help="explain each word rather than WORD: the start is "
                                      "the word's logit minus WORD's (methods that explain a logit); '<runner-up>': "
                                      "rather than the model's next most likely word at each step")
+    prompt: Optional[str] = option(None, help="with --hf-model of a vision-language model: the text read with the "
+                                   "image (default: the family's captioning prompt; for a family with a chat template "
+                                   "the user's message, else the whole prompt with the image placeholder)")
     beam_size: int = option(1, type=POSITIVE, help="beams when decoding the model's captions")
     max_length: Optional[int] = option(None, type=POSITIVE, help="words per caption at most (default: the "
                                        "training's; 16 for --hf-model)")

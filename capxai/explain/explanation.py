@@ -10,8 +10,8 @@ import torch
 from capxai._io import atomic_torch_save, atomic_write_json
 
 TENSOR_FIELDS = ("tokens", "lengths", "logits", "probabilities", "feature_relevance", "pixel_relevance", "pixel_map",
-                 "word_relevance", "initial_state_relevance", "attention", "attention_heads", "beta", "captions",
-                 "targets", "contrast")
+                 "word_relevance", "prompt_relevance", "initial_state_relevance", "attention", "attention_heads",
+                 "beta", "captions", "targets", "contrast")
 FORMAT_VERSION = 1
 
 
@@ -33,6 +33,9 @@ class Explanation:
         pixel_map: ``[B, T, H, W]`` a one-channel map upsampled to the image (Grad-CAM, attention).
         word_relevance: ``[B, T, T]`` row t holds the relevance of the words fed at steps 0..t (``<start>``, w1 ..
             wt) for word t+1, summed over the embedding; zeros above the diagonal.
+        prompt_relevance: ``[B, T, P]`` a vision-language model's: the relevance of the prompt's text tokens before
+            the one fed at step 0 (the image placeholders left out: the image tokens' relevance is
+            ``feature_relevance``).
         initial_state_relevance: ``[B, T]`` what LRP gives the decoder's initial states (non-zero only with a bias
             share, ``bias_factor > 0``).
         attention: ``[B, T, regions]`` (the multi-head model: mean over heads).
@@ -45,6 +48,7 @@ class Explanation:
         method: "lrp", "gradcam", ...
         settings: the method's settings.
         words: the explained words as strings when a vocabulary was known.
+        prompt_words: a vision-language model's prompt tokens as strings (``prompt_relevance``'s columns).
     """
 
     tokens: torch.Tensor
@@ -58,6 +62,7 @@ class Explanation:
     pixel_relevance: Optional[torch.Tensor] = None
     pixel_map: Optional[torch.Tensor] = None
     word_relevance: Optional[torch.Tensor] = None
+    prompt_relevance: Optional[torch.Tensor] = None
     initial_state_relevance: Optional[torch.Tensor] = None
     attention: Optional[torch.Tensor] = None
     attention_heads: Optional[torch.Tensor] = None
@@ -67,6 +72,7 @@ class Explanation:
     grid_size: Optional[List[int]] = None
     words: Optional[List[List[str]]] = None
     contrast_words: Optional[List[List[str]]] = None
+    prompt_words: Optional[List[List[str]]] = None
     run: Dict[str, Any] = dataclasses.field(default_factory=dict)  # which run wrote it (run id, checkpoint), if saved
 
     @property
@@ -103,7 +109,9 @@ class Explanation:
                   if getattr(self, name) is not None}
         words = None if self.words is None else [self.words[int(i)] for i in index]
         contrast_words = None if self.contrast_words is None else [self.contrast_words[int(i)] for i in index]
-        return dataclasses.replace(self, **picked, words=words, contrast_words=contrast_words)
+        prompt_words = None if self.prompt_words is None else [self.prompt_words[int(i)] for i in index]
+        return dataclasses.replace(self, **picked, words=words, contrast_words=contrast_words,
+                                   prompt_words=prompt_words)
 
     def save(self, path) -> Path:
         """Writes ``path`` (``.pt``: the tensors, readable with ``torch.load(weights_only=True)``) and ``path`` with
@@ -114,7 +122,8 @@ class Explanation:
         atomic_torch_save(path, tensors)
         atomic_write_json(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "method": self.method, "settings": self.settings, "grid_size": self.grid_size,
-            "words": self.words, "contrast_words": self.contrast_words, "run": self.run,
+            "words": self.words, "contrast_words": self.contrast_words, "prompt_words": self.prompt_words,
+            "run": self.run,
             "shapes": {name: list(t.shape) for name, t in tensors.items()}})
         return path
 
@@ -139,5 +148,6 @@ class Explanation:
         if unknown or missing:
             raise ValueError(f"Explanation.load: {path} has unknown {sorted(unknown)} / lacks {sorted(missing)}")
         return cls(method=meta["method"], settings=meta.get("settings", {}), grid_size=meta.get("grid_size"),
-                   words=meta.get("words"), contrast_words=meta.get("contrast_words"), run=meta.get("run") or {},
+                   words=meta.get("words"), contrast_words=meta.get("contrast_words"),
+                   prompt_words=meta.get("prompt_words"), run=meta.get("run") or {},
                    **tensors)

@@ -10,14 +10,13 @@ memory of one backward, with the same result as all at once.
 """
 import contextlib
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
-
-from capxai.explain.generic_lrp import frozen
 from torch.overrides import TorchFunctionMode
 
+from capxai.explain.generic_lrp import frozen
 from capxai.nn import relevance_rules
 from capxai.nn.function_rules import scatter_by_index
 from capxai.nn.context import LRPSettings, lrp
@@ -33,33 +32,16 @@ class VLMRelevance:
             prompt, the earlier caption words; the image placeholders get none (the image features replace them).
         image_tokens: ``[K, N]``, relevance on the N image tokens as the language model reads them (the image
             features at the placeholders, in order; summed over dimensions): the map on the image's token grid.
-        logits: ``[K]``, the explained logits (each word's start relevance).
+        logits: ``[K]``, the explained logits (each word's start relevance; with a contrast, the word's logit minus
+            the contrast word's).
+        step_logits: ``[K, V]``, the model's logits at the step that predicts each word.
     """
 
     pixels: torch.Tensor
     tokens: torch.Tensor
     image_tokens: torch.Tensor
     logits: torch.Tensor
-
-
-def caption(model: nn.Module, inputs: Dict[str, torch.Tensor], max_new_tokens: int = 16):
-    """The model's own greedy caption (its ``generate``) of the image and prompt in ``inputs`` (the processor's,
-    ``input_ids [1, L]``): ``(inputs with the caption appended, the caption's positions [C])``, ready for
-    :func:`vlm_relevance`. The per-token inputs grow with the caption: ``attention_mask`` with ones,
-    ``token_type_ids`` with ones (a prefix LM such as PaliGemma reads the caption as its causal suffix)."""
-    ids = inputs["input_ids"]
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"caption: input_ids must be [1, L] (one image and its prompt), got {list(ids.shape)}")
-    with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-    added = generated.shape[1] - ids.shape[1]
-    if added < 1:
-        raise ValueError("caption: the model generated no token (its first word ended the caption)")
-    extended = dict(inputs, input_ids=generated)
-    for name, fill in (("attention_mask", 1), ("token_type_ids", 1)):
-        if name in inputs:
-            extended[name] = torch.cat([inputs[name], inputs[name].new_full((1, added), fill)], 1)
-    return extended, torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
+    step_logits: Optional[torch.Tensor] = None
 
 
 VLM_METHODS = ("lrp", "gradient-x-input")
@@ -77,28 +59,41 @@ class _VmappableScatter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
-                  settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None,
-                  method: str = "lrp") -> VLMRelevance:
-    """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
-    (``[K]``, positions in the sequence, each > 0): word k's start is its logit at position ``caption_positions[k] -
-    1`` (what the model predicted there). ``inputs`` are the processor's (``pixel_values``, ``input_ids``, and what
-    the family adds: ``image_grid_thw``, ``pixel_attention_mask``...). ``settings``: eps, bias_factor and attention
-    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once). ``method``: "lrp"
-    (the rules of docs/LRP_RULES.md Part 3) or "gradient-x-input" (each input times the gradient of the word's logit,
-    the same backward without the rules)."""
-    if method not in VLM_METHODS:
-        raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
-    ids = inputs["input_ids"]
+@dataclasses.dataclass
+class _Backward:
+    """What one teacher-forced forward and the vmapped backward of every word give: per word the gradient (or
+    relevance) on each leaf, ``[K, ...]``, with the leaves' values and the placeholders the image filled."""
+
+    on_leaves: List[torch.Tensor]  # pixels, token embeddings, the language model's input embeddings
+    leaves: List[torch.Tensor]
+    image_rows: torch.Tensor  # [L] bool
+    explained: torch.Tensor  # [K]
+    step_logits: torch.Tensor  # [K, V]
+
+
+def _check_positions(ids: torch.Tensor, caption_positions, contrast, chunk_size, caller: str):
     if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"vlm_relevance: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
+        raise ValueError(f"{caller}: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
     positions = torch.as_tensor(caption_positions, dtype=torch.long, device=ids.device).flatten()
     if positions.numel() == 0 or int(positions.min()) < 1 or int(positions.max()) >= ids.shape[1]:
-        raise ValueError(f"vlm_relevance: caption_positions must be in [1, {ids.shape[1] - 1}], got "
-                         f"{positions.tolist()}")
+        raise ValueError(f"{caller}: caption_positions must be in [1, {ids.shape[1] - 1}], got {positions.tolist()}")
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"vlm_relevance: chunk_size must be >= 1, got {chunk_size}")
-    settings = settings if settings is not None else LRPSettings()
+        raise ValueError(f"{caller}: chunk_size must be >= 1, got {chunk_size}")
+    if contrast is not None:
+        contrast = torch.as_tensor(contrast, dtype=torch.long, device=ids.device).flatten()
+        if contrast.numel() == 1:
+            contrast = contrast.expand(positions.numel())
+        if contrast.numel() != positions.numel():
+            raise ValueError(f"{caller}: contrast must be one token id or one per word ({positions.numel()}), got "
+                             f"{contrast.numel()}")
+    return positions, contrast
+
+
+def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torch.Tensor,
+              contrast: Optional[torch.Tensor], rules: Optional[LRPSettings], chunk_size: Optional[int]) -> _Backward:
+    """One forward (inside the relevance rules when ``rules`` is given) and the vmapped backward of every word's
+    start: LRP's (the logit on its index, minus the contrast's on its own) or the gradient's (1, and -1)."""
+    ids = inputs["input_ids"]
     pixels = inputs["pixel_values"].detach().clone().requires_grad_(True)
     leaves = []
 
@@ -116,9 +111,9 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen(model))
-            if method == "lrp":
-                stack.enter_context(relevance_rules(stack.enter_context(
-                    lrp(settings.eps, settings.bias_factor, settings.mode))))
+            if rules is not None:
+                stack.enter_context(relevance_rules(stack.enter_context(lrp(rules.eps, rules.bias_factor,
+                                                                            rules.mode))))
             else:
                 stack.enter_context(_VmappableScatter())
             logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]  # [L, V]
@@ -130,24 +125,92 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
                          f"language model {len(merged)} times with inputs_embeds; expected once each (a family whose "
                          "forward does not place image features into the text embeddings is not covered)")
     embeddings, language_input = leaves[0], merged[0]
-    steps = positions - 1
-    explained = logits.detach()[steps, ids[0, positions]]  # [K]
+    steps, words = positions - 1, ids[0, positions]
+    count = torch.arange(positions.numel(), device=ids.device)
+    step_logits = logits.detach()[steps]  # [K, V]
+    explained = step_logits[count, words]
     start = logits.new_zeros(positions.numel(), *logits.shape)
-    # LRP starts from the logit itself; Gradient x Input from its gradient (1), times the inputs after
-    start[torch.arange(positions.numel()), steps, ids[0, positions]] = explained if method == "lrp" else 1.0
+    start[count, steps, words] = explained if rules is not None else 1.0
+    if contrast is not None:
+        against = step_logits[count, contrast]
+        explained = explained - against
+        # where the contrast is the word itself the two cancel: a zero start
+        start[count, steps, contrast] -= against if rules is not None else 1.0
     leaves_read = [pixels, embeddings, language_input]
     backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, leaves_read, target, retain_graph=True))
-    chunks = start.split(chunk_size or positions.numel())
-    results = [backward(chunk) for chunk in chunks]
-    per_input = [torch.cat([result[i] for result in results]) for i in range(3)]
+    results = [backward(chunk) for chunk in start.split(chunk_size or positions.numel())]
+    on_leaves = [torch.cat([result[i] for result in results]) for i in range(3)]
+    image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
+    return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], image_rows, explained, step_logits)
+
+
+def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
+                  settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None,
+                  method: str = "lrp", contrast: Optional[torch.Tensor] = None) -> VLMRelevance:
+    """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
+    (``[K]``, positions in the sequence, each > 0): word k's start is its logit at position ``caption_positions[k] -
+    1`` (what the model predicted there). ``inputs`` are the processor's (``pixel_values``, ``input_ids``, and what
+    the family adds: ``image_grid_thw``, ``pixel_attention_mask``...). ``settings``: eps, bias_factor and attention
+    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once). ``method``: "lrp"
+    (the rules of docs/LRP_RULES.md Part 3) or "gradient-x-input" (each input times the gradient of the word's logit,
+    the same backward without the rules). ``contrast``: a token id (or one per word) each word is explained against:
+    the start is the word's logit minus the contrast's (docs/LRP_RULES.md, "Contrastive targets")."""
+    if method not in VLM_METHODS:
+        raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
+    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+                                           "vlm_relevance")
+    rules = (settings if settings is not None else LRPSettings()) if method == "lrp" else None
+    result = _backward(model, inputs, positions, contrast, rules, chunk_size)
+    per_input = result.on_leaves
     if method == "gradient-x-input":
-        per_input = [gradient * leaf.detach() for gradient, leaf in zip(per_input, leaves_read)]
-    to_pixels = per_input[0]
+        per_input = [gradient * leaf for gradient, leaf in zip(per_input, result.leaves)]
     to_tokens = per_input[1].sum(-1)[:, 0]  # [K, L]
     to_language_input = per_input[2].sum(-1)[:, 0]  # [K, L]
-    image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
-    return VLMRelevance(pixels=to_pixels, tokens=to_tokens, image_tokens=to_language_input[:, image_rows],
-                        logits=explained)
+    return VLMRelevance(pixels=per_input[0], tokens=to_tokens, image_tokens=to_language_input[:, result.image_rows],
+                        logits=result.explained, step_logits=result.step_logits)
+
+
+def vlm_gradcam(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
+                chunk_size: Optional[int] = None, contrast: Optional[torch.Tensor] = None):
+    """Grad-CAM on the image features as the language model reads them (the vision tower's output after its
+    projector / merger / connector: one row per image token, on the image's token grid): per word,
+    ``relu(sum_c alpha_c A[n, c])`` with ``alpha_c`` the gradient of the word's logit (minus the contrast's) on
+    channel c averaged over the N image tokens. Returns ``([K, N] maps, [K] explained logits, [K, V] step logits)``.
+    """
+    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+                                           "vlm_gradcam")
+    result = _backward(model, inputs, positions, contrast, None, chunk_size)
+    features = result.leaves[2][0, result.image_rows]  # [N, C]
+    gradients = result.on_leaves[2][:, 0][:, result.image_rows]  # [K, N, C]
+    weights = gradients.mean(1, keepdim=True)  # [K, 1, C]
+    return torch.relu((weights * features).sum(-1)), result.explained, result.step_logits
+
+
+def vlm_attention(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor):
+    """The attention baseline of the VLM visualisers: the language model's attention from the step predicting each
+    word to the image tokens, averaged over heads and layers (eager attention for the call, so that the weights are
+    returned). Returns ``([K, N], [K, V] step logits)``."""
+    positions, _ = _check_positions(inputs["input_ids"], caption_positions, None, None, "vlm_attention")
+    rows = []
+
+    def read_merged(module, arguments, keywords):
+        rows.append(keywords.get("inputs_embeds"))
+
+    previous = model.config._attn_implementation
+    hook = model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)
+    try:
+        model.set_attn_implementation("eager")
+        with torch.no_grad(), frozen(model):
+            output = model(**inputs, use_cache=False, output_attentions=True)
+            embeddings = model.get_input_embeddings()(inputs["input_ids"])
+    finally:
+        hook.remove()
+        model.set_attn_implementation(previous)
+    if not output.attentions:
+        raise ValueError(f"vlm_attention: {type(model).__name__} returned no attention weights")
+    image_rows = (embeddings != rows[0]).any(-1)[0]
+    weights = torch.stack([layer[0] for layer in output.attentions]).mean((0, 1))  # [L, L]
+    return weights[positions - 1][:, image_rows], output.logits[0, positions - 1]
 
 
 def image_token_grid(model: nn.Module, inputs: Dict[str, torch.Tensor], count: int):

@@ -45,8 +45,11 @@ def check_config(config) -> str:
     model_class = CONFIGS.get(type(config).__name__)
     if model_class is None or (architectures and model_class not in architectures):
         named = ", ".join(architectures) or "no architectures named"
+        from capxai.models.vlm import VLM_FAMILIES
+
         raise ValueError(f"capxai.models.hf: a {config.model_type!r} model ({named}) is not supported; the "
-                         f"adapter covers {describe_supported()}")
+                         f"adapter covers {describe_supported()}; capxai explains the vision-language families "
+                         f"{', '.join(VLM_FAMILIES)}")
     if model_class == "BlipForConditionalGeneration":
         return model_class
     encoder_type, decoder_type = config.encoder.model_type, config.decoder.model_type

@@ -83,18 +83,30 @@ def word_figures(explanation: Explanation, display_images: torch.Tensor, out_dir
     preceding words coloured by the method's word relevance (when it gives one). ``display_images [B, H, W, 3]``
     in [0, 1] at the explained resolution; ``fed_words[b]``: ``<start>`` and the caption's words."""
     heatmaps = explanation.heatmaps().detach().cpu().numpy()
-    words = explanation.normalised_word_relevance().cpu().numpy() if explanation.word_relevance is not None else None
     written = []
     for b, name in enumerate(names):
         targets = explanation.words[b] if explanation.words else [str(int(i)) for i in explanation.tokens[b]]
         fed = fed_words[b] if fed_words else ["<start>"] + targets[:-1]
+        prompt = explanation.prompt_words[b] if explanation.prompt_words else []
         for t in range(int(explanation.lengths[b])):
             figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 3.8), gridspec_kw={"height_ratios": [6, 1]})
             draw_heatmap(top, display_images[b].cpu().numpy(), heatmaps[b, t],
                          f"{explanation.method}: '{targets[t]}' (p={float(explanation.probabilities[b, t]):.2f})")
-            draw_words(bottom, fed[:t + 1], None if words is None else words[b, t, :t + 1], targets[t])
+            draw_words(bottom, prompt + fed[:t + 1], _context_relevance(explanation, b, t, len(prompt)), targets[t])
             written.append(save_figure(figure, Path(out_dir) / name / f"{t:02d}_{_safe(targets[t])}.png"))
     return written
+
+
+def _context_relevance(explanation: Explanation, b: int, t: int, prompt: int) -> Optional[np.ndarray]:
+    """The relevance of what word t of caption b read before it: a vision-language model's prompt tokens (the
+    first ``prompt``), then the fed words; divided by the largest absolute value of the row (zeros stay zero)."""
+    if explanation.word_relevance is None:
+        return None
+    values = explanation.word_relevance[b, t, :t + 1]
+    if prompt:
+        values = torch.cat([explanation.prompt_relevance[b, t, :prompt], values])
+    scale = values.abs().max()
+    return (values / scale if scale > 0 else values).detach().cpu().numpy()
 
 
 def overview_figure(explanations: Sequence[Explanation], display_image: np.ndarray, row: int, path,

@@ -1,0 +1,185 @@
+"""Explanations of a vision-language model's captions as capxai's one :class:`Explanation` type (issue 38): every
+word of the caption explained teacher-forced on prompt + caption by each method, one image a row.
+
+Methods (:data:`VLM_EXPLAINERS`):
+- ``lrp``, ``gradient-x-input``: relevance on the pixels (through the vision tower), the image tokens (on their grid),
+  the prompt and the earlier caption words (:func:`capxai.explain.vlm_lrp.vlm_relevance`).
+- ``gradcam``: Grad-CAM on the image features the language model reads (the projector's output, one row per image
+  token), upsampled from the token grid to the image.
+- ``attention``: the language model's attention from each word's step to the image tokens, averaged over heads and
+  layers (the baseline the VLM visualisers show), upsampled likewise.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from capxai.explain.explanation import Explanation
+from capxai.explain.vlm_lrp import image_token_grid, vlm_attention, vlm_gradcam, vlm_relevance
+from capxai.models.vlm import VisionLanguageModel, VLMInputs
+from capxai.nn.context import LRPSettings
+
+VLM_EXPLAINERS = {
+    "lrp": "LRP (AttnLRP's rules for the transformer blocks; docs/LRP_RULES.md Part 3)",
+    "gradient-x-input": "each input times the gradient of the word's logit",
+    "gradcam": "Grad-CAM on the image features the language model reads (the projector's output)",
+    "attention": "the language model's attention to the image tokens, mean over heads and layers",
+}
+
+
+def pixel_image(pixels: torch.Tensor, model, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[K, *pixel_values.shape]`` -> ``[K, 3, H, W]``: relevance on the processor's pixel values placed on the
+    image. One image [1, 3, H, W] (LLaVA, PaliGemma) or one tile [1, 1, 3, H, W] (Idefics3 / SmolVLM without image
+    splitting) as it is; Qwen2.5-VL's flattened patches ``[patches, C * frames * p * p]`` put back in place (the
+    inverse of its image processor's flattening; the frames, one image repeated, summed)."""
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:
+        vision = model.config.vision_config
+        patch, frames, merge = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size
+        t, h, w = (int(v) for v in grid[0])
+        words = pixels.shape[0]
+        blocks = pixels.reshape(words, t, h // merge, w // merge, merge, merge, -1, frames, patch, patch)
+        image = blocks.permute(0, 1, 7, 6, 2, 4, 8, 3, 5, 9).reshape(words, t * frames, -1, h * patch, w * patch)
+        return image.sum(1)
+    if pixels.dim() == 6 and pixels.shape[1:3] == (1, 1):
+        return pixels[:, 0, 0]
+    if pixels.dim() == 5 and pixels.shape[1] == 1:
+        return pixels[:, 0]
+    raise ValueError(f"pixel_image: pixel values of shape {list(pixels.shape[1:])} are not one image (several images "
+                     "or tiles are not placed yet)")
+
+
+def _upsample(token_maps: torch.Tensor, grid, size) -> torch.Tensor:
+    """``[K, N]`` on a ``grid`` of tokens -> ``[K, H, W]`` (bilinear)."""
+    maps = token_maps.reshape(token_maps.shape[0], 1, *grid)
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, contrast: Optional[int] = None,
+                settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None) -> Explanation:
+    """The explanation (one row) of the caption in ``forced`` by ``method`` (:data:`VLM_EXPLAINERS`)."""
+    if method not in VLM_EXPLAINERS:
+        raise ValueError(f"unknown method {method!r} for a vision-language model; choose from "
+                         f"{', '.join(VLM_EXPLAINERS)}")
+    model, inputs, positions = vlm.model, forced.inputs, forced.positions
+    count, fed_from = positions.numel(), forced.prompt_length - 1  # the last prompt token is fed at step 0
+    prompt_ids = inputs["input_ids"][0, :fed_from]
+    prompt_text = prompt_ids != image_token_id(model)  # the placeholders' relevance is the image tokens'
+    fields = {}
+    if method in ("lrp", "gradient-x-input"):
+        relevance = vlm_relevance(model, inputs, positions, settings=settings, chunk_size=chunk_size, method=method,
+                                  contrast=contrast)
+        explained, step_logits, token_values = relevance.logits, relevance.step_logits, relevance.image_tokens
+        grid = image_token_grid(model, inputs, token_values.shape[1])
+        pixels = pixel_image(relevance.pixels, model, inputs)
+        fed = relevance.tokens[:, fed_from:fed_from + count]  # [K, K]: the last prompt token, then the caption's
+        fields.update(pixel_relevance=pixels[None], feature_relevance=token_values.reshape(1, count, -1, 1),
+                      word_relevance=torch.tril(fed)[None],
+                      prompt_relevance=relevance.tokens[:, :fed_from][:, prompt_text][None])
+    elif method == "gradcam":
+        token_values, explained, step_logits = vlm_gradcam(model, inputs, positions, chunk_size=chunk_size,
+                                                           contrast=contrast)
+        grid = image_token_grid(model, inputs, token_values.shape[1])
+    else:
+        if contrast is not None:
+            raise ValueError("attention does not depend on the word explained: --contrast does not apply to it")
+        token_values, step_logits = vlm_attention(model, inputs, positions)
+        explained = step_logits.gather(1, forced.caption_ids[:, None])[:, 0]
+        grid = image_token_grid(model, inputs, token_values.shape[1])
+        fields.update(attention=token_values[None])
+    if "pixel_relevance" not in fields:
+        size = _image_size(vlm, inputs)
+        fields.update(pixel_map=_upsample(token_values.to(step_logits.dtype), grid, size)[None])
+    ids = forced.caption_ids
+    words = vlm.token_texts(ids.tolist())
+    fed_ids = inputs["input_ids"][0, fed_from:fed_from + count + 1]
+    result = Explanation(
+        tokens=ids[None], lengths=torch.tensor([count], device=ids.device), logits=explained[None],
+        probabilities=step_logits.softmax(-1).gather(1, ids[:, None])[:, 0][None], captions=fed_ids[None],
+        method=method, grid_size=list(grid), words=[words],
+        settings={"family": vlm.family, "prompt": vlm.prompt, **_settings_of(method, settings, chunk_size)},
+        prompt_words=[vlm.token_texts(prompt_ids[prompt_text].tolist())], **fields)
+    if contrast is not None:
+        result.contrast = torch.full_like(ids, int(contrast))[None]
+        result.contrast_words = [vlm.token_texts([int(contrast)]) * count]
+    return result
+
+
+def image_token_id(model) -> int:
+    """The id of the image placeholder token in a family's config."""
+    config = model.config
+    for name in ("image_token_id", "image_token_index"):
+        if getattr(config, name, None) is not None:
+            return int(getattr(config, name))
+    raise ValueError(f"{type(config).__name__} names no image token (image_token_id / image_token_index)")
+
+
+def _image_size(vlm: VisionLanguageModel, inputs) -> List[int]:
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:
+        patch = vlm.model.config.vision_config.patch_size
+        return [int(grid[0, 1]) * patch, int(grid[0, 2]) * patch]
+    return list(inputs["pixel_values"].shape[-2:])
+
+
+def _settings_of(method: str, settings: Optional[LRPSettings], chunk_size: Optional[int]) -> dict:
+    if method != "lrp":
+        return {}
+    settings = settings if settings is not None else LRPSettings()
+    return {"eps": settings.eps, "bias_factor": settings.bias_factor, "mode": settings.mode,
+            "chunk_size": chunk_size}
+
+
+def explain_vlm(vlm: VisionLanguageModel, images: Sequence, methods: Sequence[str] = ("lrp",),
+                captions: Optional[Sequence[str]] = None, contrast: Optional[str] = None,
+                settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None, max_new_tokens: int = 16,
+                progress: bool = False) -> Dict[str, Explanation]:
+    """Explains the caption of each PIL image (the model's own greedy caption, or ``captions``) with each method:
+    ``{method: Explanation}``, one row per image (words padded to the longest caption). ``contrast``: a word (one
+    token of the tokenizer) each word is explained against."""
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images; give one caption per image")
+    contrast_id = None if contrast is None else vlm.token_id(contrast)
+    rows: Dict[str, List[Explanation]] = {method: [] for method in methods}
+    for index, image in enumerate(tqdm(images, desc="explaining", unit="image", disable=not progress)):
+        forced = (vlm.caption(image, max_new_tokens) if captions is None
+                  else vlm.teacher_forced(image, captions[index]))
+        for method in methods:
+            rows[method].append(explain_one(vlm, forced, method, contrast=contrast_id, settings=settings,
+                                            chunk_size=chunk_size))
+    return {method: stack_rows(explained) for method, explained in rows.items()}
+
+
+def stack_rows(rows: Sequence[Explanation]) -> Explanation:
+    """One explanation of B captions from B one-row explanations of the same method: tensors padded with zeros to
+    the longest caption (and prompt), lists joined."""
+    first = rows[0]
+    words = max(int(row.lengths[0]) for row in rows)
+    prompt = max(len(row.prompt_words[0]) for row in rows)
+    stacked = {}
+    for name in ("tokens", "logits", "probabilities", "captions", "pixel_relevance", "feature_relevance",
+                 "word_relevance", "prompt_relevance", "pixel_map", "attention", "contrast"):
+        values = [getattr(row, name) for row in rows]
+        if values[0] is None:
+            continue
+        padded = [_pad_to(value, words, prompt, name) for value in values]
+        if len({value.shape[2:] for value in padded}) > 1:
+            raise ValueError(f"the images' {name} differ in shape ({[list(v.shape[2:]) for v in padded]}): images "
+                             "the processor brings to different sizes are explained one call each")
+        stacked[name] = torch.cat(padded)
+    return Explanation(lengths=torch.cat([row.lengths for row in rows]), method=first.method,
+                       settings=first.settings, grid_size=first.grid_size, words=[row.words[0] for row in rows],
+                       prompt_words=[row.prompt_words[0] for row in rows],
+                       contrast_words=None if first.contrast_words is None else [row.contrast_words[0] for row in
+                                                                                  rows], **stacked)
+
+
+def _pad_to(value: torch.Tensor, words: int, prompt: int, name: str) -> torch.Tensor:
+    """Pads a row's word dimension to ``words`` (``captions``, the fed tokens: one more), and the second dimension of
+    ``word_relevance`` to ``words``, of ``prompt_relevance`` to ``prompt``."""
+    padding = [0] * (2 * value.dim())  # F.pad's order: the last dimension's (left, right) first
+    padding[-3] = (words + 1 if name == "captions" else words) - value.shape[1]
+    if name in ("word_relevance", "prompt_relevance"):
+        padding[-5] = (words if name == "word_relevance" else prompt) - value.shape[2]
+    return F.pad(value, padding)

@@ -1,0 +1,181 @@
+"""A vision-language model explained from a user's save_pretrained folder (issue 38): its processor and prompt, the
+model's own caption, every method as capxai's Explanation, the command line, and bad input named."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from capxai.cli import main
+from capxai.explain import Explanation
+from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm, pixel_image
+from capxai.explain.vlm_lrp import vlm_relevance
+from capxai.models.vlm import is_vlm_folder, load_vlm
+
+pytest.importorskip("transformers")
+from helpers import TINY_VLMS, tiny_processor, tiny_vlm_folder  # noqa: E402
+
+
+def _picture(seed=0, size=(32, 32)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module", params=list(TINY_VLMS))
+def saved_vlm(request, tmp_path_factory):
+    """(family, folder) of each tiny family saved with its processor."""
+    folder = tmp_path_factory.mktemp(request.param.replace(".", "-"))
+    return request.param, tiny_vlm_folder(request.param, folder)
+
+
+def test_a_folder_is_recognised_and_loaded_with_its_processor_and_prompt(saved_vlm):
+    family, folder = saved_vlm
+    assert is_vlm_folder(folder)
+    vlm = load_vlm(folder)
+    assert not any(parameter.requires_grad for parameter in vlm.model.parameters())
+    inputs = vlm.prompt_inputs(_picture())
+    image_id = vlm.model.config.image_token_id
+    placed = int((inputs["input_ids"] == image_id).sum())
+    assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4}[family]
+
+
+def test_the_caption_is_the_models_own_greedy_generate(saved_vlm):
+    _, folder = saved_vlm
+    vlm = load_vlm(folder)
+    picture = _picture(1)
+    forced = vlm.caption(picture, max_new_tokens=4)
+    inputs = vlm.prompt_inputs(picture)
+    with torch.no_grad():
+        generated = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(forced.inputs["input_ids"], generated)
+    assert forced.positions.tolist() == list(range(inputs["input_ids"].shape[1], generated.shape[1]))
+
+
+def test_every_method_gives_finite_maps_of_the_images_size(saved_vlm):
+    family, folder = saved_vlm
+    vlm = load_vlm(folder)
+    pictures = [_picture(2), _picture(3)]
+    explained = explain_vlm(vlm, pictures, methods=list(VLM_EXPLAINERS), max_new_tokens=3)
+    size = (16, 16) if family == "qwen2.5-vl" else (32, 32)
+    for method, explanation in explained.items():
+        maps = explanation.heatmaps()
+        assert maps.shape[0] == 2 and maps.shape[-2:] == size, method
+        assert torch.isfinite(maps).all() and maps.abs().sum() > 0, method
+        assert explanation.words is not None and len(explanation.words[0]) == int(explanation.lengths[0])
+        assert explanation.grid_size is not None
+    attention = explained["attention"].attention
+    assert torch.allclose(attention.sum(-1)[explained["attention"].mask].clamp(max=1), attention.sum(-1)[
+        explained["attention"].mask])  # a share of each step's attention, at most all of it
+
+
+def test_lrp_explanation_holds_what_the_backward_gave_every_part_placed(saved_vlm):
+    """The Explanation's pixels, image tokens, prompt and words are the slices of vlm_relevance's result, nothing
+    lost: the prompt's text tokens + the fed words + the image tokens sum to all the token relevance there is."""
+    _, folder = saved_vlm
+    vlm = load_vlm(folder, dtype=torch.float64)
+    forced = vlm.caption(_picture(4), max_new_tokens=3)
+    explanation = explain_vlm(vlm, [_picture(4)], methods=["lrp"], max_new_tokens=3)["lrp"]
+    direct = vlm_relevance(vlm.model, forced.inputs, forced.positions)
+    torch.testing.assert_close(explanation.logits[0], direct.logits)
+    torch.testing.assert_close(explanation.feature_relevance[0, :, :, 0], direct.image_tokens)
+    placed = explanation.prompt_relevance[0].sum(-1) + explanation.word_relevance[0].sum(-1)
+    # the relevance of tokens after the word predicted is zero (causal), so the rows hold all of it
+    torch.testing.assert_close(placed, direct.tokens.sum(-1))
+    torch.testing.assert_close(explanation.pixel_relevance[0].sum((1, 2, 3)), direct.pixels.flatten(1).sum(1))
+    assert torch.equal(explanation.word_relevance[0], torch.tril(explanation.word_relevance[0]))
+
+
+def test_a_contrast_word_is_explained_against(saved_vlm):
+    _, folder = saved_vlm
+    vlm = load_vlm(folder, dtype=torch.float64)
+    picture = _picture(5)
+    plain = explain_vlm(vlm, [picture], methods=["lrp"], max_new_tokens=3)["lrp"]
+    against = explain_vlm(vlm, [picture], methods=["lrp", "gradcam"], max_new_tokens=3, contrast="red")
+    forced = vlm.caption(picture, max_new_tokens=3)
+    red = vlm.token_id("red")
+    contrast_logit = vlm_relevance(vlm.model, forced.inputs, forced.positions).step_logits[:, red]
+    torch.testing.assert_close(against["lrp"].logits[0], plain.logits[0] - contrast_logit)
+    assert against["lrp"].contrast_words == [["red"] * int(plain.lengths[0])]
+    with pytest.raises(ValueError, match="attention does not depend"):
+        explain_vlm(vlm, [picture], methods=["attention"], max_new_tokens=2, contrast="red")
+
+
+def test_qwens_flattened_patches_are_put_back_on_the_image():
+    """Qwen2.5-VL's processor flattens the image into patches of two frames: pixel_image puts them back (the two
+    frames, copies of the image, summed)."""
+    processor = tiny_processor("qwen2.5-vl").image_processor
+    picture = _picture(6, size=(16, 16))
+    flat = processor(images=[picture], do_normalize=False, return_tensors="pt")
+    model = TINY_VLMS["qwen2.5-vl"]()[0]
+    image = pixel_image(flat["pixel_values"][None], model, dict(flat))
+    expected = torch.from_numpy(np.asarray(picture, dtype=np.float32)).permute(2, 0, 1) / 255.0 * 2
+    torch.testing.assert_close(image[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_explanation_saves_and_loads_with_its_prompt(saved_vlm, tmp_path):
+    _, folder = saved_vlm
+    vlm = load_vlm(folder)
+    explanation = explain_vlm(vlm, [_picture(7)], methods=["lrp"], max_new_tokens=2)["lrp"]
+    loaded = Explanation.load(explanation.save(tmp_path / "e.pt"))
+    assert loaded.prompt_words == explanation.prompt_words and len(loaded.prompt_words[0]) > 0
+    torch.testing.assert_close(loaded.prompt_relevance, explanation.prompt_relevance)
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llava_folder(tmp_path_factory):
+    return tiny_vlm_folder("llava", tmp_path_factory.mktemp("llava"))
+
+
+def test_capxai_explain_hf_model_of_a_vlm_writes_every_method_and_figures(llava_folder, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    _picture(8).save(image)
+    out = tmp_path / "out"
+    code = main(["explain", "--hf-model", str(llava_folder), "--images", str(image), "--method", "all",
+                 "--max-length", "3", "--prompt", "USER: <image>\nDescribe the image . ASSISTANT:", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    for method in VLM_EXPLAINERS:
+        explanation = Explanation.load(out / method / "explanation.pt")
+        assert explanation.settings["prompt"].startswith("USER: <image>")
+        figures = sorted((out / method / "a").glob("*.png"))
+        assert len(figures) == int(explanation.lengths[0]), method
+    meta = json.loads((out / "lrp" / "explanation.json").read_text())
+    assert meta["prompt_words"][0][:2] == ["USER", ":"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("no-processor", "holds no processor"),
+    ("prompt", "holds no image placeholder '<image>'"),
+    ("method", "--method guided-backprop is not offered for a vision-language model"),
+    ("family", "capxai explains the vision-language families"),
+])
+def test_bad_vlm_input_is_one_line_exit_2(llava_folder, tmp_path, capsys, change, message):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(llava_folder, folder)
+    image = tmp_path / "a.png"
+    _picture(9).save(image)
+    arguments = ["explain", "--hf-model", str(folder), "--images", str(image), "--out", str(tmp_path / "out")]
+    if change == "no-processor":
+        for name in ("processor_config.json", "preprocessor_config.json"):
+            (folder / name).unlink(missing_ok=True)
+    elif change == "prompt":
+        arguments += ["--prompt", "Describe the image ."]
+    elif change == "method":
+        arguments += ["--method", "guided-backprop"]
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(config, model_type="llava_next")))
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out" / "lrp" / "explanation.pt").exists()
+
+
+def test_an_image_the_processor_refuses_is_named(tmp_path):
+    folder = tiny_vlm_folder("qwen2.5-vl", tmp_path / "qwen")
+    vlm = load_vlm(folder)
+    with pytest.raises(ValueError, match="the qwen2_5_vl processor refused the image"):
+        vlm.prompt_inputs(_picture(10, size=(600, 2)))  # an aspect ratio over 200, which Qwen's resize refuses
