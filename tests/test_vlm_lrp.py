@@ -5,7 +5,7 @@ from the words after it, and bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.vlm_lrp import image_token_grid, image_token_map, vlm_relevance
+from capxai.explain.vlm_lrp import attention_implementation, image_token_grid, image_token_map, vlm_relevance
 from capxai.models.vlm import generate_caption as caption
 from capxai.nn.context import LRPSettings
 
@@ -128,7 +128,8 @@ def test_gradient_x_input_of_every_word_at_once(family):
     positions = torch.arange(length - 2, length)
     together = vlm_relevance(model, inputs, positions, method="gradient-x-input")
     pixels = inputs["pixel_values"].clone().requires_grad_()
-    logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
+    with attention_implementation(model, "eager"):  # the attention vlm_relevance runs the gradient with
+        logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
     for k, position in enumerate(positions):
         (gradient,) = torch.autograd.grad(logits[position - 1, inputs["input_ids"][0, position]], pixels,
                                           retain_graph=True)

@@ -59,6 +59,17 @@ class _VmappableScatter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, name: str):
+    """The model's attention implementation set to ``name`` ("eager", "sdpa") inside the block, and back after."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)
+
+
 @dataclasses.dataclass
 class _Backward:
     """What one teacher-forced forward and the vmapped backward of every word give: per word the gradient (or
@@ -114,9 +125,13 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
             if rules is not None:
                 stack.enter_context(relevance_rules(stack.enter_context(lrp(rules.eps, rules.bias_factor,
                                                                             rules.mode))))
-            else:
+            else:  # torch has no vmap rule for the CPU flash attention's backward: eager, not a loop over words
                 stack.enter_context(_VmappableScatter())
-            logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]  # [L, V]
+                stack.enter_context(attention_implementation(model, "eager"))
+            # the logits of the steps that predict the words only ([K, V], not [L, V]): the starts of K words are
+            # then K x K x V, not K x L x V (a 150k vocabulary and 600 tokens: 360 MB a word)
+            logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False,
+                           logits_to_keep=positions - 1).logits[0]
     finally:
         for hook in hooks:
             hook.remove()
@@ -125,17 +140,17 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
                          f"language model {len(merged)} times with inputs_embeds; expected once each (a family whose "
                          "forward does not place image features into the text embeddings is not covered)")
     embeddings, language_input = leaves[0], merged[0]
-    steps, words = positions - 1, ids[0, positions]
+    words = ids[0, positions]
     count = torch.arange(positions.numel(), device=ids.device)
-    step_logits = logits.detach()[steps]  # [K, V]
+    step_logits = logits.detach()  # [K, V]: row k is the step predicting word k
     explained = step_logits[count, words]
     start = logits.new_zeros(positions.numel(), *logits.shape)
-    start[count, steps, words] = explained if rules is not None else 1.0
+    start[count, count, words] = explained if rules is not None else 1.0
     if contrast is not None:
         against = step_logits[count, contrast]
         explained = explained - against
         # where the contrast is the word itself the two cancel: a zero start
-        start[count, steps, contrast] -= against if rules is not None else 1.0
+        start[count, count, contrast] -= against if rules is not None else 1.0
     leaves_read = [pixels, embeddings, language_input]
     backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, leaves_read, target, retain_graph=True))
     results = [backward(chunk) for chunk in start.split(chunk_size or positions.numel())]
@@ -196,16 +211,13 @@ def vlm_attention(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     def read_merged(module, arguments, keywords):
         rows.append(keywords.get("inputs_embeds"))
 
-    previous = model.config._attn_implementation
     hook = model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)
     try:
-        model.set_attn_implementation("eager")
-        with torch.no_grad(), frozen(model):
+        with torch.no_grad(), frozen(model), attention_implementation(model, "eager"):
             output = model(**inputs, use_cache=False, output_attentions=True)
             embeddings = model.get_input_embeddings()(inputs["input_ids"])
     finally:
         hook.remove()
-        model.set_attn_implementation(previous)
     if not output.attentions:
         raise ValueError(f"vlm_attention: {type(model).__name__} returned no attention weights")
     image_rows = (embeddings != rows[0]).any(-1)[0]
