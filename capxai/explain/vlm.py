@@ -2,8 +2,9 @@
 word of the caption explained teacher-forced on prompt + caption by each method, one image a row.
 
 Methods (:data:`VLM_EXPLAINERS`):
-- ``lrp``, ``gradient-x-input``: relevance on the pixels (through the vision tower), the image tokens (on their grid),
-  the prompt and the earlier caption words (:func:`capxai.explain.vlm_lrp.vlm_relevance`).
+
+- ``lrp``, ``gradient-x-input``: relevance on the pixels (through the vision tower), the image tokens (on their
+  grid), the prompt and the earlier caption words (:func:`capxai.explain.vlm_lrp.vlm_relevance`).
 - ``gradcam``: Grad-CAM on the image features the language model reads (the projector's output, one row per image
   token), upsampled from the token grid to the image.
 - ``attention``: the language model's attention from each word's step to the image tokens, averaged over heads and

@@ -169,7 +169,7 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once). ``method``: "lrp"
     (the rules of docs/LRP_RULES.md Part 3) or "gradient-x-input" (each input times the gradient of the word's logit,
     the same backward without the rules). ``contrast``: a token id (or one per word) each word is explained against:
-    the start is the word's logit minus the contrast's (docs/LRP_RULES.md, "Contrastive targets")."""
+    the start is the word's logit minus the contrast's, as for the other captioners' ``contrast=``."""
     if method not in VLM_METHODS:
         raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
     positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
