@@ -11,7 +11,7 @@ from capxai.data.vocabulary import Vocabulary
 from capxai.models.adaptive import AdaptiveAttentionCaptioner
 from capxai.models.captioner import Captioner
 from capxai.models.checkpoint import load_checkpoint
-from capxai.models import hf
+from capxai.models import hf, hf_llava
 from capxai.models.encoders import SceneCNN, TorchvisionEncoder
 from capxai.models.multihead import MultiHeadCaptioner
 from capxai.models.transformer import TransformerCaptioner
@@ -54,10 +54,19 @@ CAPTIONERS.register("hf-vit-gpt2", CaptionerKind(lambda config, vocab_size, feat
     _heads_divide_hidden, encoder="vit"),
     help="Hugging Face GPT-2 with cross-attention over a Hugging Face ViT (--encoder vit; --hidden, --layers, "
          "--heads), explained by the generic LRP path")
+CAPTIONERS.register("hf-llava", CaptionerKind(lambda config, vocab_size, feature_dim: hf_llava.llama(
+    vocab_size, feature_dim, (config.image_size // 8) ** 2 + 1, config.hidden, config.layers, config.heads,
+    config.max_length, config.dropout), _heads_divide_hidden, encoder="clip"),
+    help="a LLaVA-style vision-language model: Hugging Face LLaMA reading a CLIP tower's projected tokens as its "
+         "prefix (--encoder clip; --hidden, --layers, --heads), explained by the generic LRP path")
 ENCODERS.register("scene", lambda config: SceneCNN(), help="a small CNN for the built-in scenes")
 ENCODERS.register("vit", lambda config: hf.vit(config.image_size, 8, config.hidden, config.layers, config.heads),
                   help="a Hugging Face ViT (patches of 8 px, --hidden wide, --layers, --heads), for --model "
                        "hf-vit-gpt2")
+ENCODERS.register("clip", lambda config: hf_llava.clip(config.image_size, 8, config.hidden, config.layers,
+                                                        config.heads),
+                  help="a Hugging Face CLIP vision tower (patches of 8 px, --hidden wide, --layers, --heads), for "
+                       "--model hf-llava")
 ENCODERS.register("vgg16", lambda config: TorchvisionEncoder("vgg16", config.encoder_weights),
                   help="torchvision VGG16 (the paper's), weights from --encoder-weights")
 ENCODERS.register("resnet101", lambda config: TorchvisionEncoder("resnet101", config.encoder_weights),
