@@ -116,7 +116,8 @@ def test_detection_summary_and_its_json():
                                                                    higher_means="present")
     chance = dataclasses.replace(perfect, value=0.5, ci=(0.5, 0.5), detection_auc=0.5)  # a constant statistic
     assert summary.statistics["lrp"]["positive_mass"] == summary.statistics["lrp"]["inside_share"] == chance
-    assert list(summary.statistics["lrp"]) == ["mean", "max", "positive_mass", "inside_share"]  # no word relevance
+    # no word relevance, so no visual share
+    assert list(summary.statistics["lrp"]) == ["mean", "max", "positive_mass", "inside_share", "concentration"]
     assert summary.statistics["model"] == {"probability": chance}  # no sentinel
     assert summary.best["model"].statistic == "probability" and summary.best["lrp"].statistic == "mean"  # first best
     assert (summary.words, summary.hallucinated) == (8, 4)
@@ -183,5 +184,13 @@ def test_grounding_and_detection_measure_a_hand_made_map():
     assert grounding.baseline(batch) == [GroundingRecord(7, "ring", (0.25,) * len(THRESHOLDS), 0.25)]
     detection = EXPLANATION_METRICS["detection"]
     assert detection.measure(batch, explained) == [MapStatistics(7, False, mean=1 / 16, max=2.0, positive_mass=2.0,
-                                                                 inside_share=1.0, word_relevance=None)]
+                                                                 inside_share=1.0, word_relevance=None,
+                                                                 concentration=1.0, visual_share=None)]
+    # with word relevance: the image's share of image + words (1 of 1 + 3), and the mass spread over two pixels
+    explanation.word_relevance = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]])
+    (record,) = detection.measure(batch, explained)
+    assert record.visual_share == pytest.approx(1 / 4) and record.word_relevance == 3.0  # 2 - 1 of (2 - 1) + 3
+    assert record.concentration == 1.0  # one pixel of 16 is the top 5 %: all of the positive mass
+    uniform = Explained(method="lrp", explanation=explanation, heatmaps=torch.ones(1, 2, 4, 4), mentions=mentions)
+    assert detection.measure(batch, uniform)[0].concentration == pytest.approx(1 / 16)
     assert detection.baseline(batch) == [ModelStatistics(7, False, probability=0.25, sentinel_share=0.25)]

@@ -103,3 +103,17 @@ def test_capxai_train_trains_it_on_the_scenes_and_load_trained_reads_it(tiny_tra
         images = torch.rand(2, 3, config.image_size, config.image_size)
         decoded = greedy(model.captioner, model.encoder(images), max_length=4)
     assert decoded.tokens.shape[0] == 2
+
+
+def test_teacher_forcing_in_one_pass_equals_stepping():
+    from capxai.models.captioner import Captioner
+
+    model = _model(seed=4)
+    features = model.encoder(_images(3))
+    captions = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 10, 2, 0]])
+    with torch.no_grad():
+        once = model.captioner(features, captions)
+        stepped = Captioner.forward(model.captioner, features, captions)  # the base class: one step at a time
+    torch.testing.assert_close(once.logits, stepped.logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(once.activations["attention"], stepped.activations["attention"], rtol=1e-9,
+                               atol=1e-9)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from capxai._optional import require
-from capxai.models.captioner import Captioner, State
+from capxai.models.captioner import Captioner, DecoderTrace, State, steps_needed
 from capxai.models.hf import HF_PURPOSE, HFImageEncoder
 
 
@@ -48,6 +48,24 @@ class LlavaCaptioner(Captioner):
         regions = state["image"].shape[1]
         attention = torch.stack([layer[:, :, -1, :regions] for layer in output.attentions]).mean(0)
         return output.logits[:, -1], {"image": state["image"], "embedded": embedded}, {"attention": attention}
+
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, pad: int = 0) -> DecoderTrace:
+        """Teacher forcing of all positions in one pass of the LLaMA over ``[image tokens; words]`` (its causal mask
+        in place of re-running each prefix; what training and the explainers run): equal to :meth:`step` run
+        position by position (tested); positions after a row's last word are 0, as in :meth:`Captioner.forward`."""
+        self.check_teacher_forcing(features, captions)
+        state = self.init_state(features)
+        regions, steps = state["image"].shape[1], captions.shape[1] - 1
+        if regions + steps > self.max_positions:
+            raise ValueError(f"LlavaCaptioner: image tokens and caption exceed the LLaMA's {self.max_positions} "
+                             "positions (max_position_embeddings)")
+        sequence = torch.cat([state["image"], self.embedding(captions[:, :-1])], dim=1)
+        output = self.language_model(inputs_embeds=sequence, use_cache=False, output_attentions=True)
+        logits = output.logits[:, regions:]
+        attention = torch.stack([layer[:, :, regions:, :regions] for layer in output.attentions]).mean(0)
+        real = (torch.arange(steps, device=captions.device) < steps_needed(captions, pad).unsqueeze(1)).unsqueeze(-1)
+        return DecoderTrace(logits * real, {"attention": attention.transpose(1, 2) * real.unsqueeze(-1)})
 
 
 def llama(vocab_size: int, feature_dim: int, regions: int, width: int = 64, layers: int = 2, heads: int = 2,

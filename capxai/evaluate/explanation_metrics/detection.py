@@ -7,6 +7,7 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_curve
 
 from capxai.evaluate.explanation_metrics.base import (EXPLANATION_METRICS, Batch, ExplanationMetric, Explained,
@@ -36,7 +37,9 @@ class ModelStatistics(_Statistics):
 class MapStatistics(_Statistics):
     """What one method's explanation says of one object word: its heatmap's ``mean``, ``max``, positive mass and
     the share of that mass inside any box of the image; the relevance of the preceding words (methods with word
-    relevance only)."""
+    relevance only); ``concentration``, the share of the positive mass on the top 5 % of pixels (a few patches or
+    spread); ``visual_share``, the image's part of the relevance of image and words together (methods with word
+    relevance; docs/LRP_RULES.md, "Visual share of a word": clamped to [0, 1], 0 where the sum is not positive)."""
 
     image: int
     hallucinated: bool
@@ -45,6 +48,27 @@ class MapStatistics(_Statistics):
     positive_mass: float
     inside_share: float
     word_relevance: Optional[float]
+    concentration: float = 0.0
+    visual_share: Optional[float] = None
+
+
+TOP_PIXELS = 0.05  # the share of pixels whose positive mass is the concentration
+
+
+def concentration(heatmap: torch.Tensor) -> float:
+    """The share of a map's positive mass on its top ``TOP_PIXELS`` of pixels (0 for a map with none)."""
+    positive = heatmap.clamp(min=0).flatten()
+    mass = float(positive.sum())
+    if mass <= 0:
+        return 0.0
+    top = max(1, int(round(TOP_PIXELS * positive.numel())))
+    return float(positive.topk(top).values.sum()) / mass
+
+
+def visual_share(image: float, words: float) -> float:
+    """``image / (image + words)`` clamped to [0, 1]; 0 where the sum is not positive."""
+    total = image + words
+    return min(1.0, max(0.0, image / total)) if total > 0 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +162,12 @@ class Detection(ExplanationMetric):
             heatmap = explained.mention_maps[index].double()
             positive = heatmap.clamp(min=0)
             mass = float(positive.sum())
+            words = float(word_relevance[m.row, m.t, :m.t + 1].sum()) if word_relevance is not None else None
             records.append(MapStatistics(
                 image=m.image, hallucinated=m.hallucinated, mean=float(heatmap.mean()), max=float(heatmap.max()),
                 positive_mass=mass, inside_share=float(positive[m.union].sum()) / mass if mass > 0 else 0.0,
-                word_relevance=(float(word_relevance[m.row, m.t, :m.t + 1].sum()) if word_relevance is not None
-                                else None)))
+                word_relevance=words, concentration=concentration(heatmap),
+                visual_share=visual_share(float(heatmap.sum()), words) if words is not None else None))
         return records
 
     def summarise(self, records: Dict[str, list]) -> DetectionSummary:
