@@ -23,7 +23,8 @@ def test_evaluate_measures_every_method(grounded_model, tmp_path, capsys):
                                "--ablation-patches", "8"))
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "explanations_test_beam1.json").read_text())
-    methods = ["lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention"]
+    methods = ["lrp", "gradcam", "guided-gradcam", "guided-backprop", "gradient-x-input", "attention",
+               "integrated-gradients", "occlusion"]
     assert results["settings"]["methods"] == methods and results["images"] == 100
     detection = results["detection"]
     assert set(detection["statistics"]) == {"model", *methods} and detection["words"] > 50

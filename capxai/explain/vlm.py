@@ -22,7 +22,7 @@ from capxai.models.vlm import VisionLanguageModel, VLMInputs
 from capxai.nn.context import LRPSettings
 
 VLM_EXPLAINERS = {
-    "lrp": "LRP (AttnLRP's rules for the transformer blocks; docs/LRP_RULES.md Part 3)",
+    "lrp": "LRP (AttnLRP's rules for the attention blocks; docs/LRP_RULES.md Part 3)",
     "gradient-x-input": "each input times the gradient of the word's logit",
     "gradcam": "Grad-CAM on the image features the language model reads (the projector's output)",
     "attention": "the language model's attention to the image tokens, mean over heads and layers",
