@@ -164,7 +164,8 @@ def test_encoder_learning_rate_is_its_own(tiny_scenes, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("model", "lstm", r"model must be one of \['adaptive', 'multihead', 'transformer', 'hf-vit-gpt2'\], got 'lstm'"),
+    ("model", "lstm",
+     r"model must be one of \['adaptive', 'multihead', 'transformer', 'hf-vit-gpt2', 'hf-llava'\], got 'lstm'"),
     ("encoder", "swin", r"encoder must be one of \[.*'scene'.*\], got 'swin'"),
     ("hidden", 0, "hidden must be >= 1, got 0")])
 def test_config_names_a_bad_choice_or_number(field, value, message):
