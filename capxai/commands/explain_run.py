@@ -33,14 +33,7 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     included) are removed once the new explanation is computed; files capxai did not write stop the call before
     any work."""
     out_dir = Path(out_dir)
-    if captions is not None and len(captions) != len(image_paths):
-        raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
-    if figures:
-        _figures_ready()
-    output = OutputFolder(out_dir, "explain")
-    for method in methods:
-        target = out_dir / method / "explanation.pt"
-        output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
+    output = _checked_output(out_dir, methods, image_paths, captions, figures, overwrite)
     pictures = [open_image(Path(path)).resize((image_size, image_size)) for path in image_paths]
     transform = transform if transform is not None else default_transform(image_size)
     images = torch.stack([transform(picture) for picture in pictures]).to(next(model.parameters()).device)
@@ -56,9 +49,19 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     return written
 
 
-def _figures_ready() -> None:
-    """Before any work: the figures need matplotlib (capxai[report]); without it this names the extra."""
-    import capxai.report.figures  # noqa: F401
+def _checked_output(out_dir: Path, methods: Sequence[str], image_paths, captions, figures: bool,
+                    overwrite: bool) -> OutputFolder:
+    """Before any work: one caption per image, matplotlib for the figures (capxai[report]; without it the error
+    names the extra), and each method's files writable (``overwrite``)."""
+    if captions is not None and len(captions) != len(image_paths):
+        raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
+    if figures:
+        import capxai.report.figures  # noqa: F401
+    output = OutputFolder(out_dir, "explain")
+    for method in methods:
+        target = out_dir / method / "explanation.pt"
+        output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
+    return output
 
 
 def _write(output: OutputFolder, out_dir: Path, explanation: Explanation, run: dict, display, names,
@@ -87,14 +90,7 @@ def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Se
     from capxai.explain.vlm import explain_one, stack_rows
 
     out_dir = Path(out_dir)
-    if captions is not None and len(captions) != len(image_paths):
-        raise ValueError(f"{len(captions)} --captions for {len(image_paths)} --images; give one caption per image")
-    if figures:
-        _figures_ready()
-    output = OutputFolder(out_dir, "explain")
-    for method in methods:
-        target = out_dir / method / "explanation.pt"
-        output.check_writable([target, target.with_suffix(".json")], overwrite, group=method)
+    output = _checked_output(out_dir, methods, image_paths, captions, figures, overwrite)
     pictures = [open_image(Path(path)) for path in image_paths]
     contrast_id = None if contrast is None else vlm.token_id(contrast)
     forced = [vlm.caption(picture, max_length) if captions is None else vlm.teacher_forced(picture, captions[i])

@@ -74,22 +74,30 @@ class LocalHFModel:
     image_size: int
 
 
-def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LocalHFModel:
-    """A local ``save_pretrained`` folder of a ``VisionEncoderDecoderModel`` (ViT + GPT-2) or of BLIP's captioning
-    model, with its image processor and tokenizer, ready to explain (evaluation mode, on ``device``)."""
-    transformers = require("transformers", "a Hugging Face model folder (--hf-model)")
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+def read_config(folder: Path):
+    """The ``config.json`` of a ``save_pretrained`` folder (read before any weight), or the error naming what is
+    wrong with the folder."""
+    from transformers import AutoConfig
 
-    folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--hf-model {folder} is not a folder")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: not a Hugging Face model folder (write one with "
                                 "model.save_pretrained(DIR))")
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
     except (ValueError, OSError, KeyError) as error:
         raise ValueError(f"{folder}/config.json is not a config transformers can read ({error})") from None
+
+
+def load_local(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LocalHFModel:
+    """A local ``save_pretrained`` folder of a ``VisionEncoderDecoderModel`` (ViT + GPT-2) or of BLIP's captioning
+    model, with its image processor and tokenizer, ready to explain (evaluation mode, on ``device``)."""
+    transformers = require("transformers", "a Hugging Face model folder (--hf-model)")
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    folder = Path(folder)
+    config = read_config(folder)
     model_class = hf.check_config(config)
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no preprocessor_config.json: the model's image processor "

@@ -205,17 +205,12 @@ def load_vlm(folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
     :class:`VisionLanguageModel` on ``device``. The config is checked before the weights are read; what the folder
     lacks is named."""
     transformers = require("transformers", "a Hugging Face vision-language model (--hf-model)")
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
+
+    from capxai.models.hf_local import read_config
 
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no config.json: not a Hugging Face model folder (write one with "
-                                "model.save_pretrained(DIR))")
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (ValueError, OSError, KeyError) as error:
-        raise ValueError(f"{folder}/config.json is not a config transformers can read ({error})") from None
-    name, spec = family_of(config)
+    name, spec = family_of(read_config(folder))
     if not any((folder / file).is_file() for file in ("processor_config.json", "preprocessor_config.json")):
         raise FileNotFoundError(f"{folder} holds no processor (processor_config.json / preprocessor_config.json): "
                                 "save it with processor.save_pretrained(DIR); a VLM's images and prompt are read "
