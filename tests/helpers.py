@@ -383,7 +383,24 @@ def _paligemma():
     return PaliGemmaForConditionalGeneration(config), inputs, 63
 
 
-TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma}
+def _gemma3():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(text_config=dict(TEXT, head_dim=8, sliding_window=8,
+                                           layer_types=["sliding_attention", "full_attention"]),
+                          vision_config=dict(VISION, vision_use_head=False), mm_tokens_per_image=4,
+                          image_token_index=63, boi_token_index=61, eoi_token_index=62)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers initialises the projection to zeros: no image would reach the words
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.3)
+    # SigLIP's 4 x 4 patches average-pooled 2 x 2 into 4 tokens between <start_of_image> and <end_of_image>; the
+    # image tokens attend both ways (token type 1), the rest causally; the first layer within a sliding window of 8
+    ids = torch.tensor([[2, 61] + [63] * 4 + [62, 5, 7, 9]])
+    return model, dict(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32), token_type_ids=(ids == 63).long()), 63
+
+
+TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma,
+             "gemma3": _gemma3}
 
 
 def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
@@ -456,15 +473,19 @@ CHAT_TEMPLATES = {
                   "'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
                   "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
                   "{% endif %}",
+    "gemma3": "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == "
+              "'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n"
+              "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
     "idefics3-smolvlm": "{% for m in messages %}{{ m['role'] | capitalize }}:{% for c in m['content'] %}{% if "
                         "c['type'] == 'image' %}<image>{% else %} {{ c['text'] }}{% endif %}{% endfor %}"
                         "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}",
 }
 FAMILY_TOKENS = {  # token -> id, as the tiny models' configs place them
     "llava": {"<image>": 63}, "paligemma": {"<image>": 63}, "idefics3-smolvlm": {"<image>": 63},
+    "gemma3": {"<image_soft_token>": 63, "<start_of_image>": 61, "<end_of_image>": 62},
     "qwen2.5-vl": {"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63},
 }
-EXTRA_SPECIALS = {"qwen2.5-vl": ["<|im_start|>", "<|im_end|>"],
+EXTRA_SPECIALS = {"qwen2.5-vl": ["<|im_start|>", "<|im_end|>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"],
                   "idefics3-smolvlm": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]}
 
 
@@ -485,8 +506,10 @@ def tiny_tokenizer(family: str):
     vocabulary.update(fixed)
     backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    named = ({"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+             if family == "gemma3" else {})  # what Gemma 3's processor reads off its tokenizer
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", unk_token="<unk>")
+                                        eos_token="</s>", unk_token="<unk>", extra_special_tokens=named)
     tokenizer.add_special_tokens({"additional_special_tokens": specials[4:] + list(fixed)})
     return tokenizer
 
@@ -510,6 +533,9 @@ def tiny_processor(family: str):
                                           size={"shortest_edge": 256, "longest_edge": 256})
         videos = hf.Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2)
         return hf.Qwen2_5_VLProcessor(images, tokenizer, videos, chat_template=CHAT_TEMPLATES[family])
+    if family == "gemma3":
+        images = hf.Gemma3ImageProcessor(size={"height": 32, "width": 32})
+        return hf.Gemma3Processor(images, tokenizer, chat_template=CHAT_TEMPLATES[family], image_seq_length=4)
     if family == "idefics3-smolvlm":
         images = hf.Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
                                            max_image_size={"longest_edge": 32})

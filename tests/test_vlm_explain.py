@@ -37,7 +37,7 @@ def test_a_folder_is_recognised_and_loaded_with_its_processor_and_prompt(saved_v
     inputs = vlm.prompt_inputs(_picture())
     image_id = vlm.model.config.image_token_id
     placed = int((inputs["input_ids"] == image_id).sum())
-    assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4}[family]
+    assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4, "gemma3": 4}[family]
 
 
 def test_the_caption_is_the_models_own_greedy_generate(saved_vlm):

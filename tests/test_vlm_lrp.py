@@ -96,13 +96,13 @@ def test_equals_gradient_x_input_under_the_implicit_rules_with_offsets(family):
                                    atol=1e-9)
 
 
-GRIDS = {"llava": (4, 4), "qwen2.5-vl": (2, 2), "idefics3-smolvlm": (2, 2), "paligemma": (4, 4)}
+GRIDS = {"llava": (4, 4), "qwen2.5-vl": (2, 2), "idefics3-smolvlm": (2, 2), "paligemma": (4, 4), "gemma3": (2, 2)}
 
 
 @pytest.mark.parametrize("family", sorted(TINY_VLMS))
 def test_the_image_tokens_on_the_grid_of_the_image(family):
     """LLaVA and PaliGemma: 32 px in patches of 8 (4 x 4); Qwen2.5-VL: 4 x 4 patches merged 2 x 2; Idefics3: 4 x 4
-    patches pixel-shuffled 2 x 2."""
+    patches pixel-shuffled 2 x 2; Gemma 3: 4 x 4 patches average-pooled 2 x 2."""
     model, inputs, _ = tiny_vlm(family, seed=11)
     explained = vlm_relevance(model, inputs, torch.tensor([inputs["input_ids"].shape[1] - 1]), SETTINGS)
     placed = image_token_map(explained, model, inputs)

@@ -30,12 +30,16 @@ class VLMFamily:
             ``chat``, else the whole prompt).
         chat: the prompt is the user's message of the processor's chat template (the image placed by the template).
         placeholder: the image placeholder a raw prompt must hold (None: the processor places the image itself).
+        caption_token_type: the ``token_type_ids`` of the caption's tokens, for a family that reads them
+            (PaliGemma's prefix LM: 1, the causal suffix; Gemma 3: 0, text, where 1 marks the image tokens, which
+            attend both ways).
     """
 
     model_class: str
     prompt: str
     chat: bool = False
     placeholder: Optional[str] = "<image>"
+    caption_token_type: int = 0
 
 
 VLM_FAMILIES: Registry = Registry("vision-language families")
@@ -46,7 +50,11 @@ VLM_FAMILIES.register("qwen2_5_vl", VLMFamily("Qwen2_5_VLForConditionalGeneratio
                       help="Qwen2.5-VL: windowed ViT with Conv3d patches, merger, Qwen2 with multimodal RoPE")
 VLM_FAMILIES.register("idefics3", VLMFamily("Idefics3ForConditionalGeneration", "Describe the image in one sentence.",
                                             chat=True), help="Idefics3 / SmolVLM: SigLIP, pixel shuffle, LLaMA")
-VLM_FAMILIES.register("paligemma", VLMFamily("PaliGemmaForConditionalGeneration", "caption en", placeholder=None),
+VLM_FAMILIES.register("gemma3", VLMFamily("Gemma3ForConditionalGeneration", "Describe the image in one sentence.",
+                                          chat=True, placeholder="<start_of_image>"),
+                      help="Gemma 3: SigLIP, average-pooled projector, Gemma 3 with QK-norm and sliding windows")
+VLM_FAMILIES.register("paligemma", VLMFamily("PaliGemmaForConditionalGeneration", "caption en", placeholder=None,
+                                             caption_token_type=1),
                       help="PaliGemma: SigLIP, linear projector, Gemma as a prefix LM")
 
 
@@ -135,7 +143,8 @@ class VisionLanguageModel:
             raise ValueError("the caption is empty: nothing to explain")
         inputs = self.prompt_inputs(image)
         length = inputs["input_ids"].shape[1]
-        return VLMInputs(append_tokens(inputs, ids), torch.arange(length, length + ids.shape[1], device=self.device))
+        positions = torch.arange(length, length + ids.shape[1], device=self.device)
+        return VLMInputs(append_tokens(inputs, ids, self.model), positions)
 
     def token_id(self, word: str) -> int:
         """The id of ``word``, which must be one token of the model's tokenizer (a contrast word)."""
@@ -150,9 +159,9 @@ class VisionLanguageModel:
         return [text if text else f"<token {int(i)}>" for text, i in zip(texts, ids)]
 
 
-# The processors' per-token inputs, and the value of a caption token in each: attended; a prefix LM such as
-# PaliGemma reads the caption as its causal suffix (type 1); Qwen2.5-VL's modality of a text token (0)
-PER_TOKEN_INPUTS = {"attention_mask": 1, "token_type_ids": 1, "mm_token_type_ids": 0}
+# The processors' per-token inputs, and the value of a caption token in each: attended; its token type (the
+# family's: VLMFamily.caption_token_type); Qwen2.5-VL's modality of a text token (0)
+PER_TOKEN_INPUTS = {"attention_mask": 1, "token_type_ids": None, "mm_token_type_ids": 0}
 
 
 def prompt_text(family: str, processor, prompt: Optional[str] = None) -> str:
@@ -175,11 +184,13 @@ def prompt_text(family: str, processor, prompt: Optional[str] = None) -> str:
     return prompt
 
 
-def append_tokens(inputs: Dict[str, torch.Tensor], ids: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """``inputs`` with ``ids [1, C]`` appended to ``input_ids``; the per-token inputs
-    (:data:`PER_TOKEN_INPUTS`) grow with them."""
+def append_tokens(inputs: Dict[str, torch.Tensor], ids: torch.Tensor, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``inputs`` with ``ids [1, C]`` appended to ``input_ids``; the per-token inputs (:data:`PER_TOKEN_INPUTS`)
+    grow with them, ``token_type_ids`` with ``model``'s family's caption token type."""
     extended = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids], 1))
+    family = VLM_FAMILIES.get(getattr(model.config, "model_type", None))
     for name, fill in PER_TOKEN_INPUTS.items():
+        fill = fill if fill is not None else (family.caption_token_type if family is not None else 0)
         if name in inputs:
             extended[name] = torch.cat([inputs[name], inputs[name].new_full(ids.shape, fill)], 1)
     return extended
@@ -196,7 +207,7 @@ def generate_caption(model: nn.Module, inputs: Dict[str, torch.Tensor], max_new_
     added = generated[:, ids.shape[1]:]
     if added.shape[1] < 1:
         raise ValueError("caption: the model generated no token (its first word ended the caption)")
-    return append_tokens(inputs, added), torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
+    return append_tokens(inputs, added, model), torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
 
 
 def load_vlm(folder: Union[str, Path], device: Union[str, torch.device] = "cpu", prompt: Optional[str] = None,

@@ -386,7 +386,10 @@ _HANDLER_NAMES = {
     _einsum: ("torch.einsum",),
     _addmm: ("torch.addmm", "Tensor.addmm"),
     _affine((1, 2)): ("torch.baddbmm", "Tensor.baddbmm"),  # GPT-2's reorder_and_upcast_attn scores
-    _affine((0,)): ("torch.conv1d", "torch.conv2d", "torch.conv3d", "F.conv1d", "F.conv2d", "F.conv3d"),
+    _affine((0,)): ("torch.conv1d", "torch.conv2d", "torch.conv3d", "F.conv1d", "F.conv2d", "F.conv3d",
+                    # average pooling: linear in its input, weights 1/n (Gemma 3's projector pools the patches)
+                    "torch.avg_pool1d", "F.avg_pool1d", "F.avg_pool2d", "F.avg_pool3d", "F.adaptive_avg_pool1d",
+                    "F.adaptive_avg_pool2d", "F.adaptive_avg_pool3d"),
     _softmax: ("torch.softmax", "Tensor.softmax", "F.softmax"),
     _layer_norm: ("F.layer_norm",),
     _sdpa: ("F.scaled_dot_product_attention",),
