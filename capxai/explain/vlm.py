@@ -9,6 +9,8 @@ Methods (:data:`VLM_EXPLAINERS`):
   token), upsampled from the token grid to the image.
 - ``attention``: the language model's attention from each word's step to the image tokens, averaged over heads and
   layers (the baseline the VLM visualisers show), upsampled likewise.
+- ``integrated-gradients``, ``occlusion``: on the pixel values, as for the other captioners
+  (:func:`capxai.explain.vlm_lrp.vlm_integrated_gradients`, :func:`capxai.explain.vlm_lrp.vlm_occlusion`).
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from capxai.explain.explanation import Explanation
-from capxai.explain.vlm_lrp import image_token_grid, vlm_attention, vlm_gradcam, vlm_relevance
+from capxai.explain.vlm_lrp import (image_token_grid, vlm_attention, vlm_gradcam, vlm_integrated_gradients,
+                                    vlm_occlusion, vlm_relevance)
 from capxai.models.vlm import VisionLanguageModel, VLMInputs
 from capxai.nn.context import LRPSettings
 
@@ -26,6 +29,8 @@ VLM_EXPLAINERS = {
     "gradient-x-input": "each input times the gradient of the word's logit",
     "gradcam": "Grad-CAM on the image features the language model reads (the projector's output)",
     "attention": "the language model's attention to the image tokens, mean over heads and layers",
+    "integrated-gradients": "Integrated Gradients on the pixel values (Captum's quadrature, 16 steps)",
+    "occlusion": "the logits' drop with each square of the image hidden (Captum's feature ablation)",
 }
 
 
@@ -82,6 +87,14 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
         token_values, explained, step_logits = vlm_gradcam(model, inputs, positions, chunk_size=chunk_size,
                                                            contrast=contrast)
         grid = image_token_grid(model, inputs, token_values.shape[1])
+    elif method in ("integrated-gradients", "occlusion"):
+        if method == "occlusion":
+            pixels, explained, step_logits = vlm_occlusion(model, inputs, positions, contrast=contrast)
+        else:
+            pixels, explained, step_logits = vlm_integrated_gradients(model, inputs, positions, chunk_size=chunk_size,
+                                                                      contrast=contrast)
+        grid = image_token_grid(model, inputs, int((inputs["input_ids"] == image_token_id(model)).sum()))
+        fields.update(pixel_relevance=pixel_image(pixels, model, inputs)[None])
     else:
         if contrast is not None:
             raise ValueError("attention does not depend on the word explained: --contrast does not apply to it")

@@ -252,3 +252,81 @@ def image_token_map(relevance: VLMRelevance, model: nn.Module, inputs: Dict[str,
     (:func:`image_token_grid`)."""
     rows, columns = image_token_grid(model, inputs, relevance.image_tokens.shape[1])
     return relevance.image_tokens.reshape(-1, rows, columns)
+
+
+def _explained_logits(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torch.Tensor,
+                      contrast: Optional[torch.Tensor]):
+    """``([K] explained logits, [K, V] step logits)`` of one forward without gradients."""
+    with torch.no_grad():
+        step_logits = model(**inputs, use_cache=False, logits_to_keep=positions - 1).logits[0]
+    count = torch.arange(positions.numel(), device=positions.device)
+    explained = step_logits[count, inputs["input_ids"][0, positions]]
+    if contrast is not None:
+        explained = explained - step_logits[count, contrast]
+    return explained, step_logits
+
+
+def vlm_integrated_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
+                             steps: int = 16, baseline: float = 0.0, chunk_size: Optional[int] = None,
+                             contrast: Optional[torch.Tensor] = None):
+    """Integrated Gradients of every word's logit (minus the contrast's) on the processor's pixel values: Captum's
+    Gauss-Legendre points and weights on the path from ``baseline`` (0: the mean colour of the normalised image) to
+    the pixel values; at each point one forward and the vmapped backward of every word (the same as Captum's
+    ``IntegratedGradients`` word by word). Returns ``([K, *pixel_values.shape], [K] explained logits, [K, V] step
+    logits)``."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    if steps < 1:
+        raise ValueError(f"vlm_integrated_gradients: steps must be >= 1, got {steps}")
+    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+                                           "vlm_integrated_gradients")
+    step_sizes, alphas = approximation_parameters("gausslegendre")
+    path = inputs["pixel_values"] - baseline
+    integral = torch.zeros(positions.numel(), *path.shape, dtype=path.dtype, device=path.device)
+    for alpha, size in zip(alphas(steps), step_sizes(steps)):
+        point = {**inputs, "pixel_values": baseline + alpha * path}
+        integral += size * _backward(model, point, positions, contrast, None, chunk_size).on_leaves[0]
+    return (integral * path, *_explained_logits(model, inputs, positions, contrast))
+
+
+def occlusion_features(model: nn.Module, inputs: Dict[str, torch.Tensor], window: int) -> torch.Tensor:
+    """Which occluded square each pixel value belongs to (``[1, *pixel_values.shape]``, ids from 0): squares of
+    ``window`` pixels over an image ``[1, 3, H, W]`` or one tile ``[1, 1, 3, H, W]``; for Qwen2.5-VL's flattened
+    patches the patches of one image token (its merged ``merge x merge`` block of rows) together."""
+    pixels = inputs["pixel_values"]
+    if inputs.get("image_grid_thw") is not None:
+        merge = model.config.vision_config.spatial_merge_size
+        token = torch.arange(pixels.shape[0], device=pixels.device) // (merge * merge)
+        return token.view(1, -1, 1).expand(1, *pixels.shape)
+    height, width = pixels.shape[-2:]
+    if pixels.numel() != 3 * height * width:
+        raise ValueError(f"occlusion: pixel values of shape {list(pixels.shape)} are not one image (several images "
+                         "or tiles are not placed yet)")
+    rows = torch.arange(height, device=pixels.device) // window
+    columns = torch.arange(width, device=pixels.device) // window
+    square = rows[:, None] * ((width + window - 1) // window) + columns[None, :]
+    return square.expand(1, *pixels.shape)
+
+
+def vlm_occlusion(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
+                  window: Optional[int] = None, baseline: float = 0.0, contrast: Optional[torch.Tensor] = None):
+    """Occlusion by Captum's ``FeatureAblation``: each square of the image (:func:`occlusion_features`; default an
+    eighth of its side) set to ``baseline`` in turn; a pixel's value is the drop of every word's logit (minus its
+    contrast's) with its square hidden, all words from each forward. Returns ``([K, *pixel_values.shape], [K]
+    explained logits, [K, V] step logits)``."""
+    from captum.attr import FeatureAblation
+
+    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, None, "vlm_occlusion")
+    pixels = inputs["pixel_values"]
+    window = window or max(1, pixels.shape[-1] // 8)
+    if window < 1:
+        raise ValueError(f"vlm_occlusion: window must be >= 1, got {window}")
+
+    def word_logits(batch: torch.Tensor) -> torch.Tensor:  # [copies, *pixel_values.shape] -> [copies, K]
+        return torch.stack([_explained_logits(model, {**inputs, "pixel_values": copy}, positions, contrast)[0]
+                            for copy in batch])
+
+    with torch.no_grad():
+        attributions = FeatureAblation(word_logits).attribute(
+            pixels[None], baselines=baseline, feature_mask=occlusion_features(model, inputs, window))
+    return (attributions.to(pixels.dtype), *_explained_logits(model, inputs, positions, contrast))
