@@ -1,5 +1,5 @@
 """The two baselines users of Captum and Inseq reach for, for every captioner: Integrated Gradients and occlusion,
-Captum's own implementations, every word of every caption in one Captum call (issue 38).
+built on Captum, every word of every caption at once (issue 38).
 
 Both explain the pixels of the teacher-forced caption: word t's logit (minus its contrast's), computed by the
 captioner's forward on perturbed images. Occlusion is Captum's ``Occlusion`` over a forward that returns every
