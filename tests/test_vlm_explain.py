@@ -214,3 +214,12 @@ def test_integrated_gradients_and_occlusion_equal_their_definitions():
         logits = model(**{**inputs, "pixel_values": hidden}, use_cache=False).logits[0]
     drop = explained - logits[positions - 1, inputs["input_ids"][0, positions]]
     torch.testing.assert_close(occluded[:, 0, 0, 20, 3], drop)
+
+
+def test_occlusion_refuses_a_window_under_one():
+    from capxai.explain.vlm_lrp import vlm_occlusion
+    from helpers import tiny_vlm
+
+    model, inputs, _ = tiny_vlm("llava", seed=3)
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+        vlm_occlusion(model, inputs, torch.tensor([inputs["input_ids"].shape[1] - 1]), window=0)

@@ -318,9 +318,9 @@ def vlm_occlusion(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
 
     positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, None, "vlm_occlusion")
     pixels = inputs["pixel_values"]
-    window = window or max(1, pixels.shape[-1] // 8)
-    if window < 1:
+    if window is not None and window < 1:  # checked before the default, so that 0 is refused, not replaced
         raise ValueError(f"vlm_occlusion: window must be >= 1, got {window}")
+    window = window or max(1, pixels.shape[-1] // 8)
 
     def word_logits(batch: torch.Tensor) -> torch.Tensor:  # [copies, *pixel_values.shape] -> [copies, K]
         return torch.stack([_explained_logits(model, {**inputs, "pixel_values": copy}, positions, contrast)[0]
