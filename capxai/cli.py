@@ -285,6 +285,9 @@ def _explain(args) -> int:
         return _explain_vlm(args, run)
     if args.prompt is not None:
         raise CommandError("--prompt goes with --hf-model of a vision-language model (the text read with the image)")
+    if args.memory_budget is not None:
+        raise CommandError("--memory-budget goes with --hf-model of a vision-language model (other captioners' words "
+                           "are explained in one backward)")
     if args.hf_model is not None:
         if args.images is None:
             raise CommandError("--hf-model explains --images (a split's captions are read with capxai's vocabulary; "
@@ -338,7 +341,8 @@ def _explain_vlm(args, run) -> int:
     vlm = load_vlm(args.hf_model, device=run.device, prompt=args.prompt)
     written = explain_vlm_images(vlm, image_paths=args.images, out_dir=args.out, methods=methods,
                                  captions=args.captions, max_length=args.max_length or 16, contrast=args.contrast,
-                                 overwrite=args.overwrite, figures=args.figures, checkpoint=args.hf_model)
+                                 overwrite=args.overwrite, figures=args.figures, checkpoint=args.hf_model,
+                                 memory_budget=None if args.memory_budget is None else args.memory_budget << 20)
     print(f"wrote {', '.join(str(path) for path in written.values())} and the figures beside them")
     return 0
 

@@ -486,7 +486,8 @@ FAMILY_TOKENS = {  # token -> id, as the tiny models' configs place them
     "qwen2.5-vl": {"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63},
 }
 EXTRA_SPECIALS = {"qwen2.5-vl": ["<|im_start|>", "<|im_end|>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"],
-                  "idefics3-smolvlm": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]}
+                  "idefics3-smolvlm": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+                  + [f"<row_{row}_col_{column}>" for row in (1, 2) for column in (1, 2, 3)]}  # image splitting's
 
 
 def tiny_tokenizer(family: str):
@@ -514,9 +515,10 @@ def tiny_tokenizer(family: str):
     return tokenizer
 
 
-def tiny_processor(family: str):
+def tiny_processor(family: str, split: bool = False):
     """The family's processor over :func:`tiny_tokenizer`, sized for the tiny model's image (32 px; Qwen2.5-VL 16
-    px): as many image tokens as the tiny config places."""
+    px): as many image tokens as the tiny config places. ``split`` (Idefics3): image splitting on, an image's longest
+    side brought to 96 px and cut into tiles of 32 px (up to 2 x 3), then a global view."""
     import transformers as hf
 
     tokenizer = tiny_tokenizer(family)
@@ -537,17 +539,17 @@ def tiny_processor(family: str):
         images = hf.Gemma3ImageProcessor(size={"height": 32, "width": 32})
         return hf.Gemma3Processor(images, tokenizer, chat_template=CHAT_TEMPLATES[family], image_seq_length=4)
     if family == "idefics3-smolvlm":
-        images = hf.Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
+        images = hf.Idefics3ImageProcessor(do_image_splitting=split, size={"longest_edge": 96 if split else 32},
                                            max_image_size={"longest_edge": 32})
         return hf.Idefics3Processor(images, tokenizer, image_seq_len=4, chat_template=CHAT_TEMPLATES[family])
     raise ValueError(family)
 
 
-def tiny_vlm_folder(family: str, folder, seed: int = 0):
-    """A tiny VLM of ``family`` (random weights, float32) and its processor saved to ``folder`` as a user's
-    ``save_pretrained`` folder; returns the folder."""
+def tiny_vlm_folder(family: str, folder, seed: int = 0, split: bool = False):
+    """A tiny VLM of ``family`` (random weights, float32) and its processor (``split``: :func:`tiny_processor`'s)
+    saved to ``folder`` as a user's ``save_pretrained`` folder; returns the folder."""
     torch.manual_seed(seed)
     model = TINY_VLMS[family]()[0].eval()
     model.save_pretrained(folder)
-    tiny_processor(family).save_pretrained(folder)
+    tiny_processor(family, split=split).save_pretrained(folder)
     return folder

@@ -9,7 +9,8 @@ from PIL import Image
 
 from capxai.cli import main
 from capxai.explain import Explanation
-from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm, pixel_image
+from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm
+from capxai.explain.vlm_image import pixel_image
 from capxai.explain.vlm_lrp import vlm_relevance
 from capxai.models.vlm import is_vlm_folder, load_vlm
 
@@ -80,6 +81,9 @@ def test_lrp_explanation_holds_what_the_backward_gave_every_part_placed(saved_vl
     forced = vlm.caption(_picture(4), max_new_tokens=3)
     explanation = explain_vlm(vlm, [_picture(4)], methods=["lrp"], max_new_tokens=3)["lrp"]
     direct = vlm_relevance(vlm.model, forced.inputs, forced.positions)
+    one_a_backward = explain_vlm(vlm, [_picture(4)], methods=["lrp"], max_new_tokens=3, memory_budget=1)["lrp"]
+    assert (explanation.settings["chunk_size"], one_a_backward.settings["chunk_size"]) == (3, 1)
+    torch.testing.assert_close(one_a_backward.pixel_relevance, explanation.pixel_relevance)
     torch.testing.assert_close(explanation.logits[0], direct.logits)
     torch.testing.assert_close(explanation.feature_relevance[0, :, :, 0], direct.image_tokens)
     placed = explanation.prompt_relevance[0].sum(-1) + explanation.word_relevance[0].sum(-1)
@@ -223,3 +227,49 @@ def test_occlusion_refuses_a_window_under_one():
     model, inputs, _ = tiny_vlm("llava", seed=3)
     with pytest.raises(ValueError, match="window must be >= 1, got 0"):
         vlm_occlusion(model, inputs, torch.tensor([inputs["input_ids"].shape[1] - 1]), window=0)
+
+
+@pytest.mark.parametrize("option, value", [("--prompt", "Describe ."), ("--memory-budget", "64")])
+def test_vlm_options_given_to_another_captioner_are_one_line_exit_2(option, value, tmp_path, capsys):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not read: the option is refused before")
+    image = tmp_path / "a.png"
+    _picture(2).save(image)
+    assert main(["explain", "--checkpoint", str(checkpoint), "--images", str(image), option, value,
+                 "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{option} goes with --hf-model of a vision-language model" in error[0], error
+
+
+def test_tiles_are_placed_crops_side_by_side_and_the_global_view_spread_over_them():
+    """A known answer: 2 x 3 crops whose values are their index, then a global view of ones: each block of the
+    placed map holds its crop's index plus 1 / 6 (the global view's pixel spread over the 6 it was shrunk from)."""
+    from capxai.explain.vlm_image import place_image_tokens
+
+    crops = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4)
+    pixels = torch.cat([crops, torch.ones(1, 3, 4, 4)])[None, None]  # [K=1, 1, 7, 3, 4, 4]
+    placed = pixel_image(pixels, None, {}, tiles=(2, 3))
+    assert placed.shape == (1, 3, 8, 12)
+    blocks = placed[0, 0].reshape(2, 4, 3, 4).permute(0, 2, 1, 3).reshape(2, 3, 16)
+    torch.testing.assert_close(blocks, (torch.arange(6.0).view(2, 3, 1) + 1 / 6).expand(2, 3, 16))
+    torch.testing.assert_close(placed.sum(), pixels.sum())  # placing keeps the sum
+    tokens = torch.cat([torch.arange(6.0).repeat_interleave(4), torch.ones(4)])[None]  # 2 x 2 tokens a tile
+    on_grid = place_image_tokens(tokens, None, {}, tiles=(2, 3))
+    assert on_grid.shape == (1, 4, 6) and on_grid[0, 3, 5] == 5 + 1 / 6 and on_grid[0, 0, 2] == 1 + 1 / 6
+
+
+def test_an_image_split_into_tiles_is_explained_on_the_whole_image(tmp_path):
+    """Idefics3 / SmolVLM's image splitting: a 96 x 64 image cut into 2 x 3 tiles and a global view; every method
+    maps the whole (resized) image, and placing the tiles loses no relevance."""
+    vlm = load_vlm(tiny_vlm_folder("idefics3-smolvlm", tmp_path / "model", split=True), dtype=torch.float64)
+    picture = _picture(5, size=(96, 64))
+    forced = vlm.caption(picture, max_new_tokens=3)
+    assert forced.tiles == (2, 3) and forced.inputs["pixel_values"].shape[1] == 7
+    explained = explain_vlm(vlm, [picture], methods=list(VLM_EXPLAINERS), max_new_tokens=3)
+    for method, explanation in explained.items():
+        maps = explanation.heatmaps()
+        assert maps.shape[-2:] == (64, 96) and torch.isfinite(maps).all() and maps.abs().sum() > 0, method
+        assert explanation.grid_size == [4, 6], method  # 2 x 2 tokens a tile (4 x 4 patches, pixel shuffle 2)
+    lrp, direct = explained["lrp"], vlm_relevance(vlm.model, forced.inputs, forced.positions)
+    torch.testing.assert_close(lrp.pixel_relevance[0].sum((1, 2, 3)), direct.pixels.flatten(1).sum(1))
+    torch.testing.assert_close(lrp.feature_relevance[0, :, :, 0].sum(1), direct.image_tokens.sum(1))

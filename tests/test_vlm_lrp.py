@@ -1,11 +1,12 @@
 """Every word of a VLM's caption explained in one vmapped backward (capxai.explain.vlm_lrp, issue 38): on tiny
-models of four families, all words at once equal one at a time and in chunks, each word's relevance on the pixels
-and the text conserves its logit (offsets zeroed, float64; float32's precision in HF's RMSNorm), a word gets nothing
-from the words after it, and bad input is named."""
+models of four families, all words at once equal one at a time and in chunks (given, or sized to a memory budget),
+each word's relevance on the pixels and the text conserves its logit (offsets zeroed, float64; float32's precision in
+HF's RMSNorm), a word gets nothing from the words after it, and bad input is named."""
 import pytest
 import torch
 
-from capxai.explain.vlm_lrp import attention_implementation, image_token_grid, image_token_map, vlm_relevance
+from capxai.explain.vlm_image import image_token_grid, place_image_tokens
+from capxai.explain.vlm_lrp import attention_implementation, vlm_relevance
 from capxai.models.vlm import generate_caption as caption
 from capxai.nn.context import LRPSettings
 
@@ -22,6 +23,9 @@ def test_all_words_at_once_equal_one_at_a_time_and_chunks(family):
     caption = torch.arange(length - 3, length)  # the last three tokens: the caption
     together = vlm_relevance(model, inputs, caption, SETTINGS)
     chunked = vlm_relevance(model, inputs, caption, SETTINGS, chunk_size=2)
+    budgeted = vlm_relevance(model, inputs, caption, SETTINGS, memory_budget=1)  # a byte: one word a backward
+    assert (together.words_per_backward, chunked.words_per_backward, budgeted.words_per_backward) == (3, 2, 1)
+    torch.testing.assert_close(budgeted.pixels, together.pixels, rtol=1e-10, atol=1e-13)
     for k, position in enumerate(caption):
         alone = vlm_relevance(model, inputs, position[None], SETTINGS)
         torch.testing.assert_close(together.pixels[k], alone.pixels[0], rtol=1e-10, atol=1e-13)
@@ -51,6 +55,10 @@ def test_bad_input_is_named():
         vlm_relevance(model, {**inputs, "input_ids": inputs["input_ids"].repeat(2, 1)}, torch.tensor([3]), SETTINGS)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         vlm_relevance(model, inputs, torch.tensor([3]), SETTINGS, chunk_size=0)
+    with pytest.raises(ValueError, match="memory_budget must be > 0 bytes"):
+        vlm_relevance(model, inputs, torch.tensor([3]), SETTINGS, memory_budget=0)
+    with pytest.raises(ValueError, match="not both"):
+        vlm_relevance(model, inputs, torch.tensor([3]), SETTINGS, memory_budget=1 << 20, chunk_size=1)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_VLMS))
@@ -105,7 +113,7 @@ def test_the_image_tokens_on_the_grid_of_the_image(family):
     patches pixel-shuffled 2 x 2; Gemma 3: 4 x 4 patches average-pooled 2 x 2."""
     model, inputs, _ = tiny_vlm(family, seed=11)
     explained = vlm_relevance(model, inputs, torch.tensor([inputs["input_ids"].shape[1] - 1]), SETTINGS)
-    placed = image_token_map(explained, model, inputs)
+    placed = place_image_tokens(explained.image_tokens, model, inputs)
     assert placed.shape == (1, *GRIDS[family])
     torch.testing.assert_close(placed.flatten(1), explained.image_tokens)
 

@@ -83,10 +83,12 @@ def _write(output: OutputFolder, out_dir: Path, explanation: Explanation, run: d
 def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Sequence[str],
                        captions: Optional[Sequence[str]] = None, max_length: int = 16,
                        contrast: Optional[str] = None, overwrite: bool = False, figures: bool = True,
-                       checkpoint=None, chunk_size: Optional[int] = None) -> Dict[str, Path]:
+                       checkpoint=None, chunk_size: Optional[int] = None,
+                       memory_budget: Optional[int] = None) -> Dict[str, Path]:
     """What :func:`explain_images` writes, for a vision-language model (:class:`capxai.models.vlm.VisionLanguageModel`,
     explained by :func:`capxai.explain.vlm.explain_vlm`): each image at the size its processor gives it, the
-    figures' word strips showing the prompt's relevance before the caption's words."""
+    figures' word strips showing the prompt's relevance before the caption's words. ``chunk_size`` /
+    ``memory_budget`` (bytes): how many words go through one backward (:func:`capxai.explain.vlm.explain_one`)."""
     from capxai.explain.vlm import explain_one, stack_rows
 
     out_dir = Path(out_dir)
@@ -97,7 +99,8 @@ def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Se
               for i, picture in enumerate(pictures)]
     names, run, written = _unique_names(image_paths), _run_stamp(output, checkpoint), {}
     for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
-        explanation = stack_rows([explain_one(vlm, one, method, contrast=contrast_id, chunk_size=chunk_size)
+        explanation = stack_rows([explain_one(vlm, one, method, contrast=contrast_id, chunk_size=chunk_size,
+                                              memory_budget=memory_budget)
                                   for one in forced])
         height, width = explanation.heatmaps().shape[-2:]
         display = torch.stack([torch.from_numpy(np.asarray(picture.convert("RGB").resize((width, height)),

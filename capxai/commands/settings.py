@@ -83,6 +83,10 @@ class ExplainOptions:
     beam_size: int = option(1, type=POSITIVE, help="beams when decoding the model's captions")
     max_length: Optional[int] = option(None, type=POSITIVE, help="words per caption at most (default: the "
                                        "training's; 16 for --hf-model)")
+    memory_budget: Optional[int] = option(None, type=POSITIVE, metavar="MIB", help="with --hf-model of a "
+                                          "vision-language model: the MiB the words' backward may take; as many "
+                                          "words go through one backward as it holds (default: half the memory "
+                                          "available on the device)")
 
 
 @dataclasses.dataclass(frozen=True)

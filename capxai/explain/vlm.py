@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from capxai.explain.explanation import Explanation
-from capxai.explain.vlm_lrp import (image_token_grid, vlm_attention, vlm_gradcam, vlm_integrated_gradients,
-                                    vlm_occlusion, vlm_relevance)
+from capxai.explain.vlm_image import image_size, image_token_grid, pixel_image, place_image_tokens
+from capxai.explain.vlm_lrp import vlm_attention, vlm_gradcam, vlm_integrated_gradients, vlm_occlusion, vlm_relevance
 from capxai.models.vlm import VisionLanguageModel, VLMInputs
 from capxai.nn.context import LRPSettings
 
@@ -34,37 +34,17 @@ VLM_EXPLAINERS = {
 }
 
 
-def pixel_image(pixels: torch.Tensor, model, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[K, *pixel_values.shape]`` -> ``[K, 3, H, W]``: relevance on the processor's pixel values placed on the
-    image. One image [1, 3, H, W] (LLaVA, PaliGemma) or one tile [1, 1, 3, H, W] (Idefics3 / SmolVLM without image
-    splitting) as it is; Qwen2.5-VL's flattened patches ``[patches, C * frames * p * p]`` put back in place (the
-    inverse of its image processor's flattening; the frames, one image repeated, summed)."""
-    grid = inputs.get("image_grid_thw")
-    if grid is not None:
-        vision = model.config.vision_config
-        patch, frames, merge = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size
-        t, h, w = (int(v) for v in grid[0])
-        words = pixels.shape[0]
-        blocks = pixels.reshape(words, t, h // merge, w // merge, merge, merge, -1, frames, patch, patch)
-        image = blocks.permute(0, 1, 7, 6, 2, 4, 8, 3, 5, 9).reshape(words, t * frames, -1, h * patch, w * patch)
-        return image.sum(1)
-    if pixels.dim() == 6 and pixels.shape[1:3] == (1, 1):
-        return pixels[:, 0, 0]
-    if pixels.dim() == 5 and pixels.shape[1] == 1:
-        return pixels[:, 0]
-    raise ValueError(f"pixel_image: pixel values of shape {list(pixels.shape[1:])} are not one image (several images "
-                     "or tiles are not placed yet)")
-
-
-def _upsample(token_maps: torch.Tensor, grid, size) -> torch.Tensor:
-    """``[K, N]`` on a ``grid`` of tokens -> ``[K, H, W]`` (bilinear)."""
-    maps = token_maps.reshape(token_maps.shape[0], 1, *grid)
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+def _upsample(token_maps: torch.Tensor, size) -> torch.Tensor:
+    """``[K, rows, columns]`` on the grid of tokens -> ``[K, H, W]`` (bilinear)."""
+    return F.interpolate(token_maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, contrast: Optional[int] = None,
-                settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None) -> Explanation:
-    """The explanation (one row) of the caption in ``forced`` by ``method`` (:data:`VLM_EXPLAINERS`)."""
+                settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None,
+                memory_budget: Optional[int] = None) -> Explanation:
+    """The explanation (one row) of the caption in ``forced`` by ``method`` (:data:`VLM_EXPLAINERS`); the words go
+    through the backward ``chunk_size`` at a time, or as many as ``memory_budget`` bytes hold (default: half the
+    memory available, :mod:`capxai.explain.memory_budget`)."""
     if method not in VLM_EXPLAINERS:
         raise ValueError(f"unknown method {method!r} for a vision-language model; choose from "
                          f"{', '.join(VLM_EXPLAINERS)}")
@@ -72,39 +52,38 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
     count, fed_from = positions.numel(), forced.prompt_length - 1  # the last prompt token is fed at step 0
     prompt_ids = inputs["input_ids"][0, :fed_from]
     prompt_text = prompt_ids != image_token_id(model)  # the placeholders' relevance is the image tokens'
-    fields = {}
+    fields, chunking = {}, {"chunk_size": chunk_size, "memory_budget": memory_budget}
+    tiles, token_map = forced.tiles, None  # token_map: [K, rows, columns] on the image's token grid
     if method in ("lrp", "gradient-x-input"):
-        relevance = vlm_relevance(model, inputs, positions, settings=settings, chunk_size=chunk_size, method=method,
-                                  contrast=contrast)
-        explained, step_logits, token_values = relevance.logits, relevance.step_logits, relevance.image_tokens
-        grid = image_token_grid(model, inputs, token_values.shape[1])
-        pixels = pixel_image(relevance.pixels, model, inputs)
+        relevance = vlm_relevance(model, inputs, positions, settings=settings, method=method, contrast=contrast,
+                                  **chunking)
+        chunk_size = relevance.words_per_backward
+        explained, step_logits = relevance.logits, relevance.step_logits
+        token_map = place_image_tokens(relevance.image_tokens, model, inputs, tiles)
         fed = relevance.tokens[:, fed_from:fed_from + count]  # [K, K]: the last prompt token, then the caption's
-        fields.update(pixel_relevance=pixels[None], feature_relevance=token_values.reshape(1, count, -1, 1),
-                      word_relevance=torch.tril(fed)[None],
+        fields.update(pixel_relevance=pixel_image(relevance.pixels, model, inputs, tiles)[None],
+                      feature_relevance=token_map.reshape(1, count, -1, 1), word_relevance=torch.tril(fed)[None],
                       prompt_relevance=relevance.tokens[:, :fed_from][:, prompt_text][None])
     elif method == "gradcam":
-        token_values, explained, step_logits = vlm_gradcam(model, inputs, positions, chunk_size=chunk_size,
-                                                           contrast=contrast)
-        grid = image_token_grid(model, inputs, token_values.shape[1])
+        token_values, explained, step_logits = vlm_gradcam(model, inputs, positions, contrast=contrast, **chunking)
+        token_map = place_image_tokens(token_values, model, inputs, tiles)
     elif method in ("integrated-gradients", "occlusion"):
         if method == "occlusion":
             pixels, explained, step_logits = vlm_occlusion(model, inputs, positions, contrast=contrast)
         else:
-            pixels, explained, step_logits = vlm_integrated_gradients(model, inputs, positions, chunk_size=chunk_size,
-                                                                      contrast=contrast)
-        grid = image_token_grid(model, inputs, int((inputs["input_ids"] == image_token_id(model)).sum()))
-        fields.update(pixel_relevance=pixel_image(pixels, model, inputs)[None])
+            pixels, explained, step_logits = vlm_integrated_gradients(model, inputs, positions, contrast=contrast,
+                                                                      **chunking)
+        fields.update(pixel_relevance=pixel_image(pixels, model, inputs, tiles)[None])
     else:
         if contrast is not None:
             raise ValueError("attention does not depend on the word explained: --contrast does not apply to it")
         token_values, step_logits = vlm_attention(model, inputs, positions)
         explained = step_logits.gather(1, forced.caption_ids[:, None])[:, 0]
-        grid = image_token_grid(model, inputs, token_values.shape[1])
-        fields.update(attention=token_values[None])
+        token_map = place_image_tokens(token_values, model, inputs, tiles)
+        fields.update(attention=token_map.flatten(1)[None])
+    grid = image_token_grid(model, inputs, int((inputs["input_ids"] == image_token_id(model)).sum()), tiles)
     if "pixel_relevance" not in fields:
-        size = _image_size(vlm, inputs)
-        fields.update(pixel_map=_upsample(token_values.to(step_logits.dtype), grid, size)[None])
+        fields.update(pixel_map=_upsample(token_map.to(step_logits.dtype), image_size(model, inputs, tiles))[None])
     ids = forced.caption_ids
     words = vlm.token_texts(ids.tolist())
     fed_ids = inputs["input_ids"][0, fed_from:fed_from + count + 1]
@@ -129,14 +108,6 @@ def image_token_id(model) -> int:
     raise ValueError(f"{type(config).__name__} names no image token (image_token_id / image_token_index)")
 
 
-def _image_size(vlm: VisionLanguageModel, inputs) -> List[int]:
-    grid = inputs.get("image_grid_thw")
-    if grid is not None:
-        patch = vlm.model.config.vision_config.patch_size
-        return [int(grid[0, 1]) * patch, int(grid[0, 2]) * patch]
-    return list(inputs["pixel_values"].shape[-2:])
-
-
 def _settings_of(method: str, settings: Optional[LRPSettings], chunk_size: Optional[int]) -> dict:
     if method != "lrp":
         return {}
@@ -148,10 +119,11 @@ def _settings_of(method: str, settings: Optional[LRPSettings], chunk_size: Optio
 def explain_vlm(vlm: VisionLanguageModel, images: Sequence, methods: Sequence[str] = ("lrp",),
                 captions: Optional[Sequence[str]] = None, contrast: Optional[str] = None,
                 settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None, max_new_tokens: int = 16,
-                progress: bool = False) -> Dict[str, Explanation]:
+                progress: bool = False, memory_budget: Optional[int] = None) -> Dict[str, Explanation]:
     """Explains the caption of each PIL image (the model's own greedy caption, or ``captions``) with each method:
     ``{method: Explanation}``, one row per image (words padded to the longest caption). ``contrast``: a word (one
-    token of the tokenizer) each word is explained against."""
+    token of the tokenizer) each word is explained against. ``chunk_size`` / ``memory_budget``: as in
+    :func:`explain_one`."""
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"{len(captions)} captions for {len(images)} images; give one caption per image")
     contrast_id = None if contrast is None else vlm.token_id(contrast)
@@ -161,7 +133,7 @@ def explain_vlm(vlm: VisionLanguageModel, images: Sequence, methods: Sequence[st
                   else vlm.teacher_forced(image, captions[index]))
         for method in methods:
             rows[method].append(explain_one(vlm, forced, method, contrast=contrast_id, settings=settings,
-                                            chunk_size=chunk_size))
+                                            chunk_size=chunk_size, memory_budget=memory_budget))
     return {method: stack_rows(explained) for method, explained in rows.items()}
 
 

@@ -5,8 +5,9 @@ The model (a Hugging Face ``...ForConditionalGeneration`` of LLaVA, Qwen2.5-VL, 
 whose forward takes ``pixel_values`` and ``input_ids`` and places the image features into the text embeddings) runs
 once, teacher-forced on prompt + caption, inside ``capxai.lrp()`` and ``capxai.nn.relevance_rules()``; the pixels and
 the text embeddings (the output of ``get_input_embeddings()``) are the leaves. Word k of the caption starts from its
-logit at the step before it; the backward is vmapped over the words, in chunks (``chunk_size``) that bound the
-memory of one backward, with the same result as all at once.
+logit at the step before it; the backward is vmapped over the words, in chunks that bound the memory of one
+backward (sized to a memory budget, :mod:`capxai.explain.memory_budget`, or ``chunk_size`` words), with the same result
+as all at once.
 """
 import contextlib
 import dataclasses
@@ -17,6 +18,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from capxai.explain.generic_lrp import frozen
+from capxai.explain.memory_budget import SavedActivations, check_budget, word_bytes, words_per_backward
+from capxai.explain.vlm_image import occlusion_features
 from capxai.nn import relevance_rules
 from capxai.nn.function_rules import scatter_by_index
 from capxai.nn.context import LRPSettings, lrp
@@ -35,6 +38,7 @@ class VLMRelevance:
         logits: ``[K]``, the explained logits (each word's start relevance; with a contrast, the word's logit minus
             the contrast word's).
         step_logits: ``[K, V]``, the model's logits at the step that predicts each word.
+        words_per_backward: how many words went through one backward (the chunk size used).
     """
 
     pixels: torch.Tensor
@@ -42,6 +46,7 @@ class VLMRelevance:
     image_tokens: torch.Tensor
     logits: torch.Tensor
     step_logits: Optional[torch.Tensor] = None
+    words_per_backward: int = 0
 
 
 VLM_METHODS = ("lrp", "gradient-x-input")
@@ -80,16 +85,17 @@ class _Backward:
     image_rows: torch.Tensor  # [L] bool
     explained: torch.Tensor  # [K]
     step_logits: torch.Tensor  # [K, V]
+    words_per_backward: int
 
 
-def _check_positions(ids: torch.Tensor, caption_positions, contrast, chunk_size, caller: str):
+def _check_positions(ids: torch.Tensor, caption_positions, contrast, chunk_size, caller: str,
+                     memory_budget: Optional[int] = None):
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"{caller}: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
     positions = torch.as_tensor(caption_positions, dtype=torch.long, device=ids.device).flatten()
     if positions.numel() == 0 or int(positions.min()) < 1 or int(positions.max()) >= ids.shape[1]:
         raise ValueError(f"{caller}: caption_positions must be in [1, {ids.shape[1] - 1}], got {positions.tolist()}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"{caller}: chunk_size must be >= 1, got {chunk_size}")
+    check_budget(memory_budget, chunk_size, caller)
     if contrast is not None:
         contrast = torch.as_tensor(contrast, dtype=torch.long, device=ids.device).flatten()
         if contrast.numel() == 1:
@@ -101,9 +107,11 @@ def _check_positions(ids: torch.Tensor, caption_positions, contrast, chunk_size,
 
 
 def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torch.Tensor,
-              contrast: Optional[torch.Tensor], rules: Optional[LRPSettings], chunk_size: Optional[int]) -> _Backward:
+              contrast: Optional[torch.Tensor], rules: Optional[LRPSettings], chunk_size: Optional[int],
+              memory_budget: Optional[int] = None) -> _Backward:
     """One forward (inside the relevance rules when ``rules`` is given) and the vmapped backward of every word's
-    start: LRP's (the logit on its index, minus the contrast's on its own) or the gradient's (1, and -1)."""
+    start: LRP's (the logit on its index, minus the contrast's on its own) or the gradient's (1, and -1), in chunks of
+    ``chunk_size`` words, or as many as ``memory_budget`` bytes hold (default: half the memory available)."""
     ids = inputs["input_ids"]
     pixels = inputs["pixel_values"].detach().clone().requires_grad_(True)
     leaves = []
@@ -122,6 +130,7 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen(model))
+            saved = stack.enter_context(SavedActivations(model))
             if rules is not None:
                 stack.enter_context(relevance_rules(stack.enter_context(lrp(rules.eps, rules.bias_factor,
                                                                             rules.mode))))
@@ -144,57 +153,70 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     count = torch.arange(positions.numel(), device=ids.device)
     step_logits = logits.detach()  # [K, V]: row k is the step predicting word k
     explained = step_logits[count, words]
-    start = logits.new_zeros(positions.numel(), *logits.shape)
-    start[count, count, words] = explained if rules is not None else 1.0
-    if contrast is not None:
-        against = step_logits[count, contrast]
-        explained = explained - against
-        # where the contrast is the word itself the two cancel: a zero start
-        start[count, count, contrast] -= against if rules is not None else 1.0
+    against = None if contrast is None else step_logits[count, contrast]
     leaves_read = [pixels, embeddings, language_input]
+    if chunk_size is None:
+        per_word = word_bytes(saved.largest, leaves_read, logits.numel() * logits.element_size())
+        chunk_size = words_per_backward(positions.numel(), per_word, logits.device, memory_budget)
     backward = torch.func.vmap(lambda target: torch.autograd.grad(logits, leaves_read, target, retain_graph=True))
-    results = [backward(chunk) for chunk in start.split(chunk_size or positions.numel())]
+    results = []
+    for begin in range(0, positions.numel(), chunk_size):  # each chunk's starts made for it: [chunk, K, V]
+        chunk = count[begin:begin + chunk_size]
+        start = logits.new_zeros(chunk.numel(), *logits.shape)
+        rows = torch.arange(chunk.numel(), device=ids.device)
+        start[rows, chunk, words[chunk]] = explained[chunk] if rules is not None else 1.0
+        if against is not None:  # where the contrast is the word itself the two cancel: a zero start
+            start[rows, chunk, contrast[chunk]] -= against[chunk] if rules is not None else 1.0
+        results.append(backward(start))
+    if against is not None:
+        explained = explained - against
     on_leaves = [torch.cat([result[i] for result in results]) for i in range(3)]
     image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
-    return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], image_rows, explained, step_logits)
+    return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], image_rows, explained, step_logits,
+                     chunk_size)
 
 
 def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
                   settings: Optional[LRPSettings] = None, chunk_size: Optional[int] = None,
-                  method: str = "lrp", contrast: Optional[torch.Tensor] = None) -> VLMRelevance:
+                  method: str = "lrp", contrast: Optional[torch.Tensor] = None,
+                  memory_budget: Optional[int] = None) -> VLMRelevance:
     """Explains the tokens of ``inputs["input_ids"]`` (``[1, L]``, prompt then caption) at ``caption_positions``
     (``[K]``, positions in the sequence, each > 0): word k's start is its logit at position ``caption_positions[k] -
     1`` (what the model predicted there). ``inputs`` are the processor's (``pixel_values``, ``input_ids``, and what
     the family adds: ``image_grid_thw``, ``pixel_attention_mask``...). ``settings``: eps, bias_factor and attention
-    mode (default ``LRPSettings()``); ``chunk_size``: words per backward (default: all at once). ``method``: "lrp"
+    mode (default ``LRPSettings()``); ``chunk_size``: words per backward, or ``memory_budget``: the bytes the words'
+    backward may take (default: half the memory available on the device; :mod:`capxai.explain.memory_budget`), the
+    result the same for any chunking. ``method``: "lrp"
     (the rules of docs/LRP_RULES.md Part 3) or "gradient-x-input" (each input times the gradient of the word's logit,
     the same backward without the rules). ``contrast``: a token id (or one per word) each word is explained against:
     the start is the word's logit minus the contrast's, as for the other captioners' ``contrast=``."""
     if method not in VLM_METHODS:
         raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
     positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
-                                           "vlm_relevance")
+                                           "vlm_relevance", memory_budget)
     rules = (settings if settings is not None else LRPSettings()) if method == "lrp" else None
-    result = _backward(model, inputs, positions, contrast, rules, chunk_size)
+    result = _backward(model, inputs, positions, contrast, rules, chunk_size, memory_budget)
     per_input = result.on_leaves
     if method == "gradient-x-input":
         per_input = [gradient * leaf for gradient, leaf in zip(per_input, result.leaves)]
     to_tokens = per_input[1].sum(-1)[:, 0]  # [K, L]
     to_language_input = per_input[2].sum(-1)[:, 0]  # [K, L]
     return VLMRelevance(pixels=per_input[0], tokens=to_tokens, image_tokens=to_language_input[:, result.image_rows],
-                        logits=result.explained, step_logits=result.step_logits)
+                        logits=result.explained, step_logits=result.step_logits,
+                        words_per_backward=result.words_per_backward)
 
 
 def vlm_gradcam(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
-                chunk_size: Optional[int] = None, contrast: Optional[torch.Tensor] = None):
+                chunk_size: Optional[int] = None, contrast: Optional[torch.Tensor] = None,
+                memory_budget: Optional[int] = None):
     """Grad-CAM on the image features as the language model reads them (the vision tower's output after its
     projector / merger / connector: one row per image token, on the image's token grid): per word,
     ``relu(sum_c alpha_c A[n, c])`` with ``alpha_c`` the gradient of the word's logit (minus the contrast's) on
     channel c averaged over the N image tokens. Returns ``([K, N] maps, [K] explained logits, [K, V] step logits)``.
     """
     positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
-                                           "vlm_gradcam")
-    result = _backward(model, inputs, positions, contrast, None, chunk_size)
+                                           "vlm_gradcam", memory_budget)
+    result = _backward(model, inputs, positions, contrast, None, chunk_size, memory_budget)
     features = result.leaves[2][0, result.image_rows]  # [N, C]
     gradients = result.on_leaves[2][:, 0][:, result.image_rows]  # [K, N, C]
     weights = gradients.mean(1, keepdim=True)  # [K, 1, C]
@@ -225,35 +247,6 @@ def vlm_attention(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     return weights[positions - 1][:, image_rows], output.logits[0, positions - 1]
 
 
-def image_token_grid(model: nn.Module, inputs: Dict[str, torch.Tensor], count: int):
-    """``(rows, columns)`` of the ``count`` image tokens of one image as the language model reads them, row by row:
-    Qwen2-VL / Qwen2.5-VL from ``image_grid_thw`` over the merge size (one frame); the families whose image becomes
-    a square of tokens (LLaVA without tiles, PaliGemma, Idefics3 / SmolVLM with one tile) from the square root.
-    Several images, frames or tiles are refused by name (their grids are not placed yet)."""
-    grid = inputs.get("image_grid_thw")
-    if grid is not None:
-        if grid.shape[0] != 1 or int(grid[0, 0]) != 1:
-            raise ValueError(f"image_token_grid: one image of one frame is placed, got image_grid_thw "
-                             f"{grid.tolist()}")
-        merge = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
-        rows, columns = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
-    else:
-        side = int(round(count ** 0.5))
-        rows, columns = side, side
-    if rows * columns != count:
-        raise ValueError(f"image_token_grid: {count} image tokens do not form the grid of one image "
-                         f"({rows} x {columns}); several images or tiles (e.g. Idefics3's image splitting, "
-                         "LLaVA-NeXT's any-resolution) are not placed yet")
-    return rows, columns
-
-
-def image_token_map(relevance: VLMRelevance, model: nn.Module, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[K, rows, columns]``: each word's relevance on the image tokens, placed on the image's token grid
-    (:func:`image_token_grid`)."""
-    rows, columns = image_token_grid(model, inputs, relevance.image_tokens.shape[1])
-    return relevance.image_tokens.reshape(-1, rows, columns)
-
-
 def _explained_logits(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torch.Tensor,
                       contrast: Optional[torch.Tensor]):
     """``([K] explained logits, [K, V] step logits)`` of one forward without gradients."""
@@ -268,7 +261,7 @@ def _explained_logits(model: nn.Module, inputs: Dict[str, torch.Tensor], positio
 
 def vlm_integrated_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
                              steps: int = 16, baseline: float = 0.0, chunk_size: Optional[int] = None,
-                             contrast: Optional[torch.Tensor] = None):
+                             contrast: Optional[torch.Tensor] = None, memory_budget: Optional[int] = None):
     """Integrated Gradients of every word's logit (minus the contrast's) on the processor's pixel values: Captum's
     Gauss-Legendre points and weights on the path from ``baseline`` (0: the mean colour of the normalised image) to
     the pixel values; at each point one forward and the vmapped backward of every word (the same as Captum's
@@ -279,33 +272,15 @@ def vlm_integrated_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], 
     if steps < 1:
         raise ValueError(f"vlm_integrated_gradients: steps must be >= 1, got {steps}")
     positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
-                                           "vlm_integrated_gradients")
+                                           "vlm_integrated_gradients", memory_budget)
     step_sizes, alphas = approximation_parameters("gausslegendre")
     path = inputs["pixel_values"] - baseline
     integral = torch.zeros(positions.numel(), *path.shape, dtype=path.dtype, device=path.device)
     for alpha, size in zip(alphas(steps), step_sizes(steps)):
         point = {**inputs, "pixel_values": baseline + alpha * path}
-        integral += size * _backward(model, point, positions, contrast, None, chunk_size).on_leaves[0]
+        integral += size * _backward(model, point, positions, contrast, None, chunk_size,
+                                     memory_budget).on_leaves[0]
     return (integral * path, *_explained_logits(model, inputs, positions, contrast))
-
-
-def occlusion_features(model: nn.Module, inputs: Dict[str, torch.Tensor], window: int) -> torch.Tensor:
-    """Which occluded square each pixel value belongs to (``[1, *pixel_values.shape]``, ids from 0): squares of
-    ``window`` pixels over an image ``[1, 3, H, W]`` or one tile ``[1, 1, 3, H, W]``; for Qwen2.5-VL's flattened
-    patches the patches of one image token (its merged ``merge x merge`` block of rows) together."""
-    pixels = inputs["pixel_values"]
-    if inputs.get("image_grid_thw") is not None:
-        merge = model.config.vision_config.spatial_merge_size
-        token = torch.arange(pixels.shape[0], device=pixels.device) // (merge * merge)
-        return token.view(1, -1, 1).expand(1, *pixels.shape)
-    height, width = pixels.shape[-2:]
-    if pixels.numel() != 3 * height * width:
-        raise ValueError(f"occlusion: pixel values of shape {list(pixels.shape)} are not one image (several images "
-                         "or tiles are not placed yet)")
-    rows = torch.arange(height, device=pixels.device) // window
-    columns = torch.arange(width, device=pixels.device) // window
-    square = rows[:, None] * ((width + window - 1) // window) + columns[None, :]
-    return square.expand(1, *pixels.shape)
 
 
 def vlm_occlusion(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,

@@ -10,6 +10,7 @@ read; nothing downloaded).
 """
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -84,10 +85,13 @@ class VLMInputs:
     Attributes:
         inputs: the processor's tensors (``input_ids [1, L]`` = prompt then caption, ``pixel_values``, ...).
         positions: ``[C]`` the caption's positions in ``input_ids`` (word k is predicted at ``positions[k] - 1``).
+        tiles: ``(rows, columns)`` of the crops the processor cut the image into (read with a global view of the
+            whole image after them: Idefics3 / SmolVLM's image splitting), or None for an image read whole.
     """
 
     inputs: Dict[str, torch.Tensor]
     positions: torch.Tensor
+    tiles: Optional[Tuple[int, int]] = None
 
     @property
     def caption_ids(self) -> torch.Tensor:
@@ -97,6 +101,9 @@ class VLMInputs:
     @property
     def prompt_length(self) -> int:
         return int(self.positions[0])
+
+
+TILE_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")  # Idefics3's marks of an image's crops
 
 
 class VisionLanguageModel:
@@ -134,7 +141,7 @@ class VisionLanguageModel:
     def caption(self, image, max_new_tokens: int = 16) -> VLMInputs:
         """The model's own greedy caption of ``image`` (its ``generate``), appended to the prompt's inputs."""
         inputs, positions = generate_caption(self.model, self.prompt_inputs(image), max_new_tokens)
-        return VLMInputs(inputs, positions)
+        return VLMInputs(inputs, positions, self.tiles_of(inputs["input_ids"]))
 
     def teacher_forced(self, image, caption: str) -> VLMInputs:
         """``caption`` (text, tokenised without special tokens) appended to the prompt's inputs of ``image``."""
@@ -144,7 +151,17 @@ class VisionLanguageModel:
         inputs = self.prompt_inputs(image)
         length = inputs["input_ids"].shape[1]
         positions = torch.arange(length, length + ids.shape[1], device=self.device)
-        return VLMInputs(append_tokens(inputs, ids, self.model), positions)
+        return VLMInputs(append_tokens(inputs, ids, self.model), positions, self.tiles_of(inputs["input_ids"]))
+
+    def tiles_of(self, input_ids: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """``(rows, columns)`` of the crops an image was split into, read off the tile tokens the processor put in
+        the prompt (Idefics3 / SmolVLM's ``<row_R_col_C>``: the largest R and C); None where there are none."""
+        cells = [TILE_TOKEN.fullmatch(token) for token in
+                 self.tokenizer.convert_ids_to_tokens(sorted(set(input_ids.flatten().tolist())))]
+        cells = [(int(cell.group(1)), int(cell.group(2))) for cell in cells if cell is not None]
+        if not cells:
+            return None
+        return max(row for row, _ in cells), max(column for _, column in cells)
 
     def token_id(self, word: str) -> int:
         """The id of ``word``, which must be one token of the model's tokenizer (a contrast word)."""
