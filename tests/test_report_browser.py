@@ -162,3 +162,53 @@ def test_hostile_data_is_shown_as_text_and_never_runs(browser, hostile_run):
     assert browser.execute_script(ELEMENTS_WITH_HANDLERS) == []
     errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert errors == []
+
+
+@pytest.fixture(scope="module")
+def vlm_run(tmp_path_factory):
+    """``capxai explain --hf-model`` of a tiny Idefics3 / SmolVLM (image splitting on) over two images, every method,
+    and ``capxai report`` of its folder."""
+    import numpy as np
+    from PIL import Image
+
+    from capxai.cli import main
+    from helpers import tiny_vlm_folder
+
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("vlm-report")
+    folder = tiny_vlm_folder("idefics3-smolvlm", root / "model", split=True)
+    images = []
+    for seed in range(2):
+        images.append(root / f"image{seed}.png")
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(images[-1])
+    out = root / "explained"
+    assert main(["explain", "--hf-model", str(folder), "--images", *map(str, images), "--method", "all",
+                 "--max-length", "4", "--out", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    return out
+
+
+def test_a_vlms_explanations_in_a_real_browser(browser, vlm_run):
+    """The page of a VLM's explanations: every picture loads, clicking a word changes every method's map, and the
+    linguistic line shows the prompt's tokens (in italics) before the caption's words."""
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser")
+    browser.get((vlm_run / "report.html").resolve().as_uri())
+    _wait_for_images(browser)
+    assert _broken_images(browser) == []
+    section = browser.find_elements(By.CSS_SELECTOR, "section.example")[1]
+    browser.execute_script("arguments[0].scrollIntoView();", section)
+    shown = [img.get_attribute("src") for img in section.find_elements(By.CSS_SELECTOR, "img.heatmap")]
+    assert len(shown) == 6  # LRP, Grad-CAM, Gradient x Input, attention, Integrated Gradients, occlusion
+    section.find_elements(By.CSS_SELECTOR, ".word")[2].click()
+    _wait_for_images(browser)
+    now = [img.get_attribute("src") for img in section.find_elements(By.CSS_SELECTOR, "img.heatmap")]
+    assert all(a != b and "_02.png" in b for a, b in zip(shown, now))
+    prompt = [span.text for span in section.find_elements(By.CSS_SELECTOR, ".linguistic span.prompt")]
+    assert prompt[:2] == ["User", ":"] and "Describe" in prompt
+    shots = vlm_run / "screenshots"
+    shots.mkdir(exist_ok=True)
+    section.screenshot(str(shots / "vlm-example.png"))
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors == []

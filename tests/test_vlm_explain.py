@@ -1,6 +1,7 @@
 """A vision-language model explained from a user's save_pretrained folder (issue 38): its processor and prompt, the
 model's own caption, every method as capxai's Explanation, the command line, and bad input named."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -149,6 +150,23 @@ def test_capxai_explain_hf_model_of_a_vlm_writes_every_method_and_figures(llava_
         assert len(figures) == int(explanation.lengths[0]), method
     meta = json.loads((out / "lrp" / "explanation.json").read_text())
     assert meta["prompt_words"][0][:2] == ["USER", ":"]
+    assert meta["run"]["images"] == [str(image.resolve())]
+    # the report of the folder: every method's map of every word, the prompt's relevance before the words'
+    assert main(["report", str(out)]) == 0, capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>', page,
+                                re.S).group(1))
+    example = data["examples"]["explained-0"]
+    words = int(explanation.lengths[0])
+    assert sorted(example["heatmaps"]) == sorted(VLM_EXPLAINERS)
+    assert all(len(maps) == words and all((out / url).is_file() for url in maps) for maps in
+               example["heatmaps"].values())
+    assert example["prompt"] == meta["prompt_words"][0] and example["fed"][0] == ":"  # "ASSISTANT:"'s last token
+    lrp = Explanation.load(out / "lrp" / "explanation.pt")
+    prompt, fed = lrp.prompt_relevance[0].numpy(), lrp.word_relevance[0].numpy()
+    scale = np.maximum(np.abs(prompt).max(1), np.abs(fed).max(1))[:, None]  # a word's row over both, at most 1
+    np.testing.assert_allclose(np.array(example["prompt_relevance"]), prompt / scale, atol=1e-4)
+    np.testing.assert_allclose(np.array(example["word_relevance"][-1]), fed[-1] / scale[-1], atol=1e-4)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -39,7 +39,7 @@ def explain_images(model, vocabulary, *, image_size: int, image_paths: Sequence[
     images = torch.stack([transform(picture) for picture in pictures]).to(next(model.parameters()).device)
     display = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in pictures]) / 255.0
     names = _unique_names(image_paths)
-    run = _run_stamp(output, checkpoint)
+    run = _run_stamp(output, checkpoint, image_paths)
     written = {}
     for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
         explanation = make_explainer(method, model, vocabulary, composite).explain(
@@ -97,7 +97,7 @@ def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Se
     contrast_id = None if contrast is None else vlm.token_id(contrast)
     forced = [vlm.caption(picture, max_length) if captions is None else vlm.teacher_forced(picture, captions[i])
               for i, picture in enumerate(pictures)]
-    names, run, written = _unique_names(image_paths), _run_stamp(output, checkpoint), {}
+    names, run, written = _unique_names(image_paths), _run_stamp(output, checkpoint, image_paths), {}
     for method in stoppable(tqdm(methods, desc="explaining", unit="method", disable=len(methods) == 1)):
         explanation = stack_rows([explain_one(vlm, one, method, contrast=contrast_id, chunk_size=chunk_size,
                                               memory_budget=memory_budget)
@@ -112,8 +112,10 @@ def explain_vlm_images(vlm, *, image_paths: Sequence[Path], out_dir, methods: Se
     return written
 
 
-def _run_stamp(output: OutputFolder, checkpoint) -> dict:
-    run = {"run_id": output.run_id}
+def _run_stamp(output: OutputFolder, checkpoint, image_paths: Sequence[Path] = ()) -> dict:
+    """Which run wrote an explanation: its id, the model (and its sha256), the explained images' files (absolute: what
+    ``capxai report`` shows the maps over)."""
+    run = {"run_id": output.run_id, "images": [str(Path(path).resolve()) for path in image_paths]}
     if checkpoint is not None:
         run.update(checkpoint=str(checkpoint), checkpoint_sha256=_model_sha256(Path(checkpoint)))
     return run

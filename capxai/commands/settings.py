@@ -110,10 +110,12 @@ class TableOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ReportOptions:
-    """``capxai report``: the demo folder whose report is written, and whether to replace it."""
+    """``capxai report``: the folder whose report is written (a demo run, or explained images), and whether to replace
+    it."""
 
     run_dir: Path = option(type=existing_folder, positional=True, metavar="RUN_DIR",
-                           help="what make demo wrote, e.g. runs/demo")
+                           help="what make demo wrote (e.g. runs/demo), or the --out folder of capxai explain "
+                           "--images")
     overwrite: bool = option(False, help="replace the report written there before")
 
 

@@ -87,11 +87,13 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
     ids = forced.caption_ids
     words = vlm.token_texts(ids.tolist())
     fed_ids = inputs["input_ids"][0, fed_from:fed_from + count + 1]
+    fed_words = vlm.token_texts(fed_ids[:1].tolist())  # the prompt's last token, fed at step 0: the same every image
     result = Explanation(
         tokens=ids[None], lengths=torch.tensor([count], device=ids.device), logits=explained[None],
         probabilities=step_logits.softmax(-1).gather(1, ids[:, None])[:, 0][None], captions=fed_ids[None],
         method=method, grid_size=list(grid), words=[words],
-        settings={"family": vlm.family, "prompt": vlm.prompt, **_settings_of(method, settings, chunk_size)},
+        settings={"family": vlm.family, "prompt": vlm.prompt, "prompt_end": fed_words[0],
+                  **_settings_of(method, settings, chunk_size)},
         prompt_words=[vlm.token_texts(prompt_ids[prompt_text].tolist())], **fields)
     if contrast is not None:
         result.contrast = torch.full_like(ids, int(contrast))[None]

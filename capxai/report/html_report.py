@@ -1,5 +1,6 @@
 """``capxai report RUN_DIR``: one static HTML page (``RUN_DIR/report.html``, its pictures in ``RUN_DIR/report_files``)
-from what the demo's commands wrote in ``RUN_DIR``:
+of what ``capxai explain --images`` wrote in ``RUN_DIR`` (every method's map of every word of the images, a
+vision-language model's prompt relevance with the earlier words'), or from what the demo's commands wrote there:
 
 - ``explain-CAPTIONER/METHOD/explanation.pt`` and ``report-images-CAPTIONER.json`` (``capxai explain`` of a few test
   images; the json names them, their captions and hallucinated words): per word, every method's heatmap side by
@@ -142,27 +143,45 @@ def _example(captioner: str, index: int, chosen: dict, explanations: Dict[str, E
             name = f"{method}_{t:02d}.png"
             Image.fromarray(overlay(image, maps[t])).save(folder / name)
             heatmaps[method].append(_url(prefix, captioner, index, name))
-    lrp = explanations.get("lrp")
-    relevance = None
-    if lrp is not None and lrp.word_relevance is not None:
-        rows = lrp.normalised_word_relevance()[index].detach().float().cpu().numpy()
-        relevance = [[round(float(v), 4) for v in rows[t, :t + 1]] for t in range(length)]
+    relevance, prompt = _linguistic(explanations.get("lrp"), index, length)
     hallucinated = [t for t, word in enumerate(words) if word in set(chosen.get("hallucinated", []))]
     contrast_words = None
     if contrast is not None:
         contrast_words = (contrast.contrast_words[index][:length] if contrast.contrast_words else
                           [str(int(i)) for i in contrast.contrast[index][:length]])
-    return {"words": words, "fed": ["<start>"] + words[:-1], "heatmaps": heatmaps, "word_relevance": relevance,
-            "contrast_words": contrast_words,
+    fed_first = first.settings.get("prompt_end", "<start>")  # a VLM's first word follows its prompt's last token
+    return {"words": words, "fed": [fed_first] + words[:-1], "heatmaps": heatmaps, "word_relevance": relevance,
+            **prompt, "contrast_words": contrast_words,
             "probabilities": [round(float(p), 4) for p in first.probabilities[index][:length]],
             "hallucinated": hallucinated, "initial": hallucinated[0] if hallucinated else 0,
             "image": _url(prefix, captioner, index, "image.png")}
 
 
+def _linguistic(lrp: Optional[Explanation], index: int, length: int) -> Tuple[Optional[list], dict]:
+    """LRP's relevance of each word's preceding words (``[t][i]``, i <= t) and, for a vision-language model, of its
+    prompt's text tokens (``{"prompt": words, "prompt_relevance": [t][j]}``), each word's row divided by its largest
+    magnitude over both (docs/LRP_RULES.md "Linguistic explanation")."""
+    if lrp is None or lrp.word_relevance is None:
+        return None, {}
+    rows = lrp.word_relevance[index, :length, :length].detach().double().cpu()
+    prompt_rows = None
+    if lrp.prompt_relevance is not None and lrp.prompt_words and lrp.prompt_words[index]:
+        prompt_rows = lrp.prompt_relevance[index, :length, :len(lrp.prompt_words[index])].detach().double().cpu()
+    scale = rows.abs().amax(1) if prompt_rows is None else torch.maximum(rows.abs().amax(1),
+                                                                          prompt_rows.abs().amax(1))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    relevance = [[round(float(v), 4) for v in (rows / scale)[t, :t + 1]] for t in range(length)]
+    if prompt_rows is None:
+        return relevance, {}
+    return relevance, {"prompt": lrp.prompt_words[index],
+                       "prompt_relevance": [[round(float(v), 4) for v in row] for row in prompt_rows / scale]}
+
+
 def _example_html(key: str, example: dict, chosen: dict, methods: List[str]) -> str:
     probe = chosen.get("probe")
-    about = (f"probe image: shows a {escape(probe['present'])}, its usual partner {escape(probe['absent'])} is absent"
-             if probe else "ordinary image")
+    about = escape(chosen["about"]) if "about" in chosen else (
+        f"probe image: shows a {escape(probe['present'])}, its usual partner {escape(probe['absent'])} is absent"
+        if probe else "ordinary image")
     words = " ".join(
         f"<span class=\"word{' hallucinated' if t in example['hallucinated'] else ''}\" data-t=\"{t}\">"
         f"{escape(word)}</span>" for t, word in enumerate(example["words"]))
@@ -239,11 +258,14 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
     target, files = run_dir / REPORT_NAME, run_dir / FILES_NAME
     if (target.exists() or files.exists()) and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    definitions = definitions_of(run_dir)
-    captioners = captioners_of(run_dir, definitions.group)
+    explained_images = is_explain_output(run_dir)
+    if not explained_images:
+        definitions = definitions_of(run_dir)
+        captioners = captioners_of(run_dir, definitions.group)
     staging = staging_folder(run_dir, ".report-")  # the user's folder mode: others who open the page see the pictures
     try:
-        body, examples = _body(run_dir, captioners, definitions, staging, progress)
+        body, examples = (_explained_images_body(run_dir, staging, progress) if explained_images else
+                          _body(run_dir, captioners, definitions, staging, progress))
         # The page is written (not yet renamed) before the pictures are swapped in: a disk that fills up on the
         # page leaves the earlier page and its pictures as they were.
         with atomic_path(target) as page:
@@ -258,6 +280,46 @@ def build_report(run_dir, overwrite: bool = False, progress: bool = True) -> Pat
         raise_if_no_space(error, files, files.exists(), staging)
         raise
     return target
+
+
+def is_explain_output(folder: Path) -> bool:
+    """Whether ``folder`` is what ``capxai explain --images`` wrote (``METHOD/explanation.pt``) rather than a demo
+    run (``eval-CAPTIONER/``)."""
+    return bool(_load_explanations(folder)) and not any(folder.glob("eval-*"))
+
+
+def _explained_images_body(run_dir: Path, files: Path, progress: bool):
+    """The page of a ``capxai explain --images`` folder: per image, its caption, every method's map of each word,
+    and LRP's relevance of the preceding words (and of a vision-language model's prompt)."""
+    explanations = _load_explanations(run_dir)
+    first = next(iter(explanations.values()))
+    images = first.run.get("images")
+    if not images or len(images) != first.tokens.shape[0]:
+        raise ValueError(f"{run_dir}: its explanations do not name their {first.tokens.shape[0]} image files (written "
+                         "by an older capxai); run capxai explain --images again")
+    missing = [path for path in images if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the explained image {missing[0]} is gone; the page shows the maps over it")
+    methods = [m for m in METHODS if m in explanations]
+    heatmaps_of = {m: e.heatmaps().detach().float().cpu().numpy() for m, e in explanations.items()}
+    height, width = next(iter(heatmaps_of.values())).shape[-2:]
+    prompt = first.settings.get("prompt")
+    parts = ["<h1>capxai: explanations</h1>",
+             f"<p>{len(images)} image(s) explained by {', '.join(escape(method_title(m)) for m in methods)}"
+             + (f"; the model read the prompt <code>{escape(prompt)}</code> with each image" if prompt else "")
+             + ".</p>",
+             "<p class=\"note\">Heatmaps: red supports the word, blue speaks against it, each map scaled to its own "
+             "largest magnitude <span class=\"legend\"></span>. Click a word of a caption to see its explanations"
+             + ("; LRP's relevance of the prompt's words is shown in italics before the caption's" if prompt else "")
+             + ".</p>"]
+    examples = {}
+    for index, path in enumerate(stoppable(tqdm(images, desc="report: examples", disable=not progress))):
+        image = np.asarray(Image.open(path).convert("RGB").resize((width, height)), dtype=np.float32) / 255.0
+        chosen = {"image_id": Path(path).name, "about": first.settings.get("family", "captioner")}
+        key = f"explained-{index}"
+        examples[key] = _example("explained", index, chosen, explanations, heatmaps_of, image, files, FILES_NAME)
+        parts.append(_example_html(key, examples[key], chosen, methods))
+    return "\n".join(parts), examples
 
 
 def _body(run_dir: Path, captioners: List[str], definitions: RunDefinitions, files: Path, progress: bool):

@@ -19,9 +19,10 @@ th { background: #f2f2f2; }
 .hallucinated { color: #b00; text-decoration: underline wavy #b00; }
 .panels { display: flex; flex-wrap: wrap; gap: 0.6em; }
 .panels figure { margin: 0; text-align: center; font-size: 0.8em; }
-.panels img { width: 160px; height: 160px; image-rendering: auto; border: 1px solid #ccc; display: block; }
+.panels img { width: 160px; height: auto; min-height: 40px; image-rendering: auto; border: 1px solid #ccc; display: block; }
 .linguistic { margin-top: 0.6em; font-size: 1.0em; }
 .linguistic span { padding: 0.1em 0.3em; margin-right: 0.15em; border-radius: 3px; }
+.linguistic span.prompt { font-style: italic; border-bottom: 1px dotted #999; }
 .legend { display: inline-block; width: 180px; height: 12px; vertical-align: middle;
           background: linear-gradient(to right, rgb(0,0,255), rgb(255,255,255), rgb(255,0,0)); border: 1px solid #999; }
 .note { color: #555; font-size: 0.9em; }
@@ -51,8 +52,19 @@ SCRIPT = """
     const box = section.querySelector('.linguistic');
     box.textContent = '';
     const label = document.createElement('b');
-    label.textContent = example.word_relevance ? 'LRP on the preceding words: ' : 'no word relevance';
+    label.textContent = example.word_relevance ? (example.prompt ? 'LRP on the prompt and the preceding words: '
+                                                  : 'LRP on the preceding words: ') : 'no word relevance';
     box.appendChild(label);
+    if (example.prompt) {
+      for (let j = 0; j < example.prompt.length; j++) {
+        const span = document.createElement('span');
+        span.className = 'prompt';
+        span.textContent = example.prompt[j];
+        span.style.background = colour(example.prompt_relevance[t][j]);
+        span.title = 'prompt token, relevance ' + example.prompt_relevance[t][j].toFixed(3);
+        box.appendChild(span);
+      }
+    }
     if (example.word_relevance) {
       for (let i = 0; i <= t; i++) {
         const span = document.createElement('span');
