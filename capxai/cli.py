@@ -325,8 +325,9 @@ def _explain_vlm(args, run) -> int:
     """``capxai explain --hf-model DIR`` of a vision-language model (:mod:`capxai.models.vlm`)."""
     from capxai.commands.explain_run import explain_vlm_images
     from capxai.explain import RUNNER_UP
-    from capxai.explain.vlm import VLM_EXPLAINERS
-    from capxai.models.vlm import load_vlm
+    from capxai.explain.vlm import NO_GRID, VLM_EXPLAINERS, vlm_methods
+    from capxai.models.hf_local import read_config
+    from capxai.models.vlm import family_of, load_vlm
 
     if args.images is None:
         raise CommandError("--hf-model explains --images")
@@ -338,6 +339,12 @@ def _explain_vlm(args, run) -> int:
         raise CommandError("a vision-language model's caption is its own greedy generate (--beam-size 1)")
     if args.contrast == RUNNER_UP:
         raise CommandError(f"--contrast {RUNNER_UP} is not offered for a vision-language model; give a word")
+    family, spec = family_of(read_config(args.hf_model))  # the methods checked before any weight is read
+    if args.method == "all":
+        methods = vlm_methods(spec)
+    elif methods[0] not in vlm_methods(spec):
+        raise CommandError(f"--method {args.method} does not apply to {family}: {NO_GRID}; choose from "
+                           f"{', '.join(vlm_methods(spec))} or all")
     vlm = load_vlm(args.hf_model, device=run.device, prompt=args.prompt)
     written = explain_vlm_images(vlm, image_paths=args.images, out_dir=args.out, methods=methods,
                                  captions=args.captions, max_length=args.max_length or 16, contrast=args.contrast,

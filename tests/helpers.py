@@ -399,8 +399,30 @@ def _gemma3():
     return model, dict(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32), token_type_ids=(ids == 63).long()), 63
 
 
+def _blip2():
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    # BLIP-2: a ViT (32 px in patches of 8: 16 patches and the class token), a Q-Former of 4 learned queries
+    # cross-attending the patches at every layer, a linear projection, OPT. BLIP-2's vision initializer_range is 1e-10
+    # (weights that small make eps matter); OPT's embeddings untied (tied, a random model repeats its input token)
+    config = Blip2Config(
+        vision_config=dict(VISION, hidden_size=32, intermediate_size=64, initializer_range=0.02),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            cross_attention_frequency=1, max_position_embeddings=64, vocab_size=64),
+        text_config=dict(model_type="opt", vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, word_embed_proj_dim=32, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        num_query_tokens=4, image_token_index=63)
+    model = Blip2ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers initialises the queries to zeros: all four would read the image alike
+        model.query_tokens.normal_(0.0, 1.0)
+    # Blip2Processor's layout: the 4 query outputs at the placeholders, then <s> and the text
+    ids = torch.tensor([[63] * 4 + [1, 5, 7, 9]])
+    return model, dict(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32)), 63
+
+
 TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma,
-             "gemma3": _gemma3}
+             "gemma3": _gemma3, "blip-2": _blip2}
 
 
 def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
@@ -414,7 +436,8 @@ def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
         return model, inputs, image_token
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("bias") or "position_embedding" in name or "class_embedding" in name:
+            if name.endswith("bias") or any(offset in name for offset in ("position_embedding", "class_embedding",
+                                                                           "embed_positions")):  # OPT's positions
                 parameter.zero_()
     return model, inputs, image_token
 
@@ -467,7 +490,7 @@ class ImplicitRules(torch.overrides.TorchFunctionMode):
 
 # -- the same tiny families saved as a user's save_pretrained folder, with a processor of each family -------------
 VLM_WORDS = ("USER ASSISTANT Assistant User user assistant : . Describe the image in one sentence caption en a an red "
-             "blue green circle square triangle star and with on of is there two three").split()
+             "blue green circle square triangle star and with on of is there two three photo").split()
 CHAT_TEMPLATES = {
     "qwen2.5-vl": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == "
                   "'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
@@ -482,6 +505,7 @@ CHAT_TEMPLATES = {
 }
 FAMILY_TOKENS = {  # token -> id, as the tiny models' configs place them
     "llava": {"<image>": 63}, "paligemma": {"<image>": 63}, "idefics3-smolvlm": {"<image>": 63},
+    "blip-2": {"<image>": 63},
     "gemma3": {"<image_soft_token>": 63, "<start_of_image>": 61, "<end_of_image>": 62},
     "qwen2.5-vl": {"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63},
 }
@@ -542,6 +566,10 @@ def tiny_processor(family: str, split: bool = False):
         images = hf.Idefics3ImageProcessor(do_image_splitting=split, size={"longest_edge": 96 if split else 32},
                                            max_image_size={"longest_edge": 32})
         return hf.Idefics3Processor(images, tokenizer, image_seq_len=4, chat_template=CHAT_TEMPLATES[family])
+    if family == "blip-2":
+        tokenizer.image_token = "<image>"  # what Blip2Processor reads off its tokenizer (else it adds one more token)
+        images = hf.BlipImageProcessor(size={"height": 32, "width": 32})
+        return hf.Blip2Processor(images, tokenizer, num_query_tokens=4)
     raise ValueError(family)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from capxai.cli import main
 from capxai.explain import Explanation
-from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm
+from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm, vlm_methods
 from capxai.explain.vlm_image import pixel_image
 from capxai.explain.vlm_lrp import vlm_relevance
 from capxai.models.vlm import is_vlm_folder, load_vlm
@@ -39,7 +39,8 @@ def test_a_folder_is_recognised_and_loaded_with_its_processor_and_prompt(saved_v
     inputs = vlm.prompt_inputs(_picture())
     image_id = vlm.model.config.image_token_id
     placed = int((inputs["input_ids"] == image_id).sum())
-    assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4, "gemma3": 4}[family]
+    assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4, "gemma3": 4,
+                      "blip-2": 4}[family]
 
 
 def test_the_caption_is_the_models_own_greedy_generate(saved_vlm):
@@ -59,7 +60,7 @@ def test_every_method_gives_finite_maps_of_the_images_size(saved_vlm):
     vlm = load_vlm(folder)
     pictures = [_picture(2), _picture(3)]
     perturbing = ["integrated-gradients", "occlusion"]  # tens of forwards each: one image
-    explained = explain_vlm(vlm, pictures, methods=[m for m in VLM_EXPLAINERS if m not in perturbing],
+    explained = explain_vlm(vlm, pictures, methods=[m for m in vlm_methods(vlm.spec) if m not in perturbing],
                             max_new_tokens=3)
     explained.update(explain_vlm(vlm, pictures[:1], methods=perturbing, max_new_tokens=3))
     size = (16, 16) if family == "qwen2.5-vl" else (32, 32)
@@ -68,7 +69,9 @@ def test_every_method_gives_finite_maps_of_the_images_size(saved_vlm):
         assert maps.shape[0] == (1 if method in perturbing else 2) and maps.shape[-2:] == size, method
         assert torch.isfinite(maps).all() and maps.abs().sum() > 0, method
         assert explanation.words is not None and len(explanation.words[0]) == int(explanation.lengths[0])
-        assert explanation.grid_size is not None
+        assert (explanation.grid_size is not None) == vlm.spec.image_tokens_on_grid  # BLIP-2's queries: no grid
+    if "attention" not in explained:
+        return
     attention = explained["attention"].attention
     assert torch.allclose(attention.sum(-1)[explained["attention"].mask].clamp(max=1), attention.sum(-1)[
         explained["attention"].mask])  # a share of each step's attention, at most all of it
@@ -99,14 +102,15 @@ def test_a_contrast_word_is_explained_against(saved_vlm):
     vlm = load_vlm(folder, dtype=torch.float64)
     picture = _picture(5)
     plain = explain_vlm(vlm, [picture], methods=["lrp"], max_new_tokens=3)["lrp"]
-    against = explain_vlm(vlm, [picture], methods=["lrp", "gradcam"], max_new_tokens=3, contrast="red")
+    against = explain_vlm(vlm, [picture], methods=["lrp", "gradient-x-input"], max_new_tokens=3, contrast="red")
     forced = vlm.caption(picture, max_new_tokens=3)
     red = vlm.token_id("red")
     contrast_logit = vlm_relevance(vlm.model, forced.inputs, forced.positions).step_logits[:, red]
     torch.testing.assert_close(against["lrp"].logits[0], plain.logits[0] - contrast_logit)
     assert against["lrp"].contrast_words == [["red"] * int(plain.lengths[0])]
-    with pytest.raises(ValueError, match="attention does not depend"):
-        explain_vlm(vlm, [picture], methods=["attention"], max_new_tokens=2, contrast="red")
+    if "attention" in vlm_methods(vlm.spec):
+        with pytest.raises(ValueError, match="attention does not depend"):
+            explain_vlm(vlm, [picture], methods=["attention"], max_new_tokens=2, contrast="red")
 
 
 def test_qwens_flattened_patches_are_put_back_on_the_image():
@@ -291,3 +295,26 @@ def test_an_image_split_into_tiles_is_explained_on_the_whole_image(tmp_path):
     lrp, direct = explained["lrp"], vlm_relevance(vlm.model, forced.inputs, forced.positions)
     torch.testing.assert_close(lrp.pixel_relevance[0].sum((1, 2, 3)), direct.pixels.flatten(1).sum(1))
     torch.testing.assert_close(lrp.feature_relevance[0, :, :, 0].sum(1), direct.image_tokens.sum(1))
+
+
+def test_blip2s_queries_are_explained_but_not_mapped(tmp_path, capsys):
+    """BLIP-2's image tokens are its Q-Former's learned queries, each reading the whole image: LRP gives each query's
+    relevance (in the order the language model reads them) and the queries' own share as inputs, the pixels their
+    map; Grad-CAM and attention, maps of the image tokens, are refused by name, from Python and the command line."""
+    folder = tiny_vlm_folder("blip-2", tmp_path / "model")
+    vlm = load_vlm(folder, dtype=torch.float64)
+    assert vlm_methods(vlm.spec) == ["lrp", "gradient-x-input", "integrated-gradients", "occlusion"]
+    explained = explain_vlm(vlm, [_picture(6)], methods=["lrp"], max_new_tokens=3)["lrp"]
+    assert explained.grid_size is None and explained.feature_relevance.shape[2] == 4  # four queries
+    with pytest.raises(ValueError, match="'gradcam' does not apply to blip-2: its image tokens are not places"):
+        explain_vlm(vlm, [_picture(6)], methods=["gradcam"], max_new_tokens=2)
+    image = tmp_path / "a.png"
+    _picture(6).save(image)
+    capsys.readouterr()  # what saving and loading the model wrote
+    assert main(["explain", "--hf-model", str(folder), "--images", str(image), "--method", "attention",
+                 "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()  # before any weight is read: no loading bar either
+    assert len(error) == 1 and "--method attention does not apply to blip-2" in error[0], error
+    assert main(["explain", "--hf-model", str(folder), "--images", str(image), "--method", "all", "--max-length", "2",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.is_dir()) == sorted(vlm_methods(vlm.spec))

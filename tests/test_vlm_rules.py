@@ -179,15 +179,20 @@ def test_a_tiny_vlm_explains_pixels_and_text_and_conserves(family):
 
     hook = model.get_input_embeddings().register_forward_hook(as_leaf)
     pixels = inputs["pixel_values"].requires_grad_()
+    # BLIP-2's Q-Former queries are inputs too (a parameter the model reads): a leaf of their own in the call
+    queries = {name: parameter.detach().clone().requires_grad_() for name, parameter in model.named_parameters()
+               if name == "query_tokens"}
     try:
         with capxai.lrp(eps=EPS) as settings, relevance_rules(settings):
-            z = model(**inputs, use_cache=False).logits[0, -1]
+            z = torch.func.functional_call(model, queries, (), dict(inputs, use_cache=False)).logits[0, -1]
     finally:
         hook.remove()
     start = torch.zeros_like(z)
     start[z.argmax()] = z.max().detach()
-    to_pixels, to_text = torch.autograd.grad(z, [pixels, leaves[0]], grad_outputs=start)
-    torch.testing.assert_close(to_pixels.sum() + to_text.sum(), z.max().detach(), **FLOAT32_SUM)
+    to_pixels, to_text, *to_queries = torch.autograd.grad(z, [pixels, leaves[0], *queries.values()],
+                                                          grad_outputs=start)
+    torch.testing.assert_close(to_pixels.sum() + to_text.sum() + sum(q.sum() for q in to_queries), z.max().detach(),
+                               **FLOAT32_SUM)
     assert to_pixels.abs().sum() > 0 and bool(torch.isfinite(to_pixels).all())
     placeholders = inputs["input_ids"][0] == image_token
     assert to_text[0, placeholders].abs().sum() == 0 and to_text[0, ~placeholders].abs().sum() > 0

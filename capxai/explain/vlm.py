@@ -21,7 +21,7 @@ from tqdm import tqdm
 from capxai.explain.explanation import Explanation
 from capxai.explain.vlm_image import image_size, image_token_grid, pixel_image, place_image_tokens
 from capxai.explain.vlm_lrp import vlm_attention, vlm_gradcam, vlm_integrated_gradients, vlm_occlusion, vlm_relevance
-from capxai.models.vlm import VisionLanguageModel, VLMInputs
+from capxai.models.vlm import VisionLanguageModel, VLMFamily, VLMInputs
 from capxai.nn.context import LRPSettings
 
 VLM_EXPLAINERS = {
@@ -45,9 +45,10 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
     """The explanation (one row) of the caption in ``forced`` by ``method`` (:data:`VLM_EXPLAINERS`); the words go
     through the backward ``chunk_size`` at a time, or as many as ``memory_budget`` bytes hold (default: half the
     memory available, :mod:`capxai.explain.memory_budget`)."""
-    if method not in VLM_EXPLAINERS:
-        raise ValueError(f"unknown method {method!r} for a vision-language model; choose from "
-                         f"{', '.join(VLM_EXPLAINERS)}")
+    if method not in vlm_methods(vlm.spec):
+        why = (f"does not apply to {vlm.family}: {NO_GRID}" if method in VLM_EXPLAINERS else
+               "is unknown for a vision-language model")
+        raise ValueError(f"method {method!r} {why}; choose from {', '.join(vlm_methods(vlm.spec))}")
     model, inputs, positions = vlm.model, forced.inputs, forced.positions
     count, fed_from = positions.numel(), forced.prompt_length - 1  # the last prompt token is fed at step 0
     prompt_ids = inputs["input_ids"][0, :fed_from]
@@ -59,7 +60,8 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
                                   **chunking)
         chunk_size = relevance.words_per_backward
         explained, step_logits = relevance.logits, relevance.step_logits
-        token_map = place_image_tokens(relevance.image_tokens, model, inputs, tiles)
+        token_map = (place_image_tokens(relevance.image_tokens, model, inputs, tiles) if vlm.spec.image_tokens_on_grid
+                     else relevance.image_tokens)  # BLIP-2's queries: in the order the language model reads them
         fed = relevance.tokens[:, fed_from:fed_from + count]  # [K, K]: the last prompt token, then the caption's
         fields.update(pixel_relevance=pixel_image(relevance.pixels, model, inputs, tiles)[None],
                       feature_relevance=token_map.reshape(1, count, -1, 1), word_relevance=torch.tril(fed)[None],
@@ -81,7 +83,8 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
         explained = step_logits.gather(1, forced.caption_ids[:, None])[:, 0]
         token_map = place_image_tokens(token_values, model, inputs, tiles)
         fields.update(attention=token_map.flatten(1)[None])
-    grid = image_token_grid(model, inputs, int((inputs["input_ids"] == image_token_id(model)).sum()), tiles)
+    grid = (list(image_token_grid(model, inputs, int((inputs["input_ids"] == image_token_id(model)).sum()), tiles))
+            if vlm.spec.image_tokens_on_grid else None)
     if "pixel_relevance" not in fields:
         fields.update(pixel_map=_upsample(token_map.to(step_logits.dtype), image_size(model, inputs, tiles))[None])
     ids = forced.caption_ids
@@ -91,7 +94,7 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
     result = Explanation(
         tokens=ids[None], lengths=torch.tensor([count], device=ids.device), logits=explained[None],
         probabilities=step_logits.softmax(-1).gather(1, ids[:, None])[:, 0][None], captions=fed_ids[None],
-        method=method, grid_size=list(grid), words=[words],
+        method=method, grid_size=grid, words=[words],
         settings={"family": vlm.family, "prompt": vlm.prompt, "prompt_end": fed_words[0],
                   **_settings_of(method, settings, chunk_size)},
         prompt_words=[vlm.token_texts(prompt_ids[prompt_text].tolist())], **fields)
@@ -99,6 +102,19 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
         result.contrast = torch.full_like(ids, int(contrast))[None]
         result.contrast_words = [vlm.token_texts([int(contrast)]) * count]
     return result
+
+
+NO_GRID = ("its image tokens are not places of the image (BLIP-2's are its Q-Former's learned queries), so a map of "
+           "them is no map of the image")
+GRID_METHODS = ("gradcam", "attention")  # maps of the image tokens, upsampled to the image
+
+
+def vlm_methods(family: VLMFamily) -> List[str]:
+    """The methods of :data:`VLM_EXPLAINERS` that apply to a ``family`` (a :class:`VisionLanguageModel`'s ``spec``):
+    all, but for a family whose image tokens are not on the image's grid
+    (:attr:`capxai.models.vlm.VLMFamily.image_tokens_on_grid`) those that map the image tokens (Grad-CAM on them, the
+    attention to them)."""
+    return [method for method in VLM_EXPLAINERS if family.image_tokens_on_grid or method not in GRID_METHODS]
 
 
 def image_token_id(model) -> int:

@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from capxai.explain.generic_lrp import frozen
 from capxai.explain.memory_budget import SavedActivations, check_budget, word_bytes, words_per_backward
 from capxai.explain.vlm_image import occlusion_features
+from capxai.models.vlm import VLM_FAMILIES
 from capxai.nn import relevance_rules
 from capxai.nn.function_rules import scatter_by_index
 from capxai.nn.context import LRPSettings, lrp
@@ -39,6 +40,9 @@ class VLMRelevance:
             the contrast word's).
         step_logits: ``[K, V]``, the model's logits at the step that predicts each word.
         words_per_backward: how many words went through one backward (the chunk size used).
+        learned: ``[K]``, relevance on the parameters the model reads as inputs (its family's ``learned_inputs``:
+            BLIP-2's Q-Former queries), summed; None for a family without them. Pixels, tokens and these hold all of
+            a word's logit (up to what biases and the stabiliser absorb).
     """
 
     pixels: torch.Tensor
@@ -47,6 +51,7 @@ class VLMRelevance:
     logits: torch.Tensor
     step_logits: Optional[torch.Tensor] = None
     words_per_backward: int = 0
+    learned: Optional[torch.Tensor] = None
 
 
 VLM_METHODS = ("lrp", "gradient-x-input")
@@ -80,7 +85,7 @@ class _Backward:
     """What one teacher-forced forward and the vmapped backward of every word give: per word the gradient (or
     relevance) on each leaf, ``[K, ...]``, with the leaves' values and the placeholders the image filled."""
 
-    on_leaves: List[torch.Tensor]  # pixels, token embeddings, the language model's input embeddings
+    on_leaves: List[torch.Tensor]  # pixels, token embeddings, the language model's input embeddings, learned inputs
     leaves: List[torch.Tensor]
     image_rows: torch.Tensor  # [L] bool
     explained: torch.Tensor  # [K]
@@ -125,6 +130,10 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     def read_merged(module, arguments, keywords):
         merged.append(keywords.get("inputs_embeds"))
 
+    family = VLM_FAMILIES.get(getattr(model.config, "model_type", None))
+    # the parameters read as inputs, as leaves of their own in the call (torch.func.functional_call), not constants
+    learned = {name: parameter.detach().clone().requires_grad_(True) for name, parameter in model.named_parameters()
+               if family is not None and name.rsplit(".", 1)[-1] in family.learned_inputs}
     hooks = [model.get_input_embeddings().register_forward_hook(as_leaf),
              model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)]
     try:
@@ -139,8 +148,8 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
                 stack.enter_context(attention_implementation(model, "eager"))
             # the logits of the steps that predict the words only ([K, V], not [L, V]): the starts of K words are
             # then K x K x V, not K x L x V (a 150k vocabulary and 600 tokens: 360 MB a word)
-            logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False,
-                           logits_to_keep=positions - 1).logits[0]
+            logits = torch.func.functional_call(model, learned, (), {
+                **inputs, "pixel_values": pixels, "use_cache": False, "logits_to_keep": positions - 1}).logits[0]
     finally:
         for hook in hooks:
             hook.remove()
@@ -154,7 +163,7 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     step_logits = logits.detach()  # [K, V]: row k is the step predicting word k
     explained = step_logits[count, words]
     against = None if contrast is None else step_logits[count, contrast]
-    leaves_read = [pixels, embeddings, language_input]
+    leaves_read = [pixels, embeddings, language_input, *learned.values()]
     if chunk_size is None:
         per_word = word_bytes(saved.largest, leaves_read, logits.numel() * logits.element_size())
         chunk_size = words_per_backward(positions.numel(), per_word, logits.device, memory_budget)
@@ -170,7 +179,7 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
         results.append(backward(start))
     if against is not None:
         explained = explained - against
-    on_leaves = [torch.cat([result[i] for result in results]) for i in range(3)]
+    on_leaves = [torch.cat([result[i] for result in results]) for i in range(len(leaves_read))]
     image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
     return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], image_rows, explained, step_logits,
                      chunk_size)
@@ -201,9 +210,10 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
         per_input = [gradient * leaf for gradient, leaf in zip(per_input, result.leaves)]
     to_tokens = per_input[1].sum(-1)[:, 0]  # [K, L]
     to_language_input = per_input[2].sum(-1)[:, 0]  # [K, L]
+    learned = sum(values.flatten(1).sum(1) for values in per_input[3:]) if len(per_input) > 3 else None
     return VLMRelevance(pixels=per_input[0], tokens=to_tokens, image_tokens=to_language_input[:, result.image_rows],
                         logits=result.explained, step_logits=result.step_logits,
-                        words_per_backward=result.words_per_backward)
+                        words_per_backward=result.words_per_backward, learned=learned)
 
 
 def vlm_gradcam(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,

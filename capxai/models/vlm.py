@@ -34,6 +34,11 @@ class VLMFamily:
         caption_token_type: the ``token_type_ids`` of the caption's tokens, for a family that reads them
             (PaliGemma's prefix LM: 1, the causal suffix; Gemma 3: 0, text, where 1 marks the image tokens, which
             attend both ways).
+        image_tokens_on_grid: the image tokens are places of the image, row by row (a map of them is a map of the
+            image); False for BLIP-2, whose image tokens are its Q-Former's learned queries, each reading the whole
+            image.
+        learned_inputs: parameters the model reads as inputs, beside the image and the text (BLIP-2's Q-Former
+            queries, ``query_tokens``): the relevance they take is reported, not lost.
     """
 
     model_class: str
@@ -41,6 +46,8 @@ class VLMFamily:
     chat: bool = False
     placeholder: Optional[str] = "<image>"
     caption_token_type: int = 0
+    image_tokens_on_grid: bool = True
+    learned_inputs: Tuple[str, ...] = ()
 
 
 VLM_FAMILIES: Registry = Registry("vision-language families")
@@ -57,6 +64,9 @@ VLM_FAMILIES.register("gemma3", VLMFamily("Gemma3ForConditionalGeneration", "Des
 VLM_FAMILIES.register("paligemma", VLMFamily("PaliGemmaForConditionalGeneration", "caption en", placeholder=None,
                                              caption_token_type=1),
                       help="PaliGemma: SigLIP, linear projector, Gemma as a prefix LM")
+VLM_FAMILIES.register("blip-2", VLMFamily("Blip2ForConditionalGeneration", "a photo of", placeholder=None,
+                                          image_tokens_on_grid=False, learned_inputs=("query_tokens",)),
+                      help="BLIP-2: ViT, a Q-Former's learned queries cross-attending the image, OPT")
 
 
 def family_of(config) -> Tuple[str, VLMFamily]:

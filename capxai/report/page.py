@@ -19,7 +19,8 @@ th { background: #f2f2f2; }
 .hallucinated { color: #b00; text-decoration: underline wavy #b00; }
 .panels { display: flex; flex-wrap: wrap; gap: 0.6em; }
 .panels figure { margin: 0; text-align: center; font-size: 0.8em; }
-.panels img { width: 160px; height: auto; min-height: 40px; image-rendering: auto; border: 1px solid #ccc; display: block; }
+.panels img { width: 160px; height: auto; min-height: 40px; image-rendering: auto; border: 1px solid #ccc;
+              display: block; }
 .linguistic { margin-top: 0.6em; font-size: 1.0em; }
 .linguistic span { padding: 0.1em 0.3em; margin-right: 0.15em; border-radius: 3px; }
 .linguistic span.prompt { font-style: italic; border-bottom: 1px dotted #999; }
