@@ -421,8 +421,29 @@ def _blip2():
     return model, dict(input_ids=ids, pixel_values=torch.rand(1, 3, 32, 32)), 63
 
 
+def _florence2():
+    from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+    # Florence-2: a DaViT of two stages (convolutions 7/4 then 3/2: 32 px -> 8 x 8 -> 4 x 4; a window-attention
+    # block (window 2) and a channel-attention block each), a projector with learned 2D and cosine 1D positions that
+    # puts the spatial mean first: 1 + 16 image tokens; BART with one encoder and one decoder layer. An
+    # encoder-decoder: the image and the prompt go into the encoder, the caption is the decoder's input (</s> as the
+    # start token); embeddings untied (tied, a random model repeats its input token)
+    vision = dict(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
+                  patch_prenorm=[False, True], embed_dim=[16, 32], num_heads=[2, 2], num_groups=[2, 2], window_size=2,
+                  drop_path_rate=0.0, projection_dim=32, max_position_embeddings=8, max_temporal_embeddings=4)
+    text = dict(model_type="bart", vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1,
+                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                max_position_embeddings=64, bos_token_id=1, pad_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                forced_bos_token_id=None, forced_eos_token_id=None, tie_word_embeddings=False)
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=63, tie_word_embeddings=False)
+    inputs = dict(input_ids=torch.tensor([[63] * 17 + [1, 5, 7, 2]]), pixel_values=torch.rand(1, 3, 32, 32),
+                  decoder_input_ids=torch.tensor([[2, 9, 11, 13]]))
+    return Florence2ForConditionalGeneration(config), inputs, 63
+
+
 TINY_VLMS = {"llava": _llava, "qwen2.5-vl": _qwen2_5_vl, "idefics3-smolvlm": _idefics3, "paligemma": _paligemma,
-             "gemma3": _gemma3, "blip-2": _blip2}
+             "gemma3": _gemma3, "blip-2": _blip2, "florence2": _florence2}
 
 
 def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
@@ -436,10 +457,35 @@ def tiny_vlm(family: str, seed: int = 0, offsets: bool = False):
         return model, inputs, image_token
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("bias") or any(offset in name for offset in ("position_embedding", "class_embedding",
-                                                                           "embed_positions")):  # OPT's positions
-                parameter.zero_()
+            if name.endswith("bias") or any(offset in name for offset in (
+                    "position_embedding", "class_embedding", "embed_positions", "image_position_embed")):
+                parameter.zero_()  # (OPT's and BART's learned positions; Florence-2's 2D positions)
+        for name, buffer in model.named_buffers():
+            if name.endswith("pos_idx_to_embed"):  # Florence-2's cosine positions of frames: a table, not a parameter
+                buffer.zero_()
     return model, inputs, image_token
+
+
+@contextlib.contextmanager
+def token_leaves(model):
+    """Inside the block, each token embedding the model computes becomes a leaf that requires grad, listed in the
+    order computed: the prompt's and caption's, or an encoder-decoder's encoder's then decoder's (Florence-2's
+    decoder embeds with a module of its own)."""
+    leaves, embedders = [], {model.get_input_embeddings()}
+    if model.config.is_encoder_decoder:
+        decoder = model.get_decoder()
+        embedders.add(getattr(decoder, "get_decoder", lambda: decoder)().embed_tokens)
+
+    def as_leaf(module, arguments, output):
+        leaves.append(output.detach().requires_grad_())
+        return leaves[-1]
+
+    hooks = [embedder.register_forward_hook(as_leaf) for embedder in embedders]
+    try:
+        yield leaves
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 class ImplicitRules(torch.overrides.TorchFunctionMode):
@@ -490,7 +536,8 @@ class ImplicitRules(torch.overrides.TorchFunctionMode):
 
 # -- the same tiny families saved as a user's save_pretrained folder, with a processor of each family -------------
 VLM_WORDS = ("USER ASSISTANT Assistant User user assistant : . Describe the image in one sentence caption en a an red "
-             "blue green circle square triangle star and with on of is there two three photo").split()
+             "blue green circle square triangle star and with on of is there two three photo What does describe ?"
+             ).split()
 CHAT_TEMPLATES = {
     "qwen2.5-vl": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == "
                   "'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
@@ -505,7 +552,7 @@ CHAT_TEMPLATES = {
 }
 FAMILY_TOKENS = {  # token -> id, as the tiny models' configs place them
     "llava": {"<image>": 63}, "paligemma": {"<image>": 63}, "idefics3-smolvlm": {"<image>": 63},
-    "blip-2": {"<image>": 63},
+    "blip-2": {"<image>": 63}, "florence2": {"<image>": 63},
     "gemma3": {"<image_soft_token>": 63, "<start_of_image>": 61, "<end_of_image>": 62},
     "qwen2.5-vl": {"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63},
 }
@@ -532,7 +579,8 @@ def tiny_tokenizer(family: str):
     backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     named = ({"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-             if family == "gemma3" else {})  # what Gemma 3's processor reads off its tokenizer
+             if family == "gemma3" else {"image_token": "<image>"} if family == "florence2" else {})  # what the
+    # processors of Gemma 3 and Florence-2 read off their tokenizer
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
                                         eos_token="</s>", unk_token="<unk>", extra_special_tokens=named)
     tokenizer.add_special_tokens({"additional_special_tokens": specials[4:] + list(fixed)})
@@ -566,6 +614,10 @@ def tiny_processor(family: str, split: bool = False):
         images = hf.Idefics3ImageProcessor(do_image_splitting=split, size={"longest_edge": 96 if split else 32},
                                            max_image_size={"longest_edge": 32})
         return hf.Idefics3Processor(images, tokenizer, image_seq_len=4, chat_template=CHAT_TEMPLATES[family])
+    if family == "florence2":
+        images = hf.CLIPImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
+                                       do_center_crop=False, image_seq_length=17)
+        return hf.Florence2Processor(images, tokenizer)
     if family == "blip-2":
         tokenizer.image_token = "<image>"  # what Blip2Processor reads off its tokenizer (else it adds one more token)
         images = hf.BlipImageProcessor(size={"height": 32, "width": 32})

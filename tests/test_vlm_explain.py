@@ -11,9 +11,9 @@ from PIL import Image
 from capxai.cli import main
 from capxai.explain import Explanation
 from capxai.explain.vlm import VLM_EXPLAINERS, explain_vlm, vlm_methods
-from capxai.explain.vlm_image import pixel_image
+from capxai.explain.vlm_image import pixel_image, place_image_tokens
 from capxai.explain.vlm_lrp import vlm_relevance
-from capxai.models.vlm import is_vlm_folder, load_vlm
+from capxai.models.vlm import is_vlm_folder, load_vlm, sequence_ids
 
 pytest.importorskip("transformers")
 from helpers import TINY_VLMS, tiny_processor, tiny_vlm_folder  # noqa: E402
@@ -40,7 +40,7 @@ def test_a_folder_is_recognised_and_loaded_with_its_processor_and_prompt(saved_v
     image_id = vlm.model.config.image_token_id
     placed = int((inputs["input_ids"] == image_id).sum())
     assert placed == {"llava": 16, "paligemma": 16, "qwen2.5-vl": 4, "idefics3-smolvlm": 4, "gemma3": 4,
-                      "blip-2": 4}[family]
+                      "blip-2": 4, "florence2": 17}[family]
 
 
 def test_the_caption_is_the_models_own_greedy_generate(saved_vlm):
@@ -51,8 +51,11 @@ def test_the_caption_is_the_models_own_greedy_generate(saved_vlm):
     inputs = vlm.prompt_inputs(picture)
     with torch.no_grad():
         generated = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert torch.equal(forced.inputs["input_ids"], generated)
-    assert forced.positions.tolist() == list(range(inputs["input_ids"].shape[1], generated.shape[1]))
+    # a decoder-only model's generate returns prompt and words; an encoder-decoder's (Florence-2) its decoder's
+    assert torch.equal(sequence_ids(forced.inputs)[:, -generated.shape[1]:], generated)
+    assert forced.positions.tolist() == list(range(sequence_ids(forced.inputs).shape[1] - forced.positions.numel(),
+                                                   sequence_ids(forced.inputs).shape[1]))
+    assert forced.caption_ids.tolist() == generated[0, -forced.positions.numel():].tolist()
 
 
 def test_every_method_gives_finite_maps_of_the_images_size(saved_vlm):
@@ -89,7 +92,11 @@ def test_lrp_explanation_holds_what_the_backward_gave_every_part_placed(saved_vl
     assert (explanation.settings["chunk_size"], one_a_backward.settings["chunk_size"]) == (3, 1)
     torch.testing.assert_close(one_a_backward.pixel_relevance, explanation.pixel_relevance)
     torch.testing.assert_close(explanation.logits[0], direct.logits)
-    torch.testing.assert_close(explanation.feature_relevance[0, :, :, 0], direct.image_tokens)
+    # on the image's token grid (Florence-2's pooled token spread over it; BLIP-2's queries as they are read)
+    placed = (place_image_tokens(direct.image_tokens, vlm.model, forced.inputs).flatten(1)
+              if vlm.spec.image_tokens_on_grid else direct.image_tokens)
+    torch.testing.assert_close(explanation.feature_relevance[0, :, :, 0], placed)
+    torch.testing.assert_close(placed.sum(1), direct.image_tokens.sum(1))
     placed = explanation.prompt_relevance[0].sum(-1) + explanation.word_relevance[0].sum(-1)
     # the relevance of tokens after the word predicted is zero (causal), so the rows hold all of it
     torch.testing.assert_close(placed, direct.tokens.sum(-1))
@@ -266,8 +273,6 @@ def test_vlm_options_given_to_another_captioner_are_one_line_exit_2(option, valu
 def test_tiles_are_placed_crops_side_by_side_and_the_global_view_spread_over_them():
     """A known answer: 2 x 3 crops whose values are their index, then a global view of ones: each block of the
     placed map holds its crop's index plus 1 / 6 (the global view's pixel spread over the 6 it was shrunk from)."""
-    from capxai.explain.vlm_image import place_image_tokens
-
     crops = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4)
     pixels = torch.cat([crops, torch.ones(1, 3, 4, 4)])[None, None]  # [K=1, 1, 7, 3, 4, 4]
     placed = pixel_image(pixels, None, {}, tiles=(2, 3))
@@ -318,3 +323,14 @@ def test_blip2s_queries_are_explained_but_not_mapped(tmp_path, capsys):
     assert main(["explain", "--hf-model", str(folder), "--images", str(image), "--method", "all", "--max-length", "2",
                  "--out", str(tmp_path / "out")]) == 0
     assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.is_dir()) == sorted(vlm_methods(vlm.spec))
+
+
+def test_florence2s_pooled_token_is_spread_over_the_grid():
+    """Florence-2 puts the image's spatial mean before its 4 x 4 grid of tokens: a map spreads it evenly, keeping the
+    sum (a known answer: the pooled token's 16 over 16 places, on a grid of its index)."""
+    from types import SimpleNamespace
+
+    florence = SimpleNamespace(config=SimpleNamespace(model_type="florence2"))
+    values = torch.cat([torch.tensor([16.0]), torch.arange(16.0)])[None]
+    placed = place_image_tokens(values, florence, {})
+    torch.testing.assert_close(placed, (torch.arange(16.0) + 1).view(1, 4, 4))

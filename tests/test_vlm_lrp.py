@@ -7,11 +7,12 @@ import torch
 
 from capxai.explain.vlm_image import image_token_grid, place_image_tokens
 from capxai.explain.vlm_lrp import attention_implementation, vlm_relevance
+from capxai.models.vlm import decoder_offset, sequence_ids
 from capxai.models.vlm import generate_caption as caption
 from capxai.nn.context import LRPSettings
 
 pytest.importorskip("transformers")
-from helpers import TINY_VLMS, ImplicitRules, tiny_vlm  # noqa: E402
+from helpers import TINY_VLMS, ImplicitRules, tiny_vlm, token_leaves  # noqa: E402
 
 SETTINGS = LRPSettings(eps=1e-12)
 
@@ -19,7 +20,7 @@ SETTINGS = LRPSettings(eps=1e-12)
 @pytest.mark.parametrize("family", sorted(TINY_VLMS))
 def test_all_words_at_once_equal_one_at_a_time_and_chunks(family):
     model, inputs, image_token = tiny_vlm(family, seed=11)
-    length = inputs["input_ids"].shape[1]
+    length = sequence_ids(inputs).shape[1]  # prompt then caption (Florence-2: its encoder's, then its decoder's)
     caption = torch.arange(length - 3, length)  # the last three tokens: the caption
     together = vlm_relevance(model, inputs, caption, SETTINGS)
     chunked = vlm_relevance(model, inputs, caption, SETTINGS, chunk_size=2)
@@ -38,7 +39,7 @@ def test_all_words_at_once_equal_one_at_a_time_and_chunks(family):
     torch.testing.assert_close(totals, together.logits, rtol=1e-5, atol=1e-9)  # conserved (float32 in RMSNorm)
     for k, position in enumerate(caption):
         assert together.tokens[k, position:].abs().sum() == 0  # the word itself and later ones: causal
-    placeholders = inputs["input_ids"][0] == image_token
+    placeholders = sequence_ids(inputs)[0] == image_token
     assert together.tokens[:, placeholders].abs().sum() == 0 and together.pixels.abs().sum() > 0
     # the image tokens as the language model reads them: one per placeholder, and with the text all of the logit;
     # the vision tower (no offsets) passes their relevance on to the pixels
@@ -70,13 +71,15 @@ def test_the_explained_words_are_the_models_own_greedy_caption(family):
     model, inputs, image_token = tiny_vlm(family, seed=11)
     cut = int((inputs["input_ids"][0] == image_token).nonzero().max()) + 2  # the image and one prompt token
     prompt = {name: value[:, :cut] if name in ("input_ids", "token_type_ids") else value
-              for name, value in inputs.items()}
+              for name, value in inputs.items() if name != "decoder_input_ids"}
     extended, positions = caption(model, prompt, max_new_tokens=3)
-    assert positions.tolist() == list(range(cut, extended["input_ids"].shape[1])) and len(positions) >= 1
+    # Florence-2's caption follows its decoder's start token, after the encoder's prompt
+    first = cut + int(model.config.is_encoder_decoder)
+    assert positions.tolist() == list(range(first, sequence_ids(extended).shape[1])) and len(positions) >= 1
     explained = vlm_relevance(model, extended, positions, SETTINGS)
     with torch.no_grad():
         logits = model(**extended, use_cache=False).logits[0]
-    torch.testing.assert_close(explained.logits, logits[positions - 1].max(-1).values)
+    torch.testing.assert_close(explained.logits, logits[positions - 1 - decoder_offset(extended)].max(-1).values)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_VLMS))
@@ -85,25 +88,18 @@ def test_equals_gradient_x_input_under_the_implicit_rules_with_offsets(family):
     run under the rules in implicit form (tests/helpers.py ImplicitRules), biases and position embeddings as they
     are, equals capxai's relevance on the pixels and the text (constant attention, eps 1e-12)."""
     model, inputs, _ = tiny_vlm(family, seed=13, offsets=True)
-    length = inputs["input_ids"].shape[1]
-    positions = torch.arange(length - 2, length)
+    ids = sequence_ids(inputs)
+    positions = torch.arange(ids.shape[1] - 2, ids.shape[1])
     explained = vlm_relevance(model, inputs, positions, SETTINGS)
     for k, position in enumerate(positions):
         pixels = inputs["pixel_values"].clone().requires_grad_()
-        leaves = []
-        hook = model.get_input_embeddings().register_forward_hook(
-            lambda module, arguments, output, leaves=leaves: leaves.append(output.detach().requires_grad_())
-            or leaves[-1])
-        try:
-            with ImplicitRules():
-                logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
-        finally:
-            hook.remove()
-        logit = logits[position - 1, inputs["input_ids"][0, position]]
-        to_pixels, to_text = torch.autograd.grad(logit, [pixels, leaves[0]])
+        with token_leaves(model) as leaves, ImplicitRules():
+            logits = model(**{**inputs, "pixel_values": pixels}, use_cache=False).logits[0]
+        logit = logits[position - 1 - decoder_offset(inputs), ids[0, position]]
+        to_pixels, *to_text = torch.autograd.grad(logit, [pixels, *leaves])
+        on_tokens = torch.cat([(leaf.detach() * gradient).sum(-1)[0] for leaf, gradient in zip(leaves, to_text)])
         torch.testing.assert_close(explained.pixels[k], pixels.detach() * to_pixels, rtol=1e-5, atol=1e-9)
-        torch.testing.assert_close(explained.tokens[k], (leaves[0].detach() * to_text).sum(-1)[0], rtol=1e-5,
-                                   atol=1e-9)
+        torch.testing.assert_close(explained.tokens[k], on_tokens, rtol=1e-5, atol=1e-9)
 
 
 GRIDS = {"llava": (4, 4), "qwen2.5-vl": (2, 2), "idefics3-smolvlm": (2, 2), "paligemma": (4, 4), "gemma3": (2, 2)}
@@ -154,7 +150,7 @@ def test_attnlrp_mode_through_the_attention_scores(family):
     """Mode "attnlrp" (AttnLRP's softmax rule, relevance also through the queries and keys): finite, all words at
     once equal one at a time, and not the constant mode's result (the scores now get relevance)."""
     model, inputs, _ = tiny_vlm(family, seed=11)
-    length = inputs["input_ids"].shape[1]
+    length = sequence_ids(inputs).shape[1]
     positions = torch.arange(length - 2, length)
     attnlrp = LRPSettings(eps=1e-12, mode="attnlrp")
     together = vlm_relevance(model, inputs, positions, attnlrp)

@@ -10,7 +10,7 @@ from torch import nn
 
 import capxai
 from capxai.nn import NoRelevanceRule, relevance_rules
-from helpers import TINY_VLMS, frozen, tiny_vlm
+from helpers import TINY_VLMS, frozen, tiny_vlm, token_leaves
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama import modeling_llama as llama  # noqa: E402
@@ -171,28 +171,18 @@ def test_a_tiny_vlm_explains_pixels_and_text_and_conserves(family):
     embeddings zeroed, the explained logit is shared by the pixels and the text embeddings (mode "constant", up to
     float32: HF's RMSNorm); the image placeholder tokens get none (the image features replaced them)."""
     model, inputs, image_token = tiny_vlm(family, seed=7)
-    leaves = []
-
-    def as_leaf(module, arguments, output):
-        leaves.append(output.detach().requires_grad_())
-        return leaves[-1]
-
-    hook = model.get_input_embeddings().register_forward_hook(as_leaf)
     pixels = inputs["pixel_values"].requires_grad_()
     # BLIP-2's Q-Former queries are inputs too (a parameter the model reads): a leaf of their own in the call
     queries = {name: parameter.detach().clone().requires_grad_() for name, parameter in model.named_parameters()
                if name == "query_tokens"}
-    try:
-        with capxai.lrp(eps=EPS) as settings, relevance_rules(settings):
-            z = torch.func.functional_call(model, queries, (), dict(inputs, use_cache=False)).logits[0, -1]
-    finally:
-        hook.remove()
+    with token_leaves(model) as leaves, capxai.lrp(eps=EPS) as settings, relevance_rules(settings):
+        z = torch.func.functional_call(model, queries, (), dict(inputs, use_cache=False)).logits[0, -1]
     start = torch.zeros_like(z)
     start[z.argmax()] = z.max().detach()
-    to_pixels, to_text, *to_queries = torch.autograd.grad(z, [pixels, leaves[0], *queries.values()],
-                                                          grad_outputs=start)
-    torch.testing.assert_close(to_pixels.sum() + to_text.sum() + sum(q.sum() for q in to_queries), z.max().detach(),
-                               **FLOAT32_SUM)
+    # an encoder-decoder (Florence-2) embeds the prompt and the caption apart: two token leaves
+    to_pixels, to_text, *to_others = torch.autograd.grad(z, [pixels, *leaves, *queries.values()], grad_outputs=start)
+    torch.testing.assert_close(to_pixels.sum() + to_text.sum() + sum(other.sum() for other in to_others),
+                               z.max().detach(), **FLOAT32_SUM)
     assert to_pixels.abs().sum() > 0 and bool(torch.isfinite(to_pixels).all())
     placeholders = inputs["input_ids"][0] == image_token
     assert to_text[0, placeholders].abs().sum() == 0 and to_text[0, ~placeholders].abs().sum() > 0

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from capxai.explain.explanation import Explanation
 from capxai.explain.vlm_image import image_size, image_token_grid, pixel_image, place_image_tokens
 from capxai.explain.vlm_lrp import vlm_attention, vlm_gradcam, vlm_integrated_gradients, vlm_occlusion, vlm_relevance
-from capxai.models.vlm import VisionLanguageModel, VLMFamily, VLMInputs
+from capxai.models.vlm import VisionLanguageModel, VLMFamily, VLMInputs, sequence_ids
 from capxai.nn.context import LRPSettings
 
 VLM_EXPLAINERS = {
@@ -51,7 +51,8 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
         raise ValueError(f"method {method!r} {why}; choose from {', '.join(vlm_methods(vlm.spec))}")
     model, inputs, positions = vlm.model, forced.inputs, forced.positions
     count, fed_from = positions.numel(), forced.prompt_length - 1  # the last prompt token is fed at step 0
-    prompt_ids = inputs["input_ids"][0, :fed_from]
+    sequence = sequence_ids(inputs)[0]  # prompt then caption (an encoder-decoder's: its encoder's, then its decoder's)
+    prompt_ids = sequence[:fed_from]
     prompt_text = prompt_ids != image_token_id(model)  # the placeholders' relevance is the image tokens'
     fields, chunking = {}, {"chunk_size": chunk_size, "memory_budget": memory_budget}
     tiles, token_map = forced.tiles, None  # token_map: [K, rows, columns] on the image's token grid
@@ -89,7 +90,7 @@ def explain_one(vlm: VisionLanguageModel, forced: VLMInputs, method: str, *, con
         fields.update(pixel_map=_upsample(token_map.to(step_logits.dtype), image_size(model, inputs, tiles))[None])
     ids = forced.caption_ids
     words = vlm.token_texts(ids.tolist())
-    fed_ids = inputs["input_ids"][0, fed_from:fed_from + count + 1]
+    fed_ids = sequence[fed_from:fed_from + count + 1]
     fed_words = vlm.token_texts(fed_ids[:1].tolist())  # the prompt's last token, fed at step 0: the same every image
     result = Explanation(
         tokens=ids[None], lengths=torch.tensor([count], device=ids.device), logits=explained[None],

@@ -5,6 +5,8 @@ is put back on the image here, so that every method's map is one picture of the 
 - One image as one grid of tokens: LLaVA, PaliGemma, Gemma 3 (a square grid), Idefics3 / SmolVLM without image
   splitting (pixel shuffle included: its tokens are still a square grid), Qwen2.5-VL (``image_grid_thw`` over the
   merge size; its flattened patches put back in place).
+- Pooled tokens before the grid (Florence-2's spatial mean, :attr:`capxai.models.vlm.VLMFamily.pooled_image_tokens`):
+  each spread evenly over the grid.
 - Tiles (``tiles=(rows, columns)``): Idefics3 / SmolVLM's image splitting cuts the image, resized to a multiple of
   the tile side, into ``rows x columns`` crops (row by row), then adds the whole image resized to one tile (the
   global view), each read as its own grid of tokens. The crops are placed side by side; the global view covers the
@@ -16,14 +18,17 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from capxai.models.vlm import VLM_FAMILIES
+
 Tiles = Optional[Tuple[int, int]]  # (rows, columns) of an image's crops, followed by one global view; None: one image
 
 
 def image_token_grid(model: nn.Module, inputs: Dict[str, torch.Tensor], count: int, tiles: Tiles = None):
     """``(rows, columns)`` of the map of the ``count`` image tokens of one image (row by row): Qwen2-VL / Qwen2.5-VL
     from ``image_grid_thw`` over the merge size (one frame); the families whose image becomes a square of tokens from
-    the square root; with ``tiles``, each of the ``rows x columns + 1`` tiles a square of tokens, the crops side by
-    side. Several images or frames are refused by name."""
+    the square root (after the family's pooled tokens); with ``tiles``, each of the ``rows x columns + 1`` tiles a
+    square of tokens, the crops side by side. Several images or frames are refused by name."""
+    count -= pooled_tokens(model)
     grid = inputs.get("image_grid_thw")
     if grid is not None:
         if grid.shape[0] != 1 or int(grid[0, 0]) != 1:
@@ -59,11 +64,22 @@ def _place_tiles(values: torch.Tensor, tiles: Tuple[int, int]) -> torch.Tensor:
     return placed + spread
 
 
+def pooled_tokens(model: Optional[nn.Module]) -> int:
+    """How many of ``model``'s image tokens come before the grid and pool the whole image (its family's
+    ``pooled_image_tokens``; 0 for a model of no covered family)."""
+    family = VLM_FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None))
+    return family.pooled_image_tokens if family is not None else 0
+
+
 def place_image_tokens(values: torch.Tensor, model: nn.Module, inputs: Dict[str, torch.Tensor],
                        tiles: Tiles = None) -> torch.Tensor:
     """``[K, N]`` values of the image tokens (in the order the language model reads them) -> ``[K, rows, columns]``
     on the image's token grid (:func:`image_token_grid`; tiles placed as the module docstring says)."""
     rows, columns = image_token_grid(model, inputs, values.shape[1], tiles)
+    pooled = pooled_tokens(model)
+    if pooled:  # each pooled token read the whole image: spread over the grid, keeping the sum
+        spread = values[:, :pooled].sum(1)[:, None, None] / (rows * columns)
+        return spread + place_image_tokens(values[:, pooled:], None, inputs, tiles)
     if tiles is None:
         return values.reshape(-1, rows, columns)
     side = rows // tiles[0]

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from capxai.explain.generic_lrp import frozen
 from capxai.explain.memory_budget import SavedActivations, check_budget, word_bytes, words_per_backward
 from capxai.explain.vlm_image import occlusion_features
-from capxai.models.vlm import VLM_FAMILIES
+from capxai.models.vlm import VLM_FAMILIES, decoder_offset, sequence_ids
 from capxai.nn import relevance_rules
 from capxai.nn.function_rules import scatter_by_index
 from capxai.nn.context import LRPSettings, lrp
@@ -85,16 +85,24 @@ class _Backward:
     """What one teacher-forced forward and the vmapped backward of every word give: per word the gradient (or
     relevance) on each leaf, ``[K, ...]``, with the leaves' values and the placeholders the image filled."""
 
-    on_leaves: List[torch.Tensor]  # pixels, token embeddings, the language model's input embeddings, learned inputs
+    on_leaves: List[torch.Tensor]  # pixels, the language model's input embeddings, token embeddings..., learned...
     leaves: List[torch.Tensor]
+    token_leaves: int  # how many token embeddings: 1, or an encoder-decoder's 2 (the prompt's, the caption's)
     image_rows: torch.Tensor  # [L] bool
     explained: torch.Tensor  # [K]
     step_logits: torch.Tensor  # [K, V]
     words_per_backward: int
 
+    @property
+    def on_tokens(self) -> torch.Tensor:
+        """``[K, L]`` each word's relevance (or gradient x input...) on the tokens of :func:`sequence_ids`, summed
+        over the embedding's dimensions: the on_leaves of the token embeddings, joined in sequence order."""
+        return torch.cat([values.sum(-1)[:, 0] for values in self.on_leaves[2:2 + self.token_leaves]], 1)
 
-def _check_positions(ids: torch.Tensor, caption_positions, contrast, chunk_size, caller: str,
+
+def _check_positions(inputs: Dict[str, torch.Tensor], caption_positions, contrast, chunk_size, caller: str,
                      memory_budget: Optional[int] = None):
+    ids = sequence_ids(inputs)
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"{caller}: input_ids must be [1, L] (one image and its caption), got {list(ids.shape)}")
     positions = torch.as_tensor(caption_positions, dtype=torch.long, device=ids.device).flatten()
@@ -117,15 +125,20 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     """One forward (inside the relevance rules when ``rules`` is given) and the vmapped backward of every word's
     start: LRP's (the logit on its index, minus the contrast's on its own) or the gradient's (1, and -1), in chunks of
     ``chunk_size`` words, or as many as ``memory_budget`` bytes hold (default: half the memory available)."""
-    ids = inputs["input_ids"]
+    ids, offset = sequence_ids(inputs), decoder_offset(inputs)
     pixels = inputs["pixel_values"].detach().clone().requires_grad_(True)
-    leaves = []
+    leaves = []  # the token embeddings: the prompt's and caption's (an encoder-decoder: its encoder's, decoder's)
 
     def as_leaf(module, arguments, output):
         leaves.append(output.detach().requires_grad_(True))
         return leaves[-1]
 
     merged = []  # what the language model reads: the text embeddings with the image features placed in them
+    reader = model.get_encoder() if model.config.is_encoder_decoder else model.get_decoder()
+    embedders = {model.get_input_embeddings()}
+    if model.config.is_encoder_decoder:  # its decoder may embed the caption with a module of its own (tied weights)
+        decoder = model.get_decoder()
+        embedders.add(getattr(decoder, "get_decoder", lambda: decoder)().embed_tokens)
 
     def read_merged(module, arguments, keywords):
         merged.append(keywords.get("inputs_embeds"))
@@ -134,8 +147,8 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     # the parameters read as inputs, as leaves of their own in the call (torch.func.functional_call), not constants
     learned = {name: parameter.detach().clone().requires_grad_(True) for name, parameter in model.named_parameters()
                if family is not None and name.rsplit(".", 1)[-1] in family.learned_inputs}
-    hooks = [model.get_input_embeddings().register_forward_hook(as_leaf),
-             model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)]
+    hooks = [*(embedder.register_forward_hook(as_leaf) for embedder in embedders),
+             reader.register_forward_pre_hook(read_merged, with_kwargs=True)]
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen(model))
@@ -149,21 +162,23 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
             # the logits of the steps that predict the words only ([K, V], not [L, V]): the starts of K words are
             # then K x K x V, not K x L x V (a 150k vocabulary and 600 tokens: 360 MB a word)
             logits = torch.func.functional_call(model, learned, (), {
-                **inputs, "pixel_values": pixels, "use_cache": False, "logits_to_keep": positions - 1}).logits[0]
+                **inputs, "pixel_values": pixels, "use_cache": False,
+                "logits_to_keep": positions - 1 - offset}).logits[0]
     finally:
         for hook in hooks:
             hook.remove()
-    if len(leaves) != 1 or len(merged) != 1 or merged[0] is None:
+    expected = 2 if model.config.is_encoder_decoder else 1
+    if len(leaves) != expected or len(merged) != 1 or merged[0] is None:
         raise ValueError(f"vlm_relevance: {type(model).__name__} embedded its tokens {len(leaves)} times and fed its "
-                         f"language model {len(merged)} times with inputs_embeds; expected once each (a family whose "
-                         "forward does not place image features into the text embeddings is not covered)")
-    embeddings, language_input = leaves[0], merged[0]
+                         f"language model {len(merged)} times with inputs_embeds; expected {expected} and 1 (a family "
+                         "whose forward does not place image features into the text embeddings is not covered)")
+    language_input = merged[0]
     words = ids[0, positions]
     count = torch.arange(positions.numel(), device=ids.device)
     step_logits = logits.detach()  # [K, V]: row k is the step predicting word k
     explained = step_logits[count, words]
     against = None if contrast is None else step_logits[count, contrast]
-    leaves_read = [pixels, embeddings, language_input, *learned.values()]
+    leaves_read = [pixels, language_input, *leaves, *learned.values()]
     if chunk_size is None:
         per_word = word_bytes(saved.largest, leaves_read, logits.numel() * logits.element_size())
         chunk_size = words_per_backward(positions.numel(), per_word, logits.device, memory_budget)
@@ -180,9 +195,9 @@ def _backward(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torc
     if against is not None:
         explained = explained - against
     on_leaves = [torch.cat([result[i] for result in results]) for i in range(len(leaves_read))]
-    image_rows = (embeddings.detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
-    return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], image_rows, explained, step_logits,
-                     chunk_size)
+    image_rows = (leaves[0].detach() != language_input.detach()).any(-1)[0]  # the placeholders the image filled
+    return _Backward(on_leaves, [leaf.detach() for leaf in leaves_read], len(leaves), image_rows, explained,
+                     step_logits, chunk_size)
 
 
 def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor,
@@ -201,17 +216,18 @@ def vlm_relevance(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     the start is the word's logit minus the contrast's, as for the other captioners' ``contrast=``."""
     if method not in VLM_METHODS:
         raise ValueError(f"vlm_relevance: method must be one of {VLM_METHODS}, got {method!r}")
-    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+    positions, contrast = _check_positions(inputs, caption_positions, contrast, chunk_size,
                                            "vlm_relevance", memory_budget)
     rules = (settings if settings is not None else LRPSettings()) if method == "lrp" else None
     result = _backward(model, inputs, positions, contrast, rules, chunk_size, memory_budget)
-    per_input = result.on_leaves
     if method == "gradient-x-input":
-        per_input = [gradient * leaf for gradient, leaf in zip(per_input, result.leaves)]
-    to_tokens = per_input[1].sum(-1)[:, 0]  # [K, L]
-    to_language_input = per_input[2].sum(-1)[:, 0]  # [K, L]
-    learned = sum(values.flatten(1).sum(1) for values in per_input[3:]) if len(per_input) > 3 else None
-    return VLMRelevance(pixels=per_input[0], tokens=to_tokens, image_tokens=to_language_input[:, result.image_rows],
+        result.on_leaves = [gradient * leaf for gradient, leaf in zip(result.on_leaves, result.leaves)]
+    per_input, learned_from = result.on_leaves, 2 + result.token_leaves
+    to_language_input = per_input[1].sum(-1)[:, 0]  # [K, L]
+    learned = (sum(values.flatten(1).sum(1) for values in per_input[learned_from:])
+               if len(per_input) > learned_from else None)
+    return VLMRelevance(pixels=per_input[0], tokens=result.on_tokens,
+                        image_tokens=to_language_input[:, result.image_rows],
                         logits=result.explained, step_logits=result.step_logits,
                         words_per_backward=result.words_per_backward, learned=learned)
 
@@ -224,46 +240,52 @@ def vlm_gradcam(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_posit
     ``relu(sum_c alpha_c A[n, c])`` with ``alpha_c`` the gradient of the word's logit (minus the contrast's) on
     channel c averaged over the N image tokens. Returns ``([K, N] maps, [K] explained logits, [K, V] step logits)``.
     """
-    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+    positions, contrast = _check_positions(inputs, caption_positions, contrast, chunk_size,
                                            "vlm_gradcam", memory_budget)
     result = _backward(model, inputs, positions, contrast, None, chunk_size, memory_budget)
-    features = result.leaves[2][0, result.image_rows]  # [N, C]
-    gradients = result.on_leaves[2][:, 0][:, result.image_rows]  # [K, N, C]
+    features = result.leaves[1][0, result.image_rows]  # [N, C]
+    gradients = result.on_leaves[1][:, 0][:, result.image_rows]  # [K, N, C]
     weights = gradients.mean(1, keepdim=True)  # [K, 1, C]
     return torch.relu((weights * features).sum(-1)), result.explained, result.step_logits
 
 
 def vlm_attention(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_positions: torch.Tensor):
     """The attention baseline of the VLM visualisers: the language model's attention from the step predicting each
-    word to the image tokens, averaged over heads and layers (eager attention for the call, so that the weights are
-    returned). Returns ``([K, N], [K, V] step logits)``."""
-    positions, _ = _check_positions(inputs["input_ids"], caption_positions, None, None, "vlm_attention")
+    word to the image tokens (an encoder-decoder's: its decoder's cross-attention to them), averaged over heads and
+    layers (eager attention for the call, so that the weights are returned). Returns ``([K, N], [K, V] step
+    logits)``."""
+    positions, _ = _check_positions(inputs, caption_positions, None, None, "vlm_attention")
+    steps = positions - 1 - decoder_offset(inputs)
     rows = []
 
     def read_merged(module, arguments, keywords):
         rows.append(keywords.get("inputs_embeds"))
 
-    hook = model.get_decoder().register_forward_pre_hook(read_merged, with_kwargs=True)
+    encoder_decoder = model.config.is_encoder_decoder
+    reader = model.get_encoder() if encoder_decoder else model.get_decoder()
+    hook = reader.register_forward_pre_hook(read_merged, with_kwargs=True)
     try:
         with torch.no_grad(), frozen(model), attention_implementation(model, "eager"):
             output = model(**inputs, use_cache=False, output_attentions=True)
             embeddings = model.get_input_embeddings()(inputs["input_ids"])
     finally:
         hook.remove()
-    if not output.attentions:
+    layers = output.cross_attentions if encoder_decoder else output.attentions
+    if not layers:
         raise ValueError(f"vlm_attention: {type(model).__name__} returned no attention weights")
     image_rows = (embeddings != rows[0]).any(-1)[0]
-    weights = torch.stack([layer[0] for layer in output.attentions]).mean((0, 1))  # [L, L]
-    return weights[positions - 1][:, image_rows], output.logits[0, positions - 1]
+    weights = torch.stack([layer[0] for layer in layers]).mean((0, 1))  # [L, L], an encoder-decoder's [L_dec, L]
+    return weights[steps][:, image_rows], output.logits[0, steps]
 
 
 def _explained_logits(model: nn.Module, inputs: Dict[str, torch.Tensor], positions: torch.Tensor,
                       contrast: Optional[torch.Tensor]):
     """``([K] explained logits, [K, V] step logits)`` of one forward without gradients."""
     with torch.no_grad():
-        step_logits = model(**inputs, use_cache=False, logits_to_keep=positions - 1).logits[0]
+        step_logits = model(**inputs, use_cache=False,
+                            logits_to_keep=positions - 1 - decoder_offset(inputs)).logits[0]
     count = torch.arange(positions.numel(), device=positions.device)
-    explained = step_logits[count, inputs["input_ids"][0, positions]]
+    explained = step_logits[count, sequence_ids(inputs)[0, positions]]
     if contrast is not None:
         explained = explained - step_logits[count, contrast]
     return explained, step_logits
@@ -281,7 +303,7 @@ def vlm_integrated_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], 
 
     if steps < 1:
         raise ValueError(f"vlm_integrated_gradients: steps must be >= 1, got {steps}")
-    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, chunk_size,
+    positions, contrast = _check_positions(inputs, caption_positions, contrast, chunk_size,
                                            "vlm_integrated_gradients", memory_budget)
     step_sizes, alphas = approximation_parameters("gausslegendre")
     path = inputs["pixel_values"] - baseline
@@ -301,7 +323,7 @@ def vlm_occlusion(model: nn.Module, inputs: Dict[str, torch.Tensor], caption_pos
     explained logits, [K, V] step logits)``."""
     from captum.attr import FeatureAblation
 
-    positions, contrast = _check_positions(inputs["input_ids"], caption_positions, contrast, None, "vlm_occlusion")
+    positions, contrast = _check_positions(inputs, caption_positions, contrast, None, "vlm_occlusion")
     pixels = inputs["pixel_values"]
     if window is not None and window < 1:  # checked before the default, so that 0 is refused, not replaced
         raise ValueError(f"vlm_occlusion: window must be >= 1, got {window}")

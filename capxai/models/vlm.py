@@ -31,6 +31,8 @@ class VLMFamily:
             ``chat``, else the whole prompt).
         chat: the prompt is the user's message of the processor's chat template (the image placed by the template).
         placeholder: the image placeholder a raw prompt must hold (None: the processor places the image itself).
+        pooled_image_tokens: how many image tokens, before the grid, pool the whole image (Florence-2: 1, the
+            spatial mean); a map spreads them evenly over the grid.
         caption_token_type: the ``token_type_ids`` of the caption's tokens, for a family that reads them
             (PaliGemma's prefix LM: 1, the causal suffix; Gemma 3: 0, text, where 1 marks the image tokens, which
             attend both ways).
@@ -46,6 +48,7 @@ class VLMFamily:
     chat: bool = False
     placeholder: Optional[str] = "<image>"
     caption_token_type: int = 0
+    pooled_image_tokens: int = 0
     image_tokens_on_grid: bool = True
     learned_inputs: Tuple[str, ...] = ()
 
@@ -67,6 +70,9 @@ VLM_FAMILIES.register("paligemma", VLMFamily("PaliGemmaForConditionalGeneration"
 VLM_FAMILIES.register("blip-2", VLMFamily("Blip2ForConditionalGeneration", "a photo of", placeholder=None,
                                           image_tokens_on_grid=False, learned_inputs=("query_tokens",)),
                       help="BLIP-2: ViT, a Q-Former's learned queries cross-attending the image, OPT")
+VLM_FAMILIES.register("florence2", VLMFamily("Florence2ForConditionalGeneration", "<CAPTION>", placeholder=None,
+                                             pooled_image_tokens=1),
+                      help="Florence-2: DaViT, projector with a pooled token, BART encoder-decoder")
 
 
 def family_of(config) -> Tuple[str, VLMFamily]:
@@ -93,8 +99,10 @@ class VLMInputs:
     """One image, its prompt and a caption, as the model reads them teacher-forced.
 
     Attributes:
-        inputs: the processor's tensors (``input_ids [1, L]`` = prompt then caption, ``pixel_values``, ...).
-        positions: ``[C]`` the caption's positions in ``input_ids`` (word k is predicted at ``positions[k] - 1``).
+        inputs: the processor's tensors (``input_ids [1, L]`` = prompt then caption, ``pixel_values``, ...; an
+            encoder-decoder's caption in ``decoder_input_ids``, after the decoder's start token).
+        positions: ``[C]`` the caption's positions in :func:`sequence_ids` (word k is predicted at ``positions[k] -
+            1``).
         tiles: ``(rows, columns)`` of the crops the processor cut the image into (read with a global view of the
             whole image after them: Idefics3 / SmolVLM's image splitting), or None for an image read whole.
     """
@@ -106,7 +114,7 @@ class VLMInputs:
     @property
     def caption_ids(self) -> torch.Tensor:
         """``[C]`` the caption's token ids."""
-        return self.inputs["input_ids"][0, self.positions]
+        return sequence_ids(self.inputs)[0, self.positions]
 
     @property
     def prompt_length(self) -> int:
@@ -159,9 +167,7 @@ class VisionLanguageModel:
         if ids.shape[1] == 0:
             raise ValueError("the caption is empty: nothing to explain")
         inputs = self.prompt_inputs(image)
-        length = inputs["input_ids"].shape[1]
-        positions = torch.arange(length, length + ids.shape[1], device=self.device)
-        return VLMInputs(append_tokens(inputs, ids, self.model), positions, self.tiles_of(inputs["input_ids"]))
+        return VLMInputs(*with_caption(inputs, ids, self.model), self.tiles_of(inputs["input_ids"]))
 
     def tiles_of(self, input_ids: torch.Tensor) -> Optional[Tuple[int, int]]:
         """``(rows, columns)`` of the crops an image was split into, read off the tile tokens the processor put in
@@ -211,6 +217,34 @@ def prompt_text(family: str, processor, prompt: Optional[str] = None) -> str:
     return prompt
 
 
+def sequence_ids(inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[1, L]`` the tokens as one sequence, prompt then caption: ``input_ids``, or an encoder-decoder's
+    ``input_ids`` (the prompt, read by the encoder) then ``decoder_input_ids`` (its start token, then the caption)."""
+    decoder = inputs.get("decoder_input_ids")
+    return inputs["input_ids"] if decoder is None else torch.cat([inputs["input_ids"], decoder], 1)
+
+
+def decoder_offset(inputs: Dict[str, torch.Tensor]) -> int:
+    """Where the language model's own sequence starts in :func:`sequence_ids` (an encoder-decoder's decoder: after
+    the prompt; else 0): a position p there is step ``p - decoder_offset`` of the logits."""
+    return inputs["input_ids"].shape[1] if inputs.get("decoder_input_ids") is not None else 0
+
+
+def with_caption(inputs: Dict[str, torch.Tensor], ids: torch.Tensor, model: nn.Module):
+    """``(inputs with the caption ids [1, C] placed, the caption's positions [C] in :func:`sequence_ids`)``: appended
+    to ``input_ids`` (:func:`append_tokens`), or, for an encoder-decoder (Florence-2), the decoder's input: its start
+    token, then the caption."""
+    if not model.config.is_encoder_decoder:
+        length = inputs["input_ids"].shape[1]
+        return append_tokens(inputs, ids, model), torch.arange(length, length + ids.shape[1], device=ids.device)
+    begin = model.generation_config.decoder_start_token_id
+    if begin is None:
+        raise ValueError(f"{type(model).__name__} names no decoder_start_token_id: its decoder's input cannot be made")
+    decoder = torch.cat([ids.new_full((1, 1), int(begin)), ids], 1)
+    start = inputs["input_ids"].shape[1] + 1
+    return dict(inputs, decoder_input_ids=decoder), torch.arange(start, start + ids.shape[1], device=ids.device)
+
+
 def append_tokens(inputs: Dict[str, torch.Tensor], ids: torch.Tensor, model: nn.Module) -> Dict[str, torch.Tensor]:
     """``inputs`` with ``ids [1, C]`` appended to ``input_ids``; the per-token inputs (:data:`PER_TOKEN_INPUTS`)
     grow with them, ``token_type_ids`` with ``model``'s family's caption token type."""
@@ -231,10 +265,11 @@ def generate_caption(model: nn.Module, inputs: Dict[str, torch.Tensor], max_new_
         raise ValueError(f"caption: input_ids must be [1, L] (one image and its prompt), got {list(ids.shape)}")
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-    added = generated[:, ids.shape[1]:]
+    # a decoder-only model returns the prompt and its words; an encoder-decoder its decoder's start token and words
+    added = generated[:, 1:] if model.config.is_encoder_decoder else generated[:, ids.shape[1]:]
     if added.shape[1] < 1:
         raise ValueError("caption: the model generated no token (its first word ended the caption)")
-    return append_tokens(inputs, added, model), torch.arange(ids.shape[1], generated.shape[1], device=ids.device)
+    return with_caption(inputs, added, model)
 
 
 def load_vlm(folder: Union[str, Path], device: Union[str, torch.device] = "cpu", prompt: Optional[str] = None,
