@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-CONFIGURATIONS = [("gradient-x-input", None), ("lrp", None), ("lrp", 5), ("lrp", 1)]
+# (method, words per backward): all at once, a given chunk, or "budget=MiB" (the chunk the memory budget picks)
+CONFIGURATIONS = [("gradient-x-input", None), ("lrp", None), ("lrp", 5), ("lrp", 1), ("lrp", "budget=200")]
 
 
 def _peak_bytes(device: str) -> int:
@@ -39,8 +40,11 @@ def measure(method: str, chunk_size, device: str) -> dict:
     with torch.no_grad():
         model(**inputs, use_cache=False, logits_to_keep=positions - 1)
     baseline = _peak_bytes(device)
-    vlm_relevance(model, inputs, positions, method=method, chunk_size=chunk_size)
-    return {"method": method, "chunk_size": chunk_size, "baseline": baseline, "peak": _peak_bytes(device)}
+    budget = int(chunk_size.split("=")[1]) << 20 if isinstance(chunk_size, str) else None
+    explained = vlm_relevance(model, inputs, positions, method=method, memory_budget=budget,
+                              chunk_size=None if budget is not None else chunk_size or CAPTION)
+    return {"method": method, "chunk_size": chunk_size, "used": explained.words_per_backward, "baseline": baseline,
+            "peak": _peak_bytes(device)}
 
 
 def main() -> None:
@@ -49,7 +53,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        chunk = None if args.one[1] == "all" else int(args.one[1])
+        chunk = None if args.one[1] == "all" else args.one[1] if args.one[1].startswith("budget=") else int(args.one[1])
         print(json.dumps(measure(args.one[0], chunk, args.device)))
         return
     rows = []
@@ -62,8 +66,9 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for row in rows:
         extra = row["peak"] - row["baseline"]
-        print(f"| {row['method']} | {row['chunk_size'] or 'all (20)'} | {extra / 2 ** 20:.0f} MiB | "
-              f"{extra / reference:.2f} |")
+        asked = row["chunk_size"] if isinstance(row["chunk_size"], str) else "given"
+        print(f"| {row['method']} | {row['used']} ({'all' if row['chunk_size'] is None else asked}) | "
+              f"{extra / 2 ** 20:.0f} MiB | {extra / reference:.2f} |")
 
 
 if __name__ == "__main__":

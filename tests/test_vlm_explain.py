@@ -334,3 +334,12 @@ def test_florence2s_pooled_token_is_spread_over_the_grid():
     values = torch.cat([torch.tensor([16.0]), torch.arange(16.0)])[None]
     placed = place_image_tokens(values, florence, {})
     torch.testing.assert_close(placed, (torch.arange(16.0) + 1).view(1, 4, 4))
+
+
+def test_crops_the_prompt_does_not_mark_are_refused_by_name():
+    """Gemma 3's pan-and-scan gives several crops of one image whose tokens the prompt does not mark: 4 crops of 4
+    tokens would make a square of 16 that is no map of the image, so they are refused, not placed."""
+    from capxai.explain.vlm_image import image_token_grid
+
+    with pytest.raises(ValueError, match="hold 4 images or crops where one image was expected"):
+        image_token_grid(None, {"pixel_values": torch.zeros(4, 3, 32, 32)}, 16)

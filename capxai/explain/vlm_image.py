@@ -39,6 +39,13 @@ def image_token_grid(model: nn.Module, inputs: Dict[str, torch.Tensor], count: i
         expected = rows * columns
     else:
         pieces = 1 if tiles is None else tiles[0] * tiles[1] + 1
+        pixels = inputs.get("pixel_values")
+        given = None if pixels is None else pixels.numel() // max(1, pixels.shape[-3:].numel())
+        if given is not None and given != pieces:  # e.g. Gemma 3's pan-and-scan crops: not marked in the prompt
+            raise ValueError(f"image_token_grid: the pixel values hold {given} images or crops where "
+                             f"{'one image' if tiles is None else f'{tiles[0]} x {tiles[1]} tiles and a global view'}"
+                             " was expected; several images, or crops the processor did not mark (Gemma 3's "
+                             "pan-and-scan, LLaVA-NeXT's any-resolution), are not placed")
         side = int(round((count / pieces) ** 0.5))
         rows, columns = (side, side) if tiles is None else (tiles[0] * side, tiles[1] * side)
         expected = pieces * side * side
