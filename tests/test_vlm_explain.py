@@ -343,3 +343,27 @@ def test_crops_the_prompt_does_not_mark_are_refused_by_name():
 
     with pytest.raises(ValueError, match="hold 4 images or crops where one image was expected"):
         image_token_grid(None, {"pixel_values": torch.zeros(4, 3, 32, 32)}, 16)
+
+
+def test_the_readmes_vlm_example_runs(tmp_path):
+    """The README's example, on a tiny SmolVLM saved as a user's folder and a picture in place of the photo."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- vlm-example:start -->\n```python\n(.*?)```\n<!-- vlm-example:end -->", readme, re.S)
+    assert block, "README: the vlm-example block (between its markers) is missing"
+    folder = tiny_vlm_folder("idefics3-smolvlm", tmp_path / "smolvlm")
+    _picture(7).save(tmp_path / "photo.png")
+    code = block.group(1).replace("path/to/SmolVLM-256M-Instruct", str(folder))
+    code = code.replace('"photo.png"', repr(str(tmp_path / "photo.png")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {})
+    caption, shape, prompt = printed.getvalue().strip().splitlines()
+    words = len(eval(caption))
+    assert words >= 1 and eval(shape) == (1, words, 32, 32)
+    prompt_words, prompt_shape = prompt.rsplit(" (", 1)
+    assert eval(prompt_words) == ["User", ":", "<fake_token_around_image>"]
+    assert eval("(" + prompt_shape)[:2] == (1, words)
