@@ -367,3 +367,19 @@ def test_the_readmes_vlm_example_runs(tmp_path):
     prompt_words, prompt_shape = prompt.rsplit(" (", 1)
     assert eval(prompt_words) == ["User", ":", "<fake_token_around_image>"]
     assert eval("(" + prompt_shape)[:2] == (1, words)
+
+
+def test_every_family_is_explained_by_every_method_from_the_command_line(saved_vlm, tmp_path, capsys):
+    """``capxai explain --hf-model DIR --method all`` for each family with its default prompt: every method that
+    applies to it written, with finite maps (figures: the LLaVA test above)."""
+    family, folder = saved_vlm
+    image = tmp_path / "a.png"
+    _picture(9).save(image)
+    out = tmp_path / "out"
+    assert main(["explain", "--hf-model", str(folder), "--images", str(image), "--method", "all", "--max-length", "2",
+                 "--no-figures", "--out", str(out)]) == 0, capsys.readouterr().err
+    spec = load_vlm(folder).spec
+    for method in vlm_methods(spec):
+        maps = Explanation.load(out / method / "explanation.pt").heatmaps()
+        assert torch.isfinite(maps).all() and maps.abs().sum() > 0, (family, method)
+    assert sorted(path.name for path in out.iterdir() if path.is_dir()) == sorted(vlm_methods(spec))
