@@ -9,7 +9,7 @@ command that reads ``best.pt`` reads them; ``finetune`` in them and in ``history
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,6 +31,13 @@ from capxai.models.factory import choice_problems, limit_problems, load_trained
 from capxai.train.trainer import EpochLoop, TRAIN_FILES, optimizer_step, restore, set_seed, wrap_distributed
 
 OBJECTIVES = ("xe", "scst")
+AUTO = "auto"  # --threshold auto: chosen on the validation split (capxai.train.threshold_choice)
+
+
+def threshold_value(text: str) -> Union[float, str]:
+    """``--threshold``: ``auto`` or a float in [0, 1]."""
+    return AUTO if text.strip().lower() == AUTO else float_between(0, 1)(text)
+
 DEFAULT_LR = {"xe": 5e-4, "scst": 5e-5}  # the paper's rates (its config.py, train_bu.py)
 
 
@@ -62,8 +69,9 @@ class FinetuneConfig:
     clamp: Optional[float] = option(None, type=float_between(0, 10, low_open=True), help="clamp every gradient "
                                     "element to [-CLAMP, CLAMP] instead of clipping the gradient norm (the paper's "
                                     "code: 0.1)")
-    threshold: float = option(0.5, type=float_between(0, 1), help="gated: the visual share under which an object "
-                              "phrase's cross-entropy is masked")
+    threshold: Union[float, str] = option(0.5, type=threshold_value, metavar="T|auto", help="gated: the visual "
+                                          "share under which an object phrase's cross-entropy is masked; auto: "
+                                          "chosen on the validation split (capxai.train.threshold_choice)")
     penalty: float = option(1.0, type=float_between(0, 1000), help="share-penalty: the weight lambda of mean(1 - "
                             "visual share) of object words")
     synonyms: Optional[str] = option(None, type=existing_file, to_field=str, help="object words (CHAIR-style "
@@ -101,8 +109,11 @@ def check_finetune_config(config: FinetuneConfig) -> list:
         value = getattr(config, name)
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             problems.append(f"{name} must be > 0, got {value!r}")
-    if not (isinstance(config.threshold, (int, float)) and 0.0 <= config.threshold <= 1.0):
-        problems.append(f"threshold must be in [0, 1], got {config.threshold!r}")
+    if config.threshold == AUTO:
+        if config.method != "gated":
+            problems.append(f"threshold 'auto' chooses the gate of method 'gated', not of {config.method!r}")
+    elif not (isinstance(config.threshold, (int, float)) and 0.0 <= config.threshold <= 1.0):
+        problems.append(f"threshold must be in [0, 1] or 'auto', got {config.threshold!r}")
     if not (isinstance(config.penalty, (int, float)) and config.penalty >= 0):
         problems.append(f"penalty (lambda) must be >= 0, got {config.penalty!r}")
     if config.objective == "scst" and config.method not in ("lrp", "baseline"):
@@ -150,10 +161,15 @@ def finetune(config: FinetuneConfig, checkpoint, split_file, image_root, out_dir
     run's device, in float32 even under autocast (they carry no gradient; docs/LRP_RULES.md (Part 2), "Precision")."""
     run = default_run(run)
     out_dir = Path(out_dir)
-    output = OutputFolder(out_dir, "finetune")
     problems = check_finetune_config(config)
     if problems:
         raise ValueError(f"FinetuneConfig: {problems[0]}")
+    if config.threshold == AUTO:
+        from capxai.train.threshold_choice import finetune_with_threshold_choice
+
+        return finetune_with_threshold_choice(config, checkpoint, split_file, image_root, out_dir, progress=progress,
+                                              overwrite=overwrite, run=run)
+    output = OutputFolder(out_dir, "finetune")
     if config.objective == "scst" and run.distributed:
         raise ValueError("capxai finetune --objective scst runs in one process (its sampling is not wrapped for "
                          "DistributedDataParallel); run it without torchrun")
