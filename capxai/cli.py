@@ -4,6 +4,7 @@ of run options (``--device``, ``--workers``, ``--dist-backend``; ``--precision``
 :class:`capxai.runtime.RunSettings` and handed down. Several processes: ``torchrun --nproc_per_node N -m capxai
 train|finetune|evaluate|explain ...`` (one GPU each with NCCL, or gloo on the CPU)."""
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -182,6 +183,8 @@ def _evaluate(args) -> int:
     if args.limit is not None and args.explanations is None:
         raise CommandError("--explain-limit needs --explanations "
                            "(it limits the images whose explanations are measured)")
+    if args.vcd is not None and (args.guided_decoding is not None or args.explanations is not None):
+        raise CommandError("--vcd is not combined with --guided-decoding or --explanations; evaluate them apart")
     if args.explanations is not None:  # checked before any work
         explanations = from_args(ExplanationSettings, args, methods=methods_of_option(args.explanations),
                                  composite=args.composite)
@@ -215,8 +218,15 @@ def _evaluate(args) -> int:
         except TypeError as error:
             raise CommandError(f"--guided-decoding: {error}") from None
         stamp["guided_decoding"] = {"threshold": threshold, "penalty": penalty}
+    contrastive = None
+    if args.vcd is not None:
+        from capxai.models.contrastive_decoding import VCDSettings
+
+        contrastive = VCDSettings(alpha=args.vcd[0], beta=args.vcd[1])
+        stamp["vcd"] = dataclasses.asdict(contrastive)
     report = evaluate_split(model, dataset, output, args.beam_size, args.max_length or config.max_length,
-                            hallucination, stamp, explanations=explanations, run=run, guidance=guidance)
+                            hallucination, stamp, explanations=explanations, run=run, guidance=guidance,
+                            contrastive=contrastive)
     if run.rank != 0:
         return 0
     summary = ", ".join(f"{name} {value:.3f}" for name, value in report["overall"].items())

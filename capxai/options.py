@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Uni
 
 __all__ = ["Option", "option", "add_options", "from_args", "values_of", "options_of", "default_of", "POSITIVE", "COUNT",
            "int_at_least", "float_between",
-           "existing_file", "existing_folder", "output_folder", "output_file", "guided_decoding_setting"]
+           "existing_file", "existing_folder", "output_folder", "output_file", "guided_decoding_setting",
+           "contrastive_decoding_setting"]
 
 _KEY = "capxai_option"
 Text = Union[str, Callable[[], str]]
@@ -263,3 +264,11 @@ def guided_decoding_setting(text: str) -> Tuple[float, float]:
     threshold = float_between(0, 1, low_open=True)(parts[0])
     penalty = float_between(0, 1000)(parts[1])
     return threshold, penalty
+
+
+def contrastive_decoding_setting(text: str) -> Tuple[float, float]:
+    """``ALPHA:BETA`` of ``--vcd``: the contrast's weight alpha >= 0 and the plausibility cut beta in [0, 1]."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be ALPHA:BETA (e.g. 1:0.1, VCD's), got {text!r}")
+    return float_between(0, 100)(parts[0]), float_between(0, 1)(parts[1])

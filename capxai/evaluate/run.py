@@ -51,7 +51,7 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
                    max_length: int, hallucination: Optional[HallucinationData] = None,
                    stamp: Optional[dict] = None, progress: bool = True,
                    explanations: Optional[ExplanationSettings] = None, run: Optional[RunSettings] = None,
-                   guidance: Optional[Callable] = None) -> dict:
+                   guidance: Optional[Callable] = None, contrastive=None) -> dict:
     """Captions ``dataset`` with ``model`` (beam search), scores it and writes the results into ``output`` (see
     :func:`check_outputs`). ``stamp`` (e.g. the checkpoint's path and sha256) is stored in every file with the run
     id. With ``hallucination``: CHAIR (also alone as ``chair_*.json``, ``{overall, imgToEval}`` as CHAIR's tools
@@ -61,17 +61,23 @@ def evaluate_split(model: torch.nn.Module, dataset: CaptionDataset, output: Outp
     interrupted evaluation keeps them.
 
     ``guidance``: beam search's score adjustment (explanation-guided decoding,
-    :class:`capxai.explain.guided_decoding.VisualShareGuidance`) for the captions and the explained captions.
+    :class:`capxai.explain.guided_decoding.VisualShareGuidance`) for the captions and the explained captions;
+    ``contrastive``: visual contrastive decoding of the captions
+    (:class:`capxai.models.contrastive_decoding.VCDSettings`; not with explanations).
 
     ``run``: its workers decode the images (the model stays where it is). Under torchrun every process captions and
     explains its share of the images; process 0 scores, writes and returns the results, the others return
     ``{"paths": []}``; the files equal those of one process (the run stamp records how many there were)."""
     run = run if run is not None else RunSettings()
     progress = progress and run.rank == 0
+    if explanations is not None and contrastive is not None:
+        raise ValueError("explanations of captions decoded by visual contrastive decoding are not made; evaluate the "
+                         "explanations without --vcd")
     if explanations is not None and hallucination is None:
         raise ValueError("evaluating explanations needs the split's boxes: give the instances (and synonyms) file")
     split = dataset.split
-    captions = caption_dataset(model, dataset, beam_size, max_length, progress=progress, run=run, guidance=guidance)
+    captions = caption_dataset(model, dataset, beam_size, max_length, progress=progress, run=run, guidance=guidance,
+                               contrastive=contrastive)
     report = {}
     if explanations is not None:
         explanations = dataclasses.replace(explanations, beam_size=beam_size, max_length=max_length,

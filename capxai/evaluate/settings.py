@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 from capxai.data.captions import SPLITS
 from capxai.explain import METHODS
-from capxai.options import POSITIVE, existing_file, guided_decoding_setting, option
+from capxai.options import POSITIVE, contrastive_decoding_setting, existing_file, guided_decoding_setting, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,10 @@ class EvaluateOptions:
         None, type=guided_decoding_setting, metavar="THRESHOLD:PENALTY", help="explanation-guided beam search: an "
         "object word whose visual relevance share is below THRESHOLD (0..1] loses up to PENALTY nats (e.g. 0.5:2; "
         "docs/LRP_RULES.md, 'Visual share of a word')")
+    vcd: Optional[Tuple[float, float]] = option(
+        None, type=contrastive_decoding_setting, metavar="ALPHA:BETA", help="visual contrastive decoding (VCD): each "
+        "step's logits (1 + ALPHA) x on the image - ALPHA x on the image with diffusion noise, among the words at "
+        "least BETA times as likely as the most likely one (VCD's 1:0.1; capxai.models.contrastive_decoding)")
     instances: Optional[Path] = option(None, type=existing_file, help="COCO instances json of the split (default: "
                                        "annotations/instances_SPLIT.json beside the split file, when present)")
     synonyms: Optional[Path] = option(None, type=existing_file, help="CHAIR-style synonyms file (default: "
