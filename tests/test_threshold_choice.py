@@ -106,3 +106,31 @@ def test_bad_input_is_named(tiny_trained, tmp_path, capsys):
     assert len(error) == 1 and "has no 'val' images" in error[0], error
     assert cli.main(arguments[:-1] + ["sometimes"]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_the_chosen_model_is_written_and_an_unhelpful_gate_is_not_run(tiny_trained, tmp_path, spied, monkeypatch,
+                                                                      helps):
+    """Scores set by hand (the validation captions' CIDEr and CHAIR-i of each arm's folder): when 0.6 helps its
+    model becomes OUT's, with the choice in its history; when none does, OUT gets only the record, and the error says
+    why."""
+    def scores(checkpoint, *args, **kwargs):
+        arm = checkpoint.parent.name
+        chair_i = {"baseline": 0.30, "gated-0.4": 0.35, "gated-0.6": 0.20 if helps else 0.31}[arm]
+        return ValidationScores(cider=1.0, chair_i=chair_i, images=6)
+
+    monkeypatch.setattr(threshold_choice, "validation_scores", scores)
+    out = tmp_path / "auto"
+    config = FinetuneConfig(method="gated", threshold="auto", batch_size=8)
+    checkpoint, data = tiny_trained
+    if not helps:
+        with pytest.raises(ValueError, match=r"no threshold of \[0.4, 0.6\] lowered validation CHAIR-i \(baseline "
+                                             r"fine-tuning 0.300\)"):
+            finetune(config, checkpoint, data / "dataset_scenes.json", data, out, progress=False)
+        assert not (out / "best.pt").exists() and json.loads((out / "threshold_choice.json").read_text())["chosen"] \
+            is None
+        return
+    history = finetune(config, checkpoint, data / "dataset_scenes.json", data, out, progress=False)
+    assert history["threshold_choice"]["chosen"] == 0.6 and history["finetune"]["threshold"] == 0.6
+    assert (out / "best.pt").read_bytes() == (out / "threshold-choice" / "gated-0.6" / "best.pt").read_bytes()
+    assert json.loads((out / "history.json").read_text())["threshold_choice"]["why"].startswith("threshold 0.6")
