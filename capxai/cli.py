@@ -144,20 +144,26 @@ def _finetune_table(args) -> int:
     output = OutputFolder(args.out, "finetune-table")
     paths = [Path(args.out) / "finetune_table.json", Path(args.out) / "finetune_table.md"]
     output.check_writable(paths, args.overwrite, group="table")  # before reading and bootstrapping anything
-    rows = []
+    rows, starts = [], {}
     for spec in args.row:
         label, _, folders = spec.partition("=")
         captioner, _, variant = label.partition("/")
         if not (captioner and variant and folders):
-            raise CommandError(f"--row {spec!r} must read CAPTIONER/VARIANT=FOLDER[,FOLDER...] (one evaluation "
-                               "folder per seed), e.g. adaptive/lrp-xe=runs/e1,runs/e2")
-        evaluations = []
-        for folder in folders.split(","):
-            if not Path(folder).is_dir():
-                raise CommandError(f"--row {label}: evaluation folder {folder} does not exist")
-            evaluations.append((folder, load_evaluation(folder, args.split, args.beam_size)))
+            raise CommandError(f"--row {spec!r} must read CAPTIONER/VARIANT=FOLDER[,FOLDER...][;FOLDER,...] (one "
+                               "evaluation folder per seed, ';' between start models), e.g. "
+                               "adaptive/lrp-xe=runs/e1,runs/e2")
+        evaluations, row_starts = [], []
+        for start, group in enumerate(folders.split(";")):
+            for folder in group.split(","):
+                if not Path(folder).is_dir():
+                    raise CommandError(f"--row {label}: evaluation folder {folder} does not exist")
+                evaluations.append((folder, load_evaluation(folder, args.split, args.beam_size)))
+                row_starts.append(start)
+        if starts.setdefault(captioner, row_starts) != row_starts:
+            raise CommandError(f"--row {label}: its starts and seeds ({folders}) are not laid out as the other rows "
+                               f"of {captioner}; every row of a captioner pairs start by start, seed by seed")
         rows.append((captioner, variant, evaluations))
-    table = finetune_table(rows)
+    table = finetune_table(rows, starts)
     markdown = table_markdown(table)
     output.remove_group("table")
     written = [atomic_write_json(paths[0], {**table, "split": args.split, "beam_size": args.beam_size}),

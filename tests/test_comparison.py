@@ -147,3 +147,64 @@ def test_differences_carry_paired_image_intervals():
     assert difference["cells"]["CIDEr"]["image_ci"][0] == pytest.approx([0.0, 0.0])  # paired: no difference at all
     assert difference["cells"]["BLEU-4"]["image_ci"] == []
     assert "img [" in table_markdown(table)
+
+
+def test_differences_carry_an_interval_over_starts_seeds_and_images(tmp_path):
+    """Two starts of two seeds each: the difference's "all" interval is the hierarchical bootstrap of the four
+    models' per-image counts, laid out [start, seed, image, (method, baseline)]; one model gets none."""
+    import numpy as np
+
+    from capxai.evaluate.comparison import per_image_counts
+    from capxai.evaluate.hierarchical import hierarchical_ci, paired_ratio_difference
+
+    rng = np.random.default_rng(3)
+    methods = [(f"g{k}", _with_images(_evaluation(0.2), rng, 0.1 + 0.05 * k)) for k in range(4)]
+    baselines = [(f"b{k}", _with_images(_evaluation(0.2), rng, 0.4)) for k in range(4)]
+    for (_, method), (_, baseline) in zip(methods, baselines):  # the same images in every model
+        baseline["metrics"]["imgToEval"] = method["metrics"]["imgToEval"]
+    table = finetune_table([("m", "baseline-xe", baselines), ("m", "gated-xe", methods)], {"m": [0, 0, 1, 1]})
+    (difference,) = table["differences"]
+    assert difference["starts"] == 2
+    images = sorted(per_image_counts(methods[0][1], "CHAIR-i", "g0"))
+    values = np.array([[[[*per_image_counts(methods[2 * s + r][1], "CHAIR-i", "g")[i],
+                         *per_image_counts(baselines[2 * s + r][1], "CHAIR-i", "b")[i]] for i in images]
+                        for r in range(2)] for s in range(2)])
+    expected = hierarchical_ci(values, paired_ratio_difference)["ci"]
+    assert difference["cells"]["CHAIR-i"]["hierarchical_ci"] == pytest.approx(expected)
+    assert difference["cells"]["CHAIR-i"]["hierarchical_ci"][1] < 0 and "all [" in table_markdown(table)
+    assert difference["cells"]["BLEU-4"]["hierarchical_ci"] is None
+    single = finetune_table([("m", "baseline-xe", baselines[:1]), ("m", "gated-xe", methods[:1])])
+    assert single["differences"][0]["cells"]["CHAIR-i"]["hierarchical_ci"] is None
+    with pytest.raises(ValueError, match="4 evaluations per row and 3 start indices"):
+        finetune_table([("m", "baseline-xe", baselines), ("m", "gated-xe", methods)], {"m": [0, 0, 1]})
+
+
+def test_cli_reads_starts_between_semicolons(tmp_path, capsys):
+    """``--row m/gated-xe=A,B;C,D``: two starts of two seeds; a row laid out otherwise than its captioner's others is
+    refused in one line."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+
+    def folder(name, hallucinating):
+        evaluation = _with_images(_evaluation(0.2), rng, hallucinating)
+        path = tmp_path / name
+        path.mkdir()
+        stamp = {"run_id": name}
+        (path / "metrics_test_beam3.json").write_text(json.dumps({**evaluation["metrics"], "run": stamp}))
+        (path / "hallucination_test_beam3.json").write_text(json.dumps({**evaluation["hallucination"], "run": stamp}))
+        return str(path)
+
+    baselines = [folder(f"b{k}", 0.4) for k in range(4)]
+    methods = [folder(f"g{k}", 0.1) for k in range(4)]
+    common = ["finetune-table", "--out", str(tmp_path / "table")]
+    rows = ["--row", f"m/baseline-xe={baselines[0]},{baselines[1]};{baselines[2]},{baselines[3]}",
+            "--row", f"m/gated-xe={methods[0]},{methods[1]};{methods[2]},{methods[3]}"]
+    assert cli.main(common + rows) == 0, capsys.readouterr().err
+    table = json.loads((tmp_path / "table" / "finetune_table.json").read_text())
+    assert table["differences"][0]["starts"] == 2 and table["differences"][0]["cells"]["CHAIR-i"]["hierarchical_ci"]
+    capsys.readouterr()
+    rows[-1] = f"m/gated-xe={methods[0]};{methods[1]},{methods[2]},{methods[3]}"
+    assert cli.main(common + ["--overwrite"] + rows) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "are not laid out as the other rows of m" in error[0], error

@@ -101,9 +101,11 @@ class EncoderRulesOptions:
 class TableOptions:
     """``capxai finetune-table``: its rows (evaluation folders, one per seed) and what they evaluated."""
 
-    row: List[str] = option(None, action="append", required=True, metavar="CAPTIONER/VARIANT=FOLDER[,FOLDER...]",
-                            help="one row: the evaluation folders of its seeds (capxai evaluate --explanations lrp); "
-                            "variants lrp-X and baseline-X of a captioner also get a difference row")
+    row: List[str] = option(None, action="append", required=True,
+                            metavar="CAPTIONER/VARIANT=FOLDER[,FOLDER...][;FOLDER,...]",
+                            help="one row: the evaluation folders of its seeds (capxai evaluate --explanations lrp), "
+                            "';' between start models; a variant METHOD-X of a captioner with a baseline-X row also "
+                            "gets a difference row, with an interval over starts, seeds and images")
     split: str = option("test", choices=SPLITS, help="the evaluated split")
     beam_size: int = option(3, type=POSITIVE, help="the evaluations' beam size")
 

@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+from capxai.evaluate.hierarchical import hierarchical_ci, paired_ratio_difference
 from capxai.evaluate.statistics import mean_ci, paired_ratio_difference_ci
 
 # (column, where it is in an evaluation, higher is better)
@@ -73,6 +74,28 @@ def paired_image_ci(evaluation: dict, baseline: dict, column: str, source: str) 
     return _interval(paired_ratio_difference_ci(*columns)["ci"])
 
 
+def hierarchical_difference_ci(pairs, starts: Sequence[int], column: str) -> Optional[List[float]]:
+    """The 95 % interval of ``column``'s difference (method minus baseline) over starts, seeds and images
+    (:func:`capxai.evaluate.hierarchical.hierarchical_ci`): ``pairs`` of ``((source, method evaluation), (source,
+    baseline evaluation))``, one per model, ``starts`` the start index of each. None for one model, for starts with
+    unequal numbers of seeds, or for evaluations without the per-image records."""
+    groups = {}
+    for start, pair in zip(starts, pairs):
+        groups.setdefault(start, []).append(pair)
+    seeds = {len(members) for members in groups.values()}
+    if len(pairs) < 2 or len(seeds) != 1:
+        return None
+    try:
+        counts = [[[per_image_counts(evaluation, column, source) for source, evaluation in pair] for pair in members]
+                  for members in groups.values()]
+    except ValueError:
+        return None
+    images = sorted(counts[0][0][0])
+    values = np.array([[[[*mine[image], *theirs[image]] for image in images] for mine, theirs in members]
+                       for members in counts])  # [starts, seeds, images, 4]
+    return _interval(hierarchical_ci(values, paired_ratio_difference)["ci"])
+
+
 def _get(tree, path: Sequence[str], source: str):
     node = tree
     for key in path:
@@ -131,13 +154,17 @@ def _cell(values: List[float], image_cis: List[Optional[List[float]]]) -> dict:
     return {"mean": mean, "seeds": values, "seed_ci": seed_interval(values), "image_ci": image_cis}
 
 
-def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) -> dict:
+def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]],
+                   starts: Optional[Mapping[str, Sequence[int]]] = None) -> dict:
     """``rows``: ``(captioner, variant, [(source, evaluation), ...])`` with one evaluation per seed, seeds in the
-    same order in every row of a captioner (they pair each method with baseline). Every variant ``METHOD-X`` of a
-    captioner with a ``baseline-X`` row gets a difference row ``METHOD-X - baseline-X``: per seed, then mean and t
-    interval over seeds, and for the caption and hallucination columns (``PAIRED``) each seed's per-image paired
-    bootstrap interval (``image_ci``). Returns ``{"columns", "rows": [{"captioner", "variant", "seeds", "images",
-    "cells": {column: {"mean", "seeds", "seed_ci", "image_ci"}}}], "differences": [...]}``."""
+    same order in every row of a captioner (they pair each method with baseline). ``starts``: per captioner, the
+    start model of each of its evaluations (e.g. ``[0, 0, 0, 1, 1, 1]``: two starts, three seeds each; default:
+    one start). Every variant ``METHOD-X`` of a captioner with a ``baseline-X`` row gets a difference row
+    ``METHOD-X - baseline-X``: per seed, then mean and t interval over seeds, and for the caption and hallucination
+    columns (``PAIRED``) each seed's per-image paired bootstrap interval (``image_ci``) and one interval over starts,
+    seeds and images (``hierarchical_ci``, :mod:`capxai.evaluate.hierarchical`). Returns ``{"columns", "rows":
+    [{"captioner", "variant", "seeds", "images", "cells": {column: {"mean", "seeds", "seed_ci", "image_ci"}}}],
+    "differences": [...]}``."""
     table = {"columns": [name for name, _, _ in COLUMNS], "rows": [], "differences": []}
     by_key, image_sets = {}, {}
     for captioner, variant, evaluations in rows:
@@ -174,15 +201,21 @@ def finetune_table(rows: Sequence[Tuple[str, str, Sequence[Tuple[str, dict]]]]) 
             raise ValueError(f"finetune_table: {captioner}/{variant} has {row['seeds']} seeds, its baseline "
                              f"{baseline['seeds']}; they pair seed by seed")
         pairs = list(zip(evaluations_of[(captioner, variant)], evaluations_of[(captioner, baseline_variant)]))
+        model_starts = list((starts or {}).get(captioner) or [0] * len(pairs))
+        if len(model_starts) != len(pairs):
+            raise ValueError(f"finetune_table: {captioner} has {len(pairs)} evaluations per row and "
+                             f"{len(model_starts)} start indices")
         cells = {}
         for column, _, higher_better in COLUMNS:
             differences = [_number(a) - _number(b) for a, b in zip(row["cells"][column]["seeds"],
                                                                    baseline["cells"][column]["seeds"])]
             image_cis = ([paired_image_ci(mine, theirs, column, source) for (source, mine), (_, theirs) in pairs]
                          if column in PAIRED else [])
-            cells[column] = {**_cell(differences, image_cis), "higher_is_better": higher_better}
+            cells[column] = {**_cell(differences, image_cis), "higher_is_better": higher_better,
+                             "hierarchical_ci": (hierarchical_difference_ci(pairs, model_starts, column)
+                                                 if column in PAIRED else None)}
         table["differences"].append({"captioner": captioner, "variant": f"{variant} - {baseline_variant}",
-                                     "seeds": row["seeds"], "cells": cells})
+                                     "seeds": row["seeds"], "starts": len(set(model_starts)), "cells": cells})
     return table
 
 
@@ -206,6 +239,9 @@ def _format_difference(cell: dict) -> str:
     image_cis = [ci for ci in cell.get("image_ci") or [] if ci]
     if image_cis:
         text += " img " + "; ".join(f"[{low:+.3f}, {high:+.3f}]" for low, high in image_cis)
+    if cell.get("hierarchical_ci"):
+        low, high = cell["hierarchical_ci"]
+        text += f" all [{low:+.3f}, {high:+.3f}]"
     return text
 
 
@@ -228,5 +264,6 @@ def table_markdown(table: dict) -> str:
               f"{', '.join(map(str, images)) or 'unknown'}; probe images: {', '.join(map(str, probes)) or 'unknown'}. "
               "Difference rows: a method minus baseline fine-tuning, paired by seed [95 % interval over seeds], and "
               "per seed the 95 % paired bootstrap interval over images (img; for CHAIR and the probe rate negative "
-              "is fewer hallucinations)."]
+              "is fewer hallucinations), and with two models or more one interval over starts, seeds and images "
+              "(all; capxai.evaluate.hierarchical: with two starts it covers less than it claims)."]
     return "\n".join(lines) + "\n"
