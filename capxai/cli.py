@@ -174,6 +174,31 @@ def _finetune_table(args) -> int:
     return 0
 
 
+def _guided_decoding_on_validation(args, model, vocabulary, config, synonyms, run):
+    """``--guided-decoding auto``: the setting chosen on the validation split (its instances beside the split file;
+    :func:`capxai.evaluate.validation_choice.choose_guided_decoding`), or a one-line refusal naming why."""
+    from capxai.data.captions import open_split
+    from capxai.evaluate.hallucination import load_hallucination_data
+    from capxai.evaluate.validation_choice import SPLIT, choose_guided_decoding, dataset_ids
+
+    instances = args.split_file.parent / "annotations" / f"instances_{SPLIT}.json"
+    if not instances.is_file():
+        raise CommandError(f"--guided-decoding auto scores CHAIR-i on the validation split and needs its instances "
+                           f"json; {instances} does not exist")
+    dataset = open_split(args.split_file, args.image_root, SPLIT, vocabulary, config.max_length, config.image_size,
+                         progress=True)
+    if len(dataset) == 0:
+        raise CommandError(f"--guided-decoding auto chooses on the validation split, and {args.split_file} has no "
+                           "'val' images")
+    hallucination = load_hallucination_data(instances, synonyms, args.split_file, dataset_ids(dataset))
+    setting, record = choose_guided_decoding(model, dataset, hallucination, args.max_length or config.max_length,
+                                             run, progress=True)
+    if setting is None:
+        raise CommandError(f"--guided-decoding auto: {record['why']}; guided decoding does not help this model")
+    print(f"--guided-decoding auto: {record['why']}")
+    return setting, record
+
+
 def _evaluate(args) -> int:
     from capxai._optional import require
     from capxai.data.captions import image_id_of, open_split
@@ -189,6 +214,9 @@ def _evaluate(args) -> int:
     if args.limit is not None and args.explanations is None:
         raise CommandError("--explain-limit needs --explanations "
                            "(it limits the images whose explanations are measured)")
+    if args.guided_decoding == "auto" and args.split == "val":
+        raise CommandError("--guided-decoding auto chooses its setting on the validation split; evaluate another "
+                           "split with it (the test split), or give THRESHOLD:PENALTY")
     if args.vcd is not None and (args.guided_decoding is not None or args.explanations is not None):
         raise CommandError("--vcd is not combined with --guided-decoding or --explanations; evaluate them apart")
     if args.explanations is not None:  # checked before any work
@@ -215,15 +243,20 @@ def _evaluate(args) -> int:
         from capxai.evaluate.objects import ObjectWords
         from capxai.explain.guided_decoding import VisualShareGuidance, object_word_mask
 
-        threshold, penalty = args.guided_decoding
         objects = hallucination.objects if hallucination is not None else (
             ObjectWords.load(synonyms) if synonyms else ObjectWords.coco())
+        choice = None
+        if args.guided_decoding == "auto":
+            args.guided_decoding, choice = _guided_decoding_on_validation(args, model, vocabulary, config, synonyms,
+                                                                          run)
+        threshold, penalty = args.guided_decoding
         try:
             guidance = VisualShareGuidance(model.captioner, object_word_mask(vocabulary.words, objects), threshold,
                                            penalty)
         except TypeError as error:
             raise CommandError(f"--guided-decoding: {error}") from None
-        stamp["guided_decoding"] = {"threshold": threshold, "penalty": penalty}
+        stamp["guided_decoding"] = {"threshold": threshold, "penalty": penalty,
+                                    **({"choice": choice} if choice is not None else {})}
     contrastive = None
     if args.vcd is not None:
         from capxai.models.contrastive_decoding import VCDSettings

@@ -256,8 +256,11 @@ def output_file(text: str) -> Path:
     return path
 
 
-def guided_decoding_setting(text: str) -> Tuple[float, float]:
-    """``THRESHOLD:PENALTY`` of ``--guided-decoding``: a threshold in (0, 1] and a penalty >= 0 (nats)."""
+def guided_decoding_setting(text: str) -> Union[Tuple[float, float], str]:
+    """``THRESHOLD:PENALTY`` of ``--guided-decoding``: a threshold in (0, 1] and a penalty >= 0 (nats); or ``auto``
+    (chosen on the validation split: :func:`capxai.evaluate.validation_choice.choose_guided_decoding`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
     parts = text.split(":")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"must be THRESHOLD:PENALTY (e.g. 0.5:2), got {text!r}")

@@ -183,3 +183,36 @@ def test_evaluate_with_guided_decoding(grounded_model, tmp_path, capsys, monkeyp
         capsys.readouterr()
         assert cli.main(common + ["--out", str(tmp_path / "bad"), "--guided-decoding", bad]) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_evaluate_chooses_guided_decoding_on_the_validation_split(grounded_model, tmp_path, capsys, monkeypatch):
+    """``--guided-decoding auto``: every candidate and plain beam search caption the validation split only, the
+    choice (or the reason for none) is recorded; choosing on the split being evaluated is refused."""
+    import json
+
+    from capxai import cli
+    from capxai.evaluate import validation_choice
+
+    scored = []
+    original = validation_choice.score_captions
+
+    def recording(model, dataset, *arguments, **options):
+        scored.append(dataset.split)
+        return original(model, dataset, *arguments, **options)
+
+    monkeypatch.setattr(validation_choice, "score_captions", recording)
+    checkpoint, data = grounded_model
+    common = ["evaluate", "--checkpoint", str(checkpoint), "--split-file", str(data / "dataset_scenes.json"),
+              "--image-root", str(data), "--beam-size", "2", "--device", "cpu"]
+    code = cli.main(common + ["--out", str(tmp_path / "auto"), "--guided-decoding", "auto"])
+    output = capsys.readouterr()
+    assert scored == ["val"] * (1 + len(validation_choice.GUIDED_CANDIDATES))
+    if code == 0:
+        run = json.loads((tmp_path / "auto" / "hallucination_test_beam2.json").read_text())["run"]
+        choice = run["guided_decoding"]["choice"]
+        assert choice["split"] == "val" and len(choice["candidates"]) == len(validation_choice.GUIDED_CANDIDATES)
+        assert [run["guided_decoding"]["threshold"], run["guided_decoding"]["penalty"]] == choice["chosen"]
+    else:
+        assert code == 2 and "guided decoding does not help this model" in output.err
+    assert cli.main(common + ["--split", "val", "--out", str(tmp_path / "bad"), "--guided-decoding", "auto"]) == 2
+    assert "chooses its setting on the validation split" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def test_the_rule_keeps_the_lowest_chair_within_two_percent_of_baseline_cider():
     assert threshold == 0.4 and "CHAIR-i 0.150" in why  # 0.5 costs 3 % CIDEr; 0.4 and 0.6 tie: the lower
     assert choose_threshold({0.5: _scores(0.98, 0.19)}, baseline)[0] == 0.5  # exactly 2 % lower is allowed
     threshold, why = choose_threshold({0.5: _scores(0.90, 0.05), 0.6: _scores(1.1, 0.25)}, baseline)
-    assert threshold is None and "no threshold of [0.5, 0.6] lowered validation CHAIR-i" in why
+    assert threshold is None and "no setting of [0.5, 0.6] lowered validation CHAIR-i" in why
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def _auto(data, out, **options):
     try:
         return finetune(config, data[0], data[1] / "dataset_scenes.json", data[1], out, progress=False)
     except ValueError as error:
-        assert "no threshold of [0.4, 0.6]" in str(error)  # the gate did not help this tiny model: named, not run
+        assert "no setting of [0.4, 0.6]" in str(error)  # the gate did not help this tiny model: named, not run
         return None
 
 
@@ -124,7 +124,7 @@ def test_the_chosen_model_is_written_and_an_unhelpful_gate_is_not_run(tiny_train
     config = FinetuneConfig(method="gated", threshold="auto", batch_size=8)
     checkpoint, data = tiny_trained
     if not helps:
-        with pytest.raises(ValueError, match=r"no threshold of \[0.4, 0.6\] lowered validation CHAIR-i \(baseline "
+        with pytest.raises(ValueError, match=r"no setting of \[0.4, 0.6\] lowered validation CHAIR-i \(baseline "
                                              r"fine-tuning 0.300\)"):
             finetune(config, checkpoint, data / "dataset_scenes.json", data, out, progress=False)
         assert not (out / "best.pt").exists() and json.loads((out / "threshold_choice.json").read_text())["chosen"] \

@@ -4,7 +4,7 @@ captions are decoded, CHAIR's files, guided decoding, which explanations to meas
 (``EvaluateOptions().beam_size``)."""
 import dataclasses
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from capxai.data.captions import SPLITS
 from capxai.explain import METHODS
@@ -20,10 +20,11 @@ class EvaluateOptions:
     beam_size: int = option(3, type=POSITIVE, help="beams when decoding the captions")
     max_length: Optional[int] = option(None, type=POSITIVE, help="words per caption at most (default: the "
                                        "training's)")
-    guided_decoding: Optional[Tuple[float, float]] = option(
-        None, type=guided_decoding_setting, metavar="THRESHOLD:PENALTY", help="explanation-guided beam search: an "
-        "object word whose visual relevance share is below THRESHOLD (0..1] loses up to PENALTY nats (e.g. 0.5:2; "
-        "docs/LRP_RULES.md, 'Visual share of a word')")
+    guided_decoding: Optional[Union[Tuple[float, float], str]] = option(
+        None, type=guided_decoding_setting, metavar="THRESHOLD:PENALTY|auto", help="explanation-guided beam search: "
+        "an object word whose visual relevance share is below THRESHOLD (0..1] loses up to PENALTY nats (e.g. 0.5:2; "
+        "docs/LRP_RULES.md, 'Visual share of a word'); auto: the setting chosen on the validation split "
+        "(capxai.evaluate.validation_choice)")
     vcd: Optional[Tuple[float, float]] = option(
         None, type=contrastive_decoding_setting, metavar="ALPHA:BETA", help="visual contrastive decoding (VCD): each "
         "step's logits (1 + ALPHA) x on the image - ALPHA x on the image with diffusion noise, among the words at "

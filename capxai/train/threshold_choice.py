@@ -18,27 +18,16 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from capxai._io import atomic_path, atomic_write_json, file_sha256
-from capxai.data.captions import image_id_of, load_karpathy, open_split
-from capxai.evaluate.captioning import caption_dataset, references_of
-from capxai.evaluate.hallucination import chair, load_hallucination_data
-from capxai.evaluate.metrics import caption_metrics
+from capxai.data.captions import load_karpathy, open_split
+from capxai.evaluate.hallucination import load_hallucination_data
+from capxai.evaluate.validation_choice import (BEAM, CIDER_TOLERANCE, SPLIT, ValidationScores, choose, dataset_ids,
+                                               score_captions)
 from capxai.models.factory import load_trained
 from capxai.outputs import OutputFolder
 from capxai.runtime import RunSettings, default_run
 
 CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
-CIDER_TOLERANCE = 0.02  # a candidate's validation CIDEr may be at most 2 % under baseline fine-tuning's
 CHOICE_FOLDER, CHOICE_FILE = "threshold-choice", "threshold_choice.json"
-SPLIT, BEAM = "val", 3
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationScores:
-    """A fine-tuned model's captions of the validation split: CIDEr and CHAIR-i, over ``images``."""
-
-    cider: float
-    chair_i: float
-    images: int
 
 
 def validation_inputs(split_file: Path, instances: Optional[Path] = None,
@@ -61,36 +50,21 @@ def validation_inputs(split_file: Path, instances: Optional[Path] = None,
 def validation_scores(checkpoint: Path, split_file: Path, image_root: Path, instances: Path,
                       synonyms: Optional[Path], run: Optional[RunSettings] = None,
                       progress: bool = False) -> ValidationScores:
-    """Captions the validation split with ``checkpoint`` (beam 3) and scores CIDEr and CHAIR-i (CHAIR's reading of
-    the validation instances: the objects the annotations place in each image)."""
+    """Captions the validation split with ``checkpoint`` (beam 3) and scores CIDEr and CHAIR-i
+    (:func:`capxai.evaluate.validation_choice.score_captions`)."""
     run = default_run(run)
     model, vocabulary, config = load_trained(checkpoint, device=run.device)
     dataset = open_split(split_file, image_root, SPLIT, vocabulary, config.max_length, config.image_size, progress)
-    ids = [image_id_of(entry, position) for position, entry in enumerate(dataset.entries)]
-    hallucination = load_hallucination_data(instances, synonyms, split_file, ids)
-    captions = caption_dataset(model, dataset, BEAM, config.max_length, progress=progress, run=run)
-    cider = caption_metrics(references_of(dataset), captions, metrics=("CIDEr",))["overall"]["CIDEr"]
-    chair_i = chair(captions, hallucination.present, hallucination.objects)["overall"]["CHAIRi"]
-    return ValidationScores(cider=float(cider), chair_i=float(chair_i), images=len(captions))
+    hallucination = load_hallucination_data(instances, synonyms, split_file, dataset_ids(dataset))
+    return score_captions(model, dataset, hallucination, config.max_length, run, progress=progress)
 
 
 def choose_threshold(candidates: Dict[float, ValidationScores], baseline: ValidationScores,
                      tolerance: float = CIDER_TOLERANCE) -> Tuple[Optional[float], str]:
-    """``(threshold, why)``: the candidate with the lowest CHAIR-i among those within ``tolerance`` of the
-    baseline's CIDEr and under its CHAIR-i (a tie goes to the lower threshold, the gate that masks less), or
-    ``(None, why not)``."""
-    floor = (1 - tolerance) * baseline.cider
-    kept = {threshold: scores for threshold, scores in candidates.items()
-            if scores.cider >= floor and scores.chair_i < baseline.chair_i}
-    if not kept:
-        return None, (f"no threshold of {sorted(candidates)} lowered validation CHAIR-i (baseline fine-tuning "
-                      f"{baseline.chair_i:.3f}) while keeping validation CIDEr within {tolerance:.0%} of baseline "
-                      f"fine-tuning's {baseline.cider:.3f}")
-    threshold = min(kept, key=lambda value: (kept[value].chair_i, value))
-    chosen = kept[threshold]
-    return threshold, (f"threshold {threshold:g}: validation CHAIR-i {chosen.chair_i:.3f} against baseline "
-                       f"fine-tuning's {baseline.chair_i:.3f}, CIDEr {chosen.cider:.3f} against {baseline.cider:.3f} "
-                       f"(at most {tolerance:.0%} lower allowed)")
+    """``(threshold, why)`` by the rule of :func:`capxai.evaluate.validation_choice.choose`, baseline fine-tuning
+    the reference, or ``(None, why not)``."""
+    threshold, why = choose(candidates, baseline, "baseline fine-tuning", tolerance)
+    return threshold, (f"threshold {why}" if threshold is not None else why)
 
 
 def finetune_with_threshold_choice(config, checkpoint, split_file, image_root, out_dir, progress: bool = True,
