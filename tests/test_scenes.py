@@ -177,3 +177,23 @@ def test_hidden_instances_are_present_but_have_no_box(tmp_path):
         visible = [a["bbox"] for a in raw["annotations"] if a["image_id"] == image_id and not a["hidden"]
                    and name_of[a["category_id"]] == name]
         assert len(annotations.boxes[image_id].get(name, [])) == len(visible)
+
+
+def test_validation_probes_are_drawn_only_when_asked(tmp_path):
+    """``val_probe_fraction``: that share of the validation images are probes (the first object present, its partner
+    absent), as on the test split; at its default 0 the data are the earlier data, image for image."""
+    plain = scenes.generate(tmp_path / "plain", scenes.SceneConfig(train=4, val=6, test=4, seed=2), progress=False)
+    probed = scenes.generate(tmp_path / "probed", scenes.SceneConfig(train=4, val=6, test=4, seed=2,
+                                                                     val_probe_fraction=0.5), progress=False)
+    before, after = (json.loads((root / "dataset_scenes.json").read_text())["images"] for root in (plain, probed))
+    assert [image["split"] for image in before] == [image["split"] for image in after]
+    val_probes = [image for image in after if image["split"] == "val" and "probe" in image]
+    assert len(val_probes) == 3 and not any(image["split"] == "val" and "probe" in image for image in before)
+    assert before[:7] == after[:7]  # the training images and the first validation images are unchanged
+    instances = COCO(str(probed / "annotations" / "instances_val.json"))
+    name_of = {category["id"]: category["name"] for category in instances.loadCats(instances.getCatIds())}
+    for image in val_probes:
+        names = {name_of[a["category_id"]] for a in instances.loadAnns(instances.getAnnIds(imgIds=image["cocoid"]))}
+        assert image["probe"]["present"] in names and image["probe"]["absent"] not in names
+    with pytest.raises(ValueError, match=r"val_probe_fraction must be in \[0, 1\]"):
+        scenes.SceneConfig(val_probe_fraction=1.5)

@@ -91,6 +91,10 @@ class SceneConfig:
     # of the test split: 1000 probe images by default
     probe_fraction: float = option(0.5, type=float_between(0, 1), help="share of test images that are "
                                    "co-occurrence probes")
+    val_probe_fraction: float = option(0.0, type=float_between(0, 1), help="share of validation images that are "
+                                       "co-occurrence probes (0: none, the earlier data; a choice made on the "
+                                       "validation split, e.g. --threshold auto, then sees the failure the test "
+                                       "split measures)")
     captions_per_image: int = 5
 
     def __post_init__(self):
@@ -99,8 +103,9 @@ class SceneConfig:
                 raise ValueError(f"SceneConfig: {name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 32:
             raise ValueError(f"SceneConfig: image_size must be >= 32 pixels, got {self.image_size}")
-        if not 0.0 <= self.probe_fraction <= 1.0:
-            raise ValueError(f"SceneConfig: probe_fraction must be in [0, 1], got {self.probe_fraction}")
+        for name in ("probe_fraction", "val_probe_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SceneConfig: {name} must be in [0, 1], got {getattr(self, name)}")
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
@@ -311,7 +316,9 @@ def tokenize(caption: str) -> List[str]:
 # -- the data set ---------------------------------------------------------------------------------------------------
 def _split_plan(config: SceneConfig) -> List[Tuple[str, bool, bool]]:
     """(split, biased, probe) per image, in id order."""
-    plan = [("train", True, False)] * config.train + [("val", True, False)] * config.val
+    val_probes = int(round(config.val * config.val_probe_fraction))
+    plan = [("train", True, False)] * config.train + [("val", True, False)] * (config.val - val_probes)
+    plan += [("val", False, True)] * val_probes
     probes = int(round(config.test * config.probe_fraction))
     plan += [("test", True, False)] * (config.test - probes) + [("test", False, True)] * probes
     return plan
