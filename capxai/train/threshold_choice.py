@@ -103,8 +103,7 @@ def finetune_with_threshold_choice(config, checkpoint, split_file, image_root, o
               "baseline": dataclasses.asdict(baseline),
               "candidates": {f"{value:g}": dataclasses.asdict(by_threshold[value]) for value in sorted(by_threshold)},
               "start_checkpoint_sha256": file_sha256(checkpoint), "instances": str(instances)}
-    with atomic_path(out_dir / CHOICE_FILE) as path:
-        Path(path).write_text(json.dumps(record, indent=2))
+    atomic_write_json(out_dir / CHOICE_FILE, record)
     output.record([out_dir / CHOICE_FILE], "checkpoints")
     if threshold is None:
         raise ValueError(f"--threshold auto: {why}; the gate is not run on this model (every candidate's model and "
