@@ -383,3 +383,24 @@ def test_every_family_is_explained_by_every_method_from_the_command_line(saved_v
         maps = Explanation.load(out / method / "explanation.pt").heatmaps()
         assert torch.isfinite(maps).all() and maps.abs().sum() > 0, (family, method)
     assert sorted(path.name for path in out.iterdir() if path.is_dir()) == sorted(vlm_methods(spec))
+
+
+def test_the_report_of_explained_images_names_what_is_missing(llava_folder, tmp_path, capsys):
+    """An explained image that is gone, or explanations that do not name their images (an older capxai): one line,
+    exit 2, no page written."""
+    image = tmp_path / "a.png"
+    _picture(3).save(image)
+    out = tmp_path / "out"
+    assert main(["explain", "--hf-model", str(llava_folder), "--images", str(image), "--method", "lrp",
+                 "--max-length", "2", "--no-figures", "--out", str(out)]) == 0
+    image.unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "is gone; the page shows the maps over it" in error[0], error
+    meta = json.loads((out / "lrp" / "explanation.json").read_text())
+    meta["run"].pop("images")
+    (out / "lrp" / "explanation.json").write_text(json.dumps(meta))
+    assert main(["report", str(out)]) == 2
+    assert "do not name their 1 image files" in capsys.readouterr().err
+    assert not (out / "report.html").exists() and not (out / "report_files").exists()
